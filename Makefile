@@ -1,0 +1,83 @@
+# rescale.c: build, run, test.  `make run` trains a small LLaMA on the CPU;
+# `make test` builds everything and runs every test (exit status != 0 on failure).
+
+CC ?= gcc
+# -mprefer-vector-width=512: let gcc use full AVX-512 registers in the matmul
+# micro-kernel (it defaults to 256-bit vectors). No -ffast-math anywhere: it
+# changes numerics, and the tests pin numerics.
+CFLAGS ?= -O3 -march=native -mprefer-vector-width=512
+CFLAGS += -std=gnu11 -fopenmp -Wall -Wextra -Wno-unused-function -Icommon
+LDLIBS = -lm
+DEBUG_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+
+NVCC ?= nvcc
+NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-function --Werror all-warnings
+
+PYTHON ?= python3
+VENV = .venv
+COMMON = common/utils.h common/args.h common/dataloader.h
+
+.PHONY: all run test test-asan clean venv data
+
+all: train_llama mlp_sweep
+
+# ---------------------------------------------------------------------------
+# LLaMA on the CPU
+train_llama: train_llama.c $(COMMON)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+build/test_llama: test/test_llama.c train_llama.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# the same test program with every number in double precision: tight gradient checks
+build/test_llama_f64: test/test_llama.c train_llama.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS)
+
+build/train_llama_asan: train_llama.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(DEBUG_FLAGS) -o $@ $< $(LDLIBS)
+
+build/test_llama_asan: test/test_llama.c train_llama.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(DEBUG_FLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS)
+
+LLAMA_TEST_BINS = train_llama build/test_llama build/test_llama_f64 build/train_llama_asan build/test_llama_asan
+
+# The default run: a small LLaMA on Tiny Shakespeare, sigma 0.006 + LIR + TVR target 0.01.
+RUN_FLAGS = --train 'data/tinyshakespeare/llama2_train_*.bin' --val 'data/tinyshakespeare/llama2_val_*.bin' \
+	--layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --seq-len 128 --vocab 32000 \
+	--batch 8 --steps 400 --lr 3e-3 --warmup 40 --init lir --init-std 0.006 \
+	--tvr-target 0.01 --tvr-every 50 --val-every 100 --val-batches 20 --stats-every 50 \
+	--checkpoint-every 100 --out out/run
+run: train_llama
+	./train_llama $(RUN_FLAGS)
+
+# ---------------------------------------------------------------------------
+# ReLU-MLP experiments E1, E2 (mlp_sweep.c)
+mlp_sweep: mlp_sweep.c $(COMMON)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+MLP_TEST_BINS = mlp_sweep
+
+# ---------------------------------------------------------------------------
+# tests
+TEST_BINS = $(LLAMA_TEST_BINS) $(MLP_TEST_BINS)
+
+test: $(TEST_BINS)
+	./test/run.sh
+
+test-asan: build/train_llama_asan build/test_llama_asan
+	./test/run.sh asan
+
+# ---------------------------------------------------------------------------
+# Python tools for dev/ (data preparation, plots): a local virtual environment
+$(VENV)/.done: dev/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r dev/requirements.txt
+	touch $@
+venv: $(VENV)/.done
+
+clean:
+	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu
