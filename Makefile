@@ -81,3 +81,24 @@ venv: $(VENV)/.done
 
 clean:
 	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu
+
+# ---------------------------------------------------------------------------
+# data
+# Token shards (llm.c format) made by dev/data/prepare.py; see data/README.md.
+# `make data` regenerates the committed Tiny Shakespeare shards.
+PREPARE = $(VENV)/bin/python dev/data/prepare.py
+data: $(VENV)/.done
+	$(PREPARE) --tokenizer llama2 --out data/tinyshakespeare --name llama2 data/tinyshakespeare/input.txt
+	$(PREPARE) --tokenizer gpt2 --out data/tinyshakespeare --name gpt2 data/tinyshakespeare/input.txt
+
+# `make data-gutenberg [GUTENBERG=path/to/books.tar.xz]` unpacks the Gutenberg books into
+# data/gutenberg/books/ and writes llama2 and gpt2 shards to data/gutenberg/ (not committed).
+GUTENBERG ?= ../shared/data/gutenberg/books.tar.xz
+.PHONY: data-gutenberg
+data-gutenberg: $(VENV)/.done
+	@test -f "$(GUTENBERG)" || { echo "data-gutenberg: books archive not found: $(GUTENBERG) (set GUTENBERG=path/to/books.tar.xz)" >&2; exit 1; }
+	rm -rf data/gutenberg/books
+	mkdir -p data/gutenberg/books
+	tar -xJf "$(GUTENBERG)" -C data/gutenberg/books
+	$(PREPARE) --tokenizer llama2 --out data/gutenberg --name llama2 data/gutenberg/books
+	$(PREPARE) --tokenizer gpt2 --out data/gutenberg --name gpt2 data/gutenberg/books
