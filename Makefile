@@ -6,7 +6,7 @@ CC ?= gcc
 # micro-kernel (it defaults to 256-bit vectors). No -ffast-math anywhere: it
 # changes numerics, and the tests pin numerics.
 CFLAGS ?= -O3 -march=native -mprefer-vector-width=512
-CFLAGS += -std=gnu11 -fopenmp -Wall -Wextra -Wno-unused-function -Icommon
+CFLAGS += -std=gnu11 -fopenmp -Wall -Wextra -Wno-unused-function -Wno-format-truncation -Icommon
 LDLIBS = -lm
 DEBUG_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 

@@ -120,10 +120,11 @@ static void ensure_dir(const char *path) {
 typedef struct {
     FILE *f;
     char path[4096];
-    char tmp[4200];
+    char tmp[4096 + 8];
 } AtomicFile;
 
 static void atomic_open(AtomicFile *af, const char *path) {
+    if (strlen(path) + 5 > sizeof(af->path)) die("path too long: %s", path);
     snprintf(af->path, sizeof(af->path), "%s", path);
     snprintf(af->tmp, sizeof(af->tmp), "%s.tmp", path);
     af->f = fopen_check(af->tmp, "wb");

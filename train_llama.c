@@ -1,0 +1,1352 @@
+/*
+ * train_llama.c: train a LLaMA on the CPU, with Layer Index Rescaling (LIR) at
+ * initialisation and Target Variance Rescaling (TVR) during training.
+ *
+ * This file is the project's specification: the CUDA version and the PyTorch
+ * reference are checked against it number by number. It reads top to bottom:
+ *
+ *   1. numbers and the matmul (a cache-blocked GEMM the compiler vectorises)
+ *   2. the layers, each a *_forward / *_backward pair of plain loops
+ *   3. the model: one parameter buffer described by one table, activations,
+ *      init (plain, LIR, residual), forward, backward, checkpoints
+ *   4. the optimizer: schedule, gradient clipping, AdamW
+ *   5. TVR and the weight/activation statistics
+ *   6. training: logs, state.bin, validation, main
+ *
+ * The model (SPEC.md "LLaMA model"): token embedding; per block
+ *   h = x + wo . Attn(RMSNorm(x) * attn_norm)        (RoPE, grouped-query heads)
+ *   x = h + w2 . (SiLU(w1 . n) * (w3 . n)),  n = RMSNorm(h) * ffn_norm
+ * then logits = lm_head . (RMSNorm(x) * final_norm), mean cross-entropy.
+ *
+ * Build: make train_llama   Run: ./train_llama --help
+ */
+#include <omp.h>
+
+#include "args.h"
+#include "dataloader.h"
+#include "utils.h"
+
+// The scalar type of parameters, activations and gradients. Checkpoints are
+// always fp32 on disk; the tests also build this file with -DREAL_DOUBLE so
+// that a gradient check against finite differences can be tight.
+#ifdef REAL_DOUBLE
+typedef double real;
+#define rexp exp
+#define rsqrt_ sqrt
+#define rcos cos
+#else
+typedef float real;
+#define rexp expf
+#define rsqrt_ sqrtf
+#define rcos cosf
+#endif
+
+// ============================================================================
+// 1. numbers and the matmul
+// ============================================================================
+
+// Dot product with 16 independent partial sums. Without -ffast-math a compiler
+// may not reorder a floating-point sum, so a plain loop runs one add at a time;
+// sixteen explicit lanes are one AVX-512 register, summed in a fixed order, so
+// the result is the same on every run.
+static inline real dot(const real *a, const real *b, int n) {
+    real lane[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int j = 0; j < 16; j++) lane[j] += a[i + j] * b[i + j];
+    }
+    real s = 0;
+    for (int j = 0; j < 16; j++) s += lane[j];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// y += alpha * x
+static inline void axpy(real *restrict y, real alpha, const real *restrict x, int n) {
+    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+/*
+ * gemm: C[m][n] = (C[m][n] if accumulate) + sum_k A(m,k) * B(k,n)
+ * with A(m,k) = A[m*a_rs + k*a_cs] and B(k,n) = B[k*b_rs + n*b_cs], so one
+ * routine serves out = in.W^T, dIn = dOut.W and dW = dOut^T.in by strides.
+ *
+ * The classic blocking (as in BLIS/GotoBLAS): B is copied ("packed") KC rows x
+ * NC columns at a time into NR-wide strips, A into MR-tall strips, so that the
+ * innermost kernel streams both from cache in the order it reads them. The
+ * micro-kernel keeps an MR x NR tile of C in registers (8 x 32 floats = 16
+ * AVX-512 registers) and does MR*NR multiply-adds per k. Threads split the
+ * rows of C; every element of C is summed over k in the same order whatever the
+ * thread count, so results do not depend on --threads.
+ */
+#define MR 8
+#define NR (128 / (int)sizeof(real)) // 32 floats or 16 doubles: two 512-bit registers per row
+#define KC 256
+#define MC_MAX 128
+#define NC 2048
+
+static real *gemm_bpack = NULL;  // KC x NC, shared by the threads
+static real **gemm_apack = NULL; // one MC_MAX x KC block per thread
+
+static void gemm_buffers(void) {
+    if (gemm_bpack) return;
+    int nt = omp_get_max_threads();
+    gemm_bpack = (real *)aligned_alloc(64, sizeof(real) * KC * NC);
+    gemm_apack = (real **)malloc_check(sizeof(real *) * nt);
+    for (int t = 0; t < nt; t++) gemm_apack[t] = (real *)aligned_alloc(64, sizeof(real) * MC_MAX * KC);
+    if (!gemm_bpack) die("out of memory for matmul buffers");
+    for (int t = 0; t < nt; t++) {
+        if (!gemm_apack[t]) die("out of memory for matmul buffers");
+    }
+}
+
+static inline void micro_kernel(int kc, const real *restrict a, const real *restrict b, real *restrict c, long ldc,
+                                int mr, int nr, int add) {
+    real acc[MR][NR];
+    for (int i = 0; i < MR; i++) {
+        for (int j = 0; j < NR; j++) acc[i][j] = 0;
+    }
+    for (int k = 0; k < kc; k++) {
+        const real *ak = a + k * MR;
+        const real *bk = b + k * NR;
+        for (int i = 0; i < MR; i++) {
+            for (int j = 0; j < NR; j++) acc[i][j] += ak[i] * bk[j];
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        real *ci = c + i * ldc;
+        if (add) {
+            for (int j = 0; j < nr; j++) ci[j] += acc[i][j];
+        } else {
+            for (int j = 0; j < nr; j++) ci[j] = acc[i][j];
+        }
+    }
+}
+
+static void gemm(int M, int N, int K, const real *A, long a_rs, long a_cs, const real *B, long b_rs, long b_cs,
+                 real *C, long ldc, int accumulate) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate) {
+            for (int m = 0; m < M; m++) memset(C + m * ldc, 0, sizeof(real) * N);
+        }
+        return;
+    }
+    gemm_buffers();
+    int nt = omp_get_max_threads();
+    // rows of C per thread block: enough blocks for every thread, at most MC_MAX
+    int mc = (M + nt - 1) / nt;
+    mc = (mc + MR - 1) / MR * MR;
+    if (mc > MC_MAX) mc = MC_MAX;
+    int nblocks = (M + mc - 1) / mc;
+    for (int jc = 0; jc < N; jc += NC) {
+        int nc = N - jc < NC ? N - jc : NC;
+        int npanels = (nc + NR - 1) / NR;
+        for (int pc = 0; pc < K; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC;
+            int add = accumulate || pc > 0;
+#pragma omp parallel
+            {
+                // pack B(pc:pc+kc, jc:jc+nc) into NR-wide strips, zero-padded
+#pragma omp for schedule(static)
+                for (int p = 0; p < npanels; p++) {
+                    real *dst = gemm_bpack + (long)p * kc * NR;
+                    int j0 = jc + p * NR;
+                    int nr = N - j0 < NR ? N - j0 : NR;
+                    for (int j = 0; j < NR; j++) {
+                        if (j < nr) {
+                            const real *src = B + (long)pc * b_rs + (long)(j0 + j) * b_cs;
+                            for (int k = 0; k < kc; k++) dst[k * NR + j] = src[k * b_rs];
+                        } else {
+                            for (int k = 0; k < kc; k++) dst[k * NR + j] = 0;
+                        }
+                    }
+                }
+                // each thread packs a block of A's rows into MR-tall strips and
+                // runs the micro-kernel over it
+                real *apack = gemm_apack[omp_get_thread_num()];
+#pragma omp for schedule(static)
+                for (int blk = 0; blk < nblocks; blk++) {
+                    int i0 = blk * mc;
+                    int mcb = M - i0 < mc ? M - i0 : mc;
+                    for (int ir = 0; ir < mcb; ir += MR) {
+                        real *dst = apack + (long)ir * kc;
+                        for (int i = 0; i < MR; i++) {
+                            if (ir + i < mcb) {
+                                const real *src = A + (long)(i0 + ir + i) * a_rs + (long)pc * a_cs;
+                                for (int k = 0; k < kc; k++) dst[k * MR + i] = src[k * a_cs];
+                            } else {
+                                for (int k = 0; k < kc; k++) dst[k * MR + i] = 0;
+                            }
+                        }
+                    }
+                    for (int p = 0; p < npanels; p++) {
+                        int j0 = jc + p * NR;
+                        int nr = N - j0 < NR ? N - j0 : NR;
+                        for (int ir = 0; ir < mcb; ir += MR) {
+                            int mr = mcb - ir < MR ? mcb - ir : MR;
+                            micro_kernel(kc, apack + (long)ir * kc, gemm_bpack + (long)p * kc * NR,
+                                         C + (long)(i0 + ir) * ldc + j0, ldc, mr, nr, add);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ============================================================================
+// 2. the layers
+// ============================================================================
+// N = B*T rows; every *_backward adds into parameter gradients (+=).
+
+// out (N, C) = inp (N, Cin) . W^T, W (Cout, Cin) as nn.Linear stores it
+static void matmul_forward(real *out, const real *inp, const real *W, int N, int Cin, int Cout) {
+    gemm(N, Cout, Cin, inp, Cin, 1, W, 1, Cin, out, Cout, 0);
+}
+
+// dW += dout^T . inp;  dinp = dout . W (or += when accumulate_dinp)
+static void matmul_backward(real *dinp, real *dW, const real *dout, const real *inp, const real *W, int N, int Cin,
+                            int Cout, int accumulate_dinp) {
+    gemm(Cout, Cin, N, dout, 1, Cout, inp, Cin, 1, dW, Cin, 1);
+    gemm(N, Cin, Cout, dout, Cout, 1, W, Cin, 1, dinp, Cin, accumulate_dinp);
+}
+
+static void encoder_forward(real *out, const int *tokens, const real *emb, int N, int C) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) memcpy(out + (long)i * C, emb + (long)tokens[i] * C, sizeof(real) * C);
+}
+
+// serial on purpose: two positions with the same token add into the same row
+static void encoder_backward(real *demb, const real *dout, const int *tokens, int N, int C) {
+    for (int i = 0; i < N; i++) axpy(demb + (long)tokens[i] * C, 1, dout + (long)i * C, C);
+}
+
+// out = x / sqrt(mean(x^2) + eps) * gain; rstd keeps 1/sqrt(...) for backward
+static void rmsnorm_forward(real *out, real *rstd, const real *inp, const real *gain, int N, int C, float eps) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const real *x = inp + (long)i * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        real r = (real)(1.0 / sqrt(ss / C + eps));
+        real *o = out + (long)i * C;
+        for (int c = 0; c < C; c++) o[c] = x[c] * r * gain[c];
+        rstd[i] = r;
+    }
+}
+
+// With xhat = x*r: dx = r*(g*dy) - x * r^3/C * sum(g*dy*x), dgain += dy*xhat.
+// dinp is accumulated (+=): it is the residual stream's gradient.
+static void rmsnorm_backward(real *dinp, real *dgain, const real *dout, const real *inp, const real *gain,
+                             const real *rstd, int N, int C) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const real *x = inp + (long)i * C;
+        const real *dy = dout + (long)i * C;
+        real r = rstd[i];
+        double s = 0;
+        for (int c = 0; c < C; c++) s += (double)gain[c] * dy[c] * x[c];
+        real k = (real)(s * r * r * r / C);
+        real *dx = dinp + (long)i * C;
+        for (int c = 0; c < C; c++) dx[c] += r * gain[c] * dy[c] - k * x[c];
+    }
+    // the gain's gradient sums over all rows; done serially so it is deterministic
+    for (int i = 0; i < N; i++) {
+        const real *x = inp + (long)i * C;
+        const real *dy = dout + (long)i * C;
+        real r = rstd[i];
+        for (int c = 0; c < C; c++) dgain[c] += dy[c] * x[c] * r;
+    }
+}
+
+/*
+ * RoPE, llama2.c's convention: within each head, the pair (2i, 2i+1) at position
+ * t is rotated by the angle t * theta^(-2i/hs). cos_t/sin_t are (T, hs/2) tables.
+ * x is (B, T, nheads, hs). The backward is the rotation by the opposite angle
+ * (a rotation's inverse is its transpose).
+ */
+static void rope_rotate(real *x, const real *cos_t, const real *sin_t, int B, int T, int nheads, int hs, int sign) {
+    int half = hs / 2;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            const real *cs = cos_t + (long)t * half;
+            const real *sn = sin_t + (long)t * half;
+            for (int h = 0; h < nheads; h++) {
+                real *v = x + (((long)b * T + t) * nheads + h) * hs;
+                for (int i = 0; i < half; i++) {
+                    real c = cs[i], s = sign * sn[i];
+                    real v0 = v[2 * i], v1 = v[2 * i + 1];
+                    v[2 * i] = v0 * c - v1 * s;
+                    v[2 * i + 1] = v0 * s + v1 * c;
+                }
+            }
+        }
+    }
+}
+static void rope_forward(real *x, const real *cos_t, const real *sin_t, int B, int T, int nh, int hs) {
+    rope_rotate(x, cos_t, sin_t, B, T, nh, hs, +1);
+}
+static void rope_backward(real *dx, const real *cos_t, const real *sin_t, int B, int T, int nh, int hs) {
+    rope_rotate(dx, cos_t, sin_t, B, T, nh, hs, -1);
+}
+
+/*
+ * Causal self-attention with grouped-query heads: q (B,T,NH,hs), k and v
+ * (B,T,NKV,hs); query head h reads kv head h / (NH/NKV). att (B,NH,T,T) keeps
+ * the softmax probabilities for the backward; out is (B,T,NH,hs).
+ */
+static void attention_forward(real *out, real *att, const real *q, const real *k, const real *v, int B, int T,
+                              int NH, int NKV, int hs) {
+    int group = NH / NKV;
+    real scale = (real)(1.0 / sqrt((double)hs));
+    long qs = (long)NH * hs, ks = (long)NKV * hs; // row strides
+#pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                int kvh = h / group;
+                const real *qt = q + ((long)b * T + t) * qs + h * hs;
+                real *a = att + (((long)b * NH + h) * T + t) * T;
+                real maxv = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    a[t2] = dot(qt, k + ((long)b * T + t2) * ks + kvh * hs, hs) * scale;
+                    if (a[t2] > maxv) maxv = a[t2];
+                }
+                double sum = 0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    a[t2] = rexp(a[t2] - maxv);
+                    sum += a[t2];
+                }
+                real inv = (real)(1.0 / sum);
+                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0;
+                real *o = out + ((long)b * T + t) * qs + h * hs;
+                memset(o, 0, sizeof(real) * hs);
+                for (int t2 = 0; t2 <= t; t2++) axpy(o, a[t2], v + ((long)b * T + t2) * ks + kvh * hs, hs);
+            }
+        }
+    }
+}
+
+// Overwrites dq, dk, dv. Threads split (batch, kv head): the query heads of a
+// group all add into the same dk/dv rows, so they stay on one thread.
+static void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *q, const real *k,
+                               const real *v, const real *att, int B, int T, int NH, int NKV, int hs) {
+    int group = NH / NKV;
+    real scale = (real)(1.0 / sqrt((double)hs));
+    long qs = (long)NH * hs, ks = (long)NKV * hs;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int kvh = 0; kvh < NKV; kvh++) {
+            real datt[T];
+            for (int t = 0; t < T; t++) {
+                memset(dk + ((long)b * T + t) * ks + kvh * hs, 0, sizeof(real) * hs);
+                memset(dv + ((long)b * T + t) * ks + kvh * hs, 0, sizeof(real) * hs);
+            }
+            for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                for (int t = 0; t < T; t++) {
+                    const real *a = att + (((long)b * NH + h) * T + t) * T;
+                    const real *dy = dout + ((long)b * T + t) * qs + h * hs;
+                    const real *qt = q + ((long)b * T + t) * qs + h * hs;
+                    real *dqt = dq + ((long)b * T + t) * qs + h * hs;
+                    // through out = att . v
+                    double s = 0;
+                    for (int t2 = 0; t2 <= t; t2++) {
+                        datt[t2] = dot(dy, v + ((long)b * T + t2) * ks + kvh * hs, hs);
+                        axpy(dv + ((long)b * T + t2) * ks + kvh * hs, a[t2], dy, hs);
+                        s += a[t2] * datt[t2];
+                    }
+                    // through the softmax: dpre = a * (datt - sum(a * datt)), then the scaled q.k
+                    memset(dqt, 0, sizeof(real) * hs);
+                    for (int t2 = 0; t2 <= t; t2++) {
+                        real dpre = a[t2] * (datt[t2] - (real)s) * scale;
+                        axpy(dqt, dpre, k + ((long)b * T + t2) * ks + kvh * hs, hs);
+                        axpy(dk + ((long)b * T + t2) * ks + kvh * hs, dpre, qt, hs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// SwiGLU: out = SiLU(a) * b with SiLU(a) = a * sigmoid(a); a = w1.n (gate), b = w3.n (up)
+static void swiglu_forward(real *out, const real *a, const real *b, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        real sig = 1 / (1 + rexp(-a[i]));
+        out[i] = a[i] * sig * b[i];
+    }
+}
+
+// d SiLU(a)/da = sig * (1 + a * (1 - sig)). Overwrites da, db.
+static void swiglu_backward(real *da, real *db, const real *dout, const real *a, const real *b, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        real sig = 1 / (1 + rexp(-a[i]));
+        real silu = a[i] * sig;
+        da[i] = dout[i] * b[i] * sig * (1 + a[i] * (1 - sig));
+        db[i] = dout[i] * silu;
+    }
+}
+
+static void residual_forward(real *out, const real *a, const real *b, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+// Cross-entropy of each row of logits (N, V) against its target. Keeps the
+// log-sum-exp of each row so that the backward needs one pass.
+static void crossentropy_forward(real *losses, real *lse, const real *logits, const int *targets, int N, int V) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const real *l = logits + (long)i * V;
+        real maxv = -INFINITY;
+        for (int j = 0; j < V; j++) maxv = l[j] > maxv ? l[j] : maxv;
+        double sum = 0;
+        for (int j = 0; j < V; j++) sum += rexp(l[j] - maxv);
+        lse[i] = maxv + (real)log(sum);
+        losses[i] = lse[i] - l[targets[i]];
+    }
+}
+
+// d(mean loss)/d logits = (softmax - onehot) / N, written over the logits in
+// place (as llm.c's fused classifier does): the (N, V) logits are the largest
+// activation, and nothing needs them after this.
+static void crossentropy_backward_inplace(real *logits, const real *lse, const int *targets, int N, int V) {
+    real inv_n = (real)(1.0 / N);
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        real *l = logits + (long)i * V;
+        for (int j = 0; j < V; j++) l[j] = rexp(l[j] - lse[i]) * inv_n;
+        l[targets[i]] -= inv_n;
+    }
+}
+
+// ============================================================================
+// 3. the model
+// ============================================================================
+
+#define MODEL_MAGIC 20261122
+#define MODEL_VERSION 1
+#define HEADER_INTS 256
+
+typedef struct {
+    int max_seq_len; // T the model was built for (RoPE table size)
+    int vocab;       // V
+    int layers;      // L
+    int heads;       // NH
+    int kv_heads;    // NKV, divides NH
+    int dim;         // C, divisible by NH; head size hs = C / NH (even, for RoPE)
+    int ffn;         // F, the SwiGLU hidden width
+    float norm_eps;
+    float rope_theta;
+} LlamaConfig;
+
+/*
+ * The one table of parameter tensors. Allocation, the checkpoint reader and
+ * writer, init, weight decay, TVR, the logs and the tests all read it. Order is
+ * model.bin's order (SPEC.md). A per-layer tensor is L consecutive (rows, cols)
+ * matrices; block matrices are the ones LIR scales and TVR rescales.
+ */
+enum {
+    P_TOK_EMB, P_ATTN_NORM, P_WQ, P_WK, P_WV, P_WO, P_FFN_NORM, P_W1, P_W3, P_W2, P_FINAL_NORM, P_LM_HEAD,
+    NUM_PARAM_TENSORS
+};
+typedef struct {
+    const char *name;
+    int per_layer;    // one copy per block
+    int block_matrix; // a 2-D weight inside a block: LIR and TVR act on it
+    int decay;        // AdamW weight decay applies (2-D tensors only)
+} ParamInfo;
+static const ParamInfo PARAM_INFO[NUM_PARAM_TENSORS] = {
+    {"tok_emb", 0, 0, 1}, {"attn_norm", 1, 0, 0}, {"wq", 1, 1, 1},         {"wk", 1, 1, 1},
+    {"wv", 1, 1, 1},      {"wo", 1, 1, 1},        {"ffn_norm", 1, 0, 0},   {"w1", 1, 1, 1},
+    {"w3", 1, 1, 1},      {"w2", 1, 1, 1},        {"final_norm", 0, 0, 0}, {"lm_head", 0, 0, 1},
+};
+
+// rows and columns of one layer's copy of tensor i (norm gains are 1 x C)
+static void param_shape(const LlamaConfig *c, int i, int *rows, int *cols) {
+    int C = c->dim, F = c->ffn, V = c->vocab, KVD = c->kv_heads * (c->dim / c->heads);
+    int shapes[NUM_PARAM_TENSORS][2] = {
+        {V, C}, {1, C}, {C, C}, {KVD, C}, {KVD, C}, {C, C}, {1, C}, {F, C}, {F, C}, {C, F}, {1, C}, {V, C},
+    };
+    *rows = shapes[i][0];
+    *cols = shapes[i][1];
+}
+
+static long param_layer_size(const LlamaConfig *c, int i) {
+    int r, k;
+    param_shape(c, i, &r, &k);
+    return (long)r * k;
+}
+
+static long param_count(const LlamaConfig *c, int i) {
+    return param_layer_size(c, i) * (PARAM_INFO[i].per_layer ? c->layers : 1);
+}
+
+// Activations kept from the forward pass for the backward pass.
+typedef struct {
+    real *x0;       // (B,T,C) token embeddings
+    real *ln1;      // (L,B,T,C) attn_norm output
+    real *ln1_rstd; // (L,B,T)
+    real *q;        // (L,B,T,C) after RoPE
+    real *k;        // (L,B,T,KVD) after RoPE
+    real *v;        // (L,B,T,KVD)
+    real *att;      // (L,B,NH,T,T) attention probabilities
+    real *atty;     // (L,B,T,C) attention output, before wo
+    real *h;        // (L,B,T,C) residual stream after attention
+    real *ln2;      // (L,B,T,C) ffn_norm output
+    real *ln2_rstd; // (L,B,T)
+    real *fc1;      // (L,B,T,F) w1.n, the gate's pre-activation
+    real *fc3;      // (L,B,T,F) w3.n
+    real *swi;      // (L,B,T,F) SiLU(fc1) * fc3
+    real *xout;     // (L,B,T,C) block output
+    real *lnf;      // (B,T,C)
+    real *lnf_rstd; // (B,T)
+    real *logits;   // (B,T,V); after backward it holds d loss / d logits
+    real *lse;      // (B,T) log-sum-exp of each row of logits
+    real *losses;   // (B,T)
+} Acts;
+
+// Gradient scratch for the backward pass, reused layer after layer.
+typedef struct {
+    real *dres;  // (B,T,C) gradient of the residual stream
+    real *dln;   // (B,T,C)
+    real *dq;    // (B,T,C)
+    real *dk;    // (B,T,KVD)
+    real *dv;    // (B,T,KVD)
+    real *datty; // (B,T,C)
+    real *dfc1;  // (B,T,F)
+    real *dfc3;  // (B,T,F)
+    real *dswi;  // (B,T,F)
+} Scratch;
+
+typedef struct {
+    LlamaConfig config;
+    long num_params;
+    real *params; // all parameters, one buffer, in table order
+    real *grads;  // same layout
+    real *m, *v;  // AdamW moments, same layout
+    real *tensor[NUM_PARAM_TENSORS];  // views into params
+    real *gtensor[NUM_PARAM_TENSORS]; // views into grads
+    int B, T;     // batch shape the activations were allocated for
+    Acts acts;
+    Scratch scratch;
+    real *rope_cos, *rope_sin; // (max_seq_len, hs/2)
+    int *tokens;  // (B,T) the last forward's inputs, for encoder_backward
+    int *targets; // (B,T)
+    real loss;    // mean loss of the last forward
+} Llama;
+
+static real *layer_ptr(real *base, const LlamaConfig *c, int i, int l) {
+    return base + (long)l * param_layer_size(c, i);
+}
+
+static void config_check(const LlamaConfig *c, const char *where) {
+    if (c->vocab < 1 || c->layers < 1 || c->heads < 1 || c->kv_heads < 1 || c->dim < 1 || c->ffn < 1 ||
+        c->max_seq_len < 1) {
+        die("%s: every size must be >= 1", where);
+    }
+    if (c->dim % c->heads != 0) die("%s: heads (%d) do not divide dim (%d)", where, c->heads, c->dim);
+    if (c->heads % c->kv_heads != 0) die("%s: kv-heads (%d) do not divide heads (%d)", where, c->kv_heads, c->heads);
+    if ((c->dim / c->heads) % 2 != 0) die("%s: head size %d must be even for RoPE", where, c->dim / c->heads);
+    if (!(c->norm_eps > 0) || !(c->rope_theta > 0)) die("%s: norm eps and rope theta must be > 0", where);
+}
+
+static void llama_build(Llama *model, LlamaConfig config) {
+    memset(model, 0, sizeof(*model));
+    config_check(&config, "model config");
+    model->config = config;
+    long n = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);
+    model->num_params = n;
+    model->params = (real *)calloc_check(n, sizeof(real));
+    model->grads = (real *)calloc_check(n, sizeof(real));
+    model->m = (real *)calloc_check(n, sizeof(real));
+    model->v = (real *)calloc_check(n, sizeof(real));
+    long off = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        model->tensor[i] = model->params + off;
+        model->gtensor[i] = model->grads + off;
+        off += param_count(&config, i);
+    }
+    // RoPE table, computed in double and rounded once (the PyTorch reference does the same)
+    int hs = config.dim / config.heads, half = hs / 2;
+    model->rope_cos = (real *)malloc_check(sizeof(real) * config.max_seq_len * half);
+    model->rope_sin = (real *)malloc_check(sizeof(real) * config.max_seq_len * half);
+    for (int t = 0; t < config.max_seq_len; t++) {
+        for (int i = 0; i < half; i++) {
+            double freq = 1.0 / pow((double)config.rope_theta, (2.0 * i) / hs);
+            model->rope_cos[t * half + i] = (real)cos(t * freq);
+            model->rope_sin[t * half + i] = (real)sin(t * freq);
+        }
+    }
+}
+
+// Allocate activations for batches of B sequences of length T (T <= max_seq_len).
+static void llama_alloc_acts(Llama *model, int B, int T) {
+    const LlamaConfig *c = &model->config;
+    if (T > c->max_seq_len) die("seq-len %d exceeds the model's maximum %d", T, c->max_seq_len);
+    long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
+    long KVD = c->kv_heads * (C / NH), N = (long)B * T;
+    model->B = B;
+    model->T = T;
+    Acts *a = &model->acts;
+    real **slots[] = {&a->x0, &a->ln1, &a->ln1_rstd, &a->q, &a->k, &a->v, &a->att, &a->atty, &a->h, &a->ln2,
+                      &a->ln2_rstd, &a->fc1, &a->fc3, &a->swi, &a->xout, &a->lnf, &a->lnf_rstd, &a->logits,
+                      &a->lse, &a->losses};
+    long sizes[] = {N * C, L * N * C, L * N, L * N * C, L * N * KVD, L * N * KVD, L * B * NH * T * T, L * N * C,
+                    L * N * C, L * N * C, L * N, L * N * F, L * N * F, L * N * F, L * N * C, N * C, N, N * V, N, N};
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        *slots[s] = (real *)calloc_check(sizes[s], sizeof(real));
+    }
+    Scratch *g = &model->scratch;
+    real **gslots[] = {&g->dres, &g->dln, &g->dq, &g->dk, &g->dv, &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
+    long gsizes[] = {N * C, N * C, N * C, N * KVD, N * KVD, N * C, N * F, N * F, N * F};
+    for (size_t s = 0; s < sizeof(gsizes) / sizeof(gsizes[0]); s++) {
+        *gslots[s] = (real *)calloc_check(gsizes[s], sizeof(real));
+    }
+    model->tokens = (int *)calloc_check(N, sizeof(int));
+    model->targets = (int *)calloc_check(N, sizeof(int));
+}
+
+static void llama_free(Llama *model) {
+    free(model->params);
+    free(model->grads);
+    free(model->m);
+    free(model->v);
+    free(model->rope_cos);
+    free(model->rope_sin);
+    real **acts = (real **)&model->acts;
+    for (size_t s = 0; s < sizeof(Acts) / sizeof(real *); s++) free(acts[s]);
+    real **scr = (real **)&model->scratch;
+    for (size_t s = 0; s < sizeof(Scratch) / sizeof(real *); s++) free(scr[s]);
+    free(model->tokens);
+    free(model->targets);
+}
+
+/*
+ * Initialisation (SPEC.md "Init schemes"; RESEARCH.md, LIR):
+ *   plain    every matrix ~ N(0, sigma^2)
+ *   lir      block l's matrices (l = 1..L) ~ N(0, (sigma/sqrt(l))^2); embeddings and lm_head sigma
+ *   residual wo and w2 ~ N(0, (sigma/sqrt(2L))^2), the rest sigma (GPT-2's special residual init)
+ * Norm gains start at 1. Draws go tensor by tensor, layer by layer, in table order.
+ */
+typedef enum { INIT_PLAIN, INIT_LIR, INIT_RESIDUAL } InitScheme;
+
+static double init_std(const LlamaConfig *c, InitScheme scheme, double sigma, int i, int layer /* 1-based */) {
+    if (scheme == INIT_LIR && PARAM_INFO[i].block_matrix) return sigma / sqrt((double)layer);
+    if (scheme == INIT_RESIDUAL && (i == P_WO || i == P_W2)) return sigma / sqrt(2.0 * c->layers);
+    return sigma;
+}
+
+static void llama_init(Llama *model, InitScheme scheme, double sigma, Rng *rng) {
+    const LlamaConfig *c = &model->config;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        int nl = PARAM_INFO[i].per_layer ? c->layers : 1;
+        long n = param_layer_size(c, i);
+        int is_norm = (i == P_ATTN_NORM || i == P_FFN_NORM || i == P_FINAL_NORM);
+        for (int l = 0; l < nl; l++) {
+            real *w = layer_ptr(model->tensor[i], c, i, l);
+            double std = init_std(c, scheme, sigma, i, l + 1);
+            for (long j = 0; j < n; j++) w[j] = is_norm ? 1 : (real)(std * rng_normal(rng));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// forward and backward
+
+// Forward pass on tokens (B,T) with targets (B,T); sets model->loss.
+static void llama_forward(Llama *model, const int *tokens, const int *targets, int B, int T) {
+    if (B != model->B || T != model->T) die("internal: forward with %dx%d, activations are %dx%d", B, T, model->B, model->T);
+    const LlamaConfig *c = &model->config;
+    int L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads, NKV = c->kv_heads;
+    int hs = C / NH, KVD = NKV * hs, N = B * T;
+    Acts *a = &model->acts;
+    memcpy(model->tokens, tokens, sizeof(int) * N);
+    memcpy(model->targets, targets, sizeof(int) * N);
+
+    encoder_forward(a->x0, tokens, model->tensor[P_TOK_EMB], N, C);
+    for (int l = 0; l < L; l++) {
+        const real *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
+        real *ln1 = a->ln1 + (long)l * N * C, *ln1_rstd = a->ln1_rstd + (long)l * N;
+        real *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
+        real *att = a->att + (long)l * B * NH * T * T, *atty = a->atty + (long)l * N * C;
+        real *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C, *ln2_rstd = a->ln2_rstd + (long)l * N;
+        real *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
+        real *xout = a->xout + (long)l * N * C;
+        real *tmp = model->scratch.dln; // (N, C) scratch for the projections' outputs
+
+        rmsnorm_forward(ln1, ln1_rstd, x, layer_ptr(model->tensor[P_ATTN_NORM], c, P_ATTN_NORM, l), N, C, c->norm_eps);
+        matmul_forward(q, ln1, layer_ptr(model->tensor[P_WQ], c, P_WQ, l), N, C, C);
+        matmul_forward(k, ln1, layer_ptr(model->tensor[P_WK], c, P_WK, l), N, C, KVD);
+        matmul_forward(v, ln1, layer_ptr(model->tensor[P_WV], c, P_WV, l), N, C, KVD);
+        rope_forward(q, model->rope_cos, model->rope_sin, B, T, NH, hs);
+        rope_forward(k, model->rope_cos, model->rope_sin, B, T, NKV, hs);
+        attention_forward(atty, att, q, k, v, B, T, NH, NKV, hs);
+        matmul_forward(tmp, atty, layer_ptr(model->tensor[P_WO], c, P_WO, l), N, C, C);
+        residual_forward(h, x, tmp, (long)N * C);
+        rmsnorm_forward(ln2, ln2_rstd, h, layer_ptr(model->tensor[P_FFN_NORM], c, P_FFN_NORM, l), N, C, c->norm_eps);
+        matmul_forward(fc1, ln2, layer_ptr(model->tensor[P_W1], c, P_W1, l), N, C, F);
+        matmul_forward(fc3, ln2, layer_ptr(model->tensor[P_W3], c, P_W3, l), N, C, F);
+        swiglu_forward(swi, fc1, fc3, (long)N * F);
+        matmul_forward(tmp, swi, layer_ptr(model->tensor[P_W2], c, P_W2, l), N, F, C);
+        residual_forward(xout, h, tmp, (long)N * C);
+    }
+    const real *xlast = a->xout + (long)(L - 1) * N * C;
+    rmsnorm_forward(a->lnf, a->lnf_rstd, xlast, model->tensor[P_FINAL_NORM], N, C, c->norm_eps);
+    matmul_forward(a->logits, a->lnf, model->tensor[P_LM_HEAD], N, C, V);
+    crossentropy_forward(a->losses, a->lse, a->logits, targets, N, V);
+    double sum = 0;
+    for (int i = 0; i < N; i++) sum += a->losses[i];
+    model->loss = (real)(sum / N);
+}
+
+static void llama_zero_grad(Llama *model) { memset(model->grads, 0, sizeof(real) * model->num_params); }
+
+// Backward pass for the last forward; adds into model->grads (zero them first).
+static void llama_backward(Llama *model) {
+    const LlamaConfig *c = &model->config;
+    int B = model->B, T = model->T;
+    int L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads, NKV = c->kv_heads;
+    int hs = C / NH, KVD = NKV * hs, N = B * T;
+    Acts *a = &model->acts;
+    Scratch *s = &model->scratch;
+
+    crossentropy_backward_inplace(a->logits, a->lse, model->targets, N, V);
+    const real *dlogits = a->logits;
+    matmul_backward(s->dln, model->gtensor[P_LM_HEAD], dlogits, a->lnf, model->tensor[P_LM_HEAD], N, C, V, 0);
+    memset(s->dres, 0, sizeof(real) * N * C);
+    rmsnorm_backward(s->dres, model->gtensor[P_FINAL_NORM], s->dln, a->xout + (long)(L - 1) * N * C,
+                     model->tensor[P_FINAL_NORM], a->lnf_rstd, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        const real *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
+        const real *ln1 = a->ln1 + (long)l * N * C, *ln1_rstd = a->ln1_rstd + (long)l * N;
+        const real *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
+        const real *att = a->att + (long)l * B * NH * T * T, *atty = a->atty + (long)l * N * C;
+        const real *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
+        const real *ln2_rstd = a->ln2_rstd + (long)l * N;
+        const real *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
+#define W(i) layer_ptr(model->tensor[i], c, i, l)
+#define DW(i) layer_ptr(model->gtensor[i], c, i, l)
+        // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far)
+        matmul_backward(s->dswi, DW(P_W2), s->dres, swi, W(P_W2), N, F, C, 0);
+        swiglu_backward(s->dfc1, s->dfc3, s->dswi, fc1, fc3, (long)N * F);
+        matmul_backward(s->dln, DW(P_W1), s->dfc1, ln2, W(P_W1), N, C, F, 0);
+        matmul_backward(s->dln, DW(P_W3), s->dfc3, ln2, W(P_W3), N, C, F, 1);
+        rmsnorm_backward(s->dres, DW(P_FFN_NORM), s->dln, h, W(P_FFN_NORM), ln2_rstd, N, C);
+        // now s->dres = d loss / d h; h = x + wo.atty
+        matmul_backward(s->datty, DW(P_WO), s->dres, atty, W(P_WO), N, C, C, 0);
+        attention_backward(s->dq, s->dk, s->dv, s->datty, q, k, v, att, B, T, NH, NKV, hs);
+        rope_backward(s->dq, model->rope_cos, model->rope_sin, B, T, NH, hs);
+        rope_backward(s->dk, model->rope_cos, model->rope_sin, B, T, NKV, hs);
+        matmul_backward(s->dln, DW(P_WQ), s->dq, ln1, W(P_WQ), N, C, C, 0);
+        matmul_backward(s->dln, DW(P_WK), s->dk, ln1, W(P_WK), N, C, KVD, 1);
+        matmul_backward(s->dln, DW(P_WV), s->dv, ln1, W(P_WV), N, C, KVD, 1);
+        rmsnorm_backward(s->dres, DW(P_ATTN_NORM), s->dln, x, W(P_ATTN_NORM), ln1_rstd, N, C);
+        // now s->dres = d loss / d x, the previous block's output
+#undef W
+#undef DW
+    }
+    encoder_backward(model->gtensor[P_TOK_EMB], s->dres, model->tokens, N, C);
+}
+
+// ---------------------------------------------------------------------------
+// model.bin (SPEC.md): int32 header[256], then every tensor as fp32 in table order
+
+static void write_floats(FILE *f, const real *x, long n, const char *path) {
+#ifdef REAL_DOUBLE
+    float buf[4096];
+    for (long i = 0; i < n; i += 4096) {
+        long m = n - i < 4096 ? n - i : 4096;
+        for (long j = 0; j < m; j++) buf[j] = (float)x[i + j];
+        fwrite_check(buf, sizeof(float), m, f, path);
+    }
+#else
+    fwrite_check(x, sizeof(float), n, f, path);
+#endif
+}
+
+static void read_floats(FILE *f, real *x, long n, const char *path) {
+#ifdef REAL_DOUBLE
+    float buf[4096];
+    for (long i = 0; i < n; i += 4096) {
+        long m = n - i < 4096 ? n - i : 4096;
+        fread_check(buf, sizeof(float), m, f, path);
+        for (long j = 0; j < m; j++) x[i + j] = buf[j];
+    }
+#else
+    fread_check(x, sizeof(float), n, f, path);
+#endif
+}
+
+static void llama_save(const Llama *model, const char *path) {
+    const LlamaConfig *c = &model->config;
+    int32_t header[HEADER_INTS] = {0};
+    header[0] = MODEL_MAGIC;
+    header[1] = MODEL_VERSION;
+    header[2] = c->max_seq_len;
+    header[3] = c->vocab;
+    header[4] = c->layers;
+    header[5] = c->heads;
+    header[6] = c->kv_heads;
+    header[7] = c->dim;
+    header[8] = c->ffn;
+    memcpy(&header[16], &c->norm_eps, sizeof(float));
+    memcpy(&header[17], &c->rope_theta, sizeof(float));
+    AtomicFile af;
+    atomic_open(&af, path);
+    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    write_floats(af.f, model->params, model->num_params, af.tmp);
+    atomic_commit(&af);
+}
+
+// Read a model.bin header into *c, checking magic, version and sizes.
+static void llama_read_header(const char *path, LlamaConfig *c) {
+    FILE *f = fopen_check(path, "rb");
+    int32_t header[HEADER_INTS];
+    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
+        die("checkpoint %s is truncated: shorter than its 1024-byte header", path);
+    }
+    fclose(f);
+    if (header[0] != MODEL_MAGIC) die("checkpoint %s has bad magic %d (want %d)", path, header[0], MODEL_MAGIC);
+    if (header[1] != MODEL_VERSION) die("checkpoint %s has version %d, want %d", path, header[1], MODEL_VERSION);
+    c->max_seq_len = header[2];
+    c->vocab = header[3];
+    c->layers = header[4];
+    c->heads = header[5];
+    c->kv_heads = header[6];
+    c->dim = header[7];
+    c->ffn = header[8];
+    memcpy(&c->norm_eps, &header[16], sizeof(float));
+    memcpy(&c->rope_theta, &header[17], sizeof(float));
+    char where[4200];
+    snprintf(where, sizeof(where), "checkpoint %s", path);
+    config_check(c, where);
+}
+
+// Load parameters from a model.bin whose config equals the model's.
+static void llama_load_params(Llama *model, const char *path) {
+    long want = HEADER_INTS * 4 + model->num_params * 4;
+    long have = file_size(path);
+    if (have != want) {
+        die("checkpoint %s is %ld bytes; its header describes %ld parameters, %ld bytes (truncated?)", path, have,
+            model->num_params, want);
+    }
+    FILE *f = fopen_check(path, "rb");
+    fseek(f, HEADER_INTS * 4, SEEK_SET);
+    read_floats(f, model->params, model->num_params, path);
+    fclose(f);
+}
+
+// ============================================================================
+// 4. the optimizer
+// ============================================================================
+
+typedef struct {
+    double lr, min_lr_frac;
+    int warmup, steps;
+    int cosine; // 0: constant after warm-up
+    double weight_decay, beta1, beta2, eps, grad_clip;
+} OptConfig;
+
+// Learning rate at step s (1-based): linear warm-up to lr over `warmup` steps,
+// then cosine from lr to lr*min_lr_frac at the last step (SPEC.md "Training").
+static double lr_at(const OptConfig *o, int s) {
+    if (o->warmup > 0 && s <= o->warmup) return o->lr * s / o->warmup;
+    if (!o->cosine || o->steps <= o->warmup) return o->lr;
+    double progress = (double)(s - o->warmup) / (o->steps - o->warmup);
+    double min_lr = o->lr * o->min_lr_frac;
+    return min_lr + 0.5 * (o->lr - min_lr) * (1 + cos(M_PI * progress));
+}
+
+// Sum of squares of x in double. The vector is cut into a fixed number of
+// chunks whatever the thread count, and the chunks are added in order, so the
+// result is the same with 1 or 16 threads.
+#define REDUCE_CHUNKS 64
+static double sum_squares(const real *x, long n, double shift) {
+    double part[REDUCE_CHUNKS];
+#pragma omp parallel for
+    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
+        long lo = n * ch / REDUCE_CHUNKS, hi = n * (ch + 1) / REDUCE_CHUNKS;
+        double s = 0;
+        for (long i = lo; i < hi; i++) s += ((double)x[i] - shift) * ((double)x[i] - shift);
+        part[ch] = s;
+    }
+    double s = 0;
+    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) s += part[ch];
+    return s;
+}
+
+static double sum_values(const real *x, long n) {
+    double part[REDUCE_CHUNKS];
+#pragma omp parallel for
+    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
+        long lo = n * ch / REDUCE_CHUNKS, hi = n * (ch + 1) / REDUCE_CHUNKS;
+        double s = 0;
+        for (long i = lo; i < hi; i++) s += x[i];
+        part[ch] = s;
+    }
+    double s = 0;
+    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) s += part[ch];
+    return s;
+}
+
+// Global gradient norm over all parameters, then clipping (SPEC.md): scale by
+// max/(norm + 1e-6) when that is below 1. Returns the norm before clipping.
+static double clip_grad_norm(Llama *model, double max_norm) {
+    double norm = sqrt(sum_squares(model->grads, model->num_params, 0));
+    if (max_norm > 0) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1) {
+            real cf = (real)coef;
+#pragma omp parallel for
+            for (long i = 0; i < model->num_params; i++) model->grads[i] *= cf;
+        }
+    }
+    return norm;
+}
+
+/*
+ * AdamW as torch.optim.AdamW computes it (step t from 1):
+ *   p <- p * (1 - lr*wd)                         (decoupled decay, 2-D tensors only)
+ *   m <- m + (1-beta1)*(g - m);  v <- beta2*v + (1-beta2)*g^2
+ *   p <- p - lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
+ */
+static void adamw_update(Llama *model, const OptConfig *o, double lr, int t) {
+    double bc1 = 1 - pow(o->beta1, t), bc2_sqrt = sqrt(1 - pow(o->beta2, t));
+    real step_size = (real)(lr / bc1), inv_bc2 = (real)(1 / bc2_sqrt);
+    real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        real decay = PARAM_INFO[i].decay ? (real)(1 - lr * o->weight_decay) : 1;
+        real *p = model->tensor[i], *g = model->gtensor[i];
+        real *m = model->m + (p - model->params), *v = model->v + (p - model->params);
+        long n = param_count(&model->config, i);
+#pragma omp parallel for
+        for (long j = 0; j < n; j++) {
+            p[j] *= decay;
+            m[j] += (1 - b1) * (g[j] - m[j]);
+            v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j];
+            p[j] -= step_size * m[j] / (rsqrt_(v[j]) * inv_bc2 + eps);
+        }
+    }
+}
+
+// ============================================================================
+// 5. TVR and statistics
+// ============================================================================
+
+typedef struct {
+    double target;    // 0 = off
+    int every;        // fire on steps every, 2*every, ...
+    double threshold; // rescale when std/target > threshold
+    int depth_scaled; // target/sqrt(l) for block l
+} TvrConfig;
+
+// mean and unbiased (n-1) standard deviation, two passes in double
+static void weight_stats(const real *w, long n, double *mean, double *std) {
+    *mean = sum_values(w, n) / n;
+    *std = n > 1 ? sqrt(sum_squares(w, n, *mean) / (n - 1)) : 0;
+}
+
+/*
+ * Target Variance Rescaling (RESEARCH.md, paper A): if the matrix's std s is
+ * above threshold*target, W <- (W - mean) * target/s + mean. The mean is kept,
+ * only the spread changes; Adam's moments are left alone. Returns 1 if it
+ * rescaled. mean and std (before) are returned for the log.
+ */
+static int tvr_rescale(real *w, long n, double target, double threshold, double *mean, double *std) {
+    weight_stats(w, n, mean, std);
+    if (!(*std / target > threshold)) return 0;
+    double mu = *mean, scale = target / *std;
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) w[i] = (real)(((double)w[i] - mu) * scale + mu);
+    return 1;
+}
+
+static double tvr_target_for_layer(const TvrConfig *tvr, int layer /* 1-based */) {
+    return tvr->depth_scaled ? tvr->target / sqrt((double)layer) : tvr->target;
+}
+
+static int tvr_due(const TvrConfig *tvr, int step) { return tvr->target > 0 && step % tvr->every == 0; }
+
+// For every block matrix: statistics (and TVR if due), one weights.csv row each.
+static void weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
+    const LlamaConfig *c = &model->config;
+    for (int l = 0; l < c->layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (!PARAM_INFO[i].block_matrix) continue;
+            real *w = layer_ptr(model->tensor[i], c, i, l);
+            long n = param_layer_size(c, i);
+            double mean, std;
+            int rescaled = 0;
+            if (do_tvr) {
+                rescaled = tvr_rescale(w, n, tvr_target_for_layer(tvr, l + 1), tvr->threshold, &mean, &std);
+            } else {
+                weight_stats(w, n, &mean, &std);
+            }
+            if (csv) fprintf(csv, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, PARAM_INFO[i].name, mean, std, rescaled);
+        }
+    }
+    if (csv) fflush(csv);
+}
+
+// max |x| and rms of each block's output on the last forward's batch
+static void activations_log(const Llama *model, int step, FILE *csv) {
+    long n = (long)model->B * model->T * model->config.dim;
+    for (int l = 0; l < model->config.layers; l++) {
+        const real *x = model->acts.xout + l * n;
+        double maxabs = 0;
+        for (long i = 0; i < n; i++) maxabs = fabs((double)x[i]) > maxabs ? fabs((double)x[i]) : maxabs;
+        double rms = sqrt(sum_squares(x, n, 0) / n);
+        fprintf(csv, "%d,%d,%.9g,%.9g\n", step, l + 1, maxabs, rms);
+    }
+    fflush(csv);
+}
+
+// ============================================================================
+// 6. training
+// ============================================================================
+
+#define STATE_MAGIC 20261123
+#define STATE_VERSION 1
+
+// Everything --resume needs besides model.bin: where the run is, where the
+// data loader is, the RNG, and AdamW's moments. Format (state.bin):
+//   int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard index,
+//   int64 at [4] data position, [6] RNG state, [8] parameter count;
+//   then m and v, fp32, in the parameter table's order.
+typedef struct {
+    int step;
+    int shard;
+    long pos;
+    uint64_t rng;
+} TrainState;
+
+static void state_save(const Llama *model, const TrainState *st, const char *path) {
+    int32_t header[HEADER_INTS] = {0};
+    header[0] = STATE_MAGIC;
+    header[1] = STATE_VERSION;
+    header[2] = st->step;
+    header[3] = st->shard;
+    int64_t pos = st->pos, np = model->num_params;
+    memcpy(&header[4], &pos, 8);
+    memcpy(&header[6], &st->rng, 8);
+    memcpy(&header[8], &np, 8);
+    AtomicFile af;
+    atomic_open(&af, path);
+    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    write_floats(af.f, model->m, model->num_params, af.tmp);
+    write_floats(af.f, model->v, model->num_params, af.tmp);
+    atomic_commit(&af);
+}
+
+static void state_load(Llama *model, TrainState *st, const char *path) {
+    FILE *f = fopen_check(path, "rb");
+    int32_t header[HEADER_INTS];
+    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
+        die("state file %s is truncated: shorter than its 1024-byte header", path);
+    }
+    if (header[0] != STATE_MAGIC) die("state file %s has bad magic %d (want %d)", path, header[0], STATE_MAGIC);
+    if (header[1] != STATE_VERSION) die("state file %s has version %d, want %d", path, header[1], STATE_VERSION);
+    int64_t pos, np;
+    memcpy(&pos, &header[4], 8);
+    memcpy(&st->rng, &header[6], 8);
+    memcpy(&np, &header[8], 8);
+    if (np != model->num_params) {
+        die("state file %s holds %lld parameters, the model has %ld", path, (long long)np, model->num_params);
+    }
+    long want = HEADER_INTS * 4 + 2 * np * 4;
+    if (file_size(path) != want) die("state file %s is %ld bytes, want %ld (truncated?)", path, file_size(path), want);
+    st->step = header[2];
+    st->shard = header[3];
+    st->pos = pos;
+    read_floats(f, model->m, model->num_params, path);
+    read_floats(f, model->v, model->num_params, path);
+    fclose(f);
+}
+
+// ---------------------------------------------------------------------------
+// CSV logs. A fresh run truncates them; a resumed run keeps the rows up to the
+// step it resumes from (a crash after the last checkpoint may have logged
+// steps that are now run again) and appends.
+
+static FILE *csv_open(const char *dir, const char *name, const char *header, int resume_step) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (resume_step >= 0 && file_size(path) > 0) {
+        FILE *in = fopen_check(path, "r");
+        char *kept = NULL;
+        size_t kept_len = 0;
+        FILE *mem = open_memstream(&kept, &kept_len);
+        char line[1024];
+        int first = 1;
+        while (fgets(line, sizeof(line), in)) {
+            if (first || atoi(line) <= resume_step) fputs(line, mem);
+            first = 0;
+        }
+        fclose(in);
+        fclose(mem);
+        FILE *out = fopen_check(path, "w");
+        fwrite_check(kept, 1, kept_len, out, path);
+        free(kept);
+        return out;
+    }
+    FILE *f = fopen_check(path, "w");
+    fprintf(f, "%s\n", header);
+    return f;
+}
+
+typedef struct {
+    FILE *train, *val, *weights, *acts;
+} Logs;
+
+// ---------------------------------------------------------------------------
+// the run's settings, read from the flag table
+
+typedef struct {
+    const char *train, *val, *init_from, *resume, *out;
+    int layers, dim, heads, kv_heads, ffn, seq_len, vocab;
+    double norm_eps, rope_theta;
+    int batch, steps, warmup;
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
+    const char *schedule, *init;
+    double init_std;
+    int seed;
+    double tvr_target, tvr_threshold;
+    int tvr_every, tvr_depth_scaled;
+    int val_every, val_batches, stats_every, checkpoint_every, threads;
+} Settings;
+
+#define USAGE "usage: train_llama [flags]   train a LLaMA on the CPU with LIR and TVR (see README.md)"
+
+static int settings_parse(Settings *s, int argc, char **argv) {
+    Flag flags[] = {
+        {"train", FLAG_STRING, &s->train, "data/tinyshakespeare/llama2_train_*.bin", 0, 0, NULL, "training shards (glob)", 0},
+        {"val", FLAG_STRING, &s->val, "data/tinyshakespeare/llama2_val_*.bin", 0, 0, NULL, "validation shards (glob); \"\" for none", 0},
+        {"init-from", FLAG_STRING, &s->init_from, NULL, 0, 0, NULL, "start from this model.bin (a fresh run from step 0)", 0},
+        {"resume", FLAG_STRING, &s->resume, NULL, 0, 0, NULL, "continue the run checkpointed in this directory", 0},
+        {"out", FLAG_STRING, &s->out, "out", 0, 0, NULL, "output directory: logs and checkpoints", 0},
+        {"layers", FLAG_INT, &s->layers, "4", 1, 1024, NULL, "decoder blocks L (fresh model)", 0},
+        {"dim", FLAG_INT, &s->dim, "128", 2, 65536, NULL, "width C (fresh model)", 0},
+        {"heads", FLAG_INT, &s->heads, "4", 1, 1024, NULL, "query heads NH (fresh model)", 0},
+        {"kv-heads", FLAG_INT, &s->kv_heads, "2", 1, 1024, NULL, "key/value heads NKV, dividing NH (fresh model)", 0},
+        {"ffn", FLAG_INT, &s->ffn, "0", 0, 1 << 20, NULL, "SwiGLU hidden width F; 0 = 2/3*4C rounded up to 32", 0},
+        {"seq-len", FLAG_INT, &s->seq_len, "128", 1, 1 << 16, NULL, "sequence length T", 0},
+        {"vocab", FLAG_INT, &s->vocab, "32000", 2, 65536, NULL, "vocabulary size V (fresh model)", 0},
+        {"norm-eps", FLAG_FLOAT, &s->norm_eps, "1e-5", 1e-12, 1, NULL, "RMSNorm eps (fresh model)", 0},
+        {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
+        {"batch", FLAG_INT, &s->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
+        {"steps", FLAG_INT, &s->steps, "400", 0, 1 << 30, NULL, "total optimizer steps", 0},
+        {"lr", FLAG_FLOAT, &s->lr, "3e-3", 0, 100, NULL, "peak learning rate", 0},
+        {"min-lr-frac", FLAG_FLOAT, &s->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
+        {"warmup", FLAG_INT, &s->warmup, "40", 0, 1 << 30, NULL, "linear warm-up steps", 0},
+        {"schedule", FLAG_CHOICE, &s->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
+        {"weight-decay", FLAG_FLOAT, &s->weight_decay, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (2-D tensors)", 0},
+        {"beta1", FLAG_FLOAT, &s->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
+        {"beta2", FLAG_FLOAT, &s->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
+        {"eps", FLAG_FLOAT, &s->eps, "1e-8", 0, 1, NULL, "AdamW eps", 0},
+        {"grad-clip", FLAG_FLOAT, &s->grad_clip, "1.0", 0, 1e9, NULL, "global gradient norm limit; 0 = off", 0},
+        {"init", FLAG_CHOICE, &s->init, "plain", 0, 0, "plain|lir|residual", "initialisation scheme", 0},
+        {"init-std", FLAG_FLOAT, &s->init_std, "0.02", 0, 10, NULL, "sigma of the initial weights", 0},
+        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init)", 0},
+        {"tvr-target", FLAG_FLOAT, &s->tvr_target, "0", 0, 10, NULL, "TVR target std; 0 = off", 0},
+        {"tvr-every", FLAG_INT, &s->tvr_every, "50", 1, 1 << 30, NULL, "TVR on steps that are multiples of this", 0},
+        {"tvr-threshold", FLAG_FLOAT, &s->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
+        {"tvr-depth-scaled", FLAG_INT, &s->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(l) for block l", 0},
+        {"val-every", FLAG_INT, &s->val_every, "100", 0, 1 << 30, NULL, "validate every N steps (and at the end); 0 = never", 0},
+        {"val-batches", FLAG_INT, &s->val_batches, "20", 1, 1 << 20, NULL, "batches per validation", 0},
+        {"stats-every", FLAG_INT, &s->stats_every, "50", 0, 1 << 30, NULL, "weights.csv/activations.csv every N steps; 0 = never", 0},
+        {"checkpoint-every", FLAG_INT, &s->checkpoint_every, "0", 0, 1 << 30, NULL, "checkpoint every N steps (and at the end); 0 = only at the end", 0},
+        {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL, "OpenMP threads; 0 = all cores", 0},
+    };
+    int nflags = sizeof(flags) / sizeof(flags[0]);
+    flags_parse(flags, nflags, argc, argv, 1, USAGE);
+    if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
+    if (s->ffn == 0) s->ffn = (2 * 4 * s->dim / 3 + 31) / 32 * 32;
+    if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
+    if (s->heads % s->kv_heads != 0) usage_error("--kv-heads %d does not divide --heads %d", s->kv_heads, s->heads);
+    if ((s->dim / s->heads) % 2 != 0) usage_error("head size --dim/--heads = %d must be even (RoPE)", s->dim / s->heads);
+    // with a checkpoint, the architecture comes from its header: say so if the flags disagree
+    const char *arch[] = {"layers", "dim", "heads", "kv-heads", "ffn", "vocab", "norm-eps", "rope-theta"};
+    int from_file = s->init_from || s->resume;
+    for (size_t i = 0; i < sizeof(arch) / sizeof(arch[0]); i++) {
+        if (from_file && flag_given(flags, nflags, arch[i])) {
+            usage_error("--%s cannot be set with --init-from/--resume: the checkpoint sets it", arch[i]);
+        }
+    }
+    return flag_given(flags, nflags, "seq-len");
+}
+
+static LlamaConfig config_from_settings(const Settings *s) {
+    LlamaConfig c = {s->seq_len, s->vocab, s->layers, s->heads, s->kv_heads, s->dim, s->ffn,
+                     (float)s->norm_eps, (float)s->rope_theta};
+    return c;
+}
+
+// mean loss over the first val_batches batches of the validation shards
+static double evaluate(Llama *model, DataLoader *val, int batches) {
+    dataloader_reset(val);
+    double sum = 0;
+    for (int i = 0; i < batches; i++) {
+        dataloader_next(val);
+        llama_forward(model, val->inputs, val->targets, model->B, model->T);
+        sum += model->loss;
+    }
+    return sum / batches;
+}
+
+static void save_checkpoint(const Llama *model, const TrainState *st, const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/model.bin", dir);
+    llama_save(model, path);
+    snprintf(path, sizeof(path), "%s/state.bin", dir);
+    state_save(model, st, path);
+}
+
+static void format_eta(char *buf, size_t n, double seconds) {
+    int s = (int)(seconds + 0.5);
+    if (s >= 3600) {
+        snprintf(buf, n, "%dh%02dm", s / 3600, s / 60 % 60);
+    } else {
+        snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
+    }
+}
+
+static int stats_due(int every, int step) { return every > 0 && step % every == 0; }
+
+static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+    OptConfig opt = {s->lr, s->min_lr_frac, s->warmup, s->steps, strcmp(s->schedule, "cosine") == 0,
+                     s->weight_decay, s->beta1, s->beta2, s->eps, s->grad_clip};
+    TvrConfig tvr = {s->tvr_target, s->tvr_every, s->tvr_threshold, s->tvr_depth_scaled};
+    int resume_step = s->resume ? st->step : -1;
+    Logs logs = {
+        csv_open(s->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step),
+        csv_open(s->out, "val.csv", "step,val_loss", resume_step),
+        csv_open(s->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step),
+        csv_open(s->out, "activations.csv", "step,layer,max_abs,rms", resume_step),
+    };
+    int B = model->B, T = model->T;
+    if (st->step == 0) {
+        weights_pass(model, &tvr, 0, 0, logs.weights);
+        if (val_dl && s->val_every > 0 && s->steps > 0) {
+            double vl = evaluate(model, val_dl, s->val_batches);
+            fprintf(logs.val, "0,%.9g\n", vl);
+            fflush(logs.val);
+            printf("step 0: val loss %.4f\n", vl);
+        }
+    }
+    double total_ms = 0;
+    int timed = 0;
+    while (st->step < s->steps) {
+        int step = st->step + 1;
+        double t0 = wall_seconds();
+        dataloader_next(train_dl);
+        llama_forward(model, train_dl->inputs, train_dl->targets, B, T);
+        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        llama_zero_grad(model);
+        llama_backward(model);
+        double norm = clip_grad_norm(model, opt.grad_clip);
+        double lr = lr_at(&opt, step);
+        adamw_update(model, &opt, lr, step);
+        int do_tvr = tvr_due(&tvr, step);
+        if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
+        double ms = 1000 * (wall_seconds() - t0);
+        st->step = step;
+        st->shard = train_dl->shard;
+        st->pos = train_dl->pos;
+        total_ms += ms;
+        timed++;
+        double tok_s = B * T / (ms / 1000);
+        fprintf(logs.train, "%d,%.9g,%.9g,%.9g,%.3f,%.1f\n", step, model->loss, lr, norm, ms, tok_s);
+        fflush(logs.train);
+        char eta[32];
+        format_eta(eta, sizeof(eta), (s->steps - step) * total_ms / timed / 1000);
+        printf("step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | eta %s%s\n", step, s->steps,
+               model->loss, lr, norm, ms, tok_s, eta, do_tvr ? " | tvr" : "");
+        if (val_dl && s->val_every > 0 && (step % s->val_every == 0 || step == s->steps)) {
+            double vl = evaluate(model, val_dl, s->val_batches);
+            fprintf(logs.val, "%d,%.9g\n", step, vl);
+            fflush(logs.val);
+            printf("step %d: val loss %.4f\n", step, vl);
+        }
+        if (s->checkpoint_every > 0 && step % s->checkpoint_every == 0 && step < s->steps) {
+            save_checkpoint(model, st, s->out);
+        }
+        fflush(stdout);
+    }
+    save_checkpoint(model, st, s->out);
+    fclose(logs.train);
+    fclose(logs.val);
+    fclose(logs.weights);
+    fclose(logs.acts);
+}
+
+#ifndef TESTING
+int main(int argc, char **argv) {
+    Settings s;
+    int seq_len_given = settings_parse(&s, argc, argv);
+    if (s.threads > 0) omp_set_num_threads(s.threads);
+    const char *out = s.out;
+    if (s.resume && !strcmp(out, "out")) s.out = s.resume; // resume in place unless told otherwise
+
+    // the model: a fresh one from the flags, or the architecture from a checkpoint
+    Llama model;
+    LlamaConfig config;
+    char ckpt[4200] = "";
+    if (s.init_from) snprintf(ckpt, sizeof(ckpt), "%s", s.init_from);
+    if (s.resume) snprintf(ckpt, sizeof(ckpt), "%s/model.bin", s.resume);
+    if (ckpt[0]) {
+        llama_read_header(ckpt, &config);
+        if (s.seq_len > config.max_seq_len) {
+            die_status(EXIT_USAGE, "--seq-len %d exceeds the checkpoint's %d (%s)", s.seq_len, config.max_seq_len, ckpt);
+        }
+        if (!seq_len_given) s.seq_len = config.max_seq_len;
+    } else {
+        config = config_from_settings(&s);
+    }
+    llama_build(&model, config);
+    // data first: a bad shard is reported before any work is done
+    DataLoader train_dl, val_dl;
+    dataloader_init(&train_dl, s.train, "--train", s.batch, s.seq_len, config.vocab);
+    int have_val = s.val && s.val[0] && s.val_every > 0;
+    if (have_val) dataloader_init(&val_dl, s.val, "--val", s.batch, s.seq_len, config.vocab);
+    ensure_dir(s.out);
+    llama_alloc_acts(&model, s.batch, s.seq_len);
+
+    TrainState st = {0, 0, 0, 0};
+    Rng rng;
+    rng_seed(&rng, (uint64_t)s.seed);
+    if (ckpt[0]) {
+        llama_load_params(&model, ckpt);
+    } else {
+        InitScheme scheme = !strcmp(s.init, "lir") ? INIT_LIR : !strcmp(s.init, "residual") ? INIT_RESIDUAL : INIT_PLAIN;
+        llama_init(&model, scheme, s.init_std, &rng);
+    }
+    if (s.resume) {
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/state.bin", s.resume);
+        state_load(&model, &st, path);
+        rng.s = st.rng;
+        dataloader_seek(&train_dl, st.shard, st.pos);
+    }
+    st.rng = rng.s;
+    printf("train_llama: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %d threads\n", config.layers,
+           config.dim, config.heads, config.kv_heads, config.ffn, config.vocab, s.seq_len, model.num_params, s.batch,
+           omp_get_max_threads());
+    printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
+           s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
+    double t0 = wall_seconds();
+    train(&model, &s, &train_dl, have_val ? &val_dl : NULL, &st);
+    printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);
+    (void)out;
+    dataloader_free(&train_dl);
+    if (have_val) dataloader_free(&val_dl);
+    llama_free(&model);
+    return 0;
+}
+#endif
