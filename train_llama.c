@@ -31,14 +31,34 @@
 // that a gradient check against finite differences can be tight.
 #ifdef REAL_DOUBLE
 typedef double real;
-#define rexp exp
 #define rsqrt_ sqrt
-#define rcos cos
+static inline double rexp(double x) { return exp(x); }
 #else
 typedef float real;
-#define rexp expf
 #define rsqrt_ sqrtf
-#define rcos cosf
+/*
+ * exp for floats written so that the compiler vectorises the loops that call
+ * it (libm's expf is a function call per element, which it cannot; the softmax
+ * over a 32000-word vocabulary spent a quarter of the step there).
+ * exp(x) = 2^n * exp(r) with n = round(x/ln2) and |r| <= ln2/2; exp(r) by its
+ * Taylor series to degree 7 (truncation error < 1e-8, below float's 6e-8
+ * rounding); 2^n is built directly in the exponent bits. Inputs are clamped to
+ * [-87, 88] so 2^n stays a normal float: exp(-87) = 1.6e-38 stands in for
+ * anything smaller, which is 0 for every use here (softmax and sigmoid terms).
+ */
+static inline float rexp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f; // round to nearest via 1.5*2^23
+    float r = x - n * 0.693145751953125f;                    // ln2 split in two: the high part
+    r = r - n * 1.42860677e-6f;                              // times n is exact
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 +
+                                                                                             r * (1.0f / 5040)))))));
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
 #endif
 
 // ============================================================================
@@ -123,6 +143,25 @@ static inline void micro_kernel(int kc, const real *restrict a, const real *rest
     }
 }
 
+// Copy a strip of `w` (<= width) rows or columns, kc deep, into dst laid out
+// k-major: dst[k*width + i] = src[i*s_i + k*s_k], zero-padded to width. The
+// loop order follows whichever stride is 1, so the reads are contiguous.
+static void pack_strip(real *restrict dst, int width, const real *restrict src, long s_i, long s_k, int w, int kc) {
+    if (s_i == 1) {
+        for (int k = 0; k < kc; k++) {
+            for (int i = 0; i < w; i++) dst[k * width + i] = src[k * s_k + i];
+            for (int i = w; i < width; i++) dst[k * width + i] = 0;
+        }
+    } else {
+        for (int i = 0; i < w; i++) {
+            for (int k = 0; k < kc; k++) dst[k * width + i] = src[i * s_i + k * s_k];
+        }
+        for (int i = w; i < width; i++) {
+            for (int k = 0; k < kc; k++) dst[k * width + i] = 0;
+        }
+    }
+}
+
 static void gemm(int M, int N, int K, const real *A, long a_rs, long a_cs, const real *B, long b_rs, long b_cs,
                  real *C, long ldc, int accumulate) {
     if (M <= 0 || N <= 0) return;
@@ -150,17 +189,10 @@ static void gemm(int M, int N, int K, const real *A, long a_rs, long a_cs, const
                 // pack B(pc:pc+kc, jc:jc+nc) into NR-wide strips, zero-padded
 #pragma omp for schedule(static)
                 for (int p = 0; p < npanels; p++) {
-                    real *dst = gemm_bpack + (long)p * kc * NR;
                     int j0 = jc + p * NR;
                     int nr = N - j0 < NR ? N - j0 : NR;
-                    for (int j = 0; j < NR; j++) {
-                        if (j < nr) {
-                            const real *src = B + (long)pc * b_rs + (long)(j0 + j) * b_cs;
-                            for (int k = 0; k < kc; k++) dst[k * NR + j] = src[k * b_rs];
-                        } else {
-                            for (int k = 0; k < kc; k++) dst[k * NR + j] = 0;
-                        }
-                    }
+                    pack_strip(gemm_bpack + (long)p * kc * NR, NR, B + (long)pc * b_rs + (long)j0 * b_cs, b_cs,
+                               b_rs, nr, kc);
                 }
                 // each thread packs a block of A's rows into MR-tall strips and
                 // runs the micro-kernel over it
@@ -170,15 +202,9 @@ static void gemm(int M, int N, int K, const real *A, long a_rs, long a_cs, const
                     int i0 = blk * mc;
                     int mcb = M - i0 < mc ? M - i0 : mc;
                     for (int ir = 0; ir < mcb; ir += MR) {
-                        real *dst = apack + (long)ir * kc;
-                        for (int i = 0; i < MR; i++) {
-                            if (ir + i < mcb) {
-                                const real *src = A + (long)(i0 + ir + i) * a_rs + (long)pc * a_cs;
-                                for (int k = 0; k < kc; k++) dst[k * MR + i] = src[k * a_cs];
-                            } else {
-                                for (int k = 0; k < kc; k++) dst[k * MR + i] = 0;
-                            }
-                        }
+                        int mr = mcb - ir < MR ? mcb - ir : MR;
+                        pack_strip(apack + (long)ir * kc, MR, A + (long)(i0 + ir) * a_rs + (long)pc * a_cs, a_rs,
+                                   a_cs, mr, kc);
                     }
                     for (int p = 0; p < npanels; p++) {
                         int j0 = jc + p * NR;
@@ -396,17 +422,45 @@ static void residual_forward(real *out, const real *a, const real *b, long n) {
     for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+// max of a row, over 16 lanes (see dot())
+static real row_max(const real *x, int n) {
+    real mx[16];
+    for (int u = 0; u < 16; u++) mx[u] = -INFINITY;
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        for (int u = 0; u < 16; u++) mx[u] = x[j + u] > mx[u] ? x[j + u] : mx[u];
+    }
+    real m = -INFINITY;
+    for (int u = 0; u < 16; u++) m = mx[u] > m ? mx[u] : m;
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+// sum of exp(x - shift) in double, over 16 lanes. The exps are computed into
+// a block first: a loop that mixes the float exp with the double sum is one
+// gcc will not vectorise; this one it does.
+static double row_sum_exp(const real *x, int n, real shift) {
+    double sm[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        real e[16];
+        for (int u = 0; u < 16; u++) e[u] = rexp(x[j + u] - shift);
+        for (int u = 0; u < 16; u++) sm[u] += e[u];
+    }
+    double sum = 0;
+    for (int u = 0; u < 16; u++) sum += sm[u];
+    for (; j < n; j++) sum += rexp(x[j] - shift);
+    return sum;
+}
+
 // Cross-entropy of each row of logits (N, V) against its target. Keeps the
 // log-sum-exp of each row so that the backward needs one pass.
 static void crossentropy_forward(real *losses, real *lse, const real *logits, const int *targets, int N, int V) {
 #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         const real *l = logits + (long)i * V;
-        real maxv = -INFINITY;
-        for (int j = 0; j < V; j++) maxv = l[j] > maxv ? l[j] : maxv;
-        double sum = 0;
-        for (int j = 0; j < V; j++) sum += rexp(l[j] - maxv);
-        lse[i] = maxv + (real)log(sum);
+        real maxv = row_max(l, V);
+        lse[i] = maxv + (real)log(row_sum_exp(l, V, maxv));
         losses[i] = lse[i] - l[targets[i]];
     }
 }
