@@ -57,9 +57,18 @@ run: train_llama
 # ---------------------------------------------------------------------------
 # ReLU-MLP experiments E1, E2 (mlp_sweep.c)
 mlp_sweep: mlp_sweep.c $(COMMON)
-	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS) -lz
 
-MLP_TEST_BINS = mlp_sweep
+build/test_mlp: test/test_mlp.c mlp_sweep.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS) -lz
+
+# the same tests in double precision: a tight finite-difference gradient check
+build/test_mlp_f64: test/test_mlp.c mlp_sweep.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS) -lz
+
+MLP_TEST_BINS = mlp_sweep build/test_mlp build/test_mlp_f64
 
 # ---------------------------------------------------------------------------
 # tests
