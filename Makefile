@@ -71,8 +71,35 @@ build/test_mlp_f64: test/test_mlp.c mlp_sweep.c $(COMMON)
 MLP_TEST_BINS = mlp_sweep build/test_mlp build/test_mlp_f64
 
 # ---------------------------------------------------------------------------
+# GPT-2 and E3 (issue 7): train_gpt2.c, its PyTorch fixtures, the E3 experiment
+train_gpt2: train_gpt2.c $(COMMON)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+build/test_gpt2: test/test_gpt2.c train_gpt2.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# double precision: the finite-difference gradient check
+build/test_gpt2_f64: test/test_gpt2.c train_gpt2.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS)
+
+GPT2_TEST_BINS = train_gpt2 build/test_gpt2 build/test_gpt2_f64
+
+# Regenerate the PyTorch fixtures (Debian's python3-torch: /usr/bin/python3)
+gpt2-fixtures:
+	/usr/bin/python3 dev/reference/gpt2.py --out test/fixtures
+
+# The CPU E3 run (see docs/gpt2_e3.md); needs GPT-2 shards in data/
+e3: train_gpt2
+	/usr/bin/python3 dev/e3.py --out out/e3
+
+.PHONY: gpt2-fixtures e3
+
+# ---------------------------------------------------------------------------
 # tests
 TEST_BINS = $(LLAMA_TEST_BINS) $(MLP_TEST_BINS)
+TEST_BINS += $(GPT2_TEST_BINS)
 
 test: $(TEST_BINS)
 	./test/run.sh

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# train_gpt2.c: PyTorch fixtures, finite differences, TVR/init units, determinism,
+# resume bit for bit, and bad inputs (one-line errors, exit status != 0).
+# Needs: make train_gpt2 build/test_gpt2 build/test_gpt2_f64 (make test builds them).
+set -u
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+fail=0
+ok() { echo "  ok   $1"; }
+bad() { echo "  FAIL $1"; fail=1; }
+
+./build/test_gpt2 fixtures test/fixtures || fail=1
+./build/test_gpt2_f64 gradcheck || fail=1
+./build/test_gpt2 units || fail=1
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+FX=test/fixtures
+TINY="--train $FX/gpt2_tiny_train.bin --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2
+      --lr 3e-3 --warmup 2 --schedule constant --init lir --tvr-target 0.015 --tvr-every 2 --stats-every 2
+      --hist-layer 1 --hist-matrix k"
+
+echo "determinism and resume:"
+./train_gpt2 $TINY --steps 6 --out "$tmp/a" --threads 2 >/dev/null || bad "straight run failed"
+./train_gpt2 $TINY --steps 6 --out "$tmp/b" --threads 1 >/dev/null || bad "second run failed"
+if cmp -s "$tmp/a/model.bin" "$tmp/b/model.bin"; then ok "same seed, 2 threads vs 1: model.bin identical"; else bad "runs differ"; fi
+./train_gpt2 $TINY --steps 3 --out "$tmp/c" >/dev/null || bad "3-step run failed"
+./train_gpt2 $TINY --steps 6 --resume "$tmp/c" >/dev/null || bad "resume failed"
+if cmp -s "$tmp/a/model.bin" "$tmp/c/model.bin" && cmp -s "$tmp/a/state.bin" "$tmp/c/state.bin"; then
+  ok "3 steps + resume to 6 == 6 steps (model.bin and state.bin bitwise)"
+else
+  bad "resumed run differs from the straight one"
+fi
+if diff <(cut -d, -f1-4 "$tmp/a/train.csv") <(cut -d, -f1-4 "$tmp/c/train.csv") >/dev/null; then
+  ok "train.csv losses identical"; else bad "train.csv differs after resume"; fi
+# the logs: weights.csv rows (7 matrices x 2 layers at steps 0, 2, 4, 6), hist.csv, a checkpoint llm.c can read
+n=$(grep -c ',k,' "$tmp/a/weights.csv")
+[ "$n" -eq 8 ] && ok "weights.csv has q/k/v rows per layer and stats step" || bad "weights.csv: $n k rows, want 8"
+[ "$(wc -l < "$tmp/a/hist.csv")" -eq 401 ] && ok "hist.csv: 100 bins x 4 stats steps" || bad "hist.csv row count"
+grep -q '^2,1,qkv,.*,1$' "$tmp/a/weights.csv" && ok "TVR step logged as rescaled" || bad "no rescaled row at the TVR step"
+./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from $FX/gpt2_tiny_model.bin --steps 0 --seq-len 12 --batch 4 \
+  --out "$tmp/d" >/dev/null || bad "--init-from failed"
+cmp -s "$FX/gpt2_tiny_model.bin" "$tmp/d/model.bin" && ok "llm.c checkpoint round trip (--steps 0)" || bad "checkpoint round trip"
+
+echo "bad inputs (one line on stderr, exit status != 0):"
+expect_error() { # expected status, what, command...
+  local want=$1 what=$2; shift 2
+  "$@" >/dev/null 2>"$tmp/err"; local rc=$?
+  if [ "$rc" -eq "$want" ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] && grep -q '^error: ' "$tmp/err"; then
+    ok "$what: $(cat "$tmp/err")"
+  else
+    bad "$what: exit $rc, stderr: $(head -c 300 "$tmp/err")"
+  fi
+}
+head -c 2000 $FX/gpt2_tiny_train.bin > "$tmp/short.bin"
+head -c 100000 $FX/gpt2_tiny_model.bin > "$tmp/trunc_model.bin"
+python3 - "$tmp/bigtok.bin" <<'EOF'
+import struct, sys
+h = [20240520, 1, 200, 0] + [0] * 252
+open(sys.argv[1], "wb").write(struct.pack("256i", *h) + struct.pack("200H", *([5] * 199 + [260])))
+h[0] = 12345  # not the shard magic
+open(sys.argv[1].replace("bigtok", "bad"), "wb").write(struct.pack("256i", *h) + struct.pack("200H", *([5] * 200)))
+EOF
+expect_error 2 "unknown flag" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --bogus 1
+expect_error 2 "missing value" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --lr
+expect_error 2 "negative lr" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --lr -1
+expect_error 2 "heads not dividing dim" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --dim 30 --heads 4
+expect_error 2 "kv-heads on GPT-2" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --heads 4 --kv-heads 2
+expect_error 2 "seq-len above checkpoint" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from $FX/gpt2_tiny_model.bin --seq-len 32 --out "$tmp/e"
+expect_error 1 "missing shard" ./train_gpt2 --train "$tmp/nothing_*.bin" --vocab 250 --dim 32 --layers 1 --out "$tmp/e"
+expect_error 1 "bad shard magic" ./train_gpt2 --train "$tmp/bad.bin" --vocab 250 --dim 32 --layers 1 --out "$tmp/e"
+expect_error 1 "truncated shard" ./train_gpt2 --train "$tmp/short.bin" --vocab 250 --dim 32 --layers 1 --out "$tmp/e"
+expect_error 1 "token id >= vocab" ./train_gpt2 --train "$tmp/bigtok.bin" --vocab 250 --dim 32 --layers 1 --seq-len 8 --batch 2 --out "$tmp/e"
+expect_error 1 "checkpoint bad magic" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from $FX/gpt2_tiny_train.bin --out "$tmp/e"
+expect_error 1 "truncated checkpoint" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from "$tmp/trunc_model.bin" --out "$tmp/e"
+expect_error 1 "resume without state" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --resume "$tmp/d/nonexistent" --out "$tmp/e"
+
+exit $fail

@@ -1,0 +1,1192 @@
+/*
+ * train_gpt2.c: train GPT-2 on the CPU, with the initialisations and the weight
+ * rescaling of RESEARCH.md (LIR, TVR) and the variance instrumentation of E3.
+ *
+ * GPT-2 here: learned token and position embeddings, pre-LayerNorm blocks with
+ * causal multi-head attention (Q, K, V packed in one c_attn matrix) and a GELU
+ * (tanh form) MLP of width 4C, a final LayerNorm, and the token embedding reused
+ * as the output layer (tied). Every linear layer has a bias.
+ *
+ * The file reads top to bottom: each layer's forward and backward as a pair of
+ * plain loops, then the model (one contiguous parameter buffer described by one
+ * table), checkpoints in llm.c's GPT-2 format, the optimizer, TVR, the E3
+ * statistics, and main. Build and run:
+ *
+ *   make train_gpt2
+ *   ./train_gpt2 --train 'data/tinyshakespeare/gpt2_train_*.bin' --val 'data/tinyshakespeare/gpt2_val_*.bin'
+ *
+ * Compile with -DREAL_DOUBLE for a double-precision build (used by the gradient
+ * check); checkpoints are fp32 either way. With -DTESTING, main() is left out so
+ * that a test program can include this file.
+ */
+#include <omp.h>
+
+#include "args.h"
+#include "dataloader.h"
+#include "utils.h"
+
+#ifdef REAL_DOUBLE
+typedef double real;
+#else
+typedef float real;
+#endif
+
+// ----------------------------------------------------------------------------
+// Matrix multiply: the one kernel behind every linear layer, forward and backward.
+//
+// out[n][o] (+)= bias[o] + sum_k a[n][k] * b[o][k]     a: (N, K), b: (O, K), out: (N, O)
+//
+// Both operands are read along k, contiguously. Each 4x4 tile of outputs keeps
+// LANES partial sums per output, so the k loop is a plain element-wise
+// multiply-add that gcc vectorises without -ffast-math (the order of additions
+// is fixed by the code, not left to the compiler). Tasks are blocks of 64 rows of
+// b, so a block stays in cache while every row of a streams past it. Each output
+// is summed by one thread in a fixed order: results do not depend on the number
+// of threads.
+
+#define LANES 16
+#define TILE 4
+#define BLOCK_O 64
+
+// Loops smaller than this many multiply-adds run on one thread: waking threads
+// costs more than it saves on tiny tensors (and far more on a busy machine).
+#define PARALLEL_MIN 65536
+
+static void matmul_tile(real *out, const real *a, const real *b, const real *bias, int N, int K, int O, int n0,
+                        int o0, int accumulate) {
+    const real *ar[TILE], *br[TILE];
+    for (int r = 0; r < TILE; r++) {
+        // rows past the edge repeat the last row; their results are not stored
+        ar[r] = a + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
+        br[r] = b + (size_t)(o0 + r < O ? o0 + r : O - 1) * K;
+    }
+    real acc[TILE][TILE][LANES] = {{{0}}};
+    int kv = K - K % LANES;
+    for (int k = 0; k < kv; k += LANES) {
+        for (int r = 0; r < TILE; r++) {
+            for (int c = 0; c < TILE; c++) {
+                for (int l = 0; l < LANES; l++) acc[r][c][l] += ar[r][k + l] * br[c][k + l];
+            }
+        }
+    }
+    for (int r = 0; r < TILE && n0 + r < N; r++) {
+        for (int c = 0; c < TILE && o0 + c < O; c++) {
+            real s = 0;
+            for (int l = 0; l < LANES; l++) s += acc[r][c][l];
+            for (int k = kv; k < K; k++) s += ar[r][k] * br[c][k];
+            if (bias) s += bias[o0 + c];
+            real *dst = out + (size_t)(n0 + r) * O + o0 + c;
+            *dst = accumulate ? *dst + s : s;
+        }
+    }
+}
+
+static void matmul(real *out, const real *a, const real *b, const real *bias, int N, int K, int O, int accumulate) {
+    int nblocks = (O + BLOCK_O - 1) / BLOCK_O;
+#pragma omp parallel for schedule(static) if ((size_t)N * K * O > PARALLEL_MIN)
+    for (int blk = 0; blk < nblocks; blk++) {
+        int o_end = (blk + 1) * BLOCK_O < O ? (blk + 1) * BLOCK_O : O;
+        for (int n0 = 0; n0 < N; n0 += TILE) {
+            for (int o0 = blk * BLOCK_O; o0 < o_end; o0 += TILE) matmul_tile(out, a, b, bias, N, K, O, n0, o0, accumulate);
+        }
+    }
+}
+
+// dst (cols, rows) = src (rows, cols) transposed
+static void transpose(real *dst, const real *src, int rows, int cols) {
+#pragma omp parallel for schedule(static) if ((size_t)rows * cols > PARALLEL_MIN)
+    for (int c = 0; c < cols; c++) {
+        for (int r = 0; r < rows; r++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+    }
+}
+
+// Scratch space for the transposes in the backward pass (sized once by the model).
+static real *g_scratch_a, *g_scratch_b;
+
+// ----------------------------------------------------------------------------
+// Layers: forward and backward pairs. Backward functions add (+=) into the
+// gradients they produce, so a tensor used twice (the residual stream, the tied
+// embedding) collects both contributions.
+
+// A linear layer, nn.Linear's layout: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ + bias.
+static void linear_forward(real *out, const real *inp, const real *w, const real *bias, int N, int IC, int OC) {
+    matmul(out, inp, w, bias, N, IC, OC, 0);
+}
+
+// dinp += dout · w;  dw += doutᵀ · inp;  dbias += column sums of dout.
+// Both products go through the same kernel on transposed copies, so they are as
+// fast and as deterministic as the forward.
+static void linear_backward(real *dinp, real *dw, real *dbias, const real *dout, const real *inp, const real *w, int N,
+                            int IC, int OC) {
+    real *wT = g_scratch_a;
+    transpose(wT, w, OC, IC); // (IC, OC)
+    matmul(dinp, dout, wT, NULL, N, OC, IC, 1);
+    real *doutT = g_scratch_a, *inpT = g_scratch_b;
+    transpose(doutT, dout, N, OC); // (OC, N)
+    transpose(inpT, inp, N, IC);   // (IC, N)
+    matmul(dw, doutT, inpT, NULL, OC, N, IC, 1);
+    if (dbias) {
+#pragma omp parallel for schedule(static) if ((size_t)N * OC > PARALLEL_MIN)
+        for (int o = 0; o < OC; o++) {
+            double s = 0;
+            for (int n = 0; n < N; n++) s += doutT[(size_t)o * N + n];
+            dbias[o] += (real)s;
+        }
+    }
+}
+
+// Token embedding plus position embedding: out[b,t] = wte[tok[b,t]] + wpe[t].
+static void encoder_forward(real *out, const int *tok, const real *wte, const real *wpe, int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            real *o = out + ((size_t)b * T + t) * C;
+            const real *we = wte + (size_t)tok[b * T + t] * C, *pe = wpe + (size_t)t * C;
+            for (int i = 0; i < C; i++) o[i] = we[i] + pe[i];
+        }
+    }
+}
+
+static void encoder_backward(real *dwte, real *dwpe, const real *dout, const int *tok, int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            const real *d = dout + ((size_t)b * T + t) * C;
+            real *dwe = dwte + (size_t)tok[b * T + t] * C, *dpe = dwpe + (size_t)t * C;
+            for (int i = 0; i < C; i++) {
+                dwe[i] += d[i];
+                dpe[i] += d[i];
+            }
+        }
+    }
+}
+
+// LayerNorm over the last dimension (biased variance, eps 1e-5 as GPT-2).
+// mean and rstd = 1/sqrt(var + eps) are kept for the backward pass.
+#define LN_EPS 1e-5
+static void layernorm_forward(real *out, real *mean, real *rstd, const real *inp, const real *w, const real *bias, int N,
+                              int C) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PARALLEL_MIN)
+    for (int n = 0; n < N; n++) {
+        const real *x = inp + (size_t)n * C;
+        double m = 0, v = 0;
+        for (int i = 0; i < C; i++) m += x[i];
+        m /= C;
+        for (int i = 0; i < C; i++) v += (x[i] - m) * (x[i] - m);
+        v /= C;
+        double s = 1.0 / sqrt(v + LN_EPS);
+        real *o = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) o[i] = (real)((x[i] - m) * s) * w[i] + bias[i];
+        mean[n] = (real)m;
+        rstd[n] = (real)s;
+    }
+}
+
+// With x̂ = (x - mean)·rstd and g = dout ⊙ w:  dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)).
+static void layernorm_backward(real *dinp, real *dw, real *dbias, const real *dout, const real *inp, const real *w,
+                               const real *mean, const real *rstd, int N, int C) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PARALLEL_MIN)
+    for (int n = 0; n < N; n++) {
+        const real *x = inp + (size_t)n * C, *d = dout + (size_t)n * C;
+        double gm = 0, gxm = 0;
+        for (int i = 0; i < C; i++) {
+            double xh = (x[i] - mean[n]) * rstd[n], g = d[i] * w[i];
+            gm += g;
+            gxm += g * xh;
+        }
+        gm /= C;
+        gxm /= C;
+        real *dx = dinp + (size_t)n * C;
+        for (int i = 0; i < C; i++) {
+            double xh = (x[i] - mean[n]) * rstd[n], g = d[i] * w[i];
+            dx[i] += (real)(rstd[n] * (g - gm - xh * gxm));
+        }
+    }
+    // the parameter gradients sum over rows: one thread per column keeps the order fixed
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PARALLEL_MIN)
+    for (int i = 0; i < C; i++) {
+        double sw = 0, sb = 0;
+        for (int n = 0; n < N; n++) {
+            real d = dout[(size_t)n * C + i];
+            sw += d * ((inp[(size_t)n * C + i] - mean[n]) * rstd[n]);
+            sb += d;
+        }
+        dw[i] += (real)sw;
+        dbias[i] += (real)sb;
+    }
+}
+
+// Causal self-attention on the packed qkv (B, T, 3C): for head h, q, k and v are
+// the columns [h·hs, (h+1)·hs) of the first, second and third C columns.
+// att (B, NH, T, T) keeps the softmax probabilities (zero above the diagonal).
+static void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH) {
+    int hs = C / NH, C3 = 3 * C;
+    double scale = 1.0 / sqrt((double)hs);
+#pragma omp parallel for collapse(3) schedule(static) if ((size_t)B * T * T * C > PARALLEL_MIN)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                const real *q = qkv + ((size_t)b * T + t) * C3 + h * hs;
+                real *a = att + (((size_t)b * NH + h) * T + t) * T;
+                double mx = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const real *k = qkv + ((size_t)b * T + t2) * C3 + C + h * hs;
+                    double s = 0;
+                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                    a[t2] = (real)(s * scale);
+                    if (a[t2] > mx) mx = a[t2];
+                }
+                double sum = 0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    double e = exp(a[t2] - mx);
+                    a[t2] = (real)e;
+                    sum += e;
+                }
+                for (int t2 = 0; t2 <= t; t2++) a[t2] = (real)(a[t2] / sum);
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0;
+                real *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const real *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
+                }
+            }
+        }
+    }
+}
+
+// One thread per (batch, head): dk and dv of a position collect from every later
+// query, in a fixed order. Softmax backward: dpre = a ⊙ (da − Σ a ⊙ da).
+static void attention_backward(real *dqkv, const real *dout, const real *att, const real *qkv, int B, int T, int C,
+                               int NH) {
+    int hs = C / NH, C3 = 3 * C;
+    real scale = (real)(1.0 / sqrt((double)hs));
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * T * T * C > PARALLEL_MIN)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            real *da = (real *)malloc_check((size_t)T * sizeof(real));
+            for (int t = 0; t < T; t++) {
+                const real *a = att + (((size_t)b * NH + h) * T + t) * T;
+                const real *d = dout + ((size_t)b * T + t) * C + h * hs;
+                const real *q = qkv + ((size_t)b * T + t) * C3 + h * hs;
+                real *dq = dqkv + ((size_t)b * T + t) * C3 + h * hs;
+                double dot = 0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const real *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * hs;
+                    real *dv = dqkv + ((size_t)b * T + t2) * C3 + 2 * C + h * hs;
+                    double s = 0;
+                    for (int i = 0; i < hs; i++) {
+                        s += d[i] * v[i];
+                        dv[i] += a[t2] * d[i];
+                    }
+                    da[t2] = (real)s;
+                    dot += a[t2] * s;
+                }
+                for (int t2 = 0; t2 <= t; t2++) {
+                    real dpre = (real)(a[t2] * (da[t2] - dot)) * scale;
+                    const real *k = qkv + ((size_t)b * T + t2) * C3 + C + h * hs;
+                    real *dk = dqkv + ((size_t)b * T + t2) * C3 + C + h * hs;
+                    for (int i = 0; i < hs; i++) {
+                        dq[i] += dpre * k[i];
+                        dk[i] += dpre * q[i];
+                    }
+                }
+            }
+            free(da);
+        }
+    }
+}
+
+// GELU, tanh form (GPT-2's): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+#define GELU_K 0.7978845608028654 // sqrt(2/pi)
+static void gelu_forward(real *out, const real *inp, size_t n) {
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN / 16)
+    for (size_t i = 0; i < n; i++) {
+        double x = inp[i];
+        out[i] = (real)(0.5 * x * (1.0 + tanh(GELU_K * (x + 0.044715 * x * x * x))));
+    }
+}
+
+static void gelu_backward(real *dinp, const real *inp, const real *dout, size_t n) {
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN / 16)
+    for (size_t i = 0; i < n; i++) {
+        double x = inp[i];
+        double th = tanh(GELU_K * (x + 0.044715 * x * x * x));
+        double dth = (1.0 - th * th) * GELU_K * (1.0 + 3.0 * 0.044715 * x * x);
+        dinp[i] += (real)(dout[i] * (0.5 * (1.0 + th) + 0.5 * x * dth));
+    }
+}
+
+static void residual_forward(real *out, const real *a, const real *b, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void residual_backward(real *da, real *db, const real *dout, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        da[i] += dout[i];
+        db[i] += dout[i];
+    }
+}
+
+// Softmax over the V real logits of each position and the cross-entropy with the
+// target; the padded vocabulary rows never take part.
+static void crossentropy_forward(real *probs, real *losses, const real *logits, const int *targets, int N, int V) {
+#pragma omp parallel for schedule(static) if ((size_t)N * V > PARALLEL_MIN / 16)
+    for (int n = 0; n < N; n++) {
+        const real *z = logits + (size_t)n * V;
+        real *p = probs + (size_t)n * V;
+        double mx = -INFINITY, sum = 0;
+        for (int i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+        for (int i = 0; i < V; i++) sum += exp(z[i] - mx);
+        for (int i = 0; i < V; i++) p[i] = (real)(exp(z[i] - mx) / sum);
+        losses[n] = (real)(log(sum) - (z[targets[n]] - mx));
+    }
+}
+
+// dlogits = (probs − onehot(target)) / N for the mean loss; written in place of probs.
+static void crossentropy_backward(real *probs_to_dlogits, const int *targets, int N, int V) {
+    real dloss = (real)(1.0 / N);
+#pragma omp parallel for schedule(static) if ((size_t)N * V > PARALLEL_MIN)
+    for (int n = 0; n < N; n++) {
+        real *p = probs_to_dlogits + (size_t)n * V;
+        for (int i = 0; i < V; i++) p[i] = (p[i] - (i == targets[n] ? 1 : 0)) * dloss;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The model: its shape, and its parameters in one buffer described by one table.
+
+typedef struct {
+    int max_seq_len; // T of the checkpoint: rows of wpe
+    int vocab;       // V, the real vocabulary (50257 for GPT-2)
+    int padded_vocab; // Vp ≥ V, rows of wte (llm.c pads 50257 to 50304); padded rows stay 0
+    int layers, heads, channels;
+} GPT2Config;
+
+// Parameter tensors in llm.c's checkpoint order; row-major, nn.Linear's (out, in).
+enum {
+    P_WTE, P_WPE, P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW, P_ATTPROJB,
+    P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW, P_FCPROJB, P_LNFW, P_LNFB, NUM_PARAMS
+};
+
+// Name, shape and role of each tensor. per_layer: the tensor is L stacked copies.
+// block_matrix: a block's linear weight (LIR, TVR and the statistics act on these).
+typedef struct {
+    const char *name;
+    int per_layer;
+    int decay;        // AdamW weight decay: 2-D tensors (embeddings and projections)
+    int block_matrix; // index into the names of the statistics below, -1 if not one
+} ParamInfo;
+
+static const ParamInfo PARAM_INFO[NUM_PARAMS] = {
+    {"wte", 0, 1, -1},      {"wpe", 0, 1, -1},      {"ln1w", 1, 0, -1},    {"ln1b", 1, 0, -1},
+    {"qkvw", 1, 1, 0},      {"qkvb", 1, 0, -1},     {"attprojw", 1, 1, 1}, {"attprojb", 1, 0, -1},
+    {"ln2w", 1, 0, -1},     {"ln2b", 1, 0, -1},     {"fcw", 1, 1, 2},      {"fcb", 1, 0, -1},
+    {"fcprojw", 1, 1, 3},   {"fcprojb", 1, 0, -1},  {"lnfw", 0, 0, -1},    {"lnfb", 0, 0, -1},
+};
+
+// The four block matrices as the model stores them (TVR's units) and their biases.
+#define NUM_BLOCK_MATRICES 4
+static const int BLOCK_MATRIX_PARAM[NUM_BLOCK_MATRICES] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
+static const int BLOCK_MATRIX_BIAS[NUM_BLOCK_MATRICES] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
+
+// Elements of one layer's slice (per_layer tensors) or of the whole tensor.
+static size_t param_slice_size(const GPT2Config *c, int p) {
+    size_t C = c->channels;
+    switch (p) {
+    case P_WTE: return (size_t)c->padded_vocab * C;
+    case P_WPE: return (size_t)c->max_seq_len * C;
+    case P_QKVW: return 3 * C * C;
+    case P_QKVB: return 3 * C;
+    case P_ATTPROJW: return C * C;
+    case P_FCW: return 4 * C * C;
+    case P_FCB: return 4 * C;
+    case P_FCPROJW: return 4 * C * C;
+    default: return C; // norms and the C-wide biases
+    }
+}
+
+static size_t param_size(const GPT2Config *c, int p) {
+    return param_slice_size(c, p) * (PARAM_INFO[p].per_layer ? (size_t)c->layers : 1);
+}
+
+// Activations kept for the backward pass, sizes derived from (B, T) and the config.
+enum {
+    A_ENCODED, A_LN1, A_LN1_MEAN, A_LN1_RSTD, A_QKV, A_ATTY, A_ATT, A_ATTPROJ, A_RESIDUAL2, A_LN2, A_LN2_MEAN,
+    A_LN2_RSTD, A_FCH, A_FCH_GELU, A_FCPROJ, A_RESIDUAL3, A_LNF, A_LNF_MEAN, A_LNF_RSTD, A_LOGITS, A_PROBS, A_LOSSES,
+    NUM_ACTS
+};
+
+static size_t act_size(const GPT2Config *c, int a, int B, int T) {
+    size_t BT = (size_t)B * T, C = c->channels, L = c->layers;
+    switch (a) {
+    case A_ENCODED: case A_LNF: return BT * C;
+    case A_LN1: case A_ATTY: case A_ATTPROJ: case A_RESIDUAL2: case A_LN2: case A_FCPROJ: case A_RESIDUAL3:
+        return L * BT * C;
+    case A_LN1_MEAN: case A_LN1_RSTD: case A_LN2_MEAN: case A_LN2_RSTD: return L * BT;
+    case A_QKV: return L * BT * 3 * C;
+    case A_ATT: return L * B * c->heads * (size_t)T * T;
+    case A_FCH: case A_FCH_GELU: return L * BT * 4 * C;
+    case A_LNF_MEAN: case A_LNF_RSTD: case A_LOSSES: return BT;
+    case A_LOGITS: case A_PROBS: return BT * c->vocab;
+    }
+    return 0;
+}
+
+typedef struct {
+    GPT2Config config;
+    size_t num_params;
+    real *params, *grads;       // one buffer each, tensors in PARAM_INFO order
+    real *p[NUM_PARAMS];        // tensor starts in params
+    real *g[NUM_PARAMS];        // and in grads
+    int B, T;                   // the activation buffers' shape (set on the first forward)
+    real *acts, *dacts;         // one buffer each
+    real *a[NUM_ACTS], *da[NUM_ACTS];
+    int *inputs, *targets;      // copy of the batch the activations belong to
+    size_t num_dacts;           // length of dacts
+    double mean_loss;           // of the last forward with targets
+    real *m, *v;                // AdamW moments (allocated on the first update or a resume)
+} GPT2;
+
+static void gpt2_alloc_params(GPT2 *model) {
+    const GPT2Config *c = &model->config;
+    model->num_params = 0;
+    for (int p = 0; p < NUM_PARAMS; p++) model->num_params += param_size(c, p);
+    model->params = (real *)calloc_check(model->num_params, sizeof(real));
+    model->grads = (real *)calloc_check(model->num_params, sizeof(real));
+    size_t off = 0;
+    for (int p = 0; p < NUM_PARAMS; p++) {
+        model->p[p] = model->params + off;
+        model->g[p] = model->grads + off;
+        off += param_size(c, p);
+    }
+}
+
+// Layer l's slice (0-based) of a per-layer tensor.
+static real *layer_param(GPT2 *model, int p, int l) { return model->p[p] + (size_t)l * param_slice_size(&model->config, p); }
+
+static void gpt2_check_config(const GPT2Config *c, const char *what) {
+    if (c->max_seq_len < 1 || c->vocab < 1 || c->padded_vocab < c->vocab || c->layers < 1 || c->heads < 1 ||
+        c->channels < 1 || c->channels % c->heads != 0) {
+        die("%s: bad GPT-2 shape (T %d, V %d, Vp %d, L %d, NH %d, C %d)", what, c->max_seq_len, c->vocab,
+            c->padded_vocab, c->layers, c->heads, c->channels);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Initialisation (SPEC "Init schemes", RESEARCH.md LIR and E3). Norm gains 1,
+// biases and the padded vocabulary rows 0; matrices drawn in table order.
+//   plain:    every matrix ~ N(0, σ²)
+//   lir:      block l's matrices ~ N(0, (σ/√l)²), embeddings σ (paper A)
+//   residual: GPT-2's usual: c_proj of attention and MLP ~ N(0, (σ/√(2L))²)
+//   e3:       paper B's E3: N(0, σ²), token embedding xavier_normal: √(2/(V + C))
+
+static double init_std(const GPT2Config *c, const char *scheme, double sigma, int p, int layer /* 1-based */) {
+    if (strcmp(scheme, "lir") == 0 && PARAM_INFO[p].block_matrix >= 0) return sigma / sqrt((double)layer);
+    if (strcmp(scheme, "residual") == 0 && (p == P_ATTPROJW || p == P_FCPROJW)) return sigma / sqrt(2.0 * c->layers);
+    if (strcmp(scheme, "e3") == 0 && p == P_WTE) return sqrt(2.0 / (c->vocab + c->channels));
+    return sigma;
+}
+
+static void gpt2_init(GPT2 *model, const char *scheme, double sigma, Rng *rng) {
+    const GPT2Config *c = &model->config;
+    memset(model->params, 0, model->num_params * sizeof(real));
+    for (int p = 0; p < NUM_PARAMS; p++) {
+        if (p == P_LN1W || p == P_LN2W || p == P_LNFW) {
+            for (size_t i = 0; i < param_size(c, p); i++) model->p[p][i] = 1;
+        } else if (PARAM_INFO[p].decay) { // the matrices
+            int nl = PARAM_INFO[p].per_layer ? c->layers : 1;
+            size_t n = p == P_WTE ? (size_t)c->vocab * c->channels : param_slice_size(c, p);
+            for (int l = 0; l < nl; l++) {
+                double sd = init_std(c, scheme, sigma, p, l + 1);
+                real *w = PARAM_INFO[p].per_layer ? layer_param(model, p, l) : model->p[p];
+                for (size_t i = 0; i < n; i++) w[i] = (real)(sd * rng_normal(rng));
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Checkpoints: llm.c's GPT-2 format. int32 header[256]: [0] 20240326, [1] 3
+// (fp32, padded vocabulary), [2] max T, [3] V, [4] L, [5] NH, [6] C, [7] Vp; then
+// the fp32 parameters in PARAM_INFO order. Written to a temporary name and renamed.
+
+#define GPT2_MAGIC 20240326
+#define GPT2_VERSION 3
+#define HEADER_INTS 256
+
+static void gpt2_load(GPT2 *model, const char *path) {
+    memset(model, 0, sizeof(*model));
+    long bytes = file_size(path);
+    if (bytes < 0) die("cannot read checkpoint %s: %s", path, strerror(errno));
+    if (bytes < HEADER_INTS * 4) die("checkpoint %s is truncated: %ld bytes, shorter than its header", path, bytes);
+    FILE *f = fopen_check(path, "rb");
+    int32_t h[HEADER_INTS];
+    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
+    if (h[0] != GPT2_MAGIC) die("checkpoint %s has bad magic %d (want %d, an llm.c GPT-2 model)", path, h[0], GPT2_MAGIC);
+    if (h[1] != GPT2_VERSION) {
+        die("checkpoint %s has version %d; only version 3 (fp32, padded vocabulary) is read", path, h[1]);
+    }
+    GPT2Config *c = &model->config;
+    c->max_seq_len = h[2], c->vocab = h[3], c->layers = h[4], c->heads = h[5], c->channels = h[6];
+    c->padded_vocab = h[7];
+    gpt2_check_config(c, path);
+    gpt2_alloc_params(model);
+    long want = HEADER_INTS * 4 + (long)model->num_params * 4;
+    if (bytes != want) die("checkpoint %s has %ld bytes, its header says %ld: truncated or not fp32", path, bytes, want);
+    float *buf = (float *)malloc_check(model->num_params * sizeof(float));
+    fread_check(buf, sizeof(float), model->num_params, f, path);
+    fclose(f);
+    for (size_t i = 0; i < model->num_params; i++) model->params[i] = buf[i];
+    free(buf);
+}
+
+// Write n reals as fp32.
+static void write_fp32(FILE *f, const char *path, const real *x, size_t n) {
+    float buf[4096];
+    for (size_t i = 0; i < n; i += 4096) {
+        size_t k = n - i < 4096 ? n - i : 4096;
+        for (size_t j = 0; j < k; j++) buf[j] = (float)x[i + j];
+        fwrite_check(buf, sizeof(float), k, f, path);
+    }
+}
+
+static void gpt2_save(const GPT2 *model, const char *path) {
+    const GPT2Config *c = &model->config;
+    int32_t h[HEADER_INTS] = {0};
+    h[0] = GPT2_MAGIC, h[1] = GPT2_VERSION, h[2] = c->max_seq_len, h[3] = c->vocab, h[4] = c->layers;
+    h[5] = c->heads, h[6] = c->channels, h[7] = c->padded_vocab;
+    AtomicFile af;
+    atomic_open(&af, path);
+    fwrite_check(h, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    write_fp32(af.f, af.tmp, model->params, model->num_params);
+    atomic_commit(&af);
+}
+
+// ----------------------------------------------------------------------------
+// Forward and backward through the whole model.
+
+static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
+    const GPT2Config *c = &model->config;
+    model->B = B, model->T = T;
+    size_t total = 0, total_d = 0;
+    for (int a = 0; a < NUM_ACTS; a++) {
+        total += act_size(c, a, B, T);
+        // the logits' gradient is written over the probabilities, so it needs no space of its own
+        if (a != A_LOGITS && a != A_PROBS) total_d += act_size(c, a, B, T);
+    }
+    model->acts = (real *)calloc_check(total, sizeof(real));
+    model->dacts = (real *)calloc_check(total_d, sizeof(real));
+    model->num_dacts = total_d;
+    size_t off = 0, off_d = 0;
+    for (int a = 0; a < NUM_ACTS; a++) {
+        model->a[a] = model->acts + off;
+        off += act_size(c, a, B, T);
+        if (a != A_LOGITS && a != A_PROBS) {
+            model->da[a] = model->dacts + off_d;
+            off_d += act_size(c, a, B, T);
+        }
+    }
+    model->da[A_LOGITS] = model->a[A_PROBS];
+    model->inputs = (int *)malloc_check((size_t)B * T * sizeof(int));
+    model->targets = (int *)malloc_check((size_t)B * T * sizeof(int));
+    // scratch for the transposes of linear_backward: the largest operand
+    size_t BT = (size_t)B * T, C = c->channels;
+    size_t s = BT * (c->vocab > 4 * (int)C ? (size_t)c->vocab : 4 * C);
+    if ((size_t)c->vocab * C > s) s = (size_t)c->vocab * C;
+    if (4 * C * C > s) s = 4 * C * C;
+    g_scratch_a = (real *)malloc_check(s * sizeof(real));
+    g_scratch_b = (real *)malloc_check(BT * 4 * C * sizeof(real));
+}
+
+// Layer l's slice of a per-layer activation.
+static real *layer_act(real *base, const GPT2 *model, int a, int l) {
+    return base + (size_t)l * (act_size(&model->config, a, model->B, model->T) / model->config.layers);
+}
+
+// Logits for all positions; the mean loss too when targets != NULL.
+static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int B, int T) {
+    const GPT2Config *c = &model->config;
+    if (model->acts == NULL) gpt2_alloc_acts(model, B, T);
+    if (B != model->B || T != model->T) die("gpt2_forward: batch shape (%d, %d) != allocated (%d, %d)", B, T, model->B, model->T);
+    int C = c->channels, NH = c->heads, V = c->vocab, BT = B * T;
+    memcpy(model->inputs, inputs, (size_t)BT * sizeof(int));
+    if (targets) memcpy(model->targets, targets, (size_t)BT * sizeof(int));
+    real **a = model->a;
+    encoder_forward(a[A_ENCODED], inputs, model->p[P_WTE], model->p[P_WPE], B, T, C);
+    for (int l = 0; l < c->layers; l++) {
+        const real *x = l == 0 ? a[A_ENCODED] : layer_act(a[A_RESIDUAL3], model, A_RESIDUAL3, l - 1);
+#define ACT(name) layer_act(a[name], model, name, l)
+#define PAR(name) layer_param(model, name, l)
+        layernorm_forward(ACT(A_LN1), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), x, PAR(P_LN1W), PAR(P_LN1B), BT, C);
+        linear_forward(ACT(A_QKV), ACT(A_LN1), PAR(P_QKVW), PAR(P_QKVB), BT, C, 3 * C);
+        attention_forward(ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), B, T, C, NH);
+        linear_forward(ACT(A_ATTPROJ), ACT(A_ATTY), PAR(P_ATTPROJW), PAR(P_ATTPROJB), BT, C, C);
+        residual_forward(ACT(A_RESIDUAL2), x, ACT(A_ATTPROJ), (size_t)BT * C);
+        layernorm_forward(ACT(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W), PAR(P_LN2B), BT, C);
+        linear_forward(ACT(A_FCH), ACT(A_LN2), PAR(P_FCW), PAR(P_FCB), BT, C, 4 * C);
+        gelu_forward(ACT(A_FCH_GELU), ACT(A_FCH), (size_t)BT * 4 * C);
+        linear_forward(ACT(A_FCPROJ), ACT(A_FCH_GELU), PAR(P_FCPROJW), PAR(P_FCPROJB), BT, 4 * C, C);
+        residual_forward(ACT(A_RESIDUAL3), ACT(A_RESIDUAL2), ACT(A_FCPROJ), (size_t)BT * C);
+#undef ACT
+#undef PAR
+    }
+    const real *x = layer_act(a[A_RESIDUAL3], model, A_RESIDUAL3, c->layers - 1);
+    layernorm_forward(a[A_LNF], a[A_LNF_MEAN], a[A_LNF_RSTD], x, model->p[P_LNFW], model->p[P_LNFB], BT, C);
+    // tied output layer: the first V rows of wte, no bias
+    linear_forward(a[A_LOGITS], a[A_LNF], model->p[P_WTE], NULL, BT, C, V);
+    if (targets) {
+        crossentropy_forward(a[A_PROBS], a[A_LOSSES], a[A_LOGITS], targets, BT, V);
+        double s = 0;
+        for (int i = 0; i < BT; i++) s += a[A_LOSSES][i];
+        model->mean_loss = s / BT;
+    }
+}
+
+// Gradients of the mean loss of the last forward (which must have had targets).
+static void gpt2_backward(GPT2 *model) {
+    const GPT2Config *c = &model->config;
+    int B = model->B, T = model->T, C = c->channels, NH = c->heads, V = c->vocab, BT = B * T;
+    real **a = model->a, **da = model->da;
+    memset(model->grads, 0, model->num_params * sizeof(real));
+    memset(model->dacts, 0, model->num_dacts * sizeof(real));
+    crossentropy_backward(a[A_PROBS], model->targets, BT, V); // now da[A_LOGITS]
+    linear_backward(da[A_LNF], model->g[P_WTE], NULL, da[A_LOGITS], a[A_LNF], model->p[P_WTE], BT, C, V);
+    real *dx = layer_act(da[A_RESIDUAL3], model, A_RESIDUAL3, c->layers - 1);
+    layernorm_backward(dx, model->g[P_LNFW], model->g[P_LNFB], da[A_LNF], layer_act(a[A_RESIDUAL3], model, A_RESIDUAL3, c->layers - 1),
+                       model->p[P_LNFW], a[A_LNF_MEAN], a[A_LNF_RSTD], BT, C);
+    for (int l = c->layers - 1; l >= 0; l--) {
+#define ACT(name) layer_act(a[name], model, name, l)
+#define DACT(name) layer_act(da[name], model, name, l)
+#define PAR(name) layer_param(model, name, l)
+#define GRAD(name) (model->g[name] + (size_t)l * param_slice_size(c, name))
+        const real *x = l == 0 ? a[A_ENCODED] : layer_act(a[A_RESIDUAL3], model, A_RESIDUAL3, l - 1);
+        real *dxin = l == 0 ? da[A_ENCODED] : layer_act(da[A_RESIDUAL3], model, A_RESIDUAL3, l - 1);
+        residual_backward(DACT(A_RESIDUAL2), DACT(A_FCPROJ), DACT(A_RESIDUAL3), (size_t)BT * C);
+        linear_backward(DACT(A_FCH_GELU), GRAD(P_FCPROJW), GRAD(P_FCPROJB), DACT(A_FCPROJ), ACT(A_FCH_GELU), PAR(P_FCPROJW), BT, 4 * C, C);
+        gelu_backward(DACT(A_FCH), ACT(A_FCH), DACT(A_FCH_GELU), (size_t)BT * 4 * C);
+        linear_backward(DACT(A_LN2), GRAD(P_FCW), GRAD(P_FCB), DACT(A_FCH), ACT(A_LN2), PAR(P_FCW), BT, C, 4 * C);
+        layernorm_backward(DACT(A_RESIDUAL2), GRAD(P_LN2W), GRAD(P_LN2B), DACT(A_LN2), ACT(A_RESIDUAL2), PAR(P_LN2W),
+                           ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), BT, C);
+        residual_backward(dxin, DACT(A_ATTPROJ), DACT(A_RESIDUAL2), (size_t)BT * C);
+        linear_backward(DACT(A_ATTY), GRAD(P_ATTPROJW), GRAD(P_ATTPROJB), DACT(A_ATTPROJ), ACT(A_ATTY), PAR(P_ATTPROJW), BT, C, C);
+        attention_backward(DACT(A_QKV), DACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), B, T, C, NH);
+        linear_backward(DACT(A_LN1), GRAD(P_QKVW), GRAD(P_QKVB), DACT(A_QKV), ACT(A_LN1), PAR(P_QKVW), BT, C, 3 * C);
+        layernorm_backward(dxin, GRAD(P_LN1W), GRAD(P_LN1B), DACT(A_LN1), x, PAR(P_LN1W), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), BT, C);
+#undef ACT
+#undef DACT
+#undef PAR
+#undef GRAD
+    }
+    encoder_backward(model->g[P_WTE], model->g[P_WPE], da[A_ENCODED], model->inputs, B, T, C);
+}
+
+static void gpt2_free(GPT2 *model) {
+    free(model->params), free(model->grads), free(model->acts), free(model->dacts);
+    free(model->inputs), free(model->targets), free(model->m), free(model->v);
+    free(g_scratch_a), free(g_scratch_b);
+    g_scratch_a = g_scratch_b = NULL;
+    memset(model, 0, sizeof(*model));
+}
+
+// ----------------------------------------------------------------------------
+// Training: schedule, clipping, AdamW (SPEC "Training"), TVR (RESEARCH.md, paper A).
+
+typedef struct {
+    int steps, warmup, constant_schedule;
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
+    double tvr_target, tvr_threshold;
+    int tvr_every, tvr_depth_scaled;
+} TrainConfig;
+
+// Steps are 1..N: linear warm-up to lr at step W, then cosine down to lr·min_lr_frac at N.
+static double lr_at(const TrainConfig *tc, int step) {
+    if (step <= tc->warmup) return tc->lr * step / tc->warmup;
+    if (tc->constant_schedule || tc->steps <= tc->warmup) return tc->lr;
+    double progress = (double)(step - tc->warmup) / (tc->steps - tc->warmup);
+    double lo = tc->lr * tc->min_lr_frac;
+    return lo + 0.5 * (tc->lr - lo) * (1.0 + cos(M_PI * progress));
+}
+
+// Global gradient norm over all parameters (summed in a fixed order).
+static double grad_norm(const GPT2 *model) {
+    double s = 0;
+    for (size_t i = 0; i < model->num_params; i++) s += (double)model->grads[i] * model->grads[i];
+    return sqrt(s);
+}
+
+// PyTorch's AdamW, in its order of operations: decay, moments, bias-corrected step.
+// Weight decay only on the 2-D tensors (PARAM_INFO.decay).
+static void adamw_update(GPT2 *model, const TrainConfig *tc, int step, double lr) {
+    if (model->m == NULL) {
+        model->m = (real *)calloc_check(model->num_params, sizeof(real));
+        model->v = (real *)calloc_check(model->num_params, sizeof(real));
+    }
+    double bc1 = 1.0 - pow(tc->beta1, step), bc2_sqrt = sqrt(1.0 - pow(tc->beta2, step));
+    for (int p = 0; p < NUM_PARAMS; p++) {
+        size_t off = (size_t)(model->p[p] - model->params), n = param_size(&model->config, p);
+        double decay = PARAM_INFO[p].decay ? 1.0 - lr * tc->weight_decay : 1.0;
+#pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+        for (size_t i = off; i < off + n; i++) {
+            double g = model->grads[i];
+            double m = model->m[i] = (real)(tc->beta1 * model->m[i] + (1.0 - tc->beta1) * g);
+            double v = model->v[i] = (real)(tc->beta2 * model->v[i] + (1.0 - tc->beta2) * g * g);
+            double w = model->params[i] * decay;
+            model->params[i] = (real)(w - (lr / bc1) * m / (sqrt(v) / bc2_sqrt + tc->eps));
+        }
+    }
+}
+
+// Mean and unbiased standard deviation of n numbers.
+static void mean_std(const real *x, size_t n, double *mean, double *std) {
+    double s = 0, ss = 0;
+    for (size_t i = 0; i < n; i++) s += x[i];
+    double mu = s / n;
+    for (size_t i = 0; i < n; i++) ss += (x[i] - mu) * (x[i] - mu);
+    *mean = mu;
+    *std = n > 1 ? sqrt(ss / (n - 1)) : 0;
+}
+
+// TVR target for layer l (1-based): the target, or target/√l when depth-scaled.
+static double tvr_layer_target(const TrainConfig *tc, int layer) {
+    return tc->tvr_depth_scaled ? tc->tvr_target / sqrt((double)layer) : tc->tvr_target;
+}
+
+// Target Variance Rescaling of one matrix (paper A): if std/target > threshold,
+// W ← (W − μ)·target/std + μ. Returns 1 when it rescaled.
+static int tvr_rescale(real *w, size_t n, double target, double threshold) {
+    double mu, sd;
+    mean_std(w, n, &mu, &sd);
+    if (!(sd / target > threshold)) return 0;
+    for (size_t i = 0; i < n; i++) w[i] = (real)((w[i] - mu) * target / sd + mu);
+    return 1;
+}
+
+// TVR on every block matrix as the model stores it (c_attn whole, 3C×C); a rescaled
+// module's bias is zeroed, as in the authors' code. rescaled[l][k] records what happened.
+static void tvr_apply(GPT2 *model, const TrainConfig *tc, int rescaled[][NUM_BLOCK_MATRICES]) {
+    for (int l = 0; l < model->config.layers; l++) {
+        for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
+            int p = BLOCK_MATRIX_PARAM[k], pb = BLOCK_MATRIX_BIAS[k];
+            rescaled[l][k] = tvr_rescale(layer_param(model, p, l), param_slice_size(&model->config, p),
+                                         tvr_layer_target(tc, l + 1), tc->tvr_threshold);
+            if (rescaled[l][k]) memset(layer_param(model, pb, l), 0, param_slice_size(&model->config, pb) * sizeof(real));
+        }
+    }
+}
+
+// Which matrices TVR will rescale at this step (for the log, before it does).
+static void tvr_decide(GPT2 *model, const TrainConfig *tc, int rescaled[][NUM_BLOCK_MATRICES]) {
+    for (int l = 0; l < model->config.layers; l++) {
+        for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
+            double mu, sd;
+            int p = BLOCK_MATRIX_PARAM[k];
+            mean_std(layer_param(model, p, l), param_slice_size(&model->config, p), &mu, &sd);
+            rescaled[l][k] = sd / tvr_layer_target(tc, l + 1) > tc->tvr_threshold;
+        }
+    }
+}
+
+static int is_tvr_step(const TrainConfig *tc, int step) {
+    return tc->tvr_target > 0 && tc->tvr_every > 0 && step % tc->tvr_every == 0;
+}
+
+// One optimizer step on the loader's next batch: forward, backward, clip, AdamW.
+// (TVR, when due, follows in the caller, after the statistics are logged.)
+typedef struct {
+    double loss, grad_norm, lr;
+} StepResult;
+
+static void train_step(GPT2 *model, const TrainConfig *tc, DataLoader *dl, int step, StepResult *res) {
+    dataloader_next(dl);
+    gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
+    gpt2_backward(model);
+    res->loss = model->mean_loss;
+    res->grad_norm = grad_norm(model);
+    if (tc->grad_clip > 0) {
+        double coef = tc->grad_clip / (res->grad_norm + 1e-6);
+        if (coef < 1) {
+            for (size_t i = 0; i < model->num_params; i++) model->grads[i] = (real)(model->grads[i] * coef);
+        }
+    }
+    res->lr = lr_at(tc, step);
+    adamw_update(model, tc, step, res->lr);
+}
+
+// ----------------------------------------------------------------------------
+// E3 statistics (RESEARCH.md E3). The block matrices are logged as stored, and
+// c_attn also as its three C×C parts q, k, v (rows [0,C), [C,2C), [2C,3C)).
+
+#define NUM_STAT_MATRICES 7
+static const char *STAT_MATRIX_NAME[NUM_STAT_MATRICES] = {"q", "k", "v", "qkv", "attn_proj", "fc", "fc_proj"};
+
+// Start, size, and the TVR unit (index into BLOCK_MATRIX_*) of a statistics matrix.
+static real *stat_matrix(GPT2 *model, int l, int s, size_t *n, int *unit) {
+    size_t CC = (size_t)model->config.channels * model->config.channels;
+    if (s < 3) {
+        *n = CC, *unit = 0;
+        return layer_param(model, P_QKVW, l) + (size_t)s * CC;
+    }
+    *unit = s - 3;
+    *n = param_slice_size(&model->config, BLOCK_MATRIX_PARAM[*unit]);
+    return layer_param(model, BLOCK_MATRIX_PARAM[*unit], l);
+}
+
+static int stat_matrix_index(const char *name) {
+    for (int s = 0; s < NUM_STAT_MATRICES; s++) {
+        if (strcmp(name, STAT_MATRIX_NAME[s]) == 0) return s;
+    }
+    return -1;
+}
+
+// weights.csv: step, layer, matrix, mean, std, rescaled
+static void log_weights(FILE *f, GPT2 *model, int step, int rescaled[][NUM_BLOCK_MATRICES]) {
+    for (int l = 0; l < model->config.layers; l++) {
+        for (int s = 0; s < NUM_STAT_MATRICES; s++) {
+            size_t n = 0;
+            int unit = 0;
+            double mu, sd;
+            mean_std(stat_matrix(model, l, s, &n, &unit), n, &mu, &sd);
+            fprintf(f, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, STAT_MATRIX_NAME[s], mu, sd, rescaled ? rescaled[l][unit] : 0);
+        }
+    }
+    fflush(f);
+}
+
+// hist.csv: step, layer, matrix, bin, lo, hi, count: HIST_BINS fixed bins over
+// [−range, range]; entries outside fall into the end bins. hist_summary.csv:
+// step, layer, matrix, mean, std, near_zero, large, excess_kurtosis, with near_zero
+// the share of |w − μ| < 0.1·std (7.97% for a Gaussian) and large the share of
+// |w − μ| > 3·std (0.27% for a Gaussian): scale-free measures of sparsity.
+#define HIST_BINS 100
+static void log_hist(FILE *fh, FILE *fs, GPT2 *model, int step, int layer, int s, double range) {
+    size_t n = 0;
+    int unit = 0;
+    const real *w = stat_matrix(model, layer - 1, s, &n, &unit);
+    long counts[HIST_BINS] = {0};
+    double mu, sd, m4 = 0;
+    mean_std(w, n, &mu, &sd);
+    size_t near = 0, large = 0;
+    for (size_t i = 0; i < n; i++) {
+        int b = (int)floor((w[i] + range) / (2 * range) * HIST_BINS);
+        counts[b < 0 ? 0 : b >= HIST_BINS ? HIST_BINS - 1 : b]++;
+        double d = fabs(w[i] - mu);
+        near += d < 0.1 * sd;
+        large += d > 3 * sd;
+        m4 += d * d * d * d;
+    }
+    for (int b = 0; b < HIST_BINS; b++) {
+        double lo = -range + 2 * range * b / HIST_BINS;
+        fprintf(fh, "%d,%d,%s,%d,%.6g,%.6g,%ld\n", step, layer, STAT_MATRIX_NAME[s], b, lo, lo + 2 * range / HIST_BINS, counts[b]);
+    }
+    double var = sd * sd * (n - 1) / n;
+    fprintf(fs, "%d,%d,%s,%.9g,%.9g,%.6f,%.6f,%.6f\n", step, layer, STAT_MATRIX_NAME[s], mu, sd, (double)near / n,
+            (double)large / n, m4 / n / (var * var) - 3.0);
+    fflush(fh), fflush(fs);
+}
+
+// activations.csv: step, layer, max_abs, rms of each block's output on the last batch.
+static void log_activations(FILE *f, GPT2 *model, int step) {
+    size_t n = (size_t)model->B * model->T * model->config.channels;
+    for (int l = 0; l < model->config.layers; l++) {
+        const real *x = layer_act(model->a[A_RESIDUAL3], model, A_RESIDUAL3, l);
+        double mx = 0, ss = 0;
+        for (size_t i = 0; i < n; i++) {
+            mx = fabs(x[i]) > mx ? fabs(x[i]) : mx;
+            ss += (double)x[i] * x[i];
+        }
+        fprintf(f, "%d,%d,%.6g,%.6g\n", step, l + 1, mx, sqrt(ss / n));
+    }
+    fflush(f);
+}
+
+// Mean loss over the first n batches of a loader (which is reset first).
+static double evaluate(GPT2 *model, DataLoader *dl, int n) {
+    dataloader_reset(dl);
+    double s = 0;
+    for (int i = 0; i < n; i++) {
+        dataloader_next(dl);
+        gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
+        s += model->mean_loss;
+    }
+    return s / n;
+}
+
+// ----------------------------------------------------------------------------
+// state.bin: what resuming needs beyond model.bin. int32 header[256]: [0] magic
+// 20261124, [1] version 1, [2] step, [3] shard, [4..5] token position (int64),
+// [6..7] RNG state, [8..9] number of parameters (int64); then Adam m and v as fp32
+// (exact in the fp32 build, so a resumed run is bitwise the same as a straight one).
+
+#define STATE_MAGIC 20261124
+#define STATE_VERSION 1
+
+static void state_save(const GPT2 *model, const char *path, int step, const DataLoader *dl, const Rng *rng) {
+    int32_t h[HEADER_INTS] = {0};
+    int64_t pos = dl->pos, np = (int64_t)model->num_params;
+    h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = step, h[3] = dl->shard;
+    memcpy(&h[4], &pos, 8), memcpy(&h[6], &rng->s, 8), memcpy(&h[8], &np, 8);
+    AtomicFile af;
+    atomic_open(&af, path);
+    fwrite_check(h, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    float buf[4096];
+    for (int which = 0; which < 2; which++) {
+        const real *x = which == 0 ? model->m : model->v;
+        for (size_t i = 0; i < model->num_params; i += 4096) {
+            size_t k = model->num_params - i < 4096 ? model->num_params - i : 4096;
+            for (size_t j = 0; j < k; j++) buf[j] = x ? (float)x[i + j] : 0.0f;
+            fwrite_check(buf, sizeof(float), k, af.f, af.tmp);
+        }
+    }
+    atomic_commit(&af);
+}
+
+// Returns the step; restores Adam's moments, the loader position and the RNG.
+static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
+    long bytes = file_size(path);
+    if (bytes < 0) die("cannot read %s: %s", path, strerror(errno));
+    if (bytes != HEADER_INTS * 4 + 8 * (long)model->num_params) {
+        die("%s has %ld bytes, want %ld for this model: truncated or from another model", path, bytes,
+            HEADER_INTS * 4 + 8 * (long)model->num_params);
+    }
+    FILE *f = fopen_check(path, "rb");
+    int32_t h[HEADER_INTS];
+    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
+    if (h[0] != STATE_MAGIC) die("%s has bad magic %d (want %d, a train_gpt2 state)", path, h[0], STATE_MAGIC);
+    if (h[1] != STATE_VERSION) die("%s has version %d, want %d", path, h[1], STATE_VERSION);
+    int64_t pos, np;
+    memcpy(&pos, &h[4], 8), memcpy(&rng->s, &h[6], 8), memcpy(&np, &h[8], 8);
+    if (np != (int64_t)model->num_params) die("%s is for %lld parameters, the model has %zu", path, (long long)np, model->num_params);
+    if (h[2] < 0) die("%s has a negative step %d", path, h[2]);
+    model->m = (real *)calloc_check(model->num_params, sizeof(real));
+    model->v = (real *)calloc_check(model->num_params, sizeof(real));
+    float *buf = (float *)malloc_check(model->num_params * sizeof(float));
+    for (int which = 0; which < 2; which++) {
+        fread_check(buf, sizeof(float), model->num_params, f, path);
+        real *x = which == 0 ? model->m : model->v;
+        for (size_t i = 0; i < model->num_params; i++) x[i] = buf[i];
+    }
+    free(buf);
+    fclose(f);
+    dataloader_seek(dl, h[3], pos);
+    return h[2];
+}
+
+#ifndef TESTING
+// ----------------------------------------------------------------------------
+// The command line (SPEC "Command line"; the GPT-2 and E3 flags at the end).
+
+typedef struct {
+    const char *train, *val, *init_from, *resume, *out, *schedule, *init, *hist_matrix;
+    int layers, dim, heads, kv_heads, ffn, seq_len, vocab, batch, steps, warmup, seed;
+    int tvr_every, tvr_depth_scaled, val_every, val_batches, stats_every, checkpoint_every, threads, hist_layer;
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip, init_std, tvr_target, tvr_threshold, hist_range;
+} Options;
+
+static const char *USAGE =
+    "usage: train_gpt2 --train GLOB [flags]\n"
+    "Train GPT-2 on the CPU (llm.c checkpoint and shard formats) with LIR/TVR and E3 statistics.";
+
+#define NUM_FLAGS 38
+static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
+    Flag t[NUM_FLAGS] = {
+        {"train", FLAG_STRING, &o->train, NULL, 0, 0, NULL, "training shards (glob, llm.c format)", 0},
+        {"val", FLAG_STRING, &o->val, NULL, 0, 0, NULL, "validation shards (glob); none: no validation", 0},
+        {"init-from", FLAG_STRING, &o->init_from, NULL, 0, 0, NULL, "start from this model.bin (llm.c GPT-2 format)", 0},
+        {"resume", FLAG_STRING, &o->resume, NULL, 0, 0, NULL, "continue the run saved in this directory", 0},
+        {"out", FLAG_STRING, &o->out, "out", 0, 0, NULL, "output directory (logs, model.bin, state.bin)", 0},
+        {"layers", FLAG_INT, &o->layers, "4", 1, 1000, NULL, "blocks L (fresh model)", 0},
+        {"dim", FLAG_INT, &o->dim, "128", 1, 65536, NULL, "width C (fresh model)", 0},
+        {"heads", FLAG_INT, &o->heads, "4", 1, 1024, NULL, "attention heads NH (fresh model)", 0},
+        {"kv-heads", FLAG_INT, &o->kv_heads, "0", 0, 1024, NULL, "GPT-2 has none: 0 or equal to --heads", 0},
+        {"ffn", FLAG_INT, &o->ffn, "0", 0, 1 << 20, NULL, "GPT-2's MLP is 4C: 0 or 4*dim", 0},
+        {"seq-len", FLAG_INT, &o->seq_len, "64", 1, 1 << 16, NULL, "sequence length T (at most the checkpoint's)", 0},
+        {"vocab", FLAG_INT, &o->vocab, "50257", 2, 65536, NULL, "vocabulary V (fresh model; padded to a multiple of 128)", 0},
+        {"batch", FLAG_INT, &o->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
+        {"steps", FLAG_INT, &o->steps, "100", 0, 1 << 30, NULL, "total optimizer steps N", 0},
+        {"lr", FLAG_FLOAT, &o->lr, "1e-3", 0, 10, NULL, "peak learning rate", 0},
+        {"min-lr-frac", FLAG_FLOAT, &o->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
+        {"warmup", FLAG_INT, &o->warmup, "10", 0, 1 << 30, NULL, "linear warm-up steps W", 0},
+        {"schedule", FLAG_CHOICE, &o->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
+        {"weight-decay", FLAG_FLOAT, &o->weight_decay, "0.1", 0, 10, NULL, "AdamW decay on 2-D tensors", 0},
+        {"beta1", FLAG_FLOAT, &o->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
+        {"beta2", FLAG_FLOAT, &o->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
+        {"eps", FLAG_FLOAT, &o->eps, "1e-8", 1e-30, 1, NULL, "AdamW eps", 0},
+        {"grad-clip", FLAG_FLOAT, &o->grad_clip, "1.0", 0, 1e9, NULL, "clip the global grad norm (0 = off)", 0},
+        {"init", FLAG_CHOICE, &o->init, "plain", 0, 0, "plain|lir|residual|e3", "initialisation scheme", 0},
+        {"init-std", FLAG_FLOAT, &o->init_std, "0.02", 0, 10, NULL, "sigma of the initialisation", 0},
+        {"seed", FLAG_INT, &o->seed, "1337", 0, INT_MAX, NULL, "random seed", 0},
+        {"tvr-target", FLAG_FLOAT, &o->tvr_target, "0", 0, 10, NULL, "TVR target std (0 = off)", 0},
+        {"tvr-every", FLAG_INT, &o->tvr_every, "50", 1, 1 << 30, NULL, "TVR every this many steps", 0},
+        {"tvr-threshold", FLAG_FLOAT, &o->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
+        {"tvr-depth-scaled", FLAG_INT, &o->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(layer)", 0},
+        {"val-every", FLAG_INT, &o->val_every, "0", 0, 1 << 30, NULL, "validate every this many steps (0 = never)", 0},
+        {"val-batches", FLAG_INT, &o->val_batches, "10", 1, 1 << 30, NULL, "batches per validation", 0},
+        {"stats-every", FLAG_INT, &o->stats_every, "0", 0, 1 << 30, NULL, "weights/activations/hist logs every N steps", 0},
+        {"checkpoint-every", FLAG_INT, &o->checkpoint_every, "0", 0, 1 << 30, NULL, "save every N steps (0 = only at the end)", 0},
+        {"threads", FLAG_INT, &o->threads, "0", 0, 4096, NULL, "OpenMP threads (0 = all cores)", 0},
+        {"hist-layer", FLAG_INT, &o->hist_layer, "0", 0, 1000, NULL, "E3: layer whose matrix hist.csv follows (0 = off)", 0},
+        {"hist-matrix", FLAG_CHOICE, &o->hist_matrix, "q", 0, 0, "q|k|v|qkv|attn_proj|fc|fc_proj", "E3: that matrix", 0},
+        {"hist-range", FLAG_FLOAT, &o->hist_range, "0.2", 1e-6, 100, NULL, "E3: histogram over [-range, range], 100 bins", 0},
+    };
+    memcpy(fl, t, sizeof(t));
+}
+
+static Options parse_options(int argc, char **argv, Flag fl[NUM_FLAGS]) {
+    Options o;
+    options_table(&o, fl);
+    flags_parse(fl, NUM_FLAGS, argc, argv, 1, USAGE);
+    if (o.train == NULL) usage_error("--train is required (see --help)");
+    if (o.resume && o.init_from) usage_error("--resume and --init-from exclude each other");
+    if (o.dim % o.heads != 0) usage_error("--heads %d does not divide --dim %d", o.heads, o.dim);
+    if (o.kv_heads != 0 && o.kv_heads != o.heads) usage_error("--kv-heads: GPT-2 has no grouped attention: 0 or --heads");
+    if (o.ffn != 0 && o.ffn != 4 * o.dim) usage_error("--ffn: GPT-2's MLP is 4*dim = %d: 0 or that", 4 * o.dim);
+    if (o.hist_layer > o.layers && !o.resume && !o.init_from) usage_error("--hist-layer %d > --layers %d", o.hist_layer, o.layers);
+    if (o.resume && !flag_given(fl, NUM_FLAGS, "out")) o.out = o.resume;
+    return o;
+}
+
+static TrainConfig train_config(const Options *o) {
+    TrainConfig tc = {o->steps, o->warmup, strcmp(o->schedule, "constant") == 0, o->lr, o->min_lr_frac,
+                      o->weight_decay, o->beta1, o->beta2, o->eps, o->grad_clip, o->tvr_target, o->tvr_threshold,
+                      o->tvr_every, o->tvr_depth_scaled};
+    return tc;
+}
+
+// A model from --resume, --init-from or fresh from the flags; returns the sequence
+// length to train with (--seq-len, or the checkpoint's if shorter and the flag not given).
+static int build_model(GPT2 *model, const Options *o, Flag *fl, Rng *rng) {
+    char path[4200];
+    if (o->resume || o->init_from) {
+        if (o->resume) snprintf(path, sizeof(path), "%s/model.bin", o->resume);
+        gpt2_load(model, o->resume ? path : o->init_from);
+        const char *shape[] = {"layers", "dim", "heads", "vocab"};
+        for (int i = 0; i < 4; i++) {
+            if (flag_given(fl, NUM_FLAGS, shape[i])) printf("note: --%s ignored, the checkpoint sets the shape\n", shape[i]);
+        }
+        int maxT = model->config.max_seq_len;
+        if (flag_given(fl, NUM_FLAGS, "seq-len") && o->seq_len > maxT) {
+            usage_error("--seq-len %d is above the checkpoint's %d", o->seq_len, maxT);
+        }
+        if (o->hist_layer > model->config.layers) usage_error("--hist-layer %d > the checkpoint's %d layers", o->hist_layer, model->config.layers);
+        return o->seq_len < maxT ? o->seq_len : maxT;
+    }
+    GPT2Config c = {o->seq_len, o->vocab, (o->vocab + 127) / 128 * 128, o->layers, o->heads, o->dim};
+    model->config = c;
+    gpt2_alloc_params(model);
+    gpt2_init(model, o->init, o->init_std, rng);
+    return o->seq_len;
+}
+
+// The run's CSV logs; appended to on --resume, else started with a header row.
+typedef struct {
+    FILE *train, *val, *weights, *acts, *hist, *hist_summary;
+} Logs;
+
+static FILE *open_log(const char *dir, const char *name, const char *header, int append) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    int fresh = !append || file_size(path) <= 0;
+    FILE *f = fopen_check(path, fresh ? "w" : "a");
+    if (fresh) fprintf(f, "%s\n", header);
+    return f;
+}
+
+static Logs open_logs(const Options *o) {
+    int ap = o->resume != NULL;
+    Logs lg = {open_log(o->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", ap),
+               open_log(o->out, "val.csv", "step,val_loss", ap),
+               open_log(o->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", ap),
+               open_log(o->out, "activations.csv", "step,layer,max_abs,rms", ap), NULL, NULL};
+    if (o->hist_layer > 0) {
+        lg.hist = open_log(o->out, "hist.csv", "step,layer,matrix,bin,lo,hi,count", ap);
+        lg.hist_summary = open_log(o->out, "hist_summary.csv", "step,layer,matrix,mean,std,near_zero,large,excess_kurtosis", ap);
+    }
+    return lg;
+}
+
+static void close_logs(Logs *lg) {
+    FILE *fs[] = {lg->train, lg->val, lg->weights, lg->acts, lg->hist, lg->hist_summary};
+    for (int i = 0; i < 6; i++) {
+        if (fs[i]) fclose(fs[i]);
+    }
+}
+
+static void save_checkpoint(const GPT2 *model, const Options *o, int step, const DataLoader *dl, const Rng *rng) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/model.bin", o->out);
+    gpt2_save(model, path);
+    snprintf(path, sizeof(path), "%s/state.bin", o->out);
+    state_save(model, path, step, dl, rng);
+}
+
+// The weight statistics of one moment (step 0, a stats step, a TVR step before rescaling).
+static void log_stats(Logs *lg, GPT2 *model, const Options *o, int step, int rescaled[][NUM_BLOCK_MATRICES]) {
+    log_weights(lg->weights, model, step, rescaled);
+    if (lg->hist) log_hist(lg->hist, lg->hist_summary, model, step, o->hist_layer, stat_matrix_index(o->hist_matrix), o->hist_range);
+}
+
+static void train_loop(GPT2 *model, const Options *o, const TrainConfig *tc, int start, DataLoader *train,
+                       DataLoader *val, Logs *lg, Rng *rng) {
+    int L = model->config.layers;
+    int (*rescaled)[NUM_BLOCK_MATRICES] = calloc_check((size_t)L, sizeof(*rescaled));
+    if (start == 0 && !o->resume) log_stats(lg, model, o, 0, NULL);
+    for (int step = start + 1; step <= o->steps; step++) {
+        double t0 = wall_seconds();
+        StepResult r;
+        train_step(model, tc, train, step, &r);
+        int stats = o->stats_every > 0 && step % o->stats_every == 0, tvr = is_tvr_step(tc, step);
+        if (stats || step == 1) log_activations(lg->acts, model, step);
+        if (tvr) tvr_decide(model, tc, rescaled);
+        if (stats || tvr) log_stats(lg, model, o, step, tvr ? rescaled : NULL); // before rescaling
+        if (tvr) tvr_apply(model, tc, rescaled);
+        double ms = 1e3 * (wall_seconds() - t0);
+        fprintf(lg->train, "%d,%.6f,%.6e,%.6f,%.1f,%.1f\n", step, r.loss, r.lr, r.grad_norm, ms,
+                (double)train->B * train->T / (ms / 1e3));
+        fflush(lg->train);
+        printf("step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f ms%s\n", step, o->steps, r.loss, r.lr, r.grad_norm,
+               ms, tvr ? "  (TVR)" : "");
+        if (val && o->val_every > 0 && (step % o->val_every == 0 || step == o->steps)) {
+            double vl = evaluate(model, val, o->val_batches);
+            fprintf(lg->val, "%d,%.6f\n", step, vl);
+            fflush(lg->val);
+            printf("step %d  val_loss %.4f\n", step, vl);
+        }
+        if (o->checkpoint_every > 0 && step % o->checkpoint_every == 0) save_checkpoint(model, o, step, train, rng);
+    }
+    free(rescaled);
+}
+
+int main(int argc, char **argv) {
+    Flag fl[NUM_FLAGS];
+    Options o = parse_options(argc, argv, fl);
+    TrainConfig tc = train_config(&o);
+    if (o.threads > 0) omp_set_num_threads(o.threads);
+    ensure_dir(o.out);
+    Rng rng;
+    rng_seed(&rng, (uint64_t)o.seed);
+    GPT2 model;
+    memset(&model, 0, sizeof(model));
+    int T = build_model(&model, &o, fl, &rng);
+    DataLoader train, val;
+    dataloader_init(&train, o.train, "--train", o.batch, T, model.config.vocab);
+    if (o.val) dataloader_init(&val, o.val, "--val", o.batch, T, model.config.vocab);
+    int start = 0;
+    if (o.resume) {
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/state.bin", o.resume);
+        start = state_load(&model, path, &train, &rng);
+        printf("resumed %s at step %d\n", o.resume, start);
+    }
+    const GPT2Config *c = &model.config;
+    printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %d threads\n", c->layers,
+           c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, o.batch, T,
+           omp_get_max_threads());
+    Logs lg = open_logs(&o);
+    train_loop(&model, &o, &tc, start, &train, o.val ? &val : NULL, &lg, &rng);
+    save_checkpoint(&model, &o, start > o.steps ? start : o.steps, &train, &rng);
+    close_logs(&lg);
+    dataloader_free(&train);
+    if (o.val) dataloader_free(&val);
+    gpt2_free(&model);
+    return 0;
+}
+#endif // TESTING
