@@ -1069,11 +1069,15 @@ static void activations_log(const Llama *model, int step, FILE *csv) {
 #define STATE_MAGIC 20261123
 #define STATE_VERSION 1
 
-// Everything --resume needs besides model.bin: where the run is, where the
-// data loader is, the RNG, and AdamW's moments. Format (state.bin):
+// Everything --resume needs: where the run is, where the data loader is, the
+// RNG, AdamW's moments, and a copy of the parameters. Format (state.bin):
 //   int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard index,
 //   int64 at [4] data position, [6] RNG state, [8] parameter count;
-//   then m and v, fp32, in the parameter table's order.
+//   then params, m and v, fp32, in the parameter table's order.
+// The parameters are in here as well as in model.bin so that resuming reads
+// one file written in one atomic rename: a crash between the renames of
+// model.bin and state.bin can then never pair one step's weights with another
+// step's optimizer state. (model.bin is what other programs read.)
 typedef struct {
     int step;
     int shard;
@@ -1094,6 +1098,7 @@ static void state_save(const Llama *model, const TrainState *st, const char *pat
     AtomicFile af;
     atomic_open(&af, path);
     fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    write_floats(af.f, model->params, model->num_params, af.tmp);
     write_floats(af.f, model->m, model->num_params, af.tmp);
     write_floats(af.f, model->v, model->num_params, af.tmp);
     atomic_commit(&af);
@@ -1114,11 +1119,13 @@ static void state_load(Llama *model, TrainState *st, const char *path) {
     if (np != model->num_params) {
         die("state file %s holds %lld parameters, the model has %ld", path, (long long)np, model->num_params);
     }
-    long want = HEADER_INTS * 4 + 2 * np * 4;
+    long want = HEADER_INTS * 4 + 3 * np * 4;
     if (file_size(path) != want) die("state file %s is %ld bytes, want %ld (truncated?)", path, file_size(path), want);
     st->step = header[2];
     st->shard = header[3];
     st->pos = pos;
+    fseek(f, HEADER_INTS * 4, SEEK_SET);
+    read_floats(f, model->params, model->num_params, path);
     read_floats(f, model->m, model->num_params, path);
     read_floats(f, model->v, model->num_params, path);
     fclose(f);
@@ -1174,7 +1181,11 @@ typedef struct {
     double tvr_target, tvr_threshold;
     int tvr_every, tvr_depth_scaled;
     int val_every, val_batches, stats_every, checkpoint_every, threads;
+    int arch_given; // bit i: ARCH_FLAGS[i] was on the command line
 } Settings;
+
+#define NUM_ARCH_FLAGS 8
+static const char *ARCH_FLAGS[NUM_ARCH_FLAGS] = {"layers", "dim", "heads", "kv-heads", "ffn", "vocab", "norm-eps", "rope-theta"};
 
 #define USAGE "usage: train_llama [flags]   train a LLaMA on the CPU with LIR and TVR (see README.md)"
 
@@ -1225,15 +1236,23 @@ static int settings_parse(Settings *s, int argc, char **argv) {
     if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
     if (s->heads % s->kv_heads != 0) usage_error("--kv-heads %d does not divide --heads %d", s->kv_heads, s->heads);
     if ((s->dim / s->heads) % 2 != 0) usage_error("head size --dim/--heads = %d must be even (RoPE)", s->dim / s->heads);
-    // with a checkpoint, the architecture comes from its header: say so if the flags disagree
-    const char *arch[] = {"layers", "dim", "heads", "kv-heads", "ffn", "vocab", "norm-eps", "rope-theta"};
-    int from_file = s->init_from || s->resume;
-    for (size_t i = 0; i < sizeof(arch) / sizeof(arch[0]); i++) {
-        if (from_file && flag_given(flags, nflags, arch[i])) {
-            usage_error("--%s cannot be set with --init-from/--resume: the checkpoint sets it", arch[i]);
+    // which architecture flags were typed: with a checkpoint they must agree with it
+    s->arch_given = 0;
+    for (int i = 0; i < NUM_ARCH_FLAGS; i++) s->arch_given |= flag_given(flags, nflags, ARCH_FLAGS[i]) << i;
+    return flag_given(flags, nflags, "seq-len");
+}
+
+// With --init-from or --resume the architecture comes from the checkpoint's
+// header. Repeating the run's flags is fine; a flag that disagrees is an error.
+static void check_arch_flags(const Settings *s, const LlamaConfig *c, const char *ckpt) {
+    double file[NUM_ARCH_FLAGS] = {c->layers, c->dim, c->heads, c->kv_heads, c->ffn, c->vocab, c->norm_eps, c->rope_theta};
+    double flag[NUM_ARCH_FLAGS] = {s->layers, s->dim, s->heads, s->kv_heads, s->ffn, s->vocab, (float)s->norm_eps,
+                                   (float)s->rope_theta};
+    for (int i = 0; i < NUM_ARCH_FLAGS; i++) {
+        if ((s->arch_given >> i & 1) && file[i] != flag[i]) {
+            usage_error("--%s %g disagrees with the checkpoint %s, which has %g", ARCH_FLAGS[i], flag[i], ckpt, file[i]);
         }
     }
-    return flag_given(flags, nflags, "seq-len");
 }
 
 static LlamaConfig config_from_settings(const Settings *s) {
@@ -1356,10 +1375,11 @@ int main(int argc, char **argv) {
     if (s.resume) snprintf(ckpt, sizeof(ckpt), "%s/model.bin", s.resume);
     if (ckpt[0]) {
         llama_read_header(ckpt, &config);
-        if (s.seq_len > config.max_seq_len) {
-            die_status(EXIT_USAGE, "--seq-len %d exceeds the checkpoint's %d (%s)", s.seq_len, config.max_seq_len, ckpt);
-        }
+        check_arch_flags(&s, &config, ckpt);
         if (!seq_len_given) s.seq_len = config.max_seq_len;
+        if (s.seq_len > config.max_seq_len) {
+            usage_error("--seq-len %d exceeds the checkpoint's %d (%s)", s.seq_len, config.max_seq_len, ckpt);
+        }
     } else {
         config = config_from_settings(&s);
     }
@@ -1375,9 +1395,9 @@ int main(int argc, char **argv) {
     TrainState st = {0, 0, 0, 0};
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
-    if (ckpt[0]) {
+    if (s.init_from) {
         llama_load_params(&model, ckpt);
-    } else {
+    } else if (!s.resume) { // a resumed run reads its parameters from state.bin below
         InitScheme scheme = !strcmp(s.init, "lir") ? INIT_LIR : !strcmp(s.init, "residual") ? INIT_RESIDUAL : INIT_PLAIN;
         llama_init(&model, scheme, s.init_std, &rng);
     }

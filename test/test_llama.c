@@ -1,0 +1,435 @@
+/*
+ * test/test_llama.c: unit tests for train_llama.c, which is included whole
+ * (its main() is left out under TESTING). Built twice by the Makefile: in float
+ * (the program as it ships) and with -DREAL_DOUBLE, where the gradient check
+ * against finite differences can be tight.
+ *
+ *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|all]
+ *   build/test_llama write-shard PATH NTOK VOCAB [MAGIC VERSION]   (a synthetic shard for the CLI tests)
+ *
+ * Every check prints the number it measured and the tolerance; the exit status
+ * is the number of failed checks (0 = all passed).
+ */
+#define TESTING
+#include "../train_llama.c"
+
+static int failures = 0;
+
+static void check(int ok, const char *what, double value, double tol) {
+    printf("  %-4s %-58s %.3e (tol %.1e)\n", ok ? "ok" : "FAIL", what, value, tol);
+    if (!ok) failures++;
+}
+
+#ifdef REAL_DOUBLE
+#define PRECISION "double"
+#else
+#define PRECISION "float"
+#endif
+
+// a small model with random parameters (sigma large enough that gradients are not tiny)
+static void tiny_model(Llama *m, LlamaConfig c, int B, int T, double sigma, uint64_t seed) {
+    llama_build(m, c);
+    llama_alloc_acts(m, B, T);
+    Rng rng;
+    rng_seed(&rng, seed);
+    llama_init(m, INIT_PLAIN, sigma, &rng);
+    // norm gains away from 1 so their gradients are exercised too
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        if (PARAM_INFO[i].block_matrix || i == P_TOK_EMB || i == P_LM_HEAD) continue;
+        for (long j = 0; j < param_count(&m->config, i); j++) m->tensor[i][j] = (real)(1 + 0.3 * rng_normal(&rng));
+    }
+}
+
+static void random_tokens(int *x, int n, int vocab, Rng *rng) {
+    for (int i = 0; i < n; i++) x[i] = (int)(rng_u64(rng) % (uint64_t)vocab);
+}
+
+// ---------------------------------------------------------------------------
+// Every parameter of a tiny GQA model against central finite differences of the loss.
+static void test_gradcheck(void) {
+    printf("gradient check (%s): every parameter vs central differences\n", PRECISION);
+    LlamaConfig c = {6, 23, 2, 4, 2, 16, 24, 1e-5f, 10000.0f}; // T 6, V 23, L 2, NH 4, NKV 2, C 16, F 24
+    int B = 2, T = 6, N = B * T;
+    Llama m;
+    tiny_model(&m, c, B, T, 0.3, 7);
+    Rng rng;
+    rng_seed(&rng, 11);
+    int x[12], y[12];
+    random_tokens(x, N, c.vocab, &rng);
+    random_tokens(y, N, c.vocab, &rng);
+    llama_forward(&m, x, y, B, T);
+    llama_zero_grad(&m);
+    llama_backward(&m);
+#ifdef REAL_DOUBLE
+    double h = 1e-5, tol = 1e-7;
+    long stride = 1; // every element
+#else
+    double h = 1e-2, tol = 2e-2;
+    long stride = 7; // a sample: float differences are slow and noisy
+#endif
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        long n = param_count(&c, i);
+        real *p = m.tensor[i], *g = m.gtensor[i];
+        double gmax = 0, worst = 0;
+        for (long j = 0; j < n; j++) gmax = fmax(gmax, fabs((double)g[j]));
+        for (long j = 0; j < n; j += stride) {
+            real save = p[j];
+            p[j] = (real)(save + h);
+            llama_forward(&m, x, y, B, T);
+            double lp = m.loss;
+            p[j] = (real)(save - h);
+            llama_forward(&m, x, y, B, T);
+            double lm = m.loss;
+            p[j] = save;
+            double fd = (lp - lm) / (2 * h);
+            worst = fmax(worst, fabs(fd - g[j]));
+        }
+        char what[128];
+        snprintf(what, sizeof(what), "%s: max |grad - fd| / max|grad| (max|grad| %.1e)", PARAM_INFO[i].name, gmax);
+        check(gmax > 0 && worst / gmax <= tol, what, worst / gmax, tol);
+    }
+    llama_free(&m);
+}
+
+// ---------------------------------------------------------------------------
+// Training on one batch again and again drives its loss near 0.
+static void test_overfit(void) {
+    printf("overfit one batch (%s)\n", PRECISION);
+    LlamaConfig c = {16, 64, 2, 4, 2, 32, 96, 1e-5f, 10000.0f};
+    int B = 4, T = 16, N = B * T;
+    Llama m;
+    tiny_model(&m, c, B, T, 0.02, 3);
+    Rng rng;
+    rng_seed(&rng, 5);
+    int x[64], y[64];
+    random_tokens(x, N, c.vocab, &rng);
+    random_tokens(y, N, c.vocab, &rng);
+    OptConfig o = {1e-2, 0.1, 0, 300, 0, 0.0, 0.9, 0.95, 1e-8, 1.0};
+    double first = 0;
+    for (int s = 1; s <= 300; s++) {
+        llama_forward(&m, x, y, B, T);
+        if (s == 1) first = m.loss;
+        llama_zero_grad(&m);
+        llama_backward(&m);
+        clip_grad_norm(&m, o.grad_clip);
+        adamw_update(&m, &o, lr_at(&o, s), s);
+    }
+    llama_forward(&m, x, y, B, T);
+    printf("  loss %.4f -> %.5f after 300 steps\n", first, (double)m.loss);
+    check(m.loss < 0.05, "final loss on the memorised batch", m.loss, 0.05);
+    llama_free(&m);
+}
+
+// ---------------------------------------------------------------------------
+// Measured std of each initialised matrix against its scheme's formula.
+static void test_lir(void) {
+    printf("init schemes: measured std vs formula (8 layers, C 256)\n");
+    LlamaConfig c = {8, 1000, 8, 4, 2, 256, 512, 1e-5f, 10000.0f};
+    double sigma = 0.006;
+    const char *names[] = {"plain", "lir", "residual"};
+    for (int scheme = INIT_PLAIN; scheme <= INIT_RESIDUAL; scheme++) {
+        Llama m;
+        llama_build(&m, c);
+        Rng rng;
+        rng_seed(&rng, 42);
+        llama_init(&m, (InitScheme)scheme, sigma, &rng);
+        double worst = 0;
+        int gains_ok = 1;
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            int nl = PARAM_INFO[i].per_layer ? c.layers : 1;
+            long n = param_layer_size(&c, i);
+            for (int l = 0; l < nl; l++) {
+                real *w = layer_ptr(m.tensor[i], &c, i, l);
+                if (i == P_ATTN_NORM || i == P_FFN_NORM || i == P_FINAL_NORM) {
+                    for (long j = 0; j < n; j++) gains_ok &= (w[j] == 1);
+                    continue;
+                }
+                double mean, std, want = init_std(&c, (InitScheme)scheme, sigma, i, l + 1);
+                weight_stats(w, n, &mean, &std);
+                // independent formula, written out again here on purpose
+                double expect = sigma;
+                if (scheme == INIT_LIR && PARAM_INFO[i].block_matrix) expect = sigma / sqrt(l + 1.0);
+                if (scheme == INIT_RESIDUAL && (i == P_WO || i == P_W2)) expect = sigma / sqrt(2.0 * c.layers);
+                if (fabs(want - expect) > 1e-15) failures++;
+                // sampling error of a std from n normals is std/sqrt(2n); allow 5 of those
+                double rel = fabs(std / expect - 1), tol = 5 / sqrt(2.0 * n);
+                worst = fmax(worst, rel / tol);
+                if (scheme == INIT_LIR && i == P_WQ && (l == 0 || l == 7)) {
+                    printf("  lir wq layer %d: std %.6f, sigma/sqrt(l) = %.6f\n", l + 1, std, expect);
+                }
+            }
+        }
+        char what[128];
+        snprintf(what, sizeof(what), "%s: worst |std/expected - 1| in units of 5 sampling SEs", names[scheme]);
+        check(worst <= 1, what, worst, 1);
+        check(gains_ok, "norm gains all exactly 1", gains_ok ? 0 : 1, 0);
+        llama_free(&m);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TVR: rescales the matrices over threshold to the target, keeps their mean,
+// leaves everything else bitwise alone, and fires only on multiples of every.
+static void test_tvr(void) {
+    printf("TVR (%s)\n", PRECISION);
+    LlamaConfig c = {8, 50, 3, 4, 2, 64, 128, 1e-5f, 10000.0f};
+    Llama m;
+    llama_build(&m, c);
+    Rng rng;
+    rng_seed(&rng, 9);
+    llama_init(&m, INIT_LIR, 0.02, &rng); // block l std 0.02/sqrt(l): 0.02, 0.0141, 0.0115
+    // give every block matrix a non-zero mean, so "mean kept" means something
+    for (int l = 0; l < c.layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (!PARAM_INFO[i].block_matrix) continue;
+            real *w = layer_ptr(m.tensor[i], &c, i, l);
+            for (long j = 0; j < param_layer_size(&c, i); j++) w[j] += (real)0.003;
+        }
+    }
+    real *before = (real *)malloc_check(sizeof(real) * m.num_params);
+    memcpy(before, m.params, sizeof(real) * m.num_params);
+    // target 0.01, threshold 1.2: layers 1 (0.02) and 2 (0.0141) are over, layer 3 (0.0115) is not
+    TvrConfig tvr = {0.01, 50, 1.2, 0};
+    check(!tvr_due(&tvr, 49) && tvr_due(&tvr, 50) && !tvr_due(&tvr, 51) && tvr_due(&tvr, 100) && !tvr_due(&tvr, 0 + 1),
+          "fires on steps 50 and 100, not on 1, 49, 51", 0, 0);
+    TvrConfig off = {0, 50, 1.2, 0};
+    check(!tvr_due(&off, 50), "target 0 never fires", 0, 0);
+    weights_pass(&m, &tvr, 50, 1, NULL);
+    double worst_std = 0, worst_mean = 0;
+    int untouched_ok = 1, rescaled = 0;
+    for (int l = 0; l < c.layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (!PARAM_INFO[i].block_matrix) continue;
+            long n = param_layer_size(&c, i), off0 = layer_ptr(m.tensor[i], &c, i, l) - m.params;
+            double mean0, std0, mean1, std1;
+            weight_stats(before + off0, n, &mean0, &std0);
+            weight_stats(m.params + off0, n, &mean1, &std1);
+            if (std0 / 0.01 > 1.2) {
+                rescaled++;
+                worst_std = fmax(worst_std, fabs(std1 / 0.01 - 1));
+                worst_mean = fmax(worst_mean, fabs(mean1 - mean0));
+            } else {
+                untouched_ok &= memcmp(before + off0, m.params + off0, sizeof(real) * n) == 0;
+            }
+        }
+    }
+    printf("  %d of %d block matrices were over threshold\n", rescaled, 7 * c.layers);
+    check(rescaled == 14, "rescaled exactly layers 1 and 2 (14 matrices)", rescaled, 14);
+#ifdef REAL_DOUBLE
+    double std_tol = 1e-12, mean_tol = 1e-15;
+#else
+    double std_tol = 1e-6, mean_tol = 1e-9;
+#endif
+    check(worst_std <= std_tol, "rescaled: max |std/target - 1|", worst_std, std_tol);
+    check(worst_mean <= mean_tol, "rescaled: max |mean after - mean before|", worst_mean, mean_tol);
+    check(untouched_ok, "under threshold: bitwise unchanged", !untouched_ok, 0);
+    int others_ok = 1;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        if (PARAM_INFO[i].block_matrix) continue;
+        long off0 = m.tensor[i] - m.params;
+        others_ok &= memcmp(before + off0, m.params + off0, sizeof(real) * param_count(&c, i)) == 0;
+    }
+    check(others_ok, "embeddings, lm_head, norm gains: bitwise unchanged", !others_ok, 0);
+
+    // depth-scaled: block l's target is 0.01/sqrt(l); a low target so every matrix is over
+    TvrConfig deep = {0.004, 50, 1.2, 1};
+    weights_pass(&m, &deep, 100, 1, NULL);
+    double worst_deep = 0;
+    for (int l = 0; l < c.layers; l++) {
+        double mean, std;
+        weight_stats(layer_ptr(m.tensor[P_W2], &c, P_W2, l), param_layer_size(&c, P_W2), &mean, &std);
+        worst_deep = fmax(worst_deep, fabs(std / (0.004 / sqrt(l + 1.0)) - 1));
+    }
+    check(worst_deep <= std_tol, "depth-scaled: w2 std = target/sqrt(l), max rel error", worst_deep, std_tol);
+    free(before);
+    llama_free(&m);
+}
+
+// ---------------------------------------------------------------------------
+// The schedule at a few steps, against values worked out by hand.
+static void test_schedule(void) {
+    printf("learning-rate schedule\n");
+    OptConfig o = {1e-3, 0.1, 10, 110, 1, 0, 0.9, 0.95, 1e-8, 1};
+    // warm-up: s/W * lr; step 60 is half way through the cosine: (lr + min)/2; step 110: min
+    double want[][2] = {{1, 1e-4}, {5, 5e-4}, {10, 1e-3}, {60, 5.5e-4}, {110, 1e-4},
+                        {35, 1e-4 + 0.5 * 9e-4 * (1 + cos(M_PI * 0.25))}};
+    double worst = 0;
+    for (int i = 0; i < 6; i++) worst = fmax(worst, fabs(lr_at(&o, (int)want[i][0]) - want[i][1]));
+    check(worst < 1e-15, "cosine with warm-up: max |lr - hand value|", worst, 1e-15);
+    o.cosine = 0;
+    check(lr_at(&o, 11) == 1e-3 && lr_at(&o, 110) == 1e-3 && lr_at(&o, 5) == 5e-4, "constant after warm-up", 0, 0);
+    o.warmup = 0;
+    check(lr_at(&o, 1) == 1e-3, "no warm-up: lr from step 1", 0, 0);
+}
+
+// ---------------------------------------------------------------------------
+// AdamW for three steps on known gradients, against the update written out by hand.
+static void test_adamw(void) {
+    printf("AdamW (%s): three steps by hand\n", PRECISION);
+    LlamaConfig c = {4, 8, 1, 2, 1, 4, 8, 1e-5f, 10000.0f};
+    Llama m;
+    llama_build(&m, c);
+    OptConfig o = {1e-2, 0.1, 0, 10, 0, 0.1, 0.9, 0.95, 1e-8, 0};
+    double p_mat = 0.5, p_gain = 0.5, m_ = 0, v_ = 0, m2 = 0, v2 = 0;
+    double g[3] = {0.3, -0.2, 0.05};
+    for (int t = 1; t <= 3; t++) {
+        for (long j = 0; j < m.num_params; j++) m.grads[j] = (real)g[t - 1];
+        if (t == 1) {
+            for (long j = 0; j < m.num_params; j++) m.params[j] = (real)0.5;
+        }
+        adamw_update(&m, &o, o.lr, t);
+        // by hand: a decayed matrix entry and an undecayed norm gain
+        m_ = 0.9 * m_ + 0.1 * g[t - 1];
+        v_ = 0.95 * v_ + 0.05 * g[t - 1] * g[t - 1];
+        double mh = m_ / (1 - pow(0.9, t)), vh = v_ / (1 - pow(0.95, t));
+        p_mat = p_mat * (1 - 1e-2 * 0.1) - 1e-2 * mh / (sqrt(vh) + 1e-8);
+        m2 = m_, v2 = v_;
+        p_gain = p_gain - 1e-2 * mh / (sqrt(vh) + 1e-8);
+    }
+    (void)m2;
+    (void)v2;
+    double e1 = fabs(m.tensor[P_WQ][0] - p_mat), e2 = fabs(m.tensor[P_ATTN_NORM][0] - p_gain);
+#ifdef REAL_DOUBLE
+    double tol = 1e-12;
+#else
+    double tol = 1e-6;
+#endif
+    printf("  matrix %.9f (hand %.9f), gain %.9f (hand %.9f)\n", (double)m.tensor[P_WQ][0], p_mat,
+           (double)m.tensor[P_ATTN_NORM][0], p_gain);
+    check(e1 <= tol, "decayed matrix entry after 3 steps: |C - hand|", e1, tol);
+    check(e2 <= tol, "norm gain (no decay) after 3 steps: |C - hand|", e2, tol);
+    llama_free(&m);
+}
+
+// ---------------------------------------------------------------------------
+// Clipping: gradients of known norm.
+static void test_clip(void) {
+    printf("gradient clipping\n");
+    LlamaConfig c = {4, 8, 1, 2, 1, 4, 8, 1e-5f, 10000.0f};
+    Llama m;
+    llama_build(&m, c);
+    double each = 0.5, norm_want = each * sqrt((double)m.num_params);
+    for (long j = 0; j < m.num_params; j++) m.grads[j] = (real)each;
+    double norm = clip_grad_norm(&m, 1.0);
+    check(fabs(norm - norm_want) < 1e-6 * norm_want, "returned norm is the pre-clip norm (rel err)",
+          fabs(norm - norm_want) / norm_want, 1e-6);
+    double after = sqrt(sum_squares(m.grads, m.num_params, 0));
+    double want = norm_want * (1.0 / (norm_want + 1e-6));
+    check(fabs(after - want) < 1e-6, "clipped norm = max * norm/(norm + 1e-6)", fabs(after - want), 1e-6);
+    for (long j = 0; j < m.num_params; j++) m.grads[j] = (real)1e-3;
+    real before = m.grads[0];
+    clip_grad_norm(&m, 1.0);
+    check(m.grads[0] == before, "norm below max: gradients untouched", 0, 0);
+    llama_free(&m);
+}
+
+// ---------------------------------------------------------------------------
+// model.bin and state.bin round trip.
+static void test_checkpoint(void) {
+    printf("checkpoint round trip\n");
+    LlamaConfig c = {8, 40, 2, 4, 2, 16, 32, 1e-5f, 500000.0f};
+    Llama a, b;
+    tiny_model(&a, c, 1, 8, 0.1, 1);
+    for (long j = 0; j < a.num_params; j++) a.m[j] = (real)(j * 1e-3), a.v[j] = (real)(j * 2e-3);
+    ensure_dir("build/tmp_ckpt");
+    llama_save(&a, "build/tmp_ckpt/model.bin");
+    TrainState st = {17, 0, 1234, 0xDEADBEEFCAFEULL}, st2;
+    state_save(&a, &st, "build/tmp_ckpt/state.bin");
+    LlamaConfig c2;
+    llama_read_header("build/tmp_ckpt/model.bin", &c2);
+    check(memcmp(&c, &c2, sizeof(c)) == 0, "config read back equal", 0, 0);
+    llama_build(&b, c2);
+    llama_load_params(&b, "build/tmp_ckpt/model.bin");
+    state_load(&b, &st2, "build/tmp_ckpt/state.bin");
+    double worst = 0;
+    for (long j = 0; j < a.num_params; j++) {
+        worst = fmax(worst, fabs((double)(float)a.params[j] - b.params[j]));
+        worst = fmax(worst, fabs((double)(float)a.m[j] - b.m[j]) + fabs((double)(float)a.v[j] - b.v[j]));
+    }
+    check(worst == 0, "params, m, v equal after save/load (fp32 on disk)", worst, 0);
+    check(st2.step == 17 && st2.pos == 1234 && st2.rng == 0xDEADBEEFCAFEULL, "step, data position, rng restored", 0, 0);
+    struct stat sb;
+    check(stat("build/tmp_ckpt/model.bin.tmp", &sb) != 0, "no temporary file left behind", 0, 0);
+    llama_free(&a);
+    llama_free(&b);
+}
+
+// ---------------------------------------------------------------------------
+// The blocked GEMM against the plain triple loop, on awkward sizes and strides.
+static void test_gemm(void) {
+    printf("gemm vs naive triple loop (%s)\n", PRECISION);
+    int sizes[][3] = {{1, 1, 1}, {7, 33, 5}, {129, 65, 300}, {64, 2050, 17}, {300, 40, 520}};
+    Rng rng;
+    rng_seed(&rng, 3);
+    double worst = 0;
+    for (int s = 0; s < 5; s++) {
+        int M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+        real *A = (real *)malloc_check(sizeof(real) * M * K), *B = (real *)malloc_check(sizeof(real) * K * N);
+        real *C = (real *)malloc_check(sizeof(real) * M * N), *R = (real *)malloc_check(sizeof(real) * M * N);
+        for (long i = 0; i < (long)M * K; i++) A[i] = (real)rng_normal(&rng);
+        for (long i = 0; i < (long)K * N; i++) B[i] = (real)rng_normal(&rng);
+        for (int tr = 0; tr < 4; tr++) { // A and B each row-major or transposed
+            long a_rs = tr & 1 ? 1 : K, a_cs = tr & 1 ? M : 1, b_rs = tr & 2 ? 1 : N, b_cs = tr & 2 ? K : 1;
+            for (int acc = 0; acc < 2; acc++) {
+                for (long i = 0; i < (long)M * N; i++) C[i] = R[i] = (real)(acc ? 1.5 : 99);
+                gemm(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, N, acc);
+                for (int i = 0; i < M; i++) {
+                    for (int j = 0; j < N; j++) {
+                        double sum = acc ? R[i * N + j] : 0;
+                        for (int k = 0; k < K; k++) sum += (double)A[i * a_rs + k * a_cs] * B[k * b_rs + j * b_cs];
+                        worst = fmax(worst, fabs(sum - C[i * N + j]) / sqrt((double)K + 1));
+                    }
+                }
+            }
+        }
+        free(A), free(B), free(C), free(R);
+    }
+#ifdef REAL_DOUBLE
+    double tol = 1e-13;
+#else
+    double tol = 1e-5;
+#endif
+    check(worst <= tol, "max |C - reference| / sqrt(K+1), all transposes, = and +=", worst, tol);
+}
+
+// ---------------------------------------------------------------------------
+// A synthetic shard for the command-line tests: tokens i*7 mod vocab.
+static int write_shard(int argc, char **argv) {
+    if (argc < 5) die("usage: write-shard PATH NTOK VOCAB [MAGIC VERSION]");
+    long ntok = atol(argv[3]);
+    int vocab = atoi(argv[4]);
+    int32_t header[256] = {0};
+    header[0] = argc > 5 ? atoi(argv[5]) : SHARD_MAGIC;
+    header[1] = argc > 6 ? atoi(argv[6]) : SHARD_VERSION;
+    header[2] = (int32_t)ntok;
+    header[3] = vocab;
+    FILE *f = fopen_check(argv[2], "wb");
+    fwrite_check(header, sizeof(int32_t), 256, f, argv[2]);
+    for (long i = 0; i < ntok; i++) {
+        uint16_t t = (uint16_t)((i * 7 + i / 13) % vocab);
+        fwrite_check(&t, sizeof(t), 1, f, argv[2]);
+    }
+    fclose_check(f, argv[2]);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *which = argc > 1 ? argv[1] : "all";
+    if (!strcmp(which, "write-shard")) return write_shard(argc, argv);
+    struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {{"gemm", test_gemm},         {"gradcheck", test_gradcheck}, {"overfit", test_overfit},
+                 {"lir", test_lir},           {"tvr", test_tvr},             {"schedule", test_schedule},
+                 {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint}};
+    int ran = 0;
+    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+        if (!strcmp(which, "all") || !strcmp(which, tests[i].name)) {
+            tests[i].fn();
+            ran++;
+        }
+    }
+    if (!ran) die("unknown test '%s'", which);
+    printf("%s: %d check(s) failed\n", argv[0], failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# train_llama as a user runs it: determinism, resume (also after a kill -9),
+# thread-count independence, --steps 0, and bad input. Uses synthetic shards.
+set -u
+set -f  # no globbing: the --train patterns must reach the program as written
+cd "$(dirname "$0")/.."
+BIN=${BIN:-./train_llama}
+D=build/cli
+rm -rf "$D" && mkdir -p "$D"
+fail=0
+ok() { echo "  ok   $*"; }
+bad() { echo "  FAIL $*"; fail=1; }
+
+T=./build/test_llama
+$T write-shard $D/train_000.bin 3000 64 >/dev/null
+$T write-shard $D/train_001.bin 2000 64 >/dev/null
+$T write-shard $D/val_000.bin 1000 64 >/dev/null
+MODEL="--layers 2 --dim 32 --heads 4 --kv-heads 2 --seq-len 16 --vocab 64"
+DATA="--train $D/train_*.bin --val $D/val_*.bin --batch 4 --val-every 5 --val-batches 2"
+RUN="$BIN $MODEL $DATA --stats-every 2 --threads 2 --init lir --init-std 0.05 --tvr-target 0.02 --tvr-every 3"
+
+# the columns of train.csv that do not depend on timing
+trainlog() { cut -d, -f1-4 "$1/train.csv"; }
+same() { # same DIR1 DIR2 WHAT
+  if cmp -s "$1/model.bin" "$2/model.bin" && cmp -s "$1/state.bin" "$2/state.bin" &&
+     diff <(trainlog "$1") <(trainlog "$2") >/dev/null && cmp -s "$1/weights.csv" "$2/weights.csv" &&
+     cmp -s "$1/val.csv" "$2/val.csv" && cmp -s "$1/activations.csv" "$2/activations.csv"; then
+    ok "$3: model.bin, state.bin, train.csv (step,loss,lr,grad_norm), val/weights/activations.csv identical"
+  else
+    bad "$3: outputs differ"
+  fi
+}
+
+echo "determinism and resume"
+$RUN --steps 10 --out $D/a >/dev/null || bad "run a failed"
+$RUN --steps 10 --out $D/b >/dev/null || bad "run b failed"
+same $D/a $D/b "two identical runs"
+grep -q ',1$' $D/a/weights.csv && ok "TVR rescaled something in that run" || bad "TVR never fired"
+$RUN --steps 10 --out $D/t1 --threads 1 >/dev/null
+if cmp -s $D/a/model.bin $D/t1/model.bin && diff <(trainlog $D/a) <(trainlog $D/t1) >/dev/null; then
+  ok "1 thread and 2 threads give bitwise the same model and losses"
+else bad "thread count changes the result"; fi
+
+# constant schedule: the lr does not depend on --steps, so 5 + 5 must equal 10
+$RUN --schedule constant --warmup 3 --steps 10 --out $D/s10 >/dev/null
+$RUN --schedule constant --warmup 3 --steps 5 --out $D/s5 >/dev/null
+$RUN --schedule constant --warmup 3 --steps 10 --resume $D/s5 >/dev/null || bad "resume failed"
+same $D/s10 $D/s5 "10 steps straight vs 5 + --resume 5"
+
+# kill -9 in the middle of a run that checkpoints every step; resuming must
+# still reproduce the straight run bit for bit
+$RUN --schedule constant --warmup 3 --steps 60 --out $D/s60 >/dev/null
+$RUN --schedule constant --warmup 3 --steps 60 --checkpoint-every 1 --out $D/k >/dev/null &
+pid=$!
+for _ in $(seq 500); do # wait until a few steps are logged, then kill
+  [ "$(cat $D/k/train.csv 2>/dev/null | wc -l)" -ge 6 ] && break
+  sleep 0.01
+done
+kill -9 $pid 2>/dev/null
+wait $pid 2>/dev/null
+echo "  (killed after step $(tail -n1 $D/k/train.csv | cut -d, -f1) of 60)"
+$RUN --schedule constant --warmup 3 --steps 60 --resume $D/k >/dev/null || bad "resume after kill -9 failed"
+same $D/s60 $D/k "60 steps straight vs killed + resumed"
+
+$RUN --steps 0 --out $D/z >/dev/null && [ -s $D/z/model.bin ] && [ -s $D/z/state.bin ] &&
+  ok "--steps 0 writes model.bin and state.bin" || bad "--steps 0"
+$BIN --help | grep -q -- "--tvr-target" && ok "--help lists the flags" || bad "--help"
+
+echo "bad input: one error line naming the culprit, exit status != 0, no crash"
+$T write-shard $D/magic.bin 3000 64 1234 >/dev/null
+$T write-shard $D/version.bin 3000 64 20240520 7 >/dev/null
+$T write-shard $D/short.bin 20 64 >/dev/null
+$T write-shard $D/big.bin 3000 200 >/dev/null
+head -c 3000 $D/train_000.bin >$D/trunc.bin
+head -c 5000 $D/z/model.bin >$D/z_trunc.bin
+cp $D/z/model.bin $D/z_version.bin && printf '\x09' | dd of=$D/z_version.bin bs=1 seek=4 conv=notrunc 2>/dev/null
+mkdir -p $D/nostate && cp $D/z/model.bin $D/nostate/
+
+expect() { # expect WANT_STATUS PATTERN -- command...   (WANT_STATUS "nz" = any non-zero)
+  local want=$1 pat=$2; shift 3
+  local err rc
+  err=$("$@" 2>&1 >/dev/null); rc=$?
+  local lines; lines=$(printf '%s\n' "$err" | grep -c .)
+  if { [ "$want" = nz ] && [ $rc -ne 0 ] || [ "$rc" = "$want" ]; } && [ $rc -lt 128 ] &&
+     printf '%s' "$err" | grep -q -- "$pat" && [ "$lines" -eq 1 ]; then
+    ok "exit $rc: $err"
+  else
+    bad "want status $want and '$pat' on one line; got status $rc: $err"
+  fi
+}
+B="$BIN $MODEL $DATA --steps 2"
+expect 2 "unknown flag --bogus" -- $B --bogus 1
+expect 2 "flag --lr needs a value" -- $B --lr
+expect 2 "--lr must be in" -- $B --lr -1
+expect 2 "--steps: 'abc' is not an integer" -- $B --steps abc
+expect 2 "--lr: 'nan' is not a number" -- $B --lr nan
+expect 2 "--batch must be in" -- $B --batch 0
+expect 2 "--heads 3 does not divide --dim 32" -- $B --heads 3
+expect 2 "--kv-heads 3 does not divide --heads 4" -- $B --kv-heads 3
+expect 2 "--init must be one of" -- $B --init xavier
+expect 2 "--schedule must be one of" -- $B --schedule linear
+expect 2 "unexpected argument" -- $B stray
+expect 2 "exclude each other" -- $B --init-from $D/z/model.bin --resume $D/z
+expect 2 "--layers 3 disagrees with the checkpoint $D/z/model.bin, which has 2" -- $BIN $DATA --init-from $D/z/model.bin --layers 3
+expect 2 "--seq-len 32 exceeds the checkpoint's 16" -- $BIN --train "$D/train_*.bin" --init-from $D/z/model.bin --seq-len 32
+expect nz "--train $D/nothing\*.bin: no file matches" -- $B --train "$D/nothing*.bin"
+expect nz "$D/magic.bin has bad magic 1234" -- $B --train $D/magic.bin
+expect nz "$D/version.bin has version 7" -- $B --train $D/version.bin
+expect nz "$D/trunc.bin is truncated" -- $B --train $D/trunc.bin
+expect nz "$D/short.bin has 20 tokens, fewer than one batch" -- $B --train $D/short.bin
+expect nz "$D/big.bin: token .* not below the model's vocabulary size 64" -- $B --train $D/big.bin
+expect nz "$D/magic.bin has bad magic" -- $B --val $D/magic.bin
+expect nz "checkpoint $D/train_000.bin has bad magic" -- $BIN $DATA --init-from $D/train_000.bin
+expect nz "checkpoint $D/z_version.bin has version 9" -- $BIN $DATA --init-from $D/z_version.bin
+expect nz "checkpoint $D/z_trunc.bin is 5000 bytes" -- $BIN $DATA --init-from $D/z_trunc.bin
+expect nz "cannot open $D/nowhere/model.bin" -- $BIN $DATA --init-from $D/nowhere/model.bin
+expect nz "cannot open $D/nostate/state.bin" -- $BIN $DATA --resume $D/nostate
+expect nz "cannot create output directory $D/train_000.bin/out" -- $B --out $D/train_000.bin/out
+
+[ $fail -eq 0 ] && echo "all command-line checks passed"
+exit $fail
