@@ -34,74 +34,100 @@ typedef float real;
 // ----------------------------------------------------------------------------
 // Matrix multiply: the one kernel behind every linear layer, forward and backward.
 //
-// out[n][o] (+)= bias[o] + sum_k a[n][k] * b[o][k]     a: (N, K), b: (O, K), out: (N, O)
+// out[n][o] (+)= bias[o] + sum_k a[n][k] * bt[k][o]     a: (N, K), bt: (K, O), out: (N, O)
 //
-// Both operands are read along k, contiguously. Each 4x4 tile of outputs keeps
-// LANES partial sums per output, so the k loop is a plain element-wise
-// multiply-add that gcc vectorises without -ffast-math (the order of additions
-// is fixed by the code, not left to the compiler). Tasks are blocks of 64 rows of
-// b, so a block stays in cache while every row of a streams past it. Each output
-// is summed by one thread in a fixed order: results do not depend on the number
-// of threads.
+// The classic register tile: 4 rows of out times 4 vectors of columns (GCC's vector
+// extension, 64 bytes: 16 floats or 8 doubles) stay in registers while k runs; each
+// step broadcasts 4 numbers of a and loads 4 vectors of one row of bt. Every output
+// is a plain sum over k in order, so the result does not depend on the number of
+// threads, and nothing needs -ffast-math. Threads take column blocks of one tile's
+// width: the (K x 64) panel of bt stays in cache while all of a streams past it.
 
-#define LANES 16
-#define TILE 4
-#define BLOCK_O 64
+typedef real vreal __attribute__((vector_size(64)));
+#define LANES ((int)(sizeof(vreal) / sizeof(real)))
+#define TILE_N 4
+#define TILE_V 4 // vectors of columns per tile
+#define TILE_O (TILE_V * LANES)
 
 // Loops smaller than this many multiply-adds run on one thread: waking threads
 // costs more than it saves on tiny tensors (and far more on a busy machine).
 #define PARALLEL_MIN 65536
 
-static void matmul_tile(real *out, const real *a, const real *b, const real *bias, int N, int K, int O, int n0,
+static inline vreal vload(const real *p) {
+    vreal v;
+    memcpy(&v, p, sizeof(v)); // unaligned load
+    return v;
+}
+
+static inline void vstore(real *p, vreal v) { memcpy(p, &v, sizeof(v)); }
+
+// One full-width tile: rows n0..n0+3 (past N: repeat the last row, results dropped), columns o0..o0+TILE_O-1.
+static void matmul_tile(real *out, const real *a, const real *bt, const real *bias, int N, int K, int O, int n0,
                         int o0, int accumulate) {
-    const real *ar[TILE], *br[TILE];
-    for (int r = 0; r < TILE; r++) {
-        // rows past the edge repeat the last row; their results are not stored
-        ar[r] = a + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
-        br[r] = b + (size_t)(o0 + r < O ? o0 + r : O - 1) * K;
+    const real *ar[TILE_N];
+    for (int r = 0; r < TILE_N; r++) ar[r] = a + (size_t)(n0 + r < N ? n0 + r : N - 1) * K;
+    vreal acc[TILE_N][TILE_V];
+    memset(acc, 0, sizeof(acc));
+    for (int k = 0; k < K; k++) {
+        vreal bv[TILE_V];
+        for (int j = 0; j < TILE_V; j++) bv[j] = vload(bt + (size_t)k * O + o0 + j * LANES);
+        for (int r = 0; r < TILE_N; r++) {
+            real x = ar[r][k];
+            for (int j = 0; j < TILE_V; j++) acc[r][j] += x * bv[j];
+        }
     }
-    real acc[TILE][TILE][LANES] = {{{0}}};
-    int kv = K - K % LANES;
-    for (int k = 0; k < kv; k += LANES) {
-        for (int r = 0; r < TILE; r++) {
-            for (int c = 0; c < TILE; c++) {
-                for (int l = 0; l < LANES; l++) acc[r][c][l] += ar[r][k + l] * br[c][k + l];
+    for (int r = 0; r < TILE_N && n0 + r < N; r++) {
+        for (int j = 0; j < TILE_V; j++) {
+            real *dst = out + (size_t)(n0 + r) * O + o0 + j * LANES;
+            vreal v = acc[r][j];
+            if (bias) v += vload(bias + o0 + j * LANES);
+            if (accumulate) v += vload(dst);
+            vstore(dst, v);
+        }
+    }
+}
+
+// The columns left over at the right edge (fewer than one tile), one at a time.
+static void matmul_edge(real *out, const real *a, const real *bt, const real *bias, int N, int K, int O, int o,
+                        int accumulate) {
+    for (int n = 0; n < N; n++) {
+        real s = 0;
+        for (int k = 0; k < K; k++) s += a[(size_t)n * K + k] * bt[(size_t)k * O + o];
+        if (bias) s += bias[o];
+        real *dst = out + (size_t)n * O + o;
+        *dst = accumulate ? *dst + s : s;
+    }
+}
+
+static void matmul(real *out, const real *a, const real *bt, const real *bias, int N, int K, int O, int accumulate) {
+    int full = O / TILE_O;
+#pragma omp parallel for schedule(static) if ((size_t)N * K * O > PARALLEL_MIN)
+    for (int blk = 0; blk <= full; blk++) {
+        if (blk < full) {
+            for (int n0 = 0; n0 < N; n0 += TILE_N) matmul_tile(out, a, bt, bias, N, K, O, n0, blk * TILE_O, accumulate);
+        } else {
+            for (int o = full * TILE_O; o < O; o++) matmul_edge(out, a, bt, bias, N, K, O, o, accumulate);
+        }
+    }
+}
+
+// dst (cols, rows) = src (rows, cols) transposed, in 32x32 blocks so that both
+// sides are read and written a cache line at a time.
+static void transpose(real *dst, const real *src, int rows, int cols) {
+    int rb = (rows + 31) / 32, cb = (cols + 31) / 32;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)rows * cols > PARALLEL_MIN)
+    for (int i = 0; i < rb; i++) {
+        for (int j = 0; j < cb; j++) {
+            int r1 = (i + 1) * 32 < rows ? (i + 1) * 32 : rows, c1 = (j + 1) * 32 < cols ? (j + 1) * 32 : cols;
+            for (int c = j * 32; c < c1; c++) {
+                for (int r = i * 32; r < r1; r++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
             }
         }
     }
-    for (int r = 0; r < TILE && n0 + r < N; r++) {
-        for (int c = 0; c < TILE && o0 + c < O; c++) {
-            real s = 0;
-            for (int l = 0; l < LANES; l++) s += acc[r][c][l];
-            for (int k = kv; k < K; k++) s += ar[r][k] * br[c][k];
-            if (bias) s += bias[o0 + c];
-            real *dst = out + (size_t)(n0 + r) * O + o0 + c;
-            *dst = accumulate ? *dst + s : s;
-        }
-    }
 }
 
-static void matmul(real *out, const real *a, const real *b, const real *bias, int N, int K, int O, int accumulate) {
-    int nblocks = (O + BLOCK_O - 1) / BLOCK_O;
-#pragma omp parallel for schedule(static) if ((size_t)N * K * O > PARALLEL_MIN)
-    for (int blk = 0; blk < nblocks; blk++) {
-        int o_end = (blk + 1) * BLOCK_O < O ? (blk + 1) * BLOCK_O : O;
-        for (int n0 = 0; n0 < N; n0 += TILE) {
-            for (int o0 = blk * BLOCK_O; o0 < o_end; o0 += TILE) matmul_tile(out, a, b, bias, N, K, O, n0, o0, accumulate);
-        }
-    }
-}
-
-// dst (cols, rows) = src (rows, cols) transposed
-static void transpose(real *dst, const real *src, int rows, int cols) {
-#pragma omp parallel for schedule(static) if ((size_t)rows * cols > PARALLEL_MIN)
-    for (int c = 0; c < cols; c++) {
-        for (int r = 0; r < rows; r++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
-    }
-}
-
-// Scratch space for the transposes in the backward pass (sized once by the model).
-static real *g_scratch_a, *g_scratch_b;
+// Scratch space for the transposes of the linear layers (sized once by the model).
+static real *g_scratch;
 
 // ----------------------------------------------------------------------------
 // Layers: forward and backward pairs. Backward functions add (+=) into the
@@ -110,21 +136,19 @@ static real *g_scratch_a, *g_scratch_b;
 
 // A linear layer, nn.Linear's layout: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ + bias.
 static void linear_forward(real *out, const real *inp, const real *w, const real *bias, int N, int IC, int OC) {
-    matmul(out, inp, w, bias, N, IC, OC, 0);
+    real *wT = g_scratch;
+    transpose(wT, w, OC, IC); // (IC, OC): the kernel reads rows of its right operand
+    matmul(out, inp, wT, bias, N, IC, OC, 0);
 }
 
 // dinp += dout · w;  dw += doutᵀ · inp;  dbias += column sums of dout.
-// Both products go through the same kernel on transposed copies, so they are as
-// fast and as deterministic as the forward.
+// w (OC, IC) and inp (N, IC) already have the layout the kernel wants; dout is transposed.
 static void linear_backward(real *dinp, real *dw, real *dbias, const real *dout, const real *inp, const real *w, int N,
                             int IC, int OC) {
-    real *wT = g_scratch_a;
-    transpose(wT, w, OC, IC); // (IC, OC)
-    matmul(dinp, dout, wT, NULL, N, OC, IC, 1);
-    real *doutT = g_scratch_a, *inpT = g_scratch_b;
+    matmul(dinp, dout, w, NULL, N, OC, IC, 1);
+    real *doutT = g_scratch;
     transpose(doutT, dout, N, OC); // (OC, N)
-    transpose(inpT, inp, N, IC);   // (IC, N)
-    matmul(dw, doutT, inpT, NULL, OC, N, IC, 1);
+    matmul(dw, doutT, inp, NULL, OC, N, IC, 1);
     if (dbias) {
 #pragma omp parallel for schedule(static) if ((size_t)N * OC > PARALLEL_MIN)
         for (int o = 0; o < OC; o++) {
@@ -335,8 +359,12 @@ static void crossentropy_forward(real *probs, real *losses, const real *logits, 
         real *p = probs + (size_t)n * V;
         double mx = -INFINITY, sum = 0;
         for (int i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
-        for (int i = 0; i < V; i++) sum += exp(z[i] - mx);
-        for (int i = 0; i < V; i++) p[i] = (real)(exp(z[i] - mx) / sum);
+        for (int i = 0; i < V; i++) {
+            double e = exp(z[i] - mx);
+            p[i] = (real)e;
+            sum += e;
+        }
+        for (int i = 0; i < V; i++) p[i] = (real)(p[i] / sum);
         losses[n] = (real)(log(sum) - (z[targets[n]] - mx));
     }
 }
@@ -588,13 +616,10 @@ static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
     model->da[A_LOGITS] = model->a[A_PROBS];
     model->inputs = (int *)malloc_check((size_t)B * T * sizeof(int));
     model->targets = (int *)malloc_check((size_t)B * T * sizeof(int));
-    // scratch for the transposes of linear_backward: the largest operand
-    size_t BT = (size_t)B * T, C = c->channels;
-    size_t s = BT * (c->vocab > 4 * (int)C ? (size_t)c->vocab : 4 * C);
-    if ((size_t)c->vocab * C > s) s = (size_t)c->vocab * C;
-    if (4 * C * C > s) s = 4 * C * C;
-    g_scratch_a = (real *)malloc_check(s * sizeof(real));
-    g_scratch_b = (real *)malloc_check(BT * 4 * C * sizeof(real));
+    // scratch for the transposes of the linear layers: the largest weight or output
+    size_t BT = (size_t)B * T, C = c->channels, widest = c->vocab > 4 * (int)C ? (size_t)c->vocab : 4 * C;
+    size_t s = BT * widest > widest * C ? BT * widest : widest * C;
+    g_scratch = (real *)malloc_check(s * sizeof(real));
 }
 
 // Layer l's slice of a per-layer activation.
@@ -682,8 +707,8 @@ static void gpt2_backward(GPT2 *model) {
 static void gpt2_free(GPT2 *model) {
     free(model->params), free(model->grads), free(model->acts), free(model->dacts);
     free(model->inputs), free(model->targets), free(model->m), free(model->v);
-    free(g_scratch_a), free(g_scratch_b);
-    g_scratch_a = g_scratch_b = NULL;
+    free(g_scratch);
+    g_scratch = NULL;
     memset(model, 0, sizeof(*model));
 }
 
