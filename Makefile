@@ -97,9 +97,33 @@ e3: train_gpt2
 .PHONY: gpt2-fixtures e3
 
 # ---------------------------------------------------------------------------
+# PyTorch reference (issue 4): dev/reference/llama.py (the oracle), the fixtures it makes
+# in test/fixtures/llama/, the comparison test, and the CPU speed race against PyTorch
+build/test_reference: test/test_reference.c train_llama.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# the float64 build, against the oracle's float64 runs: tolerances near 1e-9
+build/test_reference_f64: test/test_reference.c train_llama.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS)
+
+REF_TEST_BINS = build/test_reference build/test_reference_f64
+
+# Regenerate the fixtures with Debian's torch (apt-get install python3-torch python3-numpy),
+# starting from models that ./train_llama --steps 0 initialises, then check they still pass.
+REF_PYTHON ?= /usr/bin/python3
+reference: train_llama $(REF_TEST_BINS)
+	$(REF_PYTHON) dev/reference/make_fixtures.py --train-llama ./train_llama
+	./test/run.sh reference
+
+.PHONY: reference
+
+# ---------------------------------------------------------------------------
 # tests
 TEST_BINS = $(LLAMA_TEST_BINS) $(MLP_TEST_BINS)
 TEST_BINS += $(GPT2_TEST_BINS)
+TEST_BINS += $(REF_TEST_BINS)
 
 test: $(TEST_BINS)
 	./test/run.sh

@@ -1,0 +1,369 @@
+/*
+ * test/test_reference.c: train_llama.c against the independent PyTorch oracle
+ * (dev/reference/llama.py), llm.c style: this file includes train_llama.c with
+ * TESTING defined (so its main() is left out) and drives its functions.
+ *
+ * Usage: test_reference FIXTURE_DIR...   (run from the repository root)
+ *
+ * A fixture directory (made by `make reference`, dev/reference/make_fixtures.py) holds
+ *   model.bin            the initial parameters (SPEC.md's format)
+ *   debug_state.bin      what the oracle computed from it, in float32; the layout is
+ *                        written out at the top of dev/reference/llama.py:
+ *       int32 header[256]: [0] 20261124, [1] 1, [2] bytes per REAL (4 or 8), [3] B, [4] T,
+ *         [5] steps N, [6] warmup, [7] schedule (0 cosine, 1 constant), [8] tvr_every,
+ *         [9] tvr_depth_scaled, [10] P, [11] max T, [12] V, [13] L, [14] NH, [15] NKV,
+ *         [16] C, [17] F; float64 at ints 64..95: lr, min_lr_frac, weight_decay, beta1,
+ *         beta2, eps, grad_clip, tvr_target, tvr_threshold, norm eps, rope theta;
+ *         the training glob as text at ints 128..255
+ *       int32 inputs[B*T], targets[B*T]; REAL logits[B*T*V], loss, grads[P],
+ *       step_loss[N], step_lr[N], step_grad_norm[N], params[P]; int32 clipped[N], rescaled[N]
+ *   debug_state_f64.bin  (optional) the same run computed by the oracle in float64
+ *
+ * For each fixture:
+ *   1. the first batch from train_llama.c's loader equals the oracle's (exactly);
+ *   2. forward on it: logits and loss; backward: every gradient tensor;
+ *   3. train() itself -- the loop `./train_llama` runs, with the fixture's flags parsed by
+ *      its own flag table -- for N steps; its train.csv gives each step's loss, lr and grad
+ *      norm, its weights.csv which matrices TVR rescaled; then the final parameters.
+ * Errors are max |C - oracle| / max |oracle| over a tensor. The float32 build compares with
+ * debug_state.bin; the float64 build (-DREAL_DOUBLE) with debug_state_f64.bin where there is
+ * one, at far tighter tolerances: agreement to ~1e-12 means the two programs compute the same
+ * function, not merely something within float32's noise. The worst error of every check is
+ * printed; the program exits 1 naming each check over its tolerance.
+ */
+#define TESTING
+#include "../train_llama.c"
+
+// ---------------------------------------------------------------------------
+// tolerances, each on max |C - oracle| / max |oracle| over one tensor or one series
+//
+// float32 against the float32 oracle. One forward and backward are as close as float32
+// allows: the oracle's own float32-vs-float64 distance on these fixtures is 1e-8..4e-7
+// (make_fixtures.py prints it), so 1e-5 leaves a wide margin and still catches a wrong
+// formula, which moves things by 1e-3 or more. The final parameters are looser, and why is
+// measured, not guessed: Adam divides each gradient by its own running RMS, so an element
+// whose gradient is nearly zero (a sum that cancels) moves by about lr whatever its rounding
+// error; over 10 steps this multiplies rounding by ~4000 on mqa_residual_tvrdepth's w2 (the
+// float64 build sees 1e-16 rounding grow to 4e-13 there). Any float32 program lands ~1e-4
+// from the exact trajectory on that tensor (this one 3e-4, PyTorch's float32 4e-6 by luck).
+// The float64 build is the sharp test of the optimizer, clipping and TVR: 1e-9.
+typedef struct {
+    double logits, loss, grads, step_loss, lr, grad_norm, params;
+} Tolerances;
+
+static const Tolerances TOL_F32 = {1e-5, 1e-5, 1e-5, 1e-5, 1e-6, 1e-5, 1e-3};
+// float64 on both sides: only summation order differs. Per-step numbers come from
+// train.csv, printed with 9 significant digits, hence 1e-8 for them.
+static const Tolerances TOL_F64 = {1e-11, 1e-12, 1e-10, 1e-8, 1e-8, 1e-8, 1e-9};
+
+// ---------------------------------------------------------------------------
+// the fixture
+
+#define DEBUG_MAGIC 20261124
+#define DEBUG_VERSION 1
+
+typedef struct {
+    char path[4200];
+    int real_bytes, B, T, steps, warmup, constant, tvr_every, tvr_depth_scaled;
+    long P;
+    int max_T, V, L, NH, NKV, C, F;
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip, tvr_target, tvr_threshold;
+    double norm_eps, rope_theta;
+    char train_glob[513];
+    int *inputs, *targets;
+    double *logits, loss, *grads, *step_loss, *step_lr, *step_norm, *params;
+    int *clipped, *rescaled;
+} Fixture;
+
+static double *read_reals(FILE *f, long n, int real_bytes, const char *path) {
+    double *x = (double *)malloc_check(n * sizeof(double));
+    if (real_bytes == 8) {
+        fread_check(x, sizeof(double), n, f, path);
+    } else {
+        float *buf = (float *)malloc_check(n * sizeof(float));
+        fread_check(buf, sizeof(float), n, f, path);
+        for (long i = 0; i < n; i++) x[i] = buf[i];
+        free(buf);
+    }
+    return x;
+}
+
+static int *read_ints(FILE *f, long n, const char *path) {
+    int *x = (int *)malloc_check(n * sizeof(int));
+    fread_check(x, sizeof(int), n, f, path);
+    return x;
+}
+
+static void fixture_read(Fixture *fx, const char *path) {
+    memset(fx, 0, sizeof(*fx));
+    snprintf(fx->path, sizeof(fx->path), "%s", path);
+    FILE *f = fopen_check(path, "rb");
+    int32_t h[HEADER_INTS];
+    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
+    if (h[0] != DEBUG_MAGIC || h[1] != DEBUG_VERSION) die("%s is not a version-%d debug state", path, DEBUG_VERSION);
+    if (h[2] != 4 && h[2] != 8) die("%s: bytes per real is %d", path, h[2]);
+    fx->real_bytes = h[2];
+    fx->B = h[3], fx->T = h[4], fx->steps = h[5], fx->warmup = h[6], fx->constant = h[7];
+    fx->tvr_every = h[8], fx->tvr_depth_scaled = h[9], fx->P = h[10];
+    fx->max_T = h[11], fx->V = h[12], fx->L = h[13], fx->NH = h[14], fx->NKV = h[15], fx->C = h[16], fx->F = h[17];
+    double hy[16];
+    memcpy(hy, &h[64], sizeof(hy));
+    fx->lr = hy[0], fx->min_lr_frac = hy[1], fx->weight_decay = hy[2], fx->beta1 = hy[3], fx->beta2 = hy[4];
+    fx->eps = hy[5], fx->grad_clip = hy[6], fx->tvr_target = hy[7], fx->tvr_threshold = hy[8];
+    fx->norm_eps = hy[9], fx->rope_theta = hy[10];
+    memcpy(fx->train_glob, &h[128], 512);
+    fx->train_glob[512] = '\0';
+    long N = (long)fx->B * fx->T;
+    fx->inputs = read_ints(f, N, path);
+    fx->targets = read_ints(f, N, path);
+    fx->logits = read_reals(f, N * fx->V, fx->real_bytes, path);
+    double *loss = read_reals(f, 1, fx->real_bytes, path);
+    fx->loss = loss[0];
+    free(loss);
+    fx->grads = read_reals(f, fx->P, fx->real_bytes, path);
+    fx->step_loss = read_reals(f, fx->steps, fx->real_bytes, path);
+    fx->step_lr = read_reals(f, fx->steps, fx->real_bytes, path);
+    fx->step_norm = read_reals(f, fx->steps, fx->real_bytes, path);
+    fx->params = read_reals(f, fx->P, fx->real_bytes, path);
+    fx->clipped = read_ints(f, fx->steps, path);
+    fx->rescaled = read_ints(f, fx->steps, path);
+    if (fgetc(f) != EOF) die("%s has bytes after its last array", path);
+    fclose(f);
+}
+
+static void fixture_free(Fixture *fx) {
+    void *arrays[] = {fx->inputs, fx->targets, fx->logits, fx->grads, fx->step_loss, fx->step_lr,
+                      fx->step_norm, fx->params, fx->clipped, fx->rescaled};
+    for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) free(arrays[i]);
+}
+
+// ---------------------------------------------------------------------------
+// comparisons: each prints one line with its worst error
+
+static int g_failures = 0;
+static char g_failed[4096] = "";
+
+static void record(const char *fixture, const char *what, double err, double tol) {
+    int ok = err <= tol; // a NaN error fails too
+    if (!ok) {
+        g_failures++;
+        size_t len = strlen(g_failed);
+        snprintf(g_failed + len, sizeof(g_failed) - len, "\n  %s: %s (error %.2e > tolerance %.0e)", fixture, what,
+                 err, tol);
+    }
+}
+
+// max |got - want| / max |want| over n numbers; prints the line and records a failure
+static void compare(const char *fixture, const char *what, const real *got, const double *want, long n, double tol) {
+    double err = 0, maxabs = 0;
+    long worst = 0;
+    for (long i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - want[i]);
+        if (e > err || isnan(e)) err = e, worst = i;
+        if (fabs(want[i]) > maxabs) maxabs = fabs(want[i]);
+    }
+    double rel = maxabs > 0 ? err / maxabs : err;
+    printf("  %-16s %7ld values, max|ref| %9.3e, worst error %9.3e (relative %8.2e, tolerance %.0e) at [%ld]%s\n",
+           what, n, maxabs, err, rel, tol, worst, rel <= tol ? "" : "   <-- FAIL");
+    record(fixture, what, rel, tol);
+}
+
+static void compare_exact_ints(const char *fixture, const char *what, const int *got, const int *want, long n) {
+    long bad = 0;
+    for (long i = 0; i < n; i++) bad += got[i] != want[i];
+    printf("  %-16s %7ld values, %ld differ%s\n", what, n, bad, bad ? "   <-- FAIL" : "");
+    record(fixture, what, (double)bad, 0);
+}
+
+// every parameter tensor, by the name in train_llama.c's table
+static void compare_tensors(const char *fixture, const char *prefix, const Llama *model, const real *buf,
+                            const double *want, double tol) {
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        long off = model->tensor[i] - model->params;
+        char what[64];
+        snprintf(what, sizeof(what), "%s %s", prefix, PARAM_INFO[i].name);
+        compare(fixture, what, buf + off, want + off, param_count(&model->config, i), tol);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the checks
+
+static void check_config(const Fixture *fx, const LlamaConfig *c, const char *model_path) {
+    if (c->max_seq_len != fx->max_T || c->vocab != fx->V || c->layers != fx->L || c->heads != fx->NH ||
+        c->kv_heads != fx->NKV || c->dim != fx->C || c->ffn != fx->F || c->norm_eps != (float)fx->norm_eps ||
+        c->rope_theta != (float)fx->rope_theta) {
+        die("%s and %s describe different models", model_path, fx->path);
+    }
+}
+
+// Steps 1..N: forward, backward, norm, clip, lr, AdamW, TVR -- by train_llama.c's own train().
+// Its flags come from the fixture and go through its own flag table, as on the command line.
+static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const char *model_path, const char *out) {
+    char vals[32][64];
+    const char *argv[80] = {"train_llama"};
+    int argc = 1, nv = 0;
+#define ARG(name, ...) \
+    (snprintf(vals[nv], sizeof(vals[0]), __VA_ARGS__), argv[argc++] = name, argv[argc++] = vals[nv++])
+    ARG("--batch", "%d", fx->B);
+    ARG("--seq-len", "%d", fx->T);
+    ARG("--steps", "%d", fx->steps);
+    ARG("--lr", "%.17g", fx->lr);
+    ARG("--min-lr-frac", "%.17g", fx->min_lr_frac);
+    ARG("--warmup", "%d", fx->warmup);
+    ARG("--schedule", "%s", fx->constant ? "constant" : "cosine");
+    ARG("--weight-decay", "%.17g", fx->weight_decay);
+    ARG("--beta1", "%.17g", fx->beta1);
+    ARG("--beta2", "%.17g", fx->beta2);
+    ARG("--eps", "%.17g", fx->eps);
+    ARG("--grad-clip", "%.17g", fx->grad_clip);
+    ARG("--tvr-target", "%.17g", fx->tvr_target);
+    ARG("--tvr-every", "%d", fx->tvr_every);
+    ARG("--tvr-threshold", "%.17g", fx->tvr_threshold);
+    ARG("--tvr-depth-scaled", "%d", fx->tvr_depth_scaled);
+    ARG("--stats-every", "%d", 0);
+    ARG("--val-every", "%d", 0);
+#undef ARG
+    argv[argc++] = "--train", argv[argc++] = fx->train_glob;
+    argv[argc++] = "--val", argv[argc++] = "";
+    argv[argc++] = "--init-from", argv[argc++] = model_path;
+    argv[argc++] = "--out", argv[argc++] = out;
+    Settings s;
+    settings_parse(&s, argc, (char **)argv);
+    TrainState st = {0, 0, 0, 0};
+    dataloader_reset(dl);
+    llama_load_params(model, model_path); // the first-batch check's backward left the params as they were
+    memset(model->m, 0, sizeof(real) * model->num_params);
+    memset(model->v, 0, sizeof(real) * model->num_params);
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO); // train() prints a line per step: keep this test's output to the point
+    FILE *devnull = fopen_check("/dev/null", "w");
+    dup2(fileno(devnull), STDOUT_FILENO);
+    train(model, &s, dl, NULL, &st);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    fclose(devnull);
+}
+
+// train.csv: step,loss,lr,grad_norm,ms,tokens_per_s -> the first three numbers per step
+static void read_train_csv(const char *out, int steps, real *loss, real *lr, real *norm) {
+    char path[1100], line[1024];
+    snprintf(path, sizeof(path), "%s/train.csv", out);
+    FILE *f = fopen_check(path, "r");
+    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
+    for (int s = 0; s < steps; s++) {
+        int step;
+        double l, r, n;
+        if (!fgets(line, sizeof(line), f) || sscanf(line, "%d,%lf,%lf,%lf", &step, &l, &r, &n) != 4 || step != s + 1) {
+            die("%s: no row for step %d", path, s + 1);
+        }
+        loss[s] = (real)l, lr[s] = (real)r, norm[s] = (real)n;
+    }
+    fclose(f);
+}
+
+// weights.csv: step,layer,matrix,mean,std,rescaled -> how many matrices TVR rescaled per step
+static void read_weights_csv(const char *out, int steps, int *rescaled) {
+    char path[1100], line[1024];
+    snprintf(path, sizeof(path), "%s/weights.csv", out);
+    FILE *f = fopen_check(path, "r");
+    memset(rescaled, 0, sizeof(int) * steps);
+    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
+    while (fgets(line, sizeof(line), f)) {
+        char *last = strrchr(line, ',');
+        int step = atoi(line);
+        if (last && step >= 1 && step <= steps) rescaled[step - 1] += atoi(last + 1);
+    }
+    fclose(f);
+}
+
+static void run_fixture(const char *dir) {
+    Fixture fx;
+    char path[1024], model_path[1024], out[1024];
+#ifdef REAL_DOUBLE
+    snprintf(path, sizeof(path), "%s/debug_state_f64.bin", dir);
+    if (file_size(path) < 0) snprintf(path, sizeof(path), "%s/debug_state.bin", dir);
+#else
+    snprintf(path, sizeof(path), "%s/debug_state.bin", dir);
+#endif
+    fixture_read(&fx, path);
+    // tight tolerances only when both sides computed in float64
+    const Tolerances *tol = (sizeof(real) == 8 && fx.real_bytes == 8) ? &TOL_F64 : &TOL_F32;
+    char name[256];
+    snprintf(name, sizeof(name), "%s", dir);
+    size_t len = strlen(name);
+    while (len > 1 && name[len - 1] == '/') name[--len] = '\0'; // "dir/" names "dir"
+    if (strrchr(name, '/')) memmove(name, strrchr(name, '/') + 1, strlen(strrchr(name, '/')));
+    printf("%s (%s, oracle in float%d, C in float%d): L=%d C=%d NH=%d NKV=%d F=%d V=%d, B=%d T=%d, %d steps\n", name,
+           path, 8 * fx.real_bytes, 8 * (int)sizeof(real), fx.L, fx.C, fx.NH, fx.NKV, fx.F, fx.V, fx.B, fx.T,
+           fx.steps);
+
+    snprintf(model_path, sizeof(model_path), "%s/model.bin", dir);
+    LlamaConfig config;
+    llama_read_header(model_path, &config);
+    check_config(&fx, &config, model_path);
+    Llama model;
+    llama_build(&model, config);
+    if (model.num_params != fx.P) die("%s: %ld parameters, the fixture has %ld", model_path, model.num_params, fx.P);
+    llama_load_params(&model, model_path);
+    llama_alloc_acts(&model, fx.B, fx.T);
+    DataLoader dl;
+    dataloader_init(&dl, fx.train_glob, "--train", fx.B, fx.T, config.vocab);
+
+    // 1-2. the first batch, its logits, loss and gradients
+    dataloader_next(&dl);
+    long N = (long)fx.B * fx.T;
+    compare_exact_ints(name, "inputs", dl.inputs, fx.inputs, N);
+    compare_exact_ints(name, "targets", dl.targets, fx.targets, N);
+    llama_forward(&model, dl.inputs, dl.targets, fx.B, fx.T);
+    compare(name, "logits", model.acts.logits, fx.logits, N * fx.V, tol->logits);
+    compare(name, "loss", &model.loss, &fx.loss, 1, tol->loss);
+    llama_zero_grad(&model);
+    llama_backward(&model);
+    compare_tensors(name, "grad", &model, model.grads, fx.grads, tol->grads);
+
+    // 3. N steps of train()
+    snprintf(out, sizeof(out), "build/test_reference_out");
+    ensure_dir(out);
+    snprintf(out, sizeof(out), "build/test_reference_out/%s", name);
+    ensure_dir(out);
+    run_training(&model, &dl, &fx, model_path, out);
+    real *loss = (real *)malloc_check(sizeof(real) * fx.steps);
+    real *lr = (real *)malloc_check(sizeof(real) * fx.steps);
+    real *norm = (real *)malloc_check(sizeof(real) * fx.steps);
+    int *clipped = (int *)malloc_check(sizeof(int) * fx.steps);
+    int *rescaled = (int *)malloc_check(sizeof(int) * fx.steps);
+    read_train_csv(out, fx.steps, loss, lr, norm);
+    read_weights_csv(out, fx.steps, rescaled);
+    for (int s = 0; s < fx.steps; s++) clipped[s] = fx.grad_clip > 0 && fx.grad_clip / (norm[s] + 1e-6) < 1;
+    compare(name, "step losses", loss, fx.step_loss, fx.steps, tol->step_loss);
+    compare(name, "step lr", lr, fx.step_lr, fx.steps, tol->lr);
+    compare(name, "step grad norms", norm, fx.step_norm, fx.steps, tol->grad_norm);
+    compare_exact_ints(name, "steps clipped", clipped, fx.clipped, fx.steps);
+    compare_exact_ints(name, "TVR rescales", rescaled, fx.rescaled, fx.steps);
+    compare_tensors(name, "final", &model, model.params, fx.params, tol->params);
+    int nclip = 0, ntvr = 0;
+    for (int s = 0; s < fx.steps; s++) nclip += fx.clipped[s], ntvr += fx.rescaled[s] > 0;
+    printf("  (covers: %d of %d steps clipped, %d steps with TVR rescales, warm-up %d then %s)\n\n", nclip, fx.steps,
+           ntvr, fx.warmup, fx.constant ? "constant" : "cosine");
+
+    free(loss), free(lr), free(norm), free(clipped), free(rescaled);
+    dataloader_free(&dl);
+    llama_free(&model);
+    fixture_free(&fx);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s FIXTURE_DIR...   (e.g. test/fixtures/llama/gqa_lir_tvr)\n", argv[0]);
+        return EXIT_USAGE;
+    }
+    for (int i = 1; i < argc; i++) run_fixture(argv[i]);
+    if (g_failures) {
+        printf("FAIL: %d check(s) over tolerance:%s\n", g_failures, g_failed);
+        return 1;
+    }
+    printf("OK: %d fixture(s) agree with the PyTorch oracle\n", argc - 1);
+    return 0;
+}
