@@ -9,7 +9,9 @@
 #ifndef RESCALE_UTILS_H
 #define RESCALE_UTILS_H
 
+#ifndef _GNU_SOURCE // g++ (and so nvcc) predefines it
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
