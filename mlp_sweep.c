@@ -393,138 +393,283 @@ static void mlp_init(Mlp *m, InitScheme scheme, double sigma, Rng *rng) {
     m->step = 0;
 }
 
-// ---- per-run scratch: one example's activations, as dense vectors and as lists of nonzeros
+// ---- per-run scratch for one minibatch of up to maxb examples. Each layer's input is
+// also kept as a sparse matrix stored by columns: for input feature k, the examples
+// (rows) where it is nonzero and its values there. A product then walks the nonzeros
+// of one feature at a time, with that feature's row of Wt held in registers.
 typedef struct {
-    real *act[MAX_LAYERS + 1];   // act[l]: output of layer l-1 (after ReLU except the logits)
-    real *grad[MAX_LAYERS + 1];  // grad[l]: d loss / d (pre-activation of act[l])
-    int *nz_idx[MAX_LAYERS + 1]; // act[l]'s nonzero entries (l >= 1; l = 0 is the input example)
-    real *nz_val[MAX_LAYERS + 1];
-    int nnz[MAX_LAYERS + 1];
+    int maxb;
+    real *act[MAX_LAYERS + 1];  // act[l]: maxb × width[l], output of layer l-1 (after ReLU, except the logits act[L])
+    real *grad[MAX_LAYERS + 1]; // grad[l]: maxb × width[l], d loss / d pre-activation of act[l]
+    int *col_start[MAX_LAYERS]; // layer l's input by columns: feature k's nonzeros are entries
+    int *col_row[MAX_LAYERS];   //   col_start[l][k] .. col_start[l][k+1]-1, at example col_row,
+    real *col_val[MAX_LAYERS];  //   with value col_val
+    real *w_out_in[MAX_LAYERS]; // hidden layers' weights in nn.Linear's (out, in) layout (backward)
+    int *next;                  // a cursor per column while the column lists are filled
+    int *cur;                   // a cursor per example into its list of nonzeros
+    int *row_n;                 // per example: number of nonzeros of the current layer input
+    const int **row_idx;        //   and where they are (feature index, value)
+    const real **row_val;
+    int *tmp_idx;               // the compacted nonzeros of a hidden layer, example after example
+    real *tmp_val;
 } Scratch;
 
-static void scratch_create(Scratch *s, const Mlp *m) {
+static void scratch_create(Scratch *s, const Mlp *m, int maxb) {
     memset(s, 0, sizeof(*s));
+    s->maxb = maxb;
+    int wmax = 0;
+    for (int l = 0; l <= m->nlayers; l++) wmax = m->width[l] > wmax ? m->width[l] : wmax;
     for (int l = 1; l <= m->nlayers; l++) {
-        s->act[l] = calloc_check(m->width[l], sizeof(real));
-        s->grad[l] = calloc_check(m->width[l], sizeof(real));
-        s->nz_idx[l] = calloc_check(m->width[l], sizeof(int));
-        s->nz_val[l] = calloc_check(m->width[l], sizeof(real));
+        s->act[l] = calloc_check((size_t)maxb * m->width[l], sizeof(real));
+        s->grad[l] = calloc_check((size_t)maxb * m->width[l], sizeof(real));
     }
+    for (int l = 0; l < m->nlayers; l++) {
+        s->col_start[l] = calloc_check(m->width[l] + 1, sizeof(int));
+        s->col_row[l] = calloc_check((size_t)maxb * m->width[l], sizeof(int));
+        s->col_val[l] = calloc_check((size_t)maxb * m->width[l], sizeof(real));
+    }
+    for (int l = 1; l < m->nlayers; l++) s->w_out_in[l] = calloc_check((size_t)m->width[l] * m->width[l + 1], sizeof(real));
+    s->cur = calloc_check(maxb, sizeof(int));
+    s->next = calloc_check(wmax + 1, sizeof(int));
+    s->row_n = calloc_check(maxb, sizeof(int));
+    s->row_idx = calloc_check(maxb, sizeof(int *));
+    s->row_val = calloc_check(maxb, sizeof(real *));
+    s->tmp_idx = calloc_check((size_t)maxb * wmax, sizeof(int));
+    s->tmp_val = calloc_check((size_t)maxb * wmax, sizeof(real));
 }
 
 static void scratch_free(Scratch *s, const Mlp *m) {
     for (int l = 1; l <= m->nlayers; l++) {
         free(s->act[l]);
         free(s->grad[l]);
-        free(s->nz_idx[l]);
-        free(s->nz_val[l]);
     }
-}
-
-// ---- the three kernels everything else is made of
-
-// out = b + Σ_i val[i] · Wt[idx[i]][:]  — a Linear layer's forward for one example, reading
-// only the rows of Wt that belong to nonzero inputs. Four rows per pass, so that `out`
-// is loaded and stored a quarter as often.
-static void linear_forward_sparse(real *restrict out, const real *restrict Wt, const real *restrict b, int nout,
-                                  const int *idx, const real *val, int nnz) {
-    memcpy(out, b, nout * sizeof(real));
-    int i = 0;
-    for (; i + 4 <= nnz; i += 4) {
-        const real *w0 = Wt + (size_t)idx[i] * nout, *w1 = Wt + (size_t)idx[i + 1] * nout;
-        const real *w2 = Wt + (size_t)idx[i + 2] * nout, *w3 = Wt + (size_t)idx[i + 3] * nout;
-        real a0 = val[i], a1 = val[i + 1], a2 = val[i + 2], a3 = val[i + 3];
-        for (int j = 0; j < nout; j++) out[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
-    }
-    for (; i < nnz; i++) {
-        const real *w = Wt + (size_t)idx[i] * nout;
-        real a = val[i];
-        for (int j = 0; j < nout; j++) out[j] += a * w[j];
-    }
-}
-
-// y[:] += a · x[:]  (dW^T row k += input_k · d out; only rows of nonzero inputs are touched)
-static void axpy(real *restrict y, const real *restrict x, real a, int n) {
-    for (int j = 0; j < n; j++) y[j] += a * x[j];
-}
-
-// Σ_j x[j] · y[j] with 16 partial sums: without -ffast-math the compiler keeps a single
-// running sum in order, which cannot be vectorised; 16 lanes can.
-static real dot(const real *restrict x, const real *restrict y, int n) {
-    real acc[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        for (int l = 0; l < 16; l++) acc[l] += x[j + l] * y[j + l];
-    }
-    real s = 0;
-    for (; j < n; j++) s += x[j] * y[j];
-    for (int l = 0; l < 16; l++) s += acc[l];
-    return s;
-}
-
-// ---- forward and backward of one example
-
-// Forward from a sparse input (idx, val, nnz); the logits end up in s->act[nlayers].
-static void mlp_forward(const Mlp *m, Scratch *s, const int *idx, const real *val, int nnz) {
     for (int l = 0; l < m->nlayers; l++) {
-        int nout = m->width[l + 1];
-        real *out = s->act[l + 1];
-        linear_forward_sparse(out, m->params + m->w_off[l], m->params + m->b_off[l], nout, idx, val, nnz);
-        if (l == m->nlayers - 1) break; // logits: no ReLU
-        // ReLU, and collect the nonzero outputs for the next layer (branch-free compaction)
-        int *oi = s->nz_idx[l + 1];
-        real *ov = s->nz_val[l + 1];
-        int n = 0;
-        for (int j = 0; j < nout; j++) {
-            real a = out[j] > 0 ? out[j] : 0; // ReLU; NaN maps to 0 here but the loss stays NaN
-            out[j] = a;
-            oi[n] = j;
-            ov[n] = a;
-            n += a != 0;
+        free(s->col_start[l]);
+        free(s->col_row[l]);
+        free(s->col_val[l]);
+    }
+    for (int l = 1; l < m->nlayers; l++) free(s->w_out_in[l]);
+    free(s->cur);
+    free(s->next);
+    free(s->row_n);
+    free(s->row_idx);
+    free(s->row_val);
+    free(s->tmp_idx);
+    free(s->tmp_val);
+}
+
+// Turn the per-example nonzero lists (s->row_*) of an nb × w matrix into column lists
+// (start, crow, cval): a counting sort by column. Examples stay in order within a
+// column, so every sum over examples below runs in the same order each time.
+static void columns_from_rows(Scratch *s, int *start, int *crow, real *cval, int w, int nb) {
+    int *next = s->next;
+    memset(start, 0, (w + 1) * sizeof(int));
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < s->row_n[b]; i++) start[s->row_idx[b][i] + 1]++;
+    }
+    for (int k = 0; k < w; k++) start[k + 1] += start[k];
+    memcpy(next, start, w * sizeof(int));
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < s->row_n[b]; i++) {
+            int e = next[s->row_idx[b][i]]++;
+            crow[e] = b;
+            cval[e] = s->row_val[b][i];
         }
-        s->nnz[l + 1] = n;
-        idx = oi;
-        val = ov;
-        nnz = n;
     }
 }
 
-// Softmax cross-entropy of the logits against label y. Writes scale · d loss/d logits
-// into s->grad[nlayers] (scale = 1/B turns a sum over the batch into its mean) and
-// returns the loss. Computed in double after subtracting the max logit, so that
-// logits of 1e6 (σ = 10) give a finite loss.
-static double softmax_xent(const Mlp *m, Scratch *s, int y, double scale) {
-    int L = m->nlayers, nc = m->width[L];
-    const real *z = s->act[L];
+// The nonzeros of an nb × w matrix A as per-example lists in s->row_* (branch-free:
+// every entry is written, the count only moves on a nonzero).
+static void rows_of_nonzeros(Scratch *s, const real *A, int w, int nb) {
+    for (int b = 0; b < nb; b++) {
+        const real *a = A + (size_t)b * w;
+        int *oi = s->tmp_idx + (size_t)b * w;
+        real *ov = s->tmp_val + (size_t)b * w;
+        int n = 0;
+        for (int k = 0; k < w; k++) {
+            real v = a[k];
+            oi[n] = k;
+            ov[n] = v;
+            n += v != 0;
+        }
+        s->row_n[b] = n;
+        s->row_idx[b] = oi;
+        s->row_val[b] = ov;
+    }
+}
+
+// ReLU in place; NaN becomes 0 here, but the loss is NaN already.
+static void relu(real *a, size_t n) {
+    for (size_t i = 0; i < n; i++) a[i] = a[i] > 0 ? a[i] : 0;
+}
+
+// ---- the products of a Linear layer, over the nonzero inputs only.
+// `vec` is one AVX-512 register of reals (GCC's vector extension; 16 floats, or 8
+// doubles in the test build), so the kernels say outright what the compiler should do.
+// TILE outputs at a time: a tile of one row of Wt is 4 registers, and a tile of the
+// minibatch's outputs (128 × 64 floats = 32 KiB) stays in the L1 cache.
+typedef real vec __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
+#define VL ((int)(64 / sizeof(real)))
+#define TILE (4 * VL)
+
+static inline vec vload(const real *p) { return *(const vec *)p; }
+static inline void vstore(real *p, vec v) { *(vec *)p = v; }
+
+// Z[b][:] = bias + Σ_k X[b][k] · Wt[k][:] (forward; bias NULL: none), X given by each
+// example's list of nonzeros (s->row_*, sorted by k). For each tile of TILE outputs,
+// the rows of Wt go in blocks of KBLOCK (128 × 64 floats = 32 KiB, in L1 while all
+// examples pass over it); an example's tile of Z sits in registers meanwhile. Two
+// sets of accumulators, alternating, so that the FMA latency is hidden.
+#define KBLOCK 128
+static void linear_forward(real *restrict Z, const real *restrict Wt, const real *restrict bias, int nin, int nout,
+                           int nb, const Scratch *s, int *cur) {
+    for (int b = 0; b < nb; b++) {
+        if (bias) memcpy(Z + (size_t)b * nout, bias, nout * sizeof(real));
+        else memset(Z + (size_t)b * nout, 0, nout * sizeof(real));
+    }
+    int c = 0;
+    for (; c + TILE <= nout; c += TILE) {
+        for (int b = 0; b < nb; b++) cur[b] = 0;
+        for (int k0 = 0; k0 < nin; k0 += KBLOCK) {
+            int k1 = k0 + KBLOCK;
+            for (int b = 0; b < nb; b++) {
+                const int *idx = s->row_idx[b];
+                const real *val = s->row_val[b];
+                int i = cur[b], n = s->row_n[b];
+                if (i >= n || idx[i] >= k1) continue;
+                real *z = Z + (size_t)b * nout + c;
+                vec a0 = vload(z), a1 = vload(z + VL), a2 = vload(z + 2 * VL), a3 = vload(z + 3 * VL);
+                vec b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+                for (; i + 1 < n && idx[i + 1] < k1; i += 2) {
+                    const real *w = Wt + (size_t)idx[i] * nout + c, *u = Wt + (size_t)idx[i + 1] * nout + c;
+                    real x = val[i], y = val[i + 1];
+                    a0 += x * vload(w), a1 += x * vload(w + VL), a2 += x * vload(w + 2 * VL), a3 += x * vload(w + 3 * VL);
+                    b0 += y * vload(u), b1 += y * vload(u + VL), b2 += y * vload(u + 2 * VL), b3 += y * vload(u + 3 * VL);
+                }
+                if (i < n && idx[i] < k1) {
+                    const real *w = Wt + (size_t)idx[i] * nout + c;
+                    real x = val[i];
+                    a0 += x * vload(w), a1 += x * vload(w + VL), a2 += x * vload(w + 2 * VL), a3 += x * vload(w + 3 * VL);
+                    i++;
+                }
+                cur[b] = i;
+                vstore(z, a0 + b0);
+                vstore(z + VL, a1 + b1);
+                vstore(z + 2 * VL, a2 + b2);
+                vstore(z + 3 * VL, a3 + b3);
+            }
+        }
+    }
+    if (c < nout) { // the last partial tile (e.g. the 10 logits), plain loops
+        for (int b = 0; b < nb; b++) {
+            real *z = Z + (size_t)b * nout;
+            for (int i = 0; i < s->row_n[b]; i++) {
+                const real *w = Wt + (size_t)s->row_idx[b][i] * nout;
+                real x = s->row_val[b][i];
+                for (int j = c; j < nout; j++) z[j] += x * w[j];
+            }
+        }
+    }
+}
+
+// dWt[k][:] = Σ_b X[b][k] · G[b][:] and dbias = Σ_b G[b][:]   (written, not added)
+static void linear_backward_weights(real *restrict dWt, real *restrict dbias, const real *restrict G, int nin,
+                                    int nout, int nb, const int *start, const int *crow, const real *cval) {
+    int c = 0;
+    for (; c + TILE <= nout; c += TILE) {
+        for (int k = 0; k < nin; k++) {
+            vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int e = start[k]; e < start[k + 1]; e++) {
+                const real *g = G + (size_t)crow[e] * nout + c;
+                real x = cval[e];
+                a0 += x * vload(g);
+                a1 += x * vload(g + VL);
+                a2 += x * vload(g + 2 * VL);
+                a3 += x * vload(g + 3 * VL);
+            }
+            real *dw = dWt + (size_t)k * nout + c;
+            vstore(dw, a0);
+            vstore(dw + VL, a1);
+            vstore(dw + 2 * VL, a2);
+            vstore(dw + 3 * VL, a3);
+        }
+    }
+    if (c < nout) {
+        for (int k = 0; k < nin; k++) {
+            real *dw = dWt + (size_t)k * nout;
+            for (int j = c; j < nout; j++) dw[j] = 0;
+            for (int e = start[k]; e < start[k + 1]; e++) {
+                const real *g = G + (size_t)crow[e] * nout;
+                for (int j = c; j < nout; j++) dw[j] += cval[e] * g[j];
+            }
+        }
+    }
+    for (int j = 0; j < nout; j++) dbias[j] = 0;
+    for (int b = 0; b < nb; b++) {
+        for (int j = 0; j < nout; j++) dbias[j] += G[(size_t)b * nout + j];
+    }
+}
+
+// W[j][k] = Wt[k][j]: a layer's weight in nn.Linear's (out, in) layout, for the
+// backward product below. Made from Wt at each backward (cheap: hidden layers only).
+static void transpose(real *restrict W, const real *restrict Wt, int nin, int nout) {
+    for (int k = 0; k < nin; k++) {
+        for (int j = 0; j < nout; j++) W[(size_t)j * nin + k] = Wt[(size_t)k * nout + j];
+    }
+}
+
+// ---- forward and backward of a minibatch
+
+// Forward of the examples rows[0..nb) of d; the logits end up in s->act[nlayers] (nb × classes).
+static void mlp_forward(const Mlp *m, Scratch *s, const Dataset *d, const int *rows, int nb) {
+    for (int b = 0; b < nb; b++) {
+        long st = d->nz_start[rows[b]];
+        s->row_n[b] = (int)(d->nz_start[rows[b] + 1] - st);
+        s->row_idx[b] = d->nz_idx + st;
+        s->row_val[b] = d->nz_val + st;
+    }
+    for (int l = 0; l < m->nlayers; l++) {
+        int nin = m->width[l], nout = m->width[l + 1];
+        columns_from_rows(s, s->col_start[l], s->col_row[l], s->col_val[l], nin, nb);
+        linear_forward(s->act[l + 1], m->params + m->w_off[l], m->params + m->b_off[l], nin, nout, nb, s, s->cur);
+        if (l < m->nlayers - 1) {
+            relu(s->act[l + 1], (size_t)nb * nout);
+            rows_of_nonzeros(s, s->act[l + 1], nout, nb);
+        }
+    }
+}
+
+// Softmax cross-entropy of one example's logits z against label y. Writes
+// scale · d loss/d z into g (scale = 1/B turns a sum over the batch into its mean)
+// and returns the loss. In double after subtracting the max logit, so that logits
+// of 1e6 (σ = 10) give a finite loss.
+static double softmax_xent(const real *z, real *g, int nc, int y, double scale) {
     double zmax = z[0];
     for (int j = 1; j < nc; j++) if (z[j] > zmax) zmax = z[j];
     double sum = 0;
     for (int j = 0; j < nc; j++) sum += exp((double)z[j] - zmax);
     double lse = zmax + log(sum);
-    for (int j = 0; j < nc; j++) s->grad[L][j] = (real)(scale * (exp((double)z[j] - zmax) / sum - (j == y)));
+    for (int j = 0; j < nc; j++) g[j] = (real)(scale * (exp((double)z[j] - zmax) / sum - (j == y)));
     return lse - (double)z[y];
 }
 
-// Backward of one example (after mlp_forward and softmax_xent): adds its gradients
-// to m->grads. Layer l maps act[l] (the input when l = 0) to act[l+1]:
-//   dWt[k][:] += act[l][k] · grad[l+1][:]   for the nonzero act[l][k] only
-//   db        += grad[l+1]
-//   grad[l][k] = (act[l][k] > 0) · Σ_j Wt[k][j] grad[l+1][j]   (ReLU's derivative, 0 at 0 as in PyTorch)
-static void mlp_backward(Mlp *m, Scratch *s, const int *idx0, const real *val0, int nnz0) {
+// Backward (after mlp_forward and the loss gradient in s->grad[nlayers]): writes every
+// parameter's gradient into m->grads. Layer l maps act[l] (the examples when l = 0) to act[l+1].
+static void mlp_backward(Mlp *m, Scratch *s, int nb) {
     for (int l = m->nlayers - 1; l >= 0; l--) {
         int nin = m->width[l], nout = m->width[l + 1];
-        const int *idx = l == 0 ? idx0 : s->nz_idx[l];
-        const real *val = l == 0 ? val0 : s->nz_val[l];
-        int nnz = l == 0 ? nnz0 : s->nnz[l];
-        const real *g = s->grad[l + 1];
-        const real *Wt = m->params + m->w_off[l];
-        real *dWt = m->grads + m->w_off[l], *db = m->grads + m->b_off[l];
-        for (int i = 0; i < nnz; i++) axpy(dWt + (size_t)idx[i] * nout, g, val[i], nout);
-        for (int j = 0; j < nout; j++) db[j] += g[j];
-        if (l == 0) break; // no gradient for the input
+        linear_backward_weights(m->grads + m->w_off[l], m->grads + m->b_off[l], s->grad[l + 1], nin, nout, nb,
+                                s->col_start[l], s->col_row[l], s->col_val[l]);
+        if (l == 0) break; // no gradient for the examples
+        // grad[l] = (grad[l+1] · W) ⊙ [act[l] > 0]: the forward kernel again, with in and out
+        // swapped, W in (out, in) layout and grad[l+1] by columns (its zeros skipped too).
+        // ReLU'(0) = 0, as in PyTorch.
+        transpose(s->w_out_in[l], m->params + m->w_off[l], nin, nout);
+        rows_of_nonzeros(s, s->grad[l + 1], nout, nb);
+        linear_forward(s->grad[l], s->w_out_in[l], NULL, nout, nin, nb, s, s->cur);
         real *gin = s->grad[l];
-        memset(gin, 0, nin * sizeof(real));
-        for (int i = 0; i < nnz; i++) gin[idx[i]] = dot(Wt + (size_t)idx[i] * nout, g, nout);
+        const real *a = s->act[l];
+        for (size_t i = 0; i < (size_t)nb * nin; i++) gin[i] = a[i] > 0 ? gin[i] : 0;
     }
 }
 
@@ -532,7 +677,8 @@ static void mlp_backward(Mlp *m, Scratch *s, const int *idx0, const real *val0, 
 //   m ← m + (1−β1)(g − m)   (PyTorch's lerp form of β1·m + (1−β1)·g)
 //   v ← β2·v + (1−β2)·g²
 //   p ← p − (lr / (1−β1^t)) · m / (√v / √(1−β2^t) + eps)
-// The gradient buffer is zeroed in the same pass, ready for the next minibatch.
+// (PyTorch divides by √(1−β2^t); we multiply by its inverse: one division fewer per
+// parameter, a last-bit difference.)
 typedef struct {
     double lr, beta1, beta2, eps;
 } AdamConfig;
@@ -540,17 +686,17 @@ typedef struct {
 static void adam_update(Mlp *m, const AdamConfig *a) {
     m->step++;
     double bc1 = 1.0 - pow(a->beta1, (double)m->step), bc2 = 1.0 - pow(a->beta2, (double)m->step);
-    const real step_size = (real)(a->lr / bc1), bc2_sqrt = (real)sqrt(bc2), eps = (real)a->eps;
+    const real step_size = (real)(a->lr / bc1), inv_bc2_sqrt = (real)(1.0 / sqrt(bc2)), eps = (real)a->eps;
     const real one_b1 = (real)(1.0 - a->beta1), b2 = (real)a->beta2, one_b2 = (real)(1.0 - a->beta2);
-    real *restrict p = m->params, *restrict g = m->grads, *restrict mm = m->m, *restrict vv = m->v;
+    real *restrict p = m->params, *restrict mm = m->m, *restrict vv = m->v;
+    const real *restrict g = m->grads;
     for (size_t i = 0; i < m->nparams; i++) {
         real gi = g[i];
         real mi = mm[i] + one_b1 * (gi - mm[i]);
         real vi = b2 * vv[i] + one_b2 * gi * gi;
         mm[i] = mi;
         vv[i] = vi;
-        p[i] -= step_size * mi / (real_sqrt(vi) / bc2_sqrt + eps);
-        g[i] = 0;
+        p[i] -= step_size * mi / (real_sqrt(vi) * inv_bc2_sqrt + eps);
     }
 }
 
@@ -567,19 +713,16 @@ static double grad_norm(const Mlp *m) {
     return sqrt(s);
 }
 
-// Forward and backward of a minibatch (the examples rows[0..nb)); returns the mean loss.
-// The gradient of the mean loss is added to m->grads.
+// Forward and backward of a minibatch (the examples rows[0..nb), nb <= s->maxb): writes
+// the gradient of the mean loss into m->grads and returns the mean loss.
 static double mlp_batch_grad(Mlp *m, Scratch *s, const Dataset *d, const int *rows, int nb) {
+    int L = m->nlayers, nc = m->width[L];
+    mlp_forward(m, s, d, rows, nb);
     double loss = 0;
     for (int b = 0; b < nb; b++) {
-        int e = rows[b];
-        const int *idx = d->nz_idx + d->nz_start[e];
-        const real *val = d->nz_val + d->nz_start[e];
-        int nnz = (int)(d->nz_start[e + 1] - d->nz_start[e]);
-        mlp_forward(m, s, idx, val, nnz);
-        loss += softmax_xent(m, s, d->y[e], 1.0 / nb);
-        mlp_backward(m, s, idx, val, nnz);
+        loss += softmax_xent(s->act[L] + (size_t)b * nc, s->grad[L] + (size_t)b * nc, nc, d->y[rows[b]], 1.0 / nb);
     }
+    mlp_backward(m, s, nb);
     return loss / nb;
 }
 
@@ -588,14 +731,20 @@ static double mlp_batch_grad(Mlp *m, Scratch *s, const Dataset *d, const int *ro
 static void mlp_evaluate(const Mlp *m, Scratch *s, const Dataset *d, double *loss, double *acc) {
     double sum = 0;
     int correct = 0, L = m->nlayers, nc = m->width[L];
-    for (int e = 0; e < d->n; e++) {
-        long st = d->nz_start[e];
-        mlp_forward(m, s, d->nz_idx + st, d->nz_val + st, (int)(d->nz_start[e + 1] - st));
-        sum += softmax_xent(m, s, d->y[e], 0.0);
-        int best = 0;
-        for (int j = 1; j < nc; j++) if (s->act[L][j] > s->act[L][best]) best = j;
-        correct += best == d->y[e];
+    int *rows = malloc_check((size_t)s->maxb * sizeof(int));
+    for (int start = 0; start < d->n; start += s->maxb) {
+        int nb = d->n - start < s->maxb ? d->n - start : s->maxb;
+        for (int b = 0; b < nb; b++) rows[b] = start + b;
+        mlp_forward(m, s, d, rows, nb);
+        for (int b = 0; b < nb; b++) {
+            const real *z = s->act[L] + (size_t)b * nc;
+            sum += softmax_xent(z, s->grad[L] + (size_t)b * nc, nc, d->y[start + b], 0.0);
+            int best = 0;
+            for (int j = 1; j < nc; j++) if (z[j] > z[best]) best = j;
+            correct += best == d->y[start + b];
+        }
     }
+    free(rows);
     *loss = sum / d->n;
     *acc = (double)correct / d->n;
 }
@@ -646,7 +795,7 @@ static void train_run(const TrainConfig *c, InitScheme scheme, double sigma, uin
     Mlp m;
     Scratch s;
     mlp_create(&m, c->width, c->nlayers);
-    scratch_create(&s, &m);
+    scratch_create(&s, &m, c->batch > 256 ? c->batch : 256);
     Rng init_rng, data_rng;
     rng_seed(&init_rng, init_seed);
     rng_seed(&data_rng, data_seed);

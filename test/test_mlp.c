@@ -38,26 +38,27 @@ static void random_dataset(Dataset *d, int n, int dim, int nclass, Rng *r) {
 // Central differences of the mean loss against every parameter, compared with the
 // analytic gradient from mlp_batch_grad. Error = max |fd - analytic| / max |analytic|.
 static void test_gradient(void) {
-    int width[] = {9, 7, 6, 4};
+    int width[] = {80, 70, 40, 3}; // partial and full output tiles (TILE = 64 floats, 32 doubles)
     Mlp m;
     Scratch s;
     mlp_create(&m, width, 3);
-    scratch_create(&s, &m);
+    scratch_create(&s, &m, 11);
     Rng r;
     rng_seed(&r, 42);
     mlp_init(&m, INIT_TORCH_DEFAULT, 0, &r); // random biases too, so no ReLU input sits at exactly 0
-    for (size_t i = 0; i < m.nparams; i++) m.params[i] *= 3; // larger activations: a clearer signal for the differences
     Dataset d;
-    random_dataset(&d, 11, 9, 4, &r);
+    random_dataset(&d, 11, 80, 3, &r);
     int rows[11];
     for (int i = 0; i < 11; i++) rows[i] = i;
     mlp_batch_grad(&m, &s, &d, rows, 11);
 #ifdef REAL_DOUBLE
     double h = 1e-6, tol = 1e-6;
+#define TOL_VECTOR 0
 #else
-    double h = 1e-3, tol = 1e-3;
+    double h = 3e-4, tol = 5e-3;
+#define TOL_VECTOR 1
 #endif
-    double max_err = 0, max_g = 0;
+    double max_err = 0, max_g = 0, diff2 = 0, g2 = 0;
     for (size_t i = 0; i < m.nparams; i++) {
         real keep = m.params[i];
         double lp, lm, acc;
@@ -66,13 +67,18 @@ static void test_gradient(void) {
         m.params[i] = keep - (real)h;
         mlp_evaluate(&m, &s, &d, &lm, &acc);
         m.params[i] = keep;
-        double fd = (lp - lm) / (2 * h);
-        if (fabs(fd - m.grads[i]) > max_err) max_err = fabs(fd - m.grads[i]);
-        if (fabs(m.grads[i]) > max_g) max_g = fabs(m.grads[i]);
+        double fd = (lp - lm) / (2 * h), g = m.grads[i];
+        max_err = fmax(max_err, fabs(fd - g));
+        max_g = fmax(max_g, fabs(g));
+        diff2 += (fd - g) * (fd - g);
+        g2 += g * g;
     }
-    check(max_err / max_g < tol && max_g > 1e-3,
-          "[" PREC "] gradient vs central differences (9-7-6-4 MLP, 11 examples, %zu params, h %g): "
-          "max |fd - analytic| / max |grad| = %.2e (tol %.0e)", m.nparams, h, max_err / max_g, tol);
+    // f64: every component, tightly. f32: the loss itself carries ~1e-7 relative rounding,
+    // so a difference quotient is good to ~1e-4 of the loss per h; compare whole vectors.
+    double err = TOL_VECTOR ? sqrt(diff2 / g2) : max_err / max_g;
+    check(err < tol && max_g > 1e-3,
+          "[" PREC "] gradient vs central differences (80-70-40-3 MLP, 11 examples, %zu params, h %g): %s = %.2e (tol %.0e)",
+          m.nparams, h, TOL_VECTOR ? "|fd - analytic| / |analytic|" : "max |fd - analytic| / max |analytic|", err, tol);
     // the loss mlp_batch_grad returns is the mean loss mlp_evaluate computes
     double l_eval, acc, l_batch;
     mlp_evaluate(&m, &s, &d, &l_eval, &acc);
@@ -80,6 +86,15 @@ static void test_gradient(void) {
     l_batch = mlp_batch_grad(&m, &s, &d, rows, 11);
     check(fabs(l_batch - l_eval) <= 1e-6 * fabs(l_eval), "[" PREC "] batch loss %.9g equals evaluated loss %.9g (rel tol 1e-6)",
           l_batch, l_eval);
+    // evaluation in chunks of 4 examples (a smaller scratch) gives the same loss and accuracy
+    Scratch s4;
+    scratch_create(&s4, &m, 4);
+    double l4, acc4;
+    mlp_evaluate(&m, &s4, &d, &l4, &acc4);
+    check(fabs(l4 - l_eval) <= 1e-6 * fabs(l_eval) && acc4 == acc,
+          "[" PREC "] evaluation in minibatches of 4: loss %.9g, acc %.4f vs one batch of 11: %.9g, %.4f (rel tol 1e-6)", l4,
+          acc4, l_eval, acc);
+    scratch_free(&s4, &m);
     dataset_free(&d);
     scratch_free(&s, &m);
     mlp_free(&m);
@@ -162,9 +177,8 @@ static void test_adam(void) {
             max_err = fmax(max_err, fabs(m.v[i] - vv[i]) / fabs(vv[i]));
         }
     }
-    int zeroed = m.grads[0] == 0 && m.grads[1] == 0 && m.grads[2] == 0;
-    check(max_err < 1e-6 && zeroed,
-          "[" PREC "] Adam, 2 steps on 3 params (lr 0.01): p = %.7f %.7f %.7f, max rel err of p, m, v vs hand %.1e (tol 1e-6); grads zeroed",
+    check(max_err < 1e-6,
+          "[" PREC "] Adam, 2 steps on 3 params (lr 0.01): p = %.7f %.7f %.7f, max rel err of p, m, v vs hand %.1e (tol 1e-6)",
           m.params[0], m.params[1], m.params[2], max_err);
     mlp_free(&m);
 }
