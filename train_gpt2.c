@@ -869,7 +869,8 @@ static void log_weights(FILE *f, GPT2 *model, int step, int rescaled[][NUM_BLOCK
             size_t n = 0;
             int unit = 0;
             double mu, sd;
-            mean_std(stat_matrix(model, l, s, &n, &unit), n, &mu, &sd);
+            const real *w = stat_matrix(model, l, s, &n, &unit);
+            mean_std(w, n, &mu, &sd);
             fprintf(f, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, STAT_MATRIX_NAME[s], mu, sd, rescaled ? rescaled[l][unit] : 0);
         }
     }

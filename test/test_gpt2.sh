@@ -38,6 +38,10 @@ n=$(grep -c ',k,' "$tmp/a/weights.csv")
 [ "$n" -eq 8 ] && ok "weights.csv has q/k/v rows per layer and stats step" || bad "weights.csv: $n k rows, want 8"
 [ "$(wc -l < "$tmp/a/hist.csv")" -eq 401 ] && ok "hist.csv: 100 bins x 4 stats steps" || bad "hist.csv row count"
 grep -q '^2,1,qkv,.*,1$' "$tmp/a/weights.csv" && ok "TVR step logged as rescaled" || bad "no rescaled row at the TVR step"
+# step 0 under LIR (sigma 0.02): layer 1's q has std ~0.02, layer 2's ~0.0141
+awk -F, '$1==0 && $2==1 && $3=="q" {a=$5} $1==0 && $2==2 && $3=="q" {b=$5}
+  END {exit !(a > 0.018 && a < 0.022 && b > 0.0127 && b < 0.0156)}' "$tmp/a/weights.csv" \
+  && ok "weights.csv step 0 std: LIR's 0.02 and 0.02/sqrt(2)" || bad "weights.csv step-0 std values"
 ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from $FX/gpt2_tiny_model.bin --steps 0 --seq-len 12 --batch 4 \
   --out "$tmp/d" >/dev/null || bad "--init-from failed"
 cmp -s "$FX/gpt2_tiny_model.bin" "$tmp/d/model.bin" && ok "llm.c checkpoint round trip (--steps 0)" || bad "checkpoint round trip"
