@@ -117,7 +117,12 @@ reference: train_llama $(REF_TEST_BINS)
 	$(REF_PYTHON) dev/reference/make_fixtures.py --train-llama ./train_llama
 	./test/run.sh reference
 
-.PHONY: reference
+# tokens/s of train_llama.c and of current PyTorch from pip (installed into .venv-torch
+# on first use), same models and batches, 2 threads each, in one run; prints the ratio
+bench-cpu: train_llama
+	dev/bench_cpu.sh
+
+.PHONY: reference bench-cpu
 
 # ---------------------------------------------------------------------------
 # tests

@@ -219,7 +219,9 @@ def rope_table(T, hs, theta, dtype):
     return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
 
 
-def rmsnorm(x, gain, eps):
+def rmsnorm(x, gain, eps, fast=False):
+    if fast and hasattr(F, "rms_norm"):  # torch >= 2.4's fused op, for the speed race
+        return F.rms_norm(x, (x.shape[-1],), weight=gain, eps=eps)
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
 
 
@@ -261,16 +263,16 @@ def forward(params, cfg, idx, rope, fast=False):
     cos, sin = rope[0][:T], rope[1][:T]
     x = params["tok_emb"][idx]  # (B, T, C)
     for l in range(L):
-        n = rmsnorm(x, params["attn_norm"][l], eps)
+        n = rmsnorm(x, params["attn_norm"][l], eps, fast)
         q = F.linear(n, params["wq"][l]).view(B, T, NH, hs).transpose(1, 2)
         k = F.linear(n, params["wk"][l]).view(B, T, NKV, hs).transpose(1, 2)
         v = F.linear(n, params["wv"][l]).view(B, T, NKV, hs).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = attention(q, k, v, NH, NKV, fast).transpose(1, 2).reshape(B, T, C)
         h = x + F.linear(y, params["wo"][l])
-        n = rmsnorm(h, params["ffn_norm"][l], eps)
+        n = rmsnorm(h, params["ffn_norm"][l], eps, fast)
         x = h + F.linear(F.silu(F.linear(n, params["w1"][l])) * F.linear(n, params["w3"][l]), params["w2"][l])
-    return F.linear(rmsnorm(x, params["final_norm"], eps), params["lm_head"])
+    return F.linear(rmsnorm(x, params["final_norm"], eps, fast), params["lm_head"])
 
 
 # ----------------------------------------------------------------------------

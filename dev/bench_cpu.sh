@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# dev/bench_cpu.sh (`make bench-cpu`): the CPU speed race. The same LLaMA configs are
+# trained by ./train_llama and by current PyTorch from pip (dev/reference/llama.py --bench 1:
+# F.scaled_dot_product_attention, F.rms_norm, foreach AdamW, fp32), 2 threads each, one
+# after the other in this one run, on the same shards. Prints tokens/s of both and the ratio.
+# Timings skip the first step (allocation, caches) on both sides.
+#
+# Usage: dev/bench_cpu.sh [tiny|mid|all]   (default all; STEPS_TINY, STEPS_MID override the step counts)
+# The machine is shared and noisy: compare the two numbers of one run, not numbers across runs.
+set -eu
+cd "$(dirname "$0")/.."
+which="${1:-all}"
+THREADS=2
+VENV=.venv-torch
+TRAIN='data/tinyshakespeare/llama2_train_*.bin'
+
+# current PyTorch (Debian's 1.13 is the numerical oracle, too old to race against)
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, numpy" 2>/dev/null; then
+  echo "installing current PyTorch into $VENV (pip install torch numpy; a few GB, about a minute)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q torch numpy
+fi
+[ -x ./train_llama ] || make train_llama
+ls $TRAIN > /dev/null 2>&1 || { echo "no shards match $TRAIN (see data/README.md)"; exit 1; }
+
+# name | model flags | batch flags | steps
+CONFIGS=(
+  "tiny|--layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --vocab 32000|--batch 8 --seq-len 128|${STEPS_TINY:-21}"
+  "mid|--layers 8 --dim 512 --heads 8 --kv-heads 4 --ffn 1408 --vocab 32000|--batch 8 --seq-len 256|${STEPS_MID:-6}"
+)
+OUT=build/bench_cpu
+mkdir -p "$OUT"
+rows=()
+for cfg in "${CONFIGS[@]}"; do
+  IFS='|' read -r name model batch steps <<< "$cfg"
+  [ "$which" = all ] || [ "$which" = "$name" ] || continue
+  common="$model $batch --steps $steps --lr 1e-3 --warmup 0 --init plain --init-std 0.02"
+  echo "=== $name: $model $batch, $steps steps (first one not timed), $THREADS threads"
+  # C: tokens/s over steps 2..N from its train.csv (step,loss,lr,grad_norm,ms,tokens_per_s)
+  OMP_NUM_THREADS=$THREADS ./train_llama --train "$TRAIN" --val '' $common --threads $THREADS \
+    --stats-every 0 --val-every 0 --out "$OUT/$name" > "$OUT/$name.c.log"
+  c_tps=$(awk -F, 'NR > 2 { tok += 1; ms += $5 } END { printf "%.1f", tok * TOKENS / (ms / 1000) }' \
+    TOKENS=$(( $(echo "$batch" | awk '{print $2 * $4}') )) "$OUT/$name/train.csv")
+  echo "train_llama.c tokens/s: $c_tps"
+  # PyTorch
+  OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$VENV/bin/python" dev/reference/llama.py --train "$TRAIN" \
+    $common --threads $THREADS --bench 1 --quiet 1 | tee "$OUT/$name.torch.log"
+  t_tps=$(awk '/pytorch tokens\/s:/ { print $3 }' "$OUT/$name.torch.log")
+  rows+=("$name|$c_tps|$t_tps")
+done
+
+tv=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+echo
+echo "| config | train_llama.c tok/s | PyTorch $tv tok/s | ratio C / PyTorch |"
+echo "|---|---|---|---|"
+for r in "${rows[@]}"; do
+  IFS='|' read -r name c t <<< "$r"
+  echo "| $name | $c | $t | $(awk -v c="$c" -v t="$t" 'BEGIN { printf "%.2fx", c / t }') |"
+done
+echo "(fp32, $THREADS threads each, $(nproc) cores on this machine, load average: $(cut -d' ' -f1-3 /proc/loadavg))"
