@@ -53,13 +53,10 @@ typedef real vreal __attribute__((vector_size(64)));
 // costs more than it saves on tiny tensors (and far more on a busy machine).
 #define PARALLEL_MIN 65536
 
-static inline vreal vload(const real *p) {
-    vreal v;
-    memcpy(&v, p, sizeof(v)); // unaligned load
-    return v;
-}
-
-static inline void vstore(real *p, vreal v) { memcpy(p, &v, sizeof(v)); }
+// unaligned vector load and store (macros: passing 64-byte vectors to functions by
+// value would depend on the target's ABI)
+#define VLOAD(v, p) memcpy(&(v), (p), sizeof(vreal))
+#define VSTORE(p, v) memcpy((p), &(v), sizeof(vreal))
 
 // One full-width tile: rows n0..n0+3 (past N: repeat the last row, results dropped), columns o0..o0+TILE_O-1.
 static void matmul_tile(real *out, const real *a, const real *bt, const real *bias, int N, int K, int O, int n0,
@@ -70,7 +67,7 @@ static void matmul_tile(real *out, const real *a, const real *bt, const real *bi
     memset(acc, 0, sizeof(acc));
     for (int k = 0; k < K; k++) {
         vreal bv[TILE_V];
-        for (int j = 0; j < TILE_V; j++) bv[j] = vload(bt + (size_t)k * O + o0 + j * LANES);
+        for (int j = 0; j < TILE_V; j++) VLOAD(bv[j], bt + (size_t)k * O + o0 + j * LANES);
         for (int r = 0; r < TILE_N; r++) {
             real x = ar[r][k];
             for (int j = 0; j < TILE_V; j++) acc[r][j] += x * bv[j];
@@ -79,10 +76,10 @@ static void matmul_tile(real *out, const real *a, const real *bt, const real *bi
     for (int r = 0; r < TILE_N && n0 + r < N; r++) {
         for (int j = 0; j < TILE_V; j++) {
             real *dst = out + (size_t)(n0 + r) * O + o0 + j * LANES;
-            vreal v = acc[r][j];
-            if (bias) v += vload(bias + o0 + j * LANES);
-            if (accumulate) v += vload(dst);
-            vstore(dst, v);
+            vreal v = acc[r][j], w;
+            if (bias) VLOAD(w, bias + o0 + j * LANES), v += w;
+            if (accumulate) VLOAD(w, dst), v += w;
+            VSTORE(dst, v);
         }
     }
 }

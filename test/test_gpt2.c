@@ -158,6 +158,7 @@ static void test_fixtures(const char *dir) {
     check_tensors("param", &model, model.params, ref.final, 1e-4);
     gpt2_free(&model);
     dataloader_free(&dl);
+    free(ref.logits), free(ref.grads), free(ref.final), free(ref.losses), free(ref.norms);
 }
 
 // ----------------------------------------------------------------------------
