@@ -1179,6 +1179,7 @@ static void train_loop(GPT2 *model, const Options *o, const TrainConfig *tc, int
 }
 
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // progress lines appear as they happen, also in a log file
     Flag fl[NUM_FLAGS];
     Options o = parse_options(argc, argv, fl);
     TrainConfig tc = train_config(&o);
