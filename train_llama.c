@@ -1320,7 +1320,7 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         double t0 = wall_seconds();
         dataloader_next(train_dl);
         llama_forward(model, train_dl->inputs, train_dl->targets, B, T);
-        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        if (s->stats_every > 0 && (step == 1 || step % s->stats_every == 0)) activations_log(model, step, logs.acts);
         llama_zero_grad(model);
         llama_backward(model);
         double norm = clip_grad_norm(model, opt.grad_clip);
@@ -1364,8 +1364,7 @@ int main(int argc, char **argv) {
     Settings s;
     int seq_len_given = settings_parse(&s, argc, argv);
     if (s.threads > 0) omp_set_num_threads(s.threads);
-    const char *out = s.out;
-    if (s.resume && !strcmp(out, "out")) s.out = s.resume; // resume in place unless told otherwise
+    if (s.resume && !strcmp(s.out, "out")) s.out = s.resume; // resume in place unless told otherwise
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     Llama model;
@@ -1417,7 +1416,6 @@ int main(int argc, char **argv) {
     double t0 = wall_seconds();
     train(&model, &s, &train_dl, have_val ? &val_dl : NULL, &st);
     printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);
-    (void)out;
     dataloader_free(&train_dl);
     if (have_val) dataloader_free(&val_dl);
     llama_free(&model);

@@ -270,7 +270,7 @@ static void test_adamw(void) {
     Llama m;
     llama_build(&m, c);
     OptConfig o = {1e-2, 0.1, 0, 10, 0, 0.1, 0.9, 0.95, 1e-8, 0};
-    double p_mat = 0.5, p_gain = 0.5, m_ = 0, v_ = 0, m2 = 0, v2 = 0;
+    double p_mat = 0.5, p_gain = 0.5, m_ = 0, v_ = 0;
     double g[3] = {0.3, -0.2, 0.05};
     for (int t = 1; t <= 3; t++) {
         for (long j = 0; j < m.num_params; j++) m.grads[j] = (real)g[t - 1];
@@ -283,11 +283,8 @@ static void test_adamw(void) {
         v_ = 0.95 * v_ + 0.05 * g[t - 1] * g[t - 1];
         double mh = m_ / (1 - pow(0.9, t)), vh = v_ / (1 - pow(0.95, t));
         p_mat = p_mat * (1 - 1e-2 * 0.1) - 1e-2 * mh / (sqrt(vh) + 1e-8);
-        m2 = m_, v2 = v_;
         p_gain = p_gain - 1e-2 * mh / (sqrt(vh) + 1e-8);
     }
-    (void)m2;
-    (void)v2;
     double e1 = fabs(m.tensor[P_WQ][0] - p_mat), e2 = fabs(m.tensor[P_ATTN_NORM][0] - p_gain);
 #ifdef REAL_DOUBLE
     double tol = 1e-12;
