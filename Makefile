@@ -70,6 +70,27 @@ build/test_mlp_f64: test/test_mlp.c mlp_sweep.c $(COMMON)
 
 MLP_TEST_BINS = mlp_sweep build/test_mlp build/test_mlp_f64
 
+# The experiments (docs/mlp_sweep.md shows their tables and plots)
+e1: mlp_sweep
+	./mlp_sweep e1 --out out/e1
+e1-fashion: mlp_sweep
+	./mlp_sweep e1 --mnist ../shared/data/fashion-mnist --out out/e1_fashion
+e2: mlp_sweep
+	./mlp_sweep e2 --out out/e2
+plots-mlp: .venv/.done
+	.venv/bin/python dev/plot_mlp.py --e1 out/e1 --e2 out/e2 --out docs/img
+
+# E1 against its PyTorch twin (current PyTorch from PyPI, in its own virtual environment)
+TORCH_VENV = build/venv-torch
+$(TORCH_VENV)/.done:
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install -q torch numpy
+	touch $@
+bench-mlp: mlp_sweep $(TORCH_VENV)/.done
+	dev/bench_mlp.sh $(TORCH_VENV)/bin/python
+
+.PHONY: e1 e1-fashion e2 plots-mlp bench-mlp
+
 # ---------------------------------------------------------------------------
 # GPT-2 and E3 (issue 7): train_gpt2.c, its PyTorch fixtures, the E3 experiment
 train_gpt2: train_gpt2.c $(COMMON)

@@ -578,20 +578,25 @@ static void linear_backward_weights(real *restrict dWt, real *restrict dbias, co
     int c = 0;
     for (; c + TILE <= nout; c += TILE) {
         for (int k = 0; k < nin; k++) {
-            vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (int e = start[k]; e < start[k + 1]; e++) {
+            // two sets of accumulators, alternating entries: 8 independent FMA chains
+            vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+            int e = start[k];
+            for (; e + 1 < start[k + 1]; e += 2) {
+                const real *g = G + (size_t)crow[e] * nout + c, *h = G + (size_t)crow[e + 1] * nout + c;
+                real x = cval[e], y = cval[e + 1];
+                a0 += x * vload(g), a1 += x * vload(g + VL), a2 += x * vload(g + 2 * VL), a3 += x * vload(g + 3 * VL);
+                b0 += y * vload(h), b1 += y * vload(h + VL), b2 += y * vload(h + 2 * VL), b3 += y * vload(h + 3 * VL);
+            }
+            if (e < start[k + 1]) {
                 const real *g = G + (size_t)crow[e] * nout + c;
                 real x = cval[e];
-                a0 += x * vload(g);
-                a1 += x * vload(g + VL);
-                a2 += x * vload(g + 2 * VL);
-                a3 += x * vload(g + 3 * VL);
+                a0 += x * vload(g), a1 += x * vload(g + VL), a2 += x * vload(g + 2 * VL), a3 += x * vload(g + 3 * VL);
             }
             real *dw = dWt + (size_t)k * nout + c;
-            vstore(dw, a0);
-            vstore(dw + VL, a1);
-            vstore(dw + 2 * VL, a2);
-            vstore(dw + 3 * VL, a3);
+            vstore(dw, a0 + b0);
+            vstore(dw + VL, a1 + b1);
+            vstore(dw + 2 * VL, a2 + b2);
+            vstore(dw + 3 * VL, a3 + b3);
         }
     }
     if (c < nout) {
