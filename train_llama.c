@@ -1313,8 +1313,8 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
             printf("step 0: val loss %.4f\n", vl);
         }
     }
-    double total_ms = 0;
-    int timed = 0;
+    double total_ms = 0, tvr_ms = 0; // TVR's cost: its passes (statistics + rescale) against all step time
+    int timed = 0, tvr_passes = 0;
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
@@ -1327,7 +1327,12 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         double lr = lr_at(&opt, step);
         adamw_update(model, &opt, lr, step);
         int do_tvr = tvr_due(&tvr, step);
+        double t_tvr = wall_seconds();
         if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
+        if (do_tvr) {
+            tvr_ms += 1000 * (wall_seconds() - t_tvr);
+            tvr_passes++;
+        }
         double ms = 1000 * (wall_seconds() - t0);
         st->step = step;
         st->shard = train_dl->shard;
@@ -1353,6 +1358,10 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
+    if (tvr_passes > 0) {
+        printf("tvr: %d passes, %.2f ms each, %.3f%% of the step time\n", tvr_passes, tvr_ms / tvr_passes,
+               100 * tvr_ms / total_ms);
+    }
     fclose(logs.train);
     fclose(logs.val);
     fclose(logs.weights);
