@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Paper A at small scale: does sigma=0.006 + LIR + TVR beat the sigma=0.02 baseline?
+
+Runs the set of configurations below with ./train_llama (or --binary ./train_llama_cu) on the
+same data, with the same seed, steps and learning rate, one output directory per run, then
+writes a summary table (summary.md, summary.csv) from the runs' logs:
+
+    final val loss | max |activation| over training | std of layer 1's w2 at the end |
+    TVR passes and their share of step time | wall time
+
+Resumable: a finished run is skipped (its directory holds `done`); an interrupted one is
+continued with --resume from its last checkpoint (--checkpoint-every is on).
+
+    python3 dev/paper_a.py                    # the CPU set (make data-gutenberg first)
+    python3 dev/paper_a.py --only baseline,lir_tvr01 --steps 200
+    python3 dev/paper_a.py --scale gpu --binary ./train_llama_cu
+    python3 dev/paper_a.py --summary-only     # just rebuild the table from existing logs
+
+Standard library only. Plots: dev/plot_paper_a.py.
+"""
+import argparse
+import csv
+import glob
+import os
+import subprocess
+import sys
+import time
+
+# The runs (RESEARCH.md, Paper A): the same budget for every one; nothing is tuned per run.
+RUNS = [
+    ("baseline", "sigma 0.02, plain", ["--init", "plain", "--init-std", "0.02"]),
+    ("residual", "sigma 0.02, residual init", ["--init", "residual", "--init-std", "0.02"]),
+    ("lir", "sigma 0.006 + LIR", ["--init", "lir", "--init-std", "0.006"]),
+    ("lir_tvr01", "sigma 0.006 + LIR + TVR 0.01", ["--init", "lir", "--init-std", "0.006", "--tvr-target", "0.01"]),
+    ("lir_tvr006", "sigma 0.006 + LIR + TVR 0.006", ["--init", "lir", "--init-std", "0.006", "--tvr-target", "0.006"]),
+    ("lir_tvr008", "sigma 0.006 + LIR + TVR 0.008", ["--init", "lir", "--init-std", "0.006", "--tvr-target", "0.008"]),
+    ("lir_tvr01_depth", "sigma 0.006 + LIR + depth-scaled TVR 0.01",
+     ["--init", "lir", "--init-std", "0.006", "--tvr-target", "0.01", "--tvr-depth-scaled", "1"]),
+]
+
+# Model and budget per scale. cpu: 8 blocks (depth is what LIR acts on) of width 256 with GQA,
+# T 256; about 1.2M tokens per run, so the seven runs fit in about two hours on 2 cores.
+# gpu: a 16-block, width-1024 model with the paper's head layout (no GQA).
+SCALES = {
+    "cpu": dict(model=["--layers", "8", "--dim", "256", "--heads", "8", "--kv-heads", "4", "--seq-len", "256"],
+                batch=8, steps=600, lr="1e-3", warmup=60, val_every=100, stats_every=25, tvr_every=50),
+    "gpu": dict(model=["--layers", "16", "--dim", "1024", "--heads", "16", "--kv-heads", "16", "--seq-len", "1024"],
+                batch=32, steps=5000, lr="6e-4", warmup=500, val_every=250, stats_every=100, tvr_every=50),
+}
+
+
+def read_csv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def run_one(args, name, extra, scale):
+    out = os.path.join(args.out, name)
+    if os.path.exists(os.path.join(out, "done")):
+        print(f"[{name}] done already, skipped")
+        return
+    cmd = [args.binary, "--train", args.train, "--val", args.val, *scale["model"],
+           "--batch", str(scale["batch"]), "--steps", str(args.steps or scale["steps"]), "--lr", scale["lr"],
+           "--warmup", str(scale["warmup"]), "--val-every", str(scale["val_every"]), "--val-batches", "20",
+           "--stats-every", str(scale["stats_every"]), "--tvr-every", str(scale["tvr_every"]),
+           "--checkpoint-every", "100", "--seed", "1337", *extra]
+    if os.path.exists(os.path.join(out, "state.bin")):
+        cmd += ["--resume", out]
+        print(f"[{name}] resuming from its last checkpoint")
+    else:
+        cmd += ["--out", out]
+    os.makedirs(out, exist_ok=True)
+    print(f"[{name}] " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(os.path.join(out, "stdout.log"), "a") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        sys.exit(f"[{name}] train_llama failed with status {rc}; see {out}/stdout.log")
+    with open(os.path.join(out, "wall_s"), "a") as f:
+        f.write(f"{time.time() - t0:.1f}\n")
+    open(os.path.join(out, "done"), "w").close()
+
+
+def summarise(args):
+    rows = []
+    for name, label, _ in RUNS:
+        out = os.path.join(args.out, name)
+        val = read_csv(os.path.join(out, "val.csv"))
+        if not val:
+            continue
+        acts = read_csv(os.path.join(out, "activations.csv"))
+        weights = read_csv(os.path.join(out, "weights.csv"))
+        w2 = [r for r in weights if r["layer"] == "1" and r["matrix"] == "w2"]
+        tvr_share = ""
+        log = os.path.join(out, "stdout.log")
+        if os.path.exists(log):
+            for line in open(log):
+                if line.startswith("tvr:"):  # "tvr: N passes, X ms each, Y% of the step time"
+                    tvr_share = line.split(":", 1)[1].strip()
+        wall = sum(float(x) for x in open(os.path.join(out, "wall_s"))) if os.path.exists(os.path.join(out, "wall_s")) else 0
+        rows.append(dict(run=name, setting=label, steps=val[-1]["step"], final_val_loss=float(val[-1]["val_loss"]),
+                         max_activation=max((float(r["max_abs"]) for r in acts), default=float("nan")),
+                         layer1_w2_std=float(w2[-1]["std"]) if w2 else float("nan"),
+                         tvr=tvr_share or "off", wall_s=wall))
+    if not rows:
+        sys.exit(f"no finished runs under {args.out}")
+    with open(os.path.join(args.out, "summary.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| run | setting | steps | final val loss | max abs activation | layer 1 w2 std | TVR cost | wall s |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['setting']} | {r['steps']} | {r['final_val_loss']:.4f} | "
+                     f"{r['max_activation']:.1f} | {r['layer1_w2_std']:.5f} | {r['tvr']} | {r['wall_s']:.0f} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scale", choices=SCALES, default="cpu")
+    p.add_argument("--binary", default="./train_llama")
+    p.add_argument("--train", default="data/gutenberg/llama2_train_*.bin")
+    p.add_argument("--val", default="data/gutenberg/llama2_val_*.bin")
+    p.add_argument("--out", default="out/paper_a")
+    p.add_argument("--steps", type=int, default=0, help="override the scale's step count")
+    p.add_argument("--only", default="", help="comma-separated run names")
+    p.add_argument("--summary-only", action="store_true")
+    args = p.parse_args()
+    if not args.summary_only:
+        if not glob.glob(args.train) or not glob.glob(args.val):
+            sys.exit(f"no shards match {args.train} / {args.val}: run `make data-gutenberg` "
+                     "(or point --train/--val at your own shards made with dev/data/prepare.py)")
+        if not os.access(args.binary, os.X_OK):
+            sys.exit(f"{args.binary} not found: run `make` first")
+        only = set(filter(None, args.only.split(",")))
+        unknown = only - {r[0] for r in RUNS}
+        if unknown:
+            sys.exit(f"--only: unknown run(s) {', '.join(sorted(unknown))}")
+        for name, _, extra in RUNS:
+            if not only or name in only:
+                run_one(args, name, extra, SCALES[args.scale])
+    summarise(args)
+
+
+if __name__ == "__main__":
+    main()
