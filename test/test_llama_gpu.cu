@@ -1,0 +1,393 @@
+/*
+ * test/test_llama_gpu.cu: train_llama.cu against the PyTorch oracle's fixtures
+ * (test/fixtures/llama/, the same ones test/test_reference.c checks train_llama.c
+ * against). It includes train_llama.cu with TESTING defined, so its main() is
+ * left out, and drives its functions on the GPU.
+ *
+ * Usage: test_llama_gpu FIXTURE_DIR...   (run from the repository root; needs a GPU)
+ *
+ * For each fixture (debug_state.bin, float32; format at the top of dev/reference/llama.py):
+ *   1. the first batch equals the oracle's;
+ *   2. forward: logits and loss; backward: every gradient tensor; the same forward and
+ *      backward again gives the same bits (no atomics anywhere);
+ *   3. train() itself for the fixture's N steps (its flags through the flag table):
+ *      losses, lr and grad norms from train.csv, TVR rescales from weights.csv, the
+ *      final parameters;
+ *   4. TVR on its own: the block matrices blown up to several times the target, one
+ *      weights_pass with TVR on the GPU, against TVR computed here on the host in
+ *      double (train_llama.c's two-pass formula).
+ * Errors are max |GPU - oracle| / max |oracle| per tensor. Exits 1 naming each check
+ * over its tolerance. TF32 stays off: these are fp32 tolerances.
+ */
+#define TESTING
+#include "../train_llama.cu"
+
+typedef struct {
+    double logits, loss, grads, step_loss, lr, grad_norm, params, tvr;
+} Tolerances;
+
+// the CPU's float32 tolerances (test/test_reference.c), the aim of the issue (1e-4 on
+// parameters), and TVR equal to the CPU's up to float rounding
+static const Tolerances TOL = {1e-5, 1e-5, 1e-4, 1e-5, 1e-6, 1e-5, 1e-4, 1e-6};
+
+#define DEBUG_MAGIC 20261124
+#define DEBUG_VERSION 1
+
+typedef struct {
+    char path[4200];
+    int real_bytes, B, T, steps, warmup, constant, tvr_every, tvr_depth_scaled;
+    long P;
+    int max_T, V, L, NH, NKV, C, F;
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip, tvr_target, tvr_threshold;
+    double norm_eps, rope_theta;
+    char train_glob[513];
+    int *inputs, *targets;
+    double *logits, loss, *grads, *step_loss, *step_lr, *step_norm, *params;
+    int *clipped, *rescaled;
+} Fixture;
+
+static double *read_reals(FILE *f, long n, int real_bytes, const char *path) {
+    double *x = (double *)malloc_check(n * sizeof(double));
+    if (real_bytes == 8) {
+        fread_check(x, sizeof(double), n, f, path);
+    } else {
+        float *buf = (float *)malloc_check(n * sizeof(float));
+        fread_check(buf, sizeof(float), n, f, path);
+        for (long i = 0; i < n; i++) x[i] = buf[i];
+        free(buf);
+    }
+    return x;
+}
+
+static int *read_ints(FILE *f, long n, const char *path) {
+    int *x = (int *)malloc_check(n * sizeof(int));
+    fread_check(x, sizeof(int), n, f, path);
+    return x;
+}
+
+static void fixture_read(Fixture *fx, const char *path) {
+    memset(fx, 0, sizeof(*fx));
+    snprintf(fx->path, sizeof(fx->path), "%s", path);
+    FILE *f = fopen_check(path, "rb");
+    int32_t h[HEADER_INTS];
+    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
+    if (h[0] != DEBUG_MAGIC || h[1] != DEBUG_VERSION) die("%s is not a version-%d debug state", path, DEBUG_VERSION);
+    if (h[2] != 4 && h[2] != 8) die("%s: bytes per real is %d", path, h[2]);
+    fx->real_bytes = h[2];
+    fx->B = h[3], fx->T = h[4], fx->steps = h[5], fx->warmup = h[6], fx->constant = h[7];
+    fx->tvr_every = h[8], fx->tvr_depth_scaled = h[9], fx->P = h[10];
+    fx->max_T = h[11], fx->V = h[12], fx->L = h[13], fx->NH = h[14], fx->NKV = h[15], fx->C = h[16], fx->F = h[17];
+    double hy[16];
+    memcpy(hy, &h[64], sizeof(hy));
+    fx->lr = hy[0], fx->min_lr_frac = hy[1], fx->weight_decay = hy[2], fx->beta1 = hy[3], fx->beta2 = hy[4];
+    fx->eps = hy[5], fx->grad_clip = hy[6], fx->tvr_target = hy[7], fx->tvr_threshold = hy[8];
+    fx->norm_eps = hy[9], fx->rope_theta = hy[10];
+    memcpy(fx->train_glob, &h[128], 512);
+    fx->train_glob[512] = '\0';
+    long N = (long)fx->B * fx->T;
+    fx->inputs = read_ints(f, N, path);
+    fx->targets = read_ints(f, N, path);
+    fx->logits = read_reals(f, N * fx->V, fx->real_bytes, path);
+    double *loss = read_reals(f, 1, fx->real_bytes, path);
+    fx->loss = loss[0];
+    free(loss);
+    fx->grads = read_reals(f, fx->P, fx->real_bytes, path);
+    fx->step_loss = read_reals(f, fx->steps, fx->real_bytes, path);
+    fx->step_lr = read_reals(f, fx->steps, fx->real_bytes, path);
+    fx->step_norm = read_reals(f, fx->steps, fx->real_bytes, path);
+    fx->params = read_reals(f, fx->P, fx->real_bytes, path);
+    fx->clipped = read_ints(f, fx->steps, path);
+    fx->rescaled = read_ints(f, fx->steps, path);
+    if (fgetc(f) != EOF) die("%s has bytes after its last array", path);
+    fclose(f);
+}
+
+static void fixture_free(Fixture *fx) {
+    void *arrays[] = {fx->inputs, fx->targets, fx->logits, fx->grads, fx->step_loss, fx->step_lr,
+                      fx->step_norm, fx->params, fx->clipped, fx->rescaled};
+    for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) free(arrays[i]);
+}
+
+// ---------------------------------------------------------------------------
+// comparisons: each prints one line with its worst error
+
+static int g_failures = 0;
+static char g_failed[8192] = "";
+
+static void record(const char *fixture, const char *what, double err, double tol) {
+    if (!(err <= tol)) { // a NaN error fails too
+        g_failures++;
+        size_t len = strlen(g_failed);
+        snprintf(g_failed + len, sizeof(g_failed) - len, "\n  %s: %s (error %.2e > tolerance %.0e)", fixture, what,
+                 err, tol);
+    }
+}
+
+// max |got - want| / max |want| over n numbers
+static void compare(const char *fixture, const char *what, const float *got, const double *want, long n, double tol) {
+    double err = 0, maxabs = 0;
+    long worst = 0;
+    for (long i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - want[i]);
+        if (e > err || isnan(e)) err = e, worst = i;
+        if (fabs(want[i]) > maxabs) maxabs = fabs(want[i]);
+    }
+    double rel = maxabs > 0 ? err / maxabs : err;
+    printf("  %-18s %8ld values, max|ref| %9.3e, worst error %9.3e (relative %8.2e, tolerance %.0e) at [%ld]%s\n",
+           what, n, maxabs, err, rel, tol, worst, rel <= tol ? "" : "   <-- FAIL");
+    record(fixture, what, rel, tol);
+}
+
+static void compare_exact_ints(const char *fixture, const char *what, const int *got, const int *want, long n) {
+    long bad = 0;
+    for (long i = 0; i < n; i++) bad += got[i] != want[i];
+    printf("  %-18s %8ld values, %ld differ%s\n", what, n, bad, bad ? "   <-- FAIL" : "");
+    record(fixture, what, (double)bad, 0);
+}
+
+static void compare_tensors(const char *fixture, const char *prefix, const Llama *model, const float *buf,
+                            const double *want, double tol) {
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        long off = model->tensor[i] - model->params;
+        char what[64];
+        snprintf(what, sizeof(what), "%s %s", prefix, PARAM_INFO[i].name);
+        compare(fixture, what, buf + off, want + off, param_count(&model->config, i), tol);
+    }
+}
+
+static float *device_to_host(const void *src, long n) {
+    float *h = (float *)malloc_check(sizeof(float) * n);
+    cudaCheck(cudaMemcpy(h, src, sizeof(float) * n, cudaMemcpyDeviceToHost));
+    return h;
+}
+
+// ---------------------------------------------------------------------------
+// the checks
+
+static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const char *model_path, const char *out) {
+    char vals[32][64];
+    const char *argv[80] = {"train_llama_cu"};
+    int argc = 1, nv = 0;
+#define ARG(name, ...) \
+    (snprintf(vals[nv], sizeof(vals[0]), __VA_ARGS__), argv[argc++] = name, argv[argc++] = vals[nv++])
+    ARG("--batch", "%d", fx->B);
+    ARG("--seq-len", "%d", fx->T);
+    ARG("--steps", "%d", fx->steps);
+    ARG("--lr", "%.17g", fx->lr);
+    ARG("--min-lr-frac", "%.17g", fx->min_lr_frac);
+    ARG("--warmup", "%d", fx->warmup);
+    ARG("--schedule", "%s", fx->constant ? "constant" : "cosine");
+    ARG("--weight-decay", "%.17g", fx->weight_decay);
+    ARG("--beta1", "%.17g", fx->beta1);
+    ARG("--beta2", "%.17g", fx->beta2);
+    ARG("--eps", "%.17g", fx->eps);
+    ARG("--grad-clip", "%.17g", fx->grad_clip);
+    ARG("--tvr-target", "%.17g", fx->tvr_target);
+    ARG("--tvr-every", "%d", fx->tvr_every);
+    ARG("--tvr-threshold", "%.17g", fx->tvr_threshold);
+    ARG("--tvr-depth-scaled", "%d", fx->tvr_depth_scaled);
+    ARG("--stats-every", "%d", 0);
+    ARG("--val-every", "%d", 0);
+#undef ARG
+    argv[argc++] = "--train", argv[argc++] = fx->train_glob;
+    argv[argc++] = "--val", argv[argc++] = "";
+    argv[argc++] = "--init-from", argv[argc++] = model_path;
+    argv[argc++] = "--out", argv[argc++] = out;
+    Settings s;
+    settings_parse(&s, argc, (char **)argv);
+    TrainState st = {0, 0, 0, 0};
+    dataloader_reset(dl);
+    llama_load_params(model, model_path);
+    cudaCheck(cudaMemset(model->m, 0, sizeof(float) * model->num_params));
+    cudaCheck(cudaMemset(model->v, 0, sizeof(float) * model->num_params));
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO); // train() prints a line per step: keep this test's output to the point
+    FILE *devnull = fopen_check("/dev/null", "w");
+    dup2(fileno(devnull), STDOUT_FILENO);
+    train(model, &s, dl, NULL, &st);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    fclose(devnull);
+}
+
+static void read_train_csv(const char *out, int steps, float *loss, float *lr, float *norm) {
+    char path[1100], line[1024];
+    snprintf(path, sizeof(path), "%s/train.csv", out);
+    FILE *f = fopen_check(path, "r");
+    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
+    for (int s = 0; s < steps; s++) {
+        int step;
+        double l, r, n;
+        if (!fgets(line, sizeof(line), f) || sscanf(line, "%d,%lf,%lf,%lf", &step, &l, &r, &n) != 4 || step != s + 1) {
+            die("%s: no row for step %d", path, s + 1);
+        }
+        loss[s] = (float)l, lr[s] = (float)r, norm[s] = (float)n;
+    }
+    fclose(f);
+}
+
+static void read_weights_csv(const char *out, int steps, int *rescaled) {
+    char path[1100], line[1024];
+    snprintf(path, sizeof(path), "%s/weights.csv", out);
+    FILE *f = fopen_check(path, "r");
+    memset(rescaled, 0, sizeof(int) * steps);
+    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
+    while (fgets(line, sizeof(line), f)) {
+        char *last = strrchr(line, ',');
+        int step = atoi(line);
+        if (last && step >= 1 && step <= steps) rescaled[step - 1] += atoi(last + 1);
+    }
+    fclose(f);
+}
+
+/*
+ * TVR against the CPU's formula: every block matrix of the loaded model is blown
+ * up (matrix j by 1 + j % 4: some end under the threshold, some over), then
+ * weights_pass rescales on the GPU; the host computes the same in double
+ * (train_llama.c's weight_stats and tvr_rescale) from the same starting bits.
+ */
+static void check_tvr(const char *name, Llama *model, const Fixture *fx) {
+    const LlamaConfig *c = &model->config;
+    double target = fx->tvr_target > 0 ? fx->tvr_target : 0.02;
+    TvrConfig tvr = {target, 1, fx->tvr_target > 0 ? fx->tvr_threshold : 1.2, fx->tvr_depth_scaled};
+    float *start = device_to_host(model->params, model->num_params);
+    float *want = (float *)malloc_check(sizeof(float) * model->num_params);
+    int j = 0, nrescaled = 0;
+    for (int l = 0; l < c->layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (!PARAM_INFO[i].block_matrix) continue;
+            long off = layer_ptr(model->tensor[i], c, i, l) - model->params, n = param_layer_size(c, i);
+            float *w = start + off;
+            // spread the matrix to about (1 + j%4) * target around a small mean
+            double s0 = 0, q0 = 0;
+            for (long k = 0; k < n; k++) s0 += w[k];
+            for (long k = 0; k < n; k++) q0 += (w[k] - s0 / n) * (w[k] - s0 / n);
+            double f = (1 + j % 4) * tvr_target_for_layer(&tvr, l + 1) / sqrt(q0 / (n - 1));
+            for (long k = 0; k < n; k++) w[k] = (float)(w[k] * f + 1e-4);
+            // the CPU's TVR, two passes in double
+            double mean = 0, ss = 0;
+            for (long k = 0; k < n; k++) mean += w[k];
+            mean /= n;
+            for (long k = 0; k < n; k++) ss += ((double)w[k] - mean) * ((double)w[k] - mean);
+            double std = sqrt(ss / (n - 1)), tgt = tvr_target_for_layer(&tvr, l + 1);
+            int resc = std / tgt > tvr.threshold;
+            nrescaled += resc;
+            for (long k = 0; k < n; k++) want[off + k] = resc ? (float)(((double)w[k] - mean) * tgt / std + mean) : w[k];
+            j++;
+        }
+    }
+    for (long k = 0; k < model->num_params; k++) {
+        int in_block = 0; // the non-block tensors stay as they are
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            long off = model->tensor[i] - model->params;
+            if (PARAM_INFO[i].block_matrix && k >= off && k < off + param_count(c, i)) in_block = 1;
+        }
+        if (!in_block) want[k] = start[k];
+    }
+    cudaCheck(cudaMemcpy(model->params, start, sizeof(float) * model->num_params, cudaMemcpyHostToDevice));
+    weights_pass(model, &tvr, 1, 1, NULL);
+    float *got = device_to_host(model->params, model->num_params);
+    double *wantd = (double *)malloc_check(sizeof(double) * model->num_params);
+    for (long k = 0; k < model->num_params; k++) wantd[k] = want[k];
+    printf("  TVR alone: %d of %d block matrices over the threshold\n", nrescaled, j);
+    compare_tensors(name, "tvr", model, got, wantd, TOL.tvr);
+    free(start), free(want), free(got), free(wantd);
+}
+
+static void run_fixture(const char *dir) {
+    Fixture fx;
+    char path[1024], model_path[1024], out[1024];
+    snprintf(path, sizeof(path), "%s/debug_state.bin", dir);
+    fixture_read(&fx, path);
+    char name[256];
+    snprintf(name, sizeof(name), "%s", dir);
+    size_t len = strlen(name);
+    while (len > 1 && name[len - 1] == '/') name[--len] = '\0';
+    if (strrchr(name, '/')) memmove(name, strrchr(name, '/') + 1, strlen(strrchr(name, '/')));
+    printf("%s (%s, oracle in float%d, GPU in fp32): L=%d C=%d NH=%d NKV=%d F=%d V=%d, B=%d T=%d, %d steps\n", name,
+           path, 8 * fx.real_bytes, fx.L, fx.C, fx.NH, fx.NKV, fx.F, fx.V, fx.B, fx.T, fx.steps);
+
+    snprintf(model_path, sizeof(model_path), "%s/model.bin", dir);
+    LlamaConfig config;
+    llama_read_header(model_path, &config);
+    Llama model;
+    llama_build(&model, config);
+    if (model.num_params != fx.P) die("%s: %ld parameters, the fixture has %ld", model_path, model.num_params, fx.P);
+    llama_load_params(&model, model_path);
+    llama_alloc_acts(&model, fx.B, fx.T);
+    DataLoader dl;
+    dataloader_init(&dl, fx.train_glob, "--train", fx.B, fx.T, config.vocab);
+
+    // 1-2. the first batch, its logits, loss and gradients
+    dataloader_next(&dl);
+    long N = (long)fx.B * fx.T;
+    compare_exact_ints(name, "inputs", dl.inputs, fx.inputs, N);
+    compare_exact_ints(name, "targets", dl.targets, fx.targets, N);
+    llama_forward(&model, dl.inputs, dl.targets, fx.B, fx.T, 0);
+    float *logits = device_to_host(model.acts.logits, N * fx.V);
+    compare(name, "logits", logits, fx.logits, N * fx.V, TOL.logits);
+    compare(name, "loss", &model.loss, &fx.loss, 1, TOL.loss);
+    llama_zero_grad(&model);
+    llama_backward(&model);
+    float *grads = device_to_host(model.grads, model.num_params);
+    compare_tensors(name, "grad", &model, grads, fx.grads, TOL.grads);
+    // the training path (fused classifier) and determinism: the same bits again
+    llama_forward(&model, dl.inputs, dl.targets, fx.B, fx.T, 1);
+    llama_zero_grad(&model);
+    llama_backward(&model);
+    float *grads2 = device_to_host(model.grads, model.num_params);
+    long differ = 0;
+    for (long i = 0; i < model.num_params; i++) differ += memcmp(&grads[i], &grads2[i], sizeof(float)) != 0;
+    printf("  %-18s %8ld values, %ld differ from the first backward%s\n", "grad rerun (fused)", model.num_params,
+           differ, differ ? "   <-- FAIL" : "");
+    record(name, "grad rerun (fused)", (double)differ, 0);
+
+    // 3. N steps of train()
+    snprintf(out, sizeof(out), "build/test_llama_gpu_out");
+    ensure_dir(out);
+    snprintf(out, sizeof(out), "build/test_llama_gpu_out/%s", name);
+    ensure_dir(out);
+    run_training(&model, &dl, &fx, model_path, out);
+    float *loss = (float *)malloc_check(sizeof(float) * fx.steps);
+    float *lr = (float *)malloc_check(sizeof(float) * fx.steps);
+    float *norm = (float *)malloc_check(sizeof(float) * fx.steps);
+    int *clipped = (int *)malloc_check(sizeof(int) * fx.steps);
+    int *rescaled = (int *)malloc_check(sizeof(int) * fx.steps);
+    read_train_csv(out, fx.steps, loss, lr, norm);
+    read_weights_csv(out, fx.steps, rescaled);
+    for (int s = 0; s < fx.steps; s++) clipped[s] = fx.grad_clip > 0 && fx.grad_clip / (norm[s] + 1e-6) < 1;
+    compare(name, "step losses", loss, fx.step_loss, fx.steps, TOL.step_loss);
+    compare(name, "step lr", lr, fx.step_lr, fx.steps, TOL.lr);
+    compare(name, "step grad norms", norm, fx.step_norm, fx.steps, TOL.grad_norm);
+    compare_exact_ints(name, "steps clipped", clipped, fx.clipped, fx.steps);
+    compare_exact_ints(name, "TVR rescales", rescaled, fx.rescaled, fx.steps);
+    float *params = device_to_host(model.params, model.num_params);
+    compare_tensors(name, "final", &model, params, fx.params, TOL.params);
+
+    // 4. TVR on its own
+    check_tvr(name, &model, &fx);
+    printf("\n");
+
+    free(logits), free(grads), free(grads2), free(params);
+    free(loss), free(lr), free(norm), free(clipped), free(rescaled);
+    dataloader_free(&dl);
+    llama_free(&model);
+    fixture_free(&fx);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s FIXTURE_DIR...\n", argv[0]);
+        return 2;
+    }
+    gpu_setup(0); // TF32 off: fp32 tolerances
+    for (int i = 1; i < argc; i++) run_fixture(argv[i]);
+    if (g_failures) {
+        printf("FAIL: %d checks over tolerance:%s\n", g_failures, g_failed);
+        return 1;
+    }
+    printf("all checks within tolerance\n");
+    cublasCheck(cublasDestroy(cublas_handle));
+    return 0;
+}

@@ -1,0 +1,1747 @@
+/*
+ * train_llama.cu: train a LLaMA on one NVIDIA GPU, with Layer Index Rescaling
+ * (LIR) at initialisation and Target Variance Rescaling (TVR) during training.
+ *
+ * This is the GPU twin of train_llama.c, which is the specification: the same
+ * flags, the same CSV logs, the same model.bin and state.bin, and the same
+ * function names, so that the two files can be read side by side. Where the
+ * CPU file has a loop, this file has a kernel (or a cuBLAS call) of the same
+ * name. It reads top to bottom:
+ *
+ *   1. CUDA helpers and the matmul (cuBLAS, fp32; TF32 with --tf32 1)
+ *   2. the layers: each *_forward / *_backward pair as kernels
+ *   3. the model: the parameter table, activations, init, forward, backward,
+ *      checkpoints (parameters live on the GPU; a host mirror for the files)
+ *   4. the optimizer: schedule, global gradient norm, clipping, AdamW
+ *   5. TVR and the weight/activation statistics
+ *   6. training: logs, state.bin, validation, main
+ *
+ * Precision: everything is fp32 in this version. Activations have their own
+ * type, floatX, and the parameters, gradients and AdamW moments are fp32
+ * ("master weights"), so that a bf16 version changes the typedef, adds a floatX
+ * copy of the parameters for the forward pass, and leaves the rest alone.
+ *
+ * Determinism: no kernel adds into memory with atomics. Every reduction over
+ * many threads (the RMSNorm gains' gradient, the embedding's gradient, norms,
+ * TVR's statistics) sums fixed chunks in a fixed order, so two runs with the
+ * same seed give the same bits on the same GPU.
+ *
+ * Build: make train_llama_cu   Run: ./train_llama_cu --help
+ */
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "args.h"
+#include "dataloader.h"
+#include "utils.h"
+
+// The activation type. Parameters, gradients and AdamW state are always float.
+typedef float floatX;
+#define CUBLAS_FLOATX CUDA_R_32F
+
+// ============================================================================
+// 1. CUDA helpers and the matmul
+// ============================================================================
+
+static void cuda_check_(cudaError_t err, const char *what, const char *src, int line) {
+    if (err != cudaSuccess) die("CUDA error in %s: %s [%s:%d]", what, cudaGetErrorString(err), src, line);
+}
+#define cudaCheck(call) cuda_check_((call), #call, __FILE__, __LINE__)
+// after a kernel launch: a bad launch configuration shows up here
+#define launchCheck() cuda_check_(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+static void cublas_check_(cublasStatus_t st, const char *what, const char *src, int line) {
+    if (st != CUBLAS_STATUS_SUCCESS) die("cuBLAS error %d in %s [%s:%d]", (int)st, what, src, line);
+}
+#define cublasCheck(call) cublas_check_((call), #call, __FILE__, __LINE__)
+
+static void *cuda_malloc_(size_t bytes, const char *src, int line) {
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
+    if (err != cudaSuccess) {
+        die("out of GPU memory allocating %zu bytes: %s [%s:%d]", bytes, cudaGetErrorString(err), src, line);
+    }
+    cudaCheck(cudaMemset(p, 0, bytes > 0 ? bytes : 1));
+    return p;
+}
+#define cuda_calloc(n, size) cuda_malloc_((size_t)(n) * (size), __FILE__, __LINE__)
+
+static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+#define BLOCK 256
+// grid for an elementwise kernel over n items that loops grid-stride
+static inline int grid_for(long n) {
+    long g = (n + BLOCK - 1) / BLOCK;
+    return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
+}
+
+__device__ inline float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide reductions (blockDim.x a multiple of 32, at most 1024). Every
+// thread gets the result. The first __syncthreads lets a block call them twice
+// in a row: nobody writes the shared slots while another warp still reads them.
+__device__ inline float block_sum(float v) {
+    __shared__ float slot[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) slot[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nwarps ? slot[lane] : 0.0f);
+}
+__device__ inline double block_sum_d(double v) {
+    __shared__ double slot_d[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) slot_d[warp] = v;
+    __syncthreads();
+    return warp_sum_d(lane < nwarps ? slot_d[lane] : 0.0);
+}
+__device__ inline float block_max(float v) {
+    __shared__ float slot_m[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) slot_m[warp] = v;
+    __syncthreads();
+    return warp_max(lane < nwarps ? slot_m[lane] : -INFINITY);
+}
+
+static cublasHandle_t cublas_handle;
+static cublasComputeType_t cublas_compute = CUBLAS_COMPUTE_32F; // CUBLAS_COMPUTE_32F_FAST_TF32 with --tf32 1
+
+static void cublas_setup(int tf32) {
+    cublasCheck(cublasCreate(&cublas_handle));
+    cublas_compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasCheck(cublasSetMathMode(cublas_handle, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+}
+
+/*
+ * gemm: row-major C (M,N) = op(A) . op(B) (+ C if accumulate), repeated over
+ * `batch` matrices that are strideA/strideB/strideC elements apart.
+ * op(A) is A (M,K) with row stride lda, or with transA the transpose of a
+ * stored (K,M). cuBLAS is column-major: a row-major matrix is its transpose
+ * in column-major, so we ask cuBLAS for C^T = op(B)^T . op(A)^T, which is the
+ * same call with A and B swapped. One routine serves out = in.W^T,
+ * dIn = dOut.W and dW = dOut^T.in, as gemm() does in train_llama.c.
+ */
+static void gemm(int transA, int transB, int M, int N, int K, const void *A, int lda, long strideA, const void *B,
+                 int ldb, long strideB, void *C, int ldc, long strideC, int batch, int accumulate) {
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasCheck(cublasGemmStridedBatchedEx(cublas_handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                           transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUBLAS_FLOATX,
+                                           ldb, strideB, A, CUBLAS_FLOATX, lda, strideA, &beta, C, CUBLAS_FLOATX,
+                                           ldc, strideC, batch, cublas_compute, CUBLAS_GEMM_DEFAULT));
+}
+
+// ============================================================================
+// 2. the layers
+// ============================================================================
+// N = B*T rows; every *_backward adds into parameter gradients (+=).
+
+// out (N, Cout) = inp (N, Cin) . W^T, W (Cout, Cin) as nn.Linear stores it
+static void matmul_forward(floatX *out, const floatX *inp, const float *W, int N, int Cin, int Cout) {
+    gemm(0, 1, N, Cout, Cin, inp, Cin, 0, W, Cin, 0, out, Cout, 0, 1, 0);
+}
+
+// dW += dout^T . inp;  dinp = dout . W (or += when accumulate_dinp)
+static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const floatX *inp, const float *W, int N,
+                            int Cin, int Cout, int accumulate_dinp) {
+    gemm(1, 0, Cout, Cin, N, dout, Cout, 0, inp, Cin, 0, dW, Cin, 0, 1, 1);
+    gemm(0, 0, N, Cin, Cout, dout, Cout, 0, W, Cin, 0, dinp, Cin, 0, 1, accumulate_dinp);
+}
+
+// ---------------------------------------------------------------------------
+// token embedding
+
+__global__ void encoder_forward_kernel(floatX *out, const int *tokens, const float *emb, int N, int C) {
+    long n = (long)N * C;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        long row = i / C;
+        int c = (int)(i % C);
+        out[i] = (floatX)emb[(long)tokens[row] * C + c];
+    }
+}
+
+static void encoder_forward(floatX *out, const int *tokens, const float *emb, int N, int C) {
+    encoder_forward_kernel<<<grid_for((long)N * C), BLOCK>>>(out, tokens, emb, N, C);
+    launchCheck();
+}
+
+/*
+ * Two positions with the same token add into the same row of demb. Instead of
+ * atomics (whose order, and so whose rounding, changes from run to run) the
+ * host sorts the batch's positions by token (a counting sort, when the tokens
+ * arrive: see encoder_buckets) and one block owns each distinct token: it adds
+ * that token's positions in ascending order, the order of train_llama.c's
+ * serial loop, so the sums are bit-identical to the CPU's for identical dout.
+ */
+__global__ void encoder_backward_kernel(float *demb, const floatX *dout, const int *bucket_token,
+                                        const int *bucket_start, const int *bucket_pos, int C) {
+    int b = blockIdx.x;
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float *row = demb + (long)bucket_token[b] * C;
+    float acc = row[c];
+    for (int p = bucket_start[b]; p < bucket_start[b + 1]; p++) acc += (float)dout[(long)bucket_pos[p] * C + c];
+    row[c] = acc;
+}
+
+static void encoder_backward(float *demb, const floatX *dout, const int *bucket_token, const int *bucket_start,
+                             const int *bucket_pos, int nbuckets, int C) {
+    dim3 grid(nbuckets, ceil_div(C, BLOCK));
+    encoder_backward_kernel<<<grid, BLOCK>>>(demb, dout, bucket_token, bucket_start, bucket_pos, C);
+    launchCheck();
+}
+
+// ---------------------------------------------------------------------------
+// RMSNorm: one warp per row
+
+// out = x / sqrt(mean(x^2) + eps) * gain; rstd keeps 1/sqrt(...) for backward
+__global__ void rmsnorm_forward_kernel(floatX *out, float *rstd, const floatX *inp, const float *gain, int N, int C,
+                                       float eps) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (row >= N) return; // whole warps leave together: N rows, 32 lanes each
+    const floatX *x = inp + (long)row * C;
+    float ss = 0;
+    for (int c = lane; c < C; c += 32) ss += (float)x[c] * (float)x[c];
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / C + eps);
+    floatX *o = out + (long)row * C;
+    for (int c = lane; c < C; c += 32) o[c] = (floatX)((float)x[c] * r * gain[c]);
+    if (lane == 0) rstd[row] = r;
+}
+
+static void rmsnorm_forward(floatX *out, float *rstd, const floatX *inp, const float *gain, int N, int C, float eps) {
+    rmsnorm_forward_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(out, rstd, inp, gain, N, C, eps);
+    launchCheck();
+}
+
+// With xhat = x*r: dx = r*(g*dy) - x * r^3/C * sum(g*dy*x). dinp is accumulated (+=).
+__global__ void rmsnorm_backward_dinp_kernel(floatX *dinp, const floatX *dout, const floatX *inp, const float *gain,
+                                             const float *rstd, int N, int C) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const floatX *x = inp + (long)row * C, *dy = dout + (long)row * C;
+    float r = rstd[row];
+    float s = 0;
+    for (int c = lane; c < C; c += 32) s += gain[c] * (float)dy[c] * (float)x[c];
+    s = warp_sum(s);
+    float k = s * r * r * r / C;
+    floatX *dx = dinp + (long)row * C;
+    for (int c = lane; c < C; c += 32) dx[c] = (floatX)((float)dx[c] + r * gain[c] * (float)dy[c] - k * (float)x[c]);
+}
+
+// dgain sums dy*x*r over all N rows. Deterministically in two steps: each of
+// GAIN_CHUNKS blocks of rows sums its rows per channel into partial[chunk][c],
+// then the chunks are added in order.
+#define GAIN_CHUNKS 32
+__global__ void rmsnorm_backward_dgain_partial_kernel(float *partial, const floatX *dout, const floatX *inp,
+                                                      const float *rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+    if (c >= C) return;
+    int lo = (int)((long)N * chunk / GAIN_CHUNKS), hi = (int)((long)N * (chunk + 1) / GAIN_CHUNKS);
+    float s = 0;
+    for (int i = lo; i < hi; i++) s += (float)dout[(long)i * C + c] * (float)inp[(long)i * C + c] * rstd[i];
+    partial[(long)chunk * C + c] = s;
+}
+__global__ void rmsnorm_backward_dgain_sum_kernel(float *dgain, const float *partial, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0;
+    for (int ch = 0; ch < GAIN_CHUNKS; ch++) s += partial[(long)ch * C + c];
+    dgain[c] += s;
+}
+
+static void rmsnorm_backward(floatX *dinp, float *dgain, float *scratch /* GAIN_CHUNKS*C */, const floatX *dout,
+                             const floatX *inp, const float *gain, const float *rstd, int N, int C) {
+    rmsnorm_backward_dinp_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(dinp, dout, inp, gain, rstd, N, C);
+    launchCheck();
+    rmsnorm_backward_dgain_partial_kernel<<<dim3(ceil_div(C, BLOCK), GAIN_CHUNKS), BLOCK>>>(scratch, dout, inp, rstd,
+                                                                                           N, C);
+    launchCheck();
+    rmsnorm_backward_dgain_sum_kernel<<<ceil_div(C, BLOCK), BLOCK>>>(dgain, scratch, C);
+    launchCheck();
+}
+
+// ---------------------------------------------------------------------------
+// RoPE, llama2.c's convention: within each head the pair (2i, 2i+1) at position
+// t turns by the angle t * theta^(-2i/hs). cos_t/sin_t are (T, hs/2) tables.
+// x is (B, T, nheads, hs). The backward turns by the opposite angle.
+
+__global__ void rope_rotate_kernel(floatX *x, const float *cos_t, const float *sin_t, int B, int T, int nheads,
+                                   int hs, float sign) {
+    int half = hs / 2;
+    long npairs = (long)B * T * nheads * half;
+    for (long p = blockIdx.x * (long)blockDim.x + threadIdx.x; p < npairs; p += (long)gridDim.x * blockDim.x) {
+        int i = (int)(p % half);
+        long bth = p / half;       // (b*T + t)*nheads + h
+        int t = (int)(bth / nheads % T);
+        float c = cos_t[(long)t * half + i], s = sign * sin_t[(long)t * half + i];
+        floatX *v = x + bth * hs;
+        float v0 = (float)v[2 * i], v1 = (float)v[2 * i + 1];
+        v[2 * i] = (floatX)(v0 * c - v1 * s);
+        v[2 * i + 1] = (floatX)(v0 * s + v1 * c);
+    }
+}
+
+static void rope_forward(floatX *x, const float *cos_t, const float *sin_t, int B, int T, int nh, int hs) {
+    rope_rotate_kernel<<<grid_for((long)B * T * nh * hs / 2), BLOCK>>>(x, cos_t, sin_t, B, T, nh, hs, 1.0f);
+    launchCheck();
+}
+static void rope_backward(floatX *dx, const float *cos_t, const float *sin_t, int B, int T, int nh, int hs) {
+    rope_rotate_kernel<<<grid_for((long)B * T * nh * hs / 2), BLOCK>>>(dx, cos_t, sin_t, B, T, nh, hs, -1.0f);
+    launchCheck();
+}
+
+// ---------------------------------------------------------------------------
+// Attention, as matmuls + a causal softmax kernel. The projections are
+// (B,T,nh,hs); the batched matmuls want one head's (T,hs) block contiguous, so
+// q, k, v are permuted to (B,nh,T,hs) first, and the output permuted back.
+
+__global__ void permute_to_heads_kernel(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
+    long n = (long)B * nh * T * hs;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        int d = (int)(i % hs);
+        int t = (int)(i / hs % T);
+        int h = (int)(i / ((long)hs * T) % nh);
+        long b = i / ((long)hs * T * nh);
+        dst[i] = src[((b * T + t) * nh + h) * hs + d]; // dst (B,nh,T,hs) <- src (B,T,nh,hs)
+    }
+}
+__global__ void permute_from_heads_kernel(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
+    long n = (long)B * nh * T * hs;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        int d = (int)(i % hs);
+        int t = (int)(i / hs % T);
+        int h = (int)(i / ((long)hs * T) % nh);
+        long b = i / ((long)hs * T * nh);
+        dst[((b * T + t) * nh + h) * hs + d] = src[i]; // dst (B,T,nh,hs) <- src (B,nh,T,hs)
+    }
+}
+static void permute_to_heads(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
+    permute_to_heads_kernel<<<grid_for((long)B * T * nh * hs), BLOCK>>>(dst, src, B, T, nh, hs);
+    launchCheck();
+}
+static void permute_from_heads(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
+    permute_from_heads_kernel<<<grid_for((long)B * T * nh * hs), BLOCK>>>(dst, src, B, T, nh, hs);
+    launchCheck();
+}
+
+// In place over att (B*NH*T rows of T): row t of a head becomes
+// softmax(scale * row[0..t]) and zeros after t. One warp per row.
+__global__ void softmax_causal_forward_kernel(floatX *att, int rows, int T, float scale) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    int t = row % T;
+    floatX *a = att + (long)row * T;
+    float maxv = -INFINITY;
+    for (int t2 = lane; t2 <= t; t2 += 32) maxv = fmaxf(maxv, (float)a[t2] * scale);
+    maxv = warp_max(maxv);
+    float sum = 0;
+    for (int t2 = lane; t2 <= t; t2 += 32) sum += expf((float)a[t2] * scale - maxv);
+    sum = warp_sum(sum);
+    float inv = 1.0f / sum;
+    for (int t2 = lane; t2 < T; t2 += 32) a[t2] = t2 <= t ? (floatX)(expf((float)a[t2] * scale - maxv) * inv) : (floatX)0;
+}
+
+// In place over datt: dpre = a * (datt - sum(a * datt)) * scale on t2 <= t, zero after.
+__global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, int rows, int T, float scale) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    int t = row % T;
+    const floatX *a = att + (long)row * T;
+    floatX *d = datt + (long)row * T;
+    float s = 0;
+    for (int t2 = lane; t2 <= t; t2 += 32) s += (float)a[t2] * (float)d[t2];
+    s = warp_sum(s);
+    for (int t2 = lane; t2 < T; t2 += 32) d[t2] = t2 <= t ? (floatX)((float)a[t2] * ((float)d[t2] - s) * scale) : (floatX)0;
+}
+
+/*
+ * Causal self-attention with grouped-query heads: q (B,T,NH,hs), k and v
+ * (B,T,NKV,hs); query head h reads kv head h / (NH/NKV). att (B,NH,T,T) keeps
+ * the probabilities for the backward; out is (B,T,NH,hs).
+ *
+ * GQA without copying k and v per query head: number the query heads of kv head
+ * kvh as kvh*group + g. For a fixed g, the (b, kvh) pairs step through the
+ * permuted q by group*T*hs and through k by T*hs: one strided batched matmul of
+ * B*NKV products per g.
+ */
+typedef struct {
+    floatX *qp, *kp, *vp; // (B,NH,T,hs), (B,NKV,T,hs), (B,NKV,T,hs)
+    floatX *yp;           // (B,NH,T,hs) output (forward) or d output (backward)
+    floatX *dqp, *dkp, *dvp;
+    floatX *datt;         // (B,NH,T,T)
+} AttnScratch;
+
+static void attention_forward(floatX *out, floatX *att, const floatX *q, const floatX *k, const floatX *v,
+                              AttnScratch *w, int B, int T, int NH, int NKV, int hs) {
+    int group = NH / NKV;
+    long th = (long)T * hs, tt = (long)T * T;
+    permute_to_heads(w->qp, q, B, T, NH, hs);
+    permute_to_heads(w->kp, k, B, T, NKV, hs);
+    permute_to_heads(w->vp, v, B, T, NKV, hs);
+    for (int g = 0; g < group; g++) { // att = q . k^T (unscaled; the softmax scales)
+        gemm(0, 1, T, T, hs, w->qp + g * th, hs, group * th, w->kp, hs, th, att + g * tt, T, group * tt, B * NKV, 0);
+    }
+    int rows = B * NH * T;
+    softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, rows, T,
+                                                                               (float)(1.0 / sqrt((double)hs)));
+    launchCheck();
+    for (int g = 0; g < group; g++) { // y = att . v
+        gemm(0, 0, T, hs, T, att + g * tt, T, group * tt, w->vp, hs, th, w->yp + g * th, hs, group * th, B * NKV, 0);
+    }
+    permute_from_heads(out, w->yp, B, T, NH, hs);
+}
+
+// Overwrites dq, dk, dv. The query heads of a group add into the same dk/dv:
+// the first g overwrites, the others accumulate (beta = 1), in order.
+static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout, const floatX *q,
+                               const floatX *k, const floatX *v, const floatX *att, AttnScratch *w, int B, int T,
+                               int NH, int NKV, int hs) {
+    int group = NH / NKV;
+    long th = (long)T * hs, tt = (long)T * T;
+    permute_to_heads(w->qp, q, B, T, NH, hs);
+    permute_to_heads(w->kp, k, B, T, NKV, hs);
+    permute_to_heads(w->vp, v, B, T, NKV, hs);
+    permute_to_heads(w->yp, dout, B, T, NH, hs);
+    for (int g = 0; g < group; g++) {
+        // through y = att . v: datt = dy . v^T, dv += att^T . dy
+        gemm(0, 1, T, T, hs, w->yp + g * th, hs, group * th, w->vp, hs, th, w->datt + g * tt, T, group * tt,
+             B * NKV, 0);
+        gemm(1, 0, T, hs, T, att + g * tt, T, group * tt, w->yp + g * th, hs, group * th, w->dvp, hs, th, B * NKV,
+             g > 0);
+    }
+    int rows = B * NH * T;
+    softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, att, rows, T,
+                                                                                (float)(1.0 / sqrt((double)hs)));
+    launchCheck();
+    for (int g = 0; g < group; g++) {
+        // through pre = q . k^T (the scale is already in datt): dq = dpre . k, dk += dpre^T . q
+        gemm(0, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->kp, hs, th, w->dqp + g * th, hs, group * th,
+             B * NKV, 0);
+        gemm(1, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->qp + g * th, hs, group * th, w->dkp, hs, th,
+             B * NKV, g > 0);
+    }
+    permute_from_heads(dq, w->dqp, B, T, NH, hs);
+    permute_from_heads(dk, w->dkp, B, T, NKV, hs);
+    permute_from_heads(dv, w->dvp, B, T, NKV, hs);
+}
+
+// ---------------------------------------------------------------------------
+// SwiGLU: out = SiLU(a) * b with SiLU(a) = a * sigmoid(a); a = w1.n (gate), b = w3.n (up)
+
+__global__ void swiglu_forward_kernel(floatX *out, const floatX *a, const floatX *b, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float x = (float)a[i];
+        float sig = 1.0f / (1.0f + expf(-x));
+        out[i] = (floatX)(x * sig * (float)b[i]);
+    }
+}
+static void swiglu_forward(floatX *out, const floatX *a, const floatX *b, long n) {
+    swiglu_forward_kernel<<<grid_for(n), BLOCK>>>(out, a, b, n);
+    launchCheck();
+}
+
+// d SiLU(a)/da = sig * (1 + a * (1 - sig)). Overwrites da, db.
+__global__ void swiglu_backward_kernel(floatX *da, floatX *db, const floatX *dout, const floatX *a, const floatX *b,
+                                       long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float x = (float)a[i], dy = (float)dout[i];
+        float sig = 1.0f / (1.0f + expf(-x));
+        da[i] = (floatX)(dy * (float)b[i] * sig * (1.0f + x * (1.0f - sig)));
+        db[i] = (floatX)(dy * x * sig);
+    }
+}
+static void swiglu_backward(floatX *da, floatX *db, const floatX *dout, const floatX *a, const floatX *b, long n) {
+    swiglu_backward_kernel<<<grid_for(n), BLOCK>>>(da, db, dout, a, b, n);
+    launchCheck();
+}
+
+__global__ void residual_forward_kernel(floatX *out, const floatX *a, const floatX *b, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        out[i] = (floatX)((float)a[i] + (float)b[i]);
+    }
+}
+static void residual_forward(floatX *out, const floatX *a, const floatX *b, long n) {
+    residual_forward_kernel<<<grid_for(n), BLOCK>>>(out, a, b, n);
+    launchCheck();
+}
+
+// ---------------------------------------------------------------------------
+// The classifier: one block per row of logits (N, V).
+
+// log-sum-exp of a row (every thread gets it)
+__device__ inline float row_logsumexp(const floatX *l, int V) {
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, (float)l[j]);
+    m = block_max(m);
+    float s = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf((float)l[j] - m);
+    s = block_sum(s);
+    return m + logf(s);
+}
+
+// Cross-entropy of each row against its target; keeps the log-sum-exp so that
+// the backward needs one pass.
+__global__ void crossentropy_forward_kernel(float *losses, float *lse, const floatX *logits, const int *targets,
+                                            int V) {
+    const floatX *l = logits + (long)blockIdx.x * V;
+    float z = row_logsumexp(l, V);
+    if (threadIdx.x == 0) {
+        lse[blockIdx.x] = z;
+        losses[blockIdx.x] = z - (float)l[targets[blockIdx.x]];
+    }
+}
+
+// d(mean loss)/d logits = (softmax - onehot) / N, written over the logits in place
+__global__ void crossentropy_backward_inplace_kernel(floatX *logits, const float *lse, const int *targets, int V,
+                                                     float inv_n) {
+    floatX *l = logits + (long)blockIdx.x * V;
+    float z = lse[blockIdx.x];
+    int target = targets[blockIdx.x];
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float g = expf((float)l[j] - z) * inv_n;
+        l[j] = (floatX)(j == target ? g - inv_n : g);
+    }
+}
+
+/*
+ * The fused classifier (llm.c's idea): forward and backward of the softmax +
+ * cross-entropy in one kernel, reading each row of logits twice and writing the
+ * gradient over it. The training step uses it; validation and the tests that
+ * look at the logits use the two kernels above.
+ */
+__global__ void fused_classifier_kernel(floatX *logits, float *losses, float *lse, const int *targets, int V,
+                                        float inv_n) {
+    floatX *l = logits + (long)blockIdx.x * V;
+    int target = targets[blockIdx.x];
+    float z = row_logsumexp(l, V);
+    float at_target = (float)l[target];
+    __syncthreads(); // every thread has read l[target] before any thread overwrites it
+    if (threadIdx.x == 0) {
+        lse[blockIdx.x] = z;
+        losses[blockIdx.x] = z - at_target;
+    }
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float g = expf((float)l[j] - z) * inv_n;
+        l[j] = (floatX)(j == target ? g - inv_n : g);
+    }
+}
+
+#define CLASSIFIER_BLOCK 512
+static void crossentropy_forward(float *losses, float *lse, const floatX *logits, const int *targets, int N, int V) {
+    crossentropy_forward_kernel<<<N, CLASSIFIER_BLOCK>>>(losses, lse, logits, targets, V);
+    launchCheck();
+}
+static void crossentropy_backward_inplace(floatX *logits, const float *lse, const int *targets, int N, int V) {
+    crossentropy_backward_inplace_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, lse, targets, V, (float)(1.0 / N));
+    launchCheck();
+}
+static void fused_classifier(floatX *logits, float *losses, float *lse, const int *targets, int N, int V) {
+    fused_classifier_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, losses, lse, targets, V, (float)(1.0 / N));
+    launchCheck();
+}
+
+// ============================================================================
+// 3. the model
+// ============================================================================
+
+#define MODEL_MAGIC 20261122
+#define MODEL_VERSION 1
+#define HEADER_INTS 256
+
+typedef struct {
+    int max_seq_len; // T the model was built for (RoPE table size)
+    int vocab;       // V
+    int layers;      // L
+    int heads;       // NH
+    int kv_heads;    // NKV, divides NH
+    int dim;         // C, divisible by NH; head size hs = C / NH (even, for RoPE)
+    int ffn;         // F, the SwiGLU hidden width
+    float norm_eps;
+    float rope_theta;
+} LlamaConfig;
+
+// The one table of parameter tensors, as in train_llama.c (model.bin's order).
+enum {
+    P_TOK_EMB, P_ATTN_NORM, P_WQ, P_WK, P_WV, P_WO, P_FFN_NORM, P_W1, P_W3, P_W2, P_FINAL_NORM, P_LM_HEAD,
+    NUM_PARAM_TENSORS
+};
+typedef struct {
+    const char *name;
+    int per_layer;    // one copy per block
+    int block_matrix; // a 2-D weight inside a block: LIR and TVR act on it
+    int decay;        // AdamW weight decay applies (2-D tensors only)
+} ParamInfo;
+static const ParamInfo PARAM_INFO[NUM_PARAM_TENSORS] = {
+    {"tok_emb", 0, 0, 1}, {"attn_norm", 1, 0, 0}, {"wq", 1, 1, 1},         {"wk", 1, 1, 1},
+    {"wv", 1, 1, 1},      {"wo", 1, 1, 1},        {"ffn_norm", 1, 0, 0},   {"w1", 1, 1, 1},
+    {"w3", 1, 1, 1},      {"w2", 1, 1, 1},        {"final_norm", 0, 0, 0}, {"lm_head", 0, 0, 1},
+};
+
+// rows and columns of one layer's copy of tensor i (norm gains are 1 x C)
+static void param_shape(const LlamaConfig *c, int i, int *rows, int *cols) {
+    int C = c->dim, F = c->ffn, V = c->vocab, KVD = c->kv_heads * (c->dim / c->heads);
+    int shapes[NUM_PARAM_TENSORS][2] = {
+        {V, C}, {1, C}, {C, C}, {KVD, C}, {KVD, C}, {C, C}, {1, C}, {F, C}, {F, C}, {C, F}, {1, C}, {V, C},
+    };
+    *rows = shapes[i][0];
+    *cols = shapes[i][1];
+}
+
+static long param_layer_size(const LlamaConfig *c, int i) {
+    int r, k;
+    param_shape(c, i, &r, &k);
+    return (long)r * k;
+}
+
+static long param_count(const LlamaConfig *c, int i) {
+    return param_layer_size(c, i) * (PARAM_INFO[i].per_layer ? c->layers : 1);
+}
+
+// Activations kept from the forward pass for the backward pass (on the GPU).
+typedef struct {
+    floatX *x0;     // (B,T,C) token embeddings
+    floatX *ln1;    // (L,B,T,C) attn_norm output
+    float *ln1_rstd; // (L,B,T)
+    floatX *q;      // (L,B,T,C) after RoPE
+    floatX *k;      // (L,B,T,KVD) after RoPE
+    floatX *v;      // (L,B,T,KVD)
+    floatX *att;    // (L,B,NH,T,T) attention probabilities
+    floatX *atty;   // (L,B,T,C) attention output, before wo
+    floatX *h;      // (L,B,T,C) residual stream after attention
+    floatX *ln2;    // (L,B,T,C) ffn_norm output
+    float *ln2_rstd; // (L,B,T)
+    floatX *fc1;    // (L,B,T,F) w1.n, the gate's pre-activation
+    floatX *fc3;    // (L,B,T,F) w3.n
+    floatX *swi;    // (L,B,T,F) SiLU(fc1) * fc3
+    floatX *xout;   // (L,B,T,C) block output
+    floatX *lnf;    // (B,T,C)
+    float *lnf_rstd; // (B,T)
+    floatX *logits; // (B,T,V); after the backward (or a fused forward) it holds d loss / d logits
+    float *lse;     // (B,T) log-sum-exp of each row of logits
+    float *losses;  // (B,T)
+} Acts;
+
+// Gradient scratch for the backward pass, reused layer after layer.
+typedef struct {
+    floatX *dres;  // (B,T,C) gradient of the residual stream
+    floatX *dln;   // (B,T,C)
+    floatX *dq;    // (B,T,C)
+    floatX *dk;    // (B,T,KVD)
+    floatX *dv;    // (B,T,KVD)
+    floatX *datty; // (B,T,C)
+    floatX *dfc1;  // (B,T,F)
+    floatX *dfc3;  // (B,T,F)
+    floatX *dswi;  // (B,T,F)
+    float *dgain_partial; // (GAIN_CHUNKS, C) rmsnorm_backward's partial sums
+    AttnScratch attn;
+} Scratch;
+
+// A block matrix as TVR and weights.csv see it, in the CSV's order (layer, then table order).
+typedef struct {
+    float **ptr; // device array of device pointers
+    long *n;     // device array of sizes
+    int count;   // L * 7
+    long max_n;
+    double *partial;   // device (count, MOMENT_CHUNKS, 2): sum and sum of squares per chunk
+    double *h_partial; // host copy
+    double *coef;      // device (count, 2): TVR's mean and scale; scale 0 = leave the matrix alone
+    double *h_coef;
+} MatrixTable;
+
+typedef struct {
+    LlamaConfig config;
+    long num_params;
+    float *params; // all parameters on the GPU, one buffer, in table order
+    float *grads;  // same layout
+    float *m, *v;  // AdamW moments, same layout
+    float *tensor[NUM_PARAM_TENSORS];  // views into params
+    float *gtensor[NUM_PARAM_TENSORS]; // views into grads
+    float *h_params; // host mirror: init, checkpoints (h_m and h_v for state.bin)
+    float *h_m, *h_v;
+    int B, T;        // batch shape the activations were allocated for
+    Acts acts;
+    Scratch scratch;
+    MatrixTable mats;
+    float *rope_cos, *rope_sin; // (max_seq_len, hs/2), on the GPU
+    int *tokens, *targets;      // (B,T) the last forward's inputs, host
+    int *d_tokens, *d_targets;  // the same on the GPU
+    // encoder_backward's buckets: the positions of each distinct token, ascending
+    int *h_count, *h_bucket_token, *h_bucket_start, *h_bucket_pos, nbuckets;
+    int *bucket_token, *bucket_start, *bucket_pos;
+    float *h_losses;     // (B,T) host copy of the losses
+    double *norm_partial, *h_norm_partial; // global_norm's per-block sums
+    double *act_partial, *h_act_partial;   // activations_log's per-block max and sum of squares
+    int logits_are_grad; // the last forward ran the fused classifier
+    float loss;          // mean loss of the last forward
+} Llama;
+
+static float *layer_ptr(float *base, const LlamaConfig *c, int i, int l) {
+    return base + (long)l * param_layer_size(c, i);
+}
+
+static void config_check(const LlamaConfig *c, const char *where) {
+    if (c->vocab < 1 || c->layers < 1 || c->heads < 1 || c->kv_heads < 1 || c->dim < 1 || c->ffn < 1 ||
+        c->max_seq_len < 1) {
+        die("%s: every size must be >= 1", where);
+    }
+    if (c->dim % c->heads != 0) die("%s: heads (%d) do not divide dim (%d)", where, c->heads, c->dim);
+    if (c->heads % c->kv_heads != 0) die("%s: kv-heads (%d) do not divide heads (%d)", where, c->kv_heads, c->heads);
+    if ((c->dim / c->heads) % 2 != 0) die("%s: head size %d must be even for RoPE", where, c->dim / c->heads);
+    if (!(c->norm_eps > 0) || !(c->rope_theta > 0)) die("%s: norm eps and rope theta must be > 0", where);
+}
+
+#define MOMENT_CHUNKS 64 // blocks per matrix in TVR's statistics
+#define NORM_BLOCKS 512  // blocks in the global gradient norm
+#define ACT_CHUNKS 64    // blocks per layer in activations_log
+
+static void matrix_table_build(Llama *model) {
+    const LlamaConfig *c = &model->config;
+    MatrixTable *mt = &model->mats;
+    int count = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) count += PARAM_INFO[i].block_matrix ? c->layers : 0;
+    float **h_ptr = (float **)malloc_check(sizeof(float *) * count);
+    long *h_n = (long *)malloc_check(sizeof(long) * count);
+    int j = 0;
+    mt->max_n = 0;
+    for (int l = 0; l < c->layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (!PARAM_INFO[i].block_matrix) continue;
+            h_ptr[j] = layer_ptr(model->tensor[i], c, i, l);
+            h_n[j] = param_layer_size(c, i);
+            if (h_n[j] > mt->max_n) mt->max_n = h_n[j];
+            j++;
+        }
+    }
+    mt->count = count;
+    mt->ptr = (float **)cuda_calloc(count, sizeof(float *));
+    mt->n = (long *)cuda_calloc(count, sizeof(long));
+    cudaCheck(cudaMemcpy(mt->ptr, h_ptr, sizeof(float *) * count, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(mt->n, h_n, sizeof(long) * count, cudaMemcpyHostToDevice));
+    mt->partial = (double *)cuda_calloc((long)count * MOMENT_CHUNKS * 2, sizeof(double));
+    mt->h_partial = (double *)malloc_check(sizeof(double) * count * MOMENT_CHUNKS * 2);
+    mt->coef = (double *)cuda_calloc((long)count * 2, sizeof(double));
+    mt->h_coef = (double *)malloc_check(sizeof(double) * count * 2);
+    free(h_ptr);
+    free(h_n);
+}
+
+static void llama_build(Llama *model, LlamaConfig config) {
+    memset(model, 0, sizeof(*model));
+    config_check(&config, "model config");
+    model->config = config;
+    long n = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);
+    model->num_params = n;
+    model->params = (float *)cuda_calloc(n, sizeof(float));
+    model->grads = (float *)cuda_calloc(n, sizeof(float));
+    model->m = (float *)cuda_calloc(n, sizeof(float));
+    model->v = (float *)cuda_calloc(n, sizeof(float));
+    model->h_params = (float *)calloc_check(n, sizeof(float));
+    model->h_m = (float *)calloc_check(n, sizeof(float));
+    model->h_v = (float *)calloc_check(n, sizeof(float));
+    long off = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        model->tensor[i] = model->params + off;
+        model->gtensor[i] = model->grads + off;
+        off += param_count(&config, i);
+    }
+    matrix_table_build(model);
+    // RoPE table, computed on the host in double and rounded once, as train_llama.c does
+    int hs = config.dim / config.heads, half = hs / 2;
+    float *h_cos = (float *)malloc_check(sizeof(float) * config.max_seq_len * half);
+    float *h_sin = (float *)malloc_check(sizeof(float) * config.max_seq_len * half);
+    for (int t = 0; t < config.max_seq_len; t++) {
+        for (int i = 0; i < half; i++) {
+            double freq = 1.0 / pow((double)config.rope_theta, (2.0 * i) / hs);
+            h_cos[t * half + i] = (float)cos(t * freq);
+            h_sin[t * half + i] = (float)sin(t * freq);
+        }
+    }
+    model->rope_cos = (float *)cuda_calloc((long)config.max_seq_len * half, sizeof(float));
+    model->rope_sin = (float *)cuda_calloc((long)config.max_seq_len * half, sizeof(float));
+    cudaCheck(cudaMemcpy(model->rope_cos, h_cos, sizeof(float) * config.max_seq_len * half, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->rope_sin, h_sin, sizeof(float) * config.max_seq_len * half, cudaMemcpyHostToDevice));
+    free(h_cos);
+    free(h_sin);
+    model->norm_partial = (double *)cuda_calloc(NORM_BLOCKS, sizeof(double));
+    model->h_norm_partial = (double *)malloc_check(sizeof(double) * NORM_BLOCKS);
+    model->act_partial = (double *)cuda_calloc((long)config.layers * ACT_CHUNKS * 2, sizeof(double));
+    model->h_act_partial = (double *)malloc_check(sizeof(double) * config.layers * ACT_CHUNKS * 2);
+}
+
+// the host mirror to the GPU and back
+static void llama_params_to_device(Llama *model) {
+    cudaCheck(cudaMemcpy(model->params, model->h_params, sizeof(float) * model->num_params, cudaMemcpyHostToDevice));
+}
+static void llama_params_to_host(Llama *model) {
+    cudaCheck(cudaMemcpy(model->h_params, model->params, sizeof(float) * model->num_params, cudaMemcpyDeviceToHost));
+}
+
+// Allocate activations for batches of B sequences of length T (T <= max_seq_len).
+static void llama_alloc_acts(Llama *model, int B, int T) {
+    const LlamaConfig *c = &model->config;
+    if (T > c->max_seq_len) die("seq-len %d exceeds the model's maximum %d", T, c->max_seq_len);
+    long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
+    long KVD = c->kv_heads * (C / NH), N = (long)B * T;
+    model->B = B;
+    model->T = T;
+    Acts *a = &model->acts;
+    // floatX and float are both 4 bytes in this version; sizeof(floatX) is used for all
+    // floatX slots so that a 2-byte floatX allocates right.
+    void **slots[] = {(void **)&a->x0,  (void **)&a->ln1,  (void **)&a->ln1_rstd, (void **)&a->q,
+                      (void **)&a->k,   (void **)&a->v,    (void **)&a->att,      (void **)&a->atty,
+                      (void **)&a->h,   (void **)&a->ln2,  (void **)&a->ln2_rstd, (void **)&a->fc1,
+                      (void **)&a->fc3, (void **)&a->swi,  (void **)&a->xout,     (void **)&a->lnf,
+                      (void **)&a->lnf_rstd, (void **)&a->logits, (void **)&a->lse, (void **)&a->losses};
+    long sizes[] = {N * C, L * N * C, L * N, L * N * C, L * N * KVD, L * N * KVD, L * B * NH * T * T, L * N * C,
+                    L * N * C, L * N * C, L * N, L * N * F, L * N * F, L * N * F, L * N * C, N * C, N, N * V, N, N};
+    int is_float[] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 1};
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        *slots[s] = cuda_calloc(sizes[s], is_float[s] ? sizeof(float) : sizeof(floatX));
+    }
+    Scratch *g = &model->scratch;
+    floatX **gslots[] = {&g->dres, &g->dln, &g->dq, &g->dk, &g->dv, &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
+    long gsizes[] = {N * C, N * C, N * C, N * KVD, N * KVD, N * C, N * F, N * F, N * F};
+    for (size_t s = 0; s < sizeof(gsizes) / sizeof(gsizes[0]); s++) {
+        *gslots[s] = (floatX *)cuda_calloc(gsizes[s], sizeof(floatX));
+    }
+    g->dgain_partial = (float *)cuda_calloc((long)GAIN_CHUNKS * C, sizeof(float));
+    AttnScratch *w = &g->attn;
+    floatX **wslots[] = {&w->qp, &w->kp, &w->vp, &w->yp, &w->dqp, &w->dkp, &w->dvp, &w->datt};
+    long wsizes[] = {N * C, N * KVD, N * KVD, N * C, N * C, N * KVD, N * KVD, B * NH * T * T};
+    for (size_t s = 0; s < sizeof(wsizes) / sizeof(wsizes[0]); s++) {
+        *wslots[s] = (floatX *)cuda_calloc(wsizes[s], sizeof(floatX));
+    }
+    model->tokens = (int *)calloc_check(N, sizeof(int));
+    model->targets = (int *)calloc_check(N, sizeof(int));
+    model->d_tokens = (int *)cuda_calloc(N, sizeof(int));
+    model->d_targets = (int *)cuda_calloc(N, sizeof(int));
+    model->h_count = (int *)calloc_check(V + 1, sizeof(int));
+    model->h_bucket_token = (int *)calloc_check(N, sizeof(int));
+    model->h_bucket_start = (int *)calloc_check(N + 1, sizeof(int));
+    model->h_bucket_pos = (int *)calloc_check(N, sizeof(int));
+    model->bucket_token = (int *)cuda_calloc(N, sizeof(int));
+    model->bucket_start = (int *)cuda_calloc(N + 1, sizeof(int));
+    model->bucket_pos = (int *)cuda_calloc(N, sizeof(int));
+    model->h_losses = (float *)calloc_check(N, sizeof(float));
+}
+
+static void llama_free(Llama *model) {
+    void *dev[] = {model->params, model->grads, model->m, model->v, model->rope_cos, model->rope_sin,
+                   model->d_tokens, model->d_targets, model->bucket_token, model->bucket_start, model->bucket_pos,
+                   model->norm_partial, model->act_partial, model->mats.ptr, model->mats.n, model->mats.partial,
+                   model->mats.coef, model->scratch.dgain_partial};
+    for (size_t s = 0; s < sizeof(dev) / sizeof(dev[0]); s++) cudaCheck(cudaFree(dev[s]));
+    void **acts = (void **)&model->acts;
+    for (size_t s = 0; s < sizeof(Acts) / sizeof(void *); s++) cudaCheck(cudaFree(acts[s]));
+    Scratch *g = &model->scratch;
+    floatX *gs[] = {g->dres, g->dln, g->dq, g->dk, g->dv, g->datty, g->dfc1, g->dfc3, g->dswi, g->attn.qp,
+                    g->attn.kp, g->attn.vp, g->attn.yp, g->attn.dqp, g->attn.dkp, g->attn.dvp, g->attn.datt};
+    for (size_t s = 0; s < sizeof(gs) / sizeof(gs[0]); s++) cudaCheck(cudaFree(gs[s]));
+    void *host[] = {model->h_params, model->h_m, model->h_v, model->tokens, model->targets, model->h_count,
+                    model->h_bucket_token, model->h_bucket_start, model->h_bucket_pos, model->h_losses,
+                    model->h_norm_partial, model->h_act_partial, model->mats.h_partial, model->mats.h_coef};
+    for (size_t s = 0; s < sizeof(host) / sizeof(host[0]); s++) free(host[s]);
+}
+
+/*
+ * Initialisation, exactly train_llama.c's (SPEC.md "Init schemes"): drawn on
+ * the host with the same generator in the same order, then copied to the GPU,
+ * so a fresh run starts from the same bits on both programs.
+ */
+typedef enum { INIT_PLAIN, INIT_LIR, INIT_RESIDUAL } InitScheme;
+
+static double init_std(const LlamaConfig *c, InitScheme scheme, double sigma, int i, int layer /* 1-based */) {
+    if (scheme == INIT_LIR && PARAM_INFO[i].block_matrix) return sigma / sqrt((double)layer);
+    if (scheme == INIT_RESIDUAL && (i == P_WO || i == P_W2)) return sigma / sqrt(2.0 * c->layers);
+    return sigma;
+}
+
+static void llama_init(Llama *model, InitScheme scheme, double sigma, Rng *rng) {
+    const LlamaConfig *c = &model->config;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        int nl = PARAM_INFO[i].per_layer ? c->layers : 1;
+        long n = param_layer_size(c, i);
+        int is_norm = (i == P_ATTN_NORM || i == P_FFN_NORM || i == P_FINAL_NORM);
+        float *w = model->h_params + (model->tensor[i] - model->params);
+        for (int l = 0; l < nl; l++) {
+            double std = init_std(c, scheme, sigma, i, l + 1);
+            for (long j = 0; j < n; j++) w[l * n + j] = is_norm ? 1 : (float)(std * rng_normal(rng));
+        }
+    }
+    llama_params_to_device(model);
+}
+
+// ---------------------------------------------------------------------------
+// forward and backward
+
+// The batch's positions grouped by token, for encoder_backward: a counting sort
+// on the host (O(V + N)), copied to the GPU with the tokens.
+static void encoder_buckets(Llama *model, const int *tokens, int N) {
+    int V = model->config.vocab;
+    int *count = model->h_count;
+    memset(count, 0, sizeof(int) * (V + 1));
+    for (int i = 0; i < N; i++) count[tokens[i] + 1]++;
+    int nb = 0;
+    for (int v = 0; v < V; v++) {
+        if (count[v + 1] > 0) {
+            model->h_bucket_token[nb] = v;
+            model->h_bucket_start[nb] = count[v]; // where token v's positions start (prefix sum so far)
+            nb++;
+        }
+        count[v + 1] += count[v]; // count[v] is now where token v's positions start
+    }
+    model->h_bucket_start[nb] = N;
+    for (int i = 0; i < N; i++) model->h_bucket_pos[count[tokens[i]]++] = i; // ascending within a token
+    model->nbuckets = nb;
+    cudaCheck(cudaMemcpy(model->bucket_token, model->h_bucket_token, sizeof(int) * nb, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->bucket_start, model->h_bucket_start, sizeof(int) * (nb + 1), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->bucket_pos, model->h_bucket_pos, sizeof(int) * N, cudaMemcpyHostToDevice));
+}
+
+/*
+ * Forward pass on tokens (B,T) with targets (B,T) (host arrays); sets
+ * model->loss. With fuse_backward the classifier also writes d loss / d logits
+ * over the logits (the training step); without, the logits stay (validation,
+ * tests), and llama_backward computes that gradient itself.
+ */
+static void llama_forward(Llama *model, const int *tokens, const int *targets, int B, int T, int fuse_backward) {
+    if (B != model->B || T != model->T) die("internal: forward with %dx%d, activations are %dx%d", B, T, model->B, model->T);
+    const LlamaConfig *c = &model->config;
+    int L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads, NKV = c->kv_heads;
+    int hs = C / NH, KVD = NKV * hs, N = B * T;
+    Acts *a = &model->acts;
+    memcpy(model->tokens, tokens, sizeof(int) * N);
+    memcpy(model->targets, targets, sizeof(int) * N);
+    cudaCheck(cudaMemcpy(model->d_tokens, tokens, sizeof(int) * N, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->d_targets, targets, sizeof(int) * N, cudaMemcpyHostToDevice));
+    encoder_buckets(model, tokens, N);
+
+    encoder_forward(a->x0, model->d_tokens, model->tensor[P_TOK_EMB], N, C);
+    for (int l = 0; l < L; l++) {
+        const floatX *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
+        floatX *ln1 = a->ln1 + (long)l * N * C;
+        float *ln1_rstd = a->ln1_rstd + (long)l * N;
+        floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
+        floatX *att = a->att + (long)l * B * NH * T * T, *atty = a->atty + (long)l * N * C;
+        floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
+        float *ln2_rstd = a->ln2_rstd + (long)l * N;
+        floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
+        floatX *xout = a->xout + (long)l * N * C;
+        floatX *tmp = model->scratch.dln; // (N, C) scratch for the projections' outputs
+#define W(i) layer_ptr(model->tensor[i], c, i, l)
+        rmsnorm_forward(ln1, ln1_rstd, x, W(P_ATTN_NORM), N, C, c->norm_eps);
+        matmul_forward(q, ln1, W(P_WQ), N, C, C);
+        matmul_forward(k, ln1, W(P_WK), N, C, KVD);
+        matmul_forward(v, ln1, W(P_WV), N, C, KVD);
+        rope_forward(q, model->rope_cos, model->rope_sin, B, T, NH, hs);
+        rope_forward(k, model->rope_cos, model->rope_sin, B, T, NKV, hs);
+        attention_forward(atty, att, q, k, v, &model->scratch.attn, B, T, NH, NKV, hs);
+        matmul_forward(tmp, atty, W(P_WO), N, C, C);
+        residual_forward(h, x, tmp, (long)N * C);
+        rmsnorm_forward(ln2, ln2_rstd, h, W(P_FFN_NORM), N, C, c->norm_eps);
+        matmul_forward(fc1, ln2, W(P_W1), N, C, F);
+        matmul_forward(fc3, ln2, W(P_W3), N, C, F);
+        swiglu_forward(swi, fc1, fc3, (long)N * F);
+        matmul_forward(tmp, swi, W(P_W2), N, F, C);
+        residual_forward(xout, h, tmp, (long)N * C);
+#undef W
+    }
+    const floatX *xlast = a->xout + (long)(L - 1) * N * C;
+    rmsnorm_forward(a->lnf, a->lnf_rstd, xlast, model->tensor[P_FINAL_NORM], N, C, c->norm_eps);
+    matmul_forward(a->logits, a->lnf, model->tensor[P_LM_HEAD], N, C, V);
+    if (fuse_backward) {
+        fused_classifier(a->logits, a->losses, a->lse, model->d_targets, N, V);
+    } else {
+        crossentropy_forward(a->losses, a->lse, a->logits, model->d_targets, N, V);
+    }
+    model->logits_are_grad = fuse_backward;
+    // the mean loss: summed on the host in double, in position order, as train_llama.c does
+    cudaCheck(cudaMemcpy(model->h_losses, a->losses, sizeof(float) * N, cudaMemcpyDeviceToHost));
+    double sum = 0;
+    for (int i = 0; i < N; i++) sum += model->h_losses[i];
+    model->loss = (float)(sum / N);
+}
+
+static void llama_zero_grad(Llama *model) {
+    cudaCheck(cudaMemset(model->grads, 0, sizeof(float) * model->num_params));
+}
+
+// Backward pass for the last forward; adds into model->grads (zero them first).
+static void llama_backward(Llama *model) {
+    const LlamaConfig *c = &model->config;
+    int B = model->B, T = model->T;
+    int L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads, NKV = c->kv_heads;
+    int hs = C / NH, KVD = NKV * hs, N = B * T;
+    Acts *a = &model->acts;
+    Scratch *s = &model->scratch;
+    float *gp = s->dgain_partial;
+
+    if (!model->logits_are_grad) crossentropy_backward_inplace(a->logits, a->lse, model->d_targets, N, V);
+    model->logits_are_grad = 1;
+    const floatX *dlogits = a->logits;
+    matmul_backward(s->dln, model->gtensor[P_LM_HEAD], dlogits, a->lnf, model->tensor[P_LM_HEAD], N, C, V, 0);
+    cudaCheck(cudaMemset(s->dres, 0, sizeof(floatX) * N * C));
+    rmsnorm_backward(s->dres, model->gtensor[P_FINAL_NORM], gp, s->dln, a->xout + (long)(L - 1) * N * C,
+                     model->tensor[P_FINAL_NORM], a->lnf_rstd, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        const floatX *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
+        const floatX *ln1 = a->ln1 + (long)l * N * C;
+        const float *ln1_rstd = a->ln1_rstd + (long)l * N;
+        const floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
+        const floatX *att = a->att + (long)l * B * NH * T * T, *atty = a->atty + (long)l * N * C;
+        const floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
+        const float *ln2_rstd = a->ln2_rstd + (long)l * N;
+        const floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
+        const floatX *swi = a->swi + (long)l * N * F;
+#define W(i) layer_ptr(model->tensor[i], c, i, l)
+#define DW(i) layer_ptr(model->gtensor[i], c, i, l)
+        // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far)
+        matmul_backward(s->dswi, DW(P_W2), s->dres, swi, W(P_W2), N, F, C, 0);
+        swiglu_backward(s->dfc1, s->dfc3, s->dswi, fc1, fc3, (long)N * F);
+        matmul_backward(s->dln, DW(P_W1), s->dfc1, ln2, W(P_W1), N, C, F, 0);
+        matmul_backward(s->dln, DW(P_W3), s->dfc3, ln2, W(P_W3), N, C, F, 1);
+        rmsnorm_backward(s->dres, DW(P_FFN_NORM), gp, s->dln, h, W(P_FFN_NORM), ln2_rstd, N, C);
+        // now s->dres = d loss / d h; h = x + wo.atty
+        matmul_backward(s->datty, DW(P_WO), s->dres, atty, W(P_WO), N, C, C, 0);
+        attention_backward(s->dq, s->dk, s->dv, s->datty, q, k, v, att, &s->attn, B, T, NH, NKV, hs);
+        rope_backward(s->dq, model->rope_cos, model->rope_sin, B, T, NH, hs);
+        rope_backward(s->dk, model->rope_cos, model->rope_sin, B, T, NKV, hs);
+        matmul_backward(s->dln, DW(P_WQ), s->dq, ln1, W(P_WQ), N, C, C, 0);
+        matmul_backward(s->dln, DW(P_WK), s->dk, ln1, W(P_WK), N, C, KVD, 1);
+        matmul_backward(s->dln, DW(P_WV), s->dv, ln1, W(P_WV), N, C, KVD, 1);
+        rmsnorm_backward(s->dres, DW(P_ATTN_NORM), gp, s->dln, x, W(P_ATTN_NORM), ln1_rstd, N, C);
+        // now s->dres = d loss / d x, the previous block's output
+#undef W
+#undef DW
+    }
+    encoder_backward(model->gtensor[P_TOK_EMB], s->dres, model->bucket_token, model->bucket_start, model->bucket_pos,
+                     model->nbuckets, C);
+}
+
+// ---------------------------------------------------------------------------
+// model.bin (SPEC.md): int32 header[256], then every tensor as fp32 in table order.
+// The files are written and read through the host mirror.
+
+static void llama_save(Llama *model, const char *path) {
+    const LlamaConfig *c = &model->config;
+    int32_t header[HEADER_INTS] = {0};
+    header[0] = MODEL_MAGIC;
+    header[1] = MODEL_VERSION;
+    header[2] = c->max_seq_len;
+    header[3] = c->vocab;
+    header[4] = c->layers;
+    header[5] = c->heads;
+    header[6] = c->kv_heads;
+    header[7] = c->dim;
+    header[8] = c->ffn;
+    memcpy(&header[16], &c->norm_eps, sizeof(float));
+    memcpy(&header[17], &c->rope_theta, sizeof(float));
+    llama_params_to_host(model);
+    AtomicFile af;
+    atomic_open(&af, path);
+    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    fwrite_check(model->h_params, sizeof(float), model->num_params, af.f, af.tmp);
+    atomic_commit(&af);
+}
+
+// Read a model.bin header into *c, checking magic, version and sizes.
+static void llama_read_header(const char *path, LlamaConfig *c) {
+    FILE *f = fopen_check(path, "rb");
+    int32_t header[HEADER_INTS];
+    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
+        die("checkpoint %s is truncated: shorter than its 1024-byte header", path);
+    }
+    fclose(f);
+    if (header[0] != MODEL_MAGIC) die("checkpoint %s has bad magic %d (want %d)", path, header[0], MODEL_MAGIC);
+    if (header[1] != MODEL_VERSION) die("checkpoint %s has version %d, want %d", path, header[1], MODEL_VERSION);
+    c->max_seq_len = header[2];
+    c->vocab = header[3];
+    c->layers = header[4];
+    c->heads = header[5];
+    c->kv_heads = header[6];
+    c->dim = header[7];
+    c->ffn = header[8];
+    memcpy(&c->norm_eps, &header[16], sizeof(float));
+    memcpy(&c->rope_theta, &header[17], sizeof(float));
+    char where[4200];
+    snprintf(where, sizeof(where), "checkpoint %s", path);
+    config_check(c, where);
+}
+
+// Load parameters from a model.bin whose config equals the model's.
+static void llama_load_params(Llama *model, const char *path) {
+    long want = HEADER_INTS * 4 + model->num_params * 4;
+    long have = file_size(path);
+    if (have != want) {
+        die("checkpoint %s is %ld bytes; its header describes %ld parameters, %ld bytes (truncated?)", path, have,
+            model->num_params, want);
+    }
+    FILE *f = fopen_check(path, "rb");
+    fseek(f, HEADER_INTS * 4, SEEK_SET);
+    fread_check(model->h_params, sizeof(float), model->num_params, f, path);
+    fclose(f);
+    llama_params_to_device(model);
+}
+
+// ============================================================================
+// 4. the optimizer
+// ============================================================================
+
+typedef struct {
+    double lr, min_lr_frac;
+    int warmup, steps;
+    int cosine; // 0: constant after warm-up
+    double weight_decay, beta1, beta2, eps, grad_clip;
+} OptConfig;
+
+// Learning rate at step s (1-based): linear warm-up to lr over `warmup` steps,
+// then cosine from lr to lr*min_lr_frac at the last step (SPEC.md "Training").
+static double lr_at(const OptConfig *o, int s) {
+    if (o->warmup > 0 && s <= o->warmup) return o->lr * s / o->warmup;
+    if (!o->cosine || o->steps <= o->warmup) return o->lr;
+    double progress = (double)(s - o->warmup) / (o->steps - o->warmup);
+    double min_lr = o->lr * o->min_lr_frac;
+    return min_lr + 0.5 * (o->lr - min_lr) * (1 + cos(M_PI * progress));
+}
+
+// Per-block sums of squares in double over a fixed grid; the host adds the
+// NORM_BLOCKS partial sums in order, so the norm does not depend on timing.
+__global__ void sum_squares_kernel(double *partial, const float *x, long n) {
+    double s = 0;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        s += (double)x[i] * (double)x[i];
+    }
+    s = block_sum_d(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void scale_kernel(float *x, float factor, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        x[i] *= factor;
+    }
+}
+
+// Global gradient norm over all parameters, then clipping (SPEC.md): scale by
+// max/(norm + 1e-6) when that is below 1. Returns the norm before clipping.
+static double clip_grad_norm(Llama *model, double max_norm) {
+    sum_squares_kernel<<<NORM_BLOCKS, BLOCK>>>(model->norm_partial, model->grads, model->num_params);
+    launchCheck();
+    cudaCheck(cudaMemcpy(model->h_norm_partial, model->norm_partial, sizeof(double) * NORM_BLOCKS,
+                         cudaMemcpyDeviceToHost));
+    double ss = 0;
+    for (int b = 0; b < NORM_BLOCKS; b++) ss += model->h_norm_partial[b];
+    double norm = sqrt(ss);
+    if (max_norm > 0) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1) {
+            scale_kernel<<<grid_for(model->num_params), BLOCK>>>(model->grads, (float)coef, model->num_params);
+            launchCheck();
+        }
+    }
+    return norm;
+}
+
+/*
+ * AdamW as torch.optim.AdamW computes it (step t from 1):
+ *   p <- p * (1 - lr*wd)                         (decoupled decay, 2-D tensors only)
+ *   m <- m + (1-beta1)*(g - m);  v <- beta2*v + (1-beta2)*g^2
+ *   p <- p - lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
+ * The same float expressions as train_llama.c's loop, one thread per parameter.
+ */
+__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long n, float decay, float b1, float b2,
+                             float eps, float step_size, float inv_bc2) {
+    for (long j = blockIdx.x * (long)blockDim.x + threadIdx.x; j < n; j += (long)gridDim.x * blockDim.x) {
+        float gj = g[j];
+        float pj = p[j] * decay;
+        float mj = m[j] + (1 - b1) * (gj - m[j]);
+        float vj = b2 * v[j] + (1 - b2) * gj * gj;
+        pj -= step_size * mj / (sqrtf(vj) * inv_bc2 + eps);
+        p[j] = pj;
+        m[j] = mj;
+        v[j] = vj;
+    }
+}
+
+static void adamw_update(Llama *model, const OptConfig *o, double lr, int t) {
+    double bc1 = 1 - pow(o->beta1, t), bc2_sqrt = sqrt(1 - pow(o->beta2, t));
+    float step_size = (float)(lr / bc1), inv_bc2 = (float)(1 / bc2_sqrt);
+    float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        float decay = PARAM_INFO[i].decay ? (float)(1 - lr * o->weight_decay) : 1.0f;
+        long off = model->tensor[i] - model->params;
+        long n = param_count(&model->config, i);
+        adamw_kernel<<<grid_for(n), BLOCK>>>(model->params + off, model->grads + off, model->m + off,
+                                             model->v + off, n, decay, b1, b2, eps, step_size, inv_bc2);
+        launchCheck();
+    }
+}
+
+// ============================================================================
+// 5. TVR and statistics
+// ============================================================================
+
+typedef struct {
+    double target;    // 0 = off
+    int every;        // fire on steps every, 2*every, ...
+    double threshold; // rescale when std/target > threshold
+    int depth_scaled; // target/sqrt(l) for block l
+} TvrConfig;
+
+/*
+ * TVR in two passes over all L*7 block matrices at once (one launch each):
+ *   1. matrix_moments: MOMENT_CHUNKS blocks per matrix sum x and x^2 in double;
+ *      the host adds the chunks in order: mean, unbiased std, and the decision.
+ *   2. tvr_rescale: W <- (W - mean) * target/std + mean on the matrices whose
+ *      std/target is above the threshold; the others are not touched.
+ * Mean and variance from the sums of x and x^2 in double: with |mean| << std,
+ * as for any weight matrix, the cancellation costs nothing at double precision
+ * (train_llama.c's two-pass version agrees to ~1e-15 relative).
+ */
+__global__ void matrix_moments_kernel(double *partial, float *const *ptr, const long *ns) {
+    int mat = blockIdx.y, chunk = blockIdx.x;
+    const float *w = ptr[mat];
+    long n = ns[mat];
+    long lo = n * chunk / gridDim.x, hi = n * (chunk + 1) / gridDim.x;
+    double s = 0, ss = 0;
+    for (long i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        double x = w[i];
+        s += x;
+        ss += x * x;
+    }
+    s = block_sum_d(s);
+    ss = block_sum_d(ss);
+    if (threadIdx.x == 0) {
+        partial[((long)mat * gridDim.x + chunk) * 2] = s;
+        partial[((long)mat * gridDim.x + chunk) * 2 + 1] = ss;
+    }
+}
+
+__global__ void tvr_rescale_kernel(float *const *ptr, const long *ns, const double *coef) {
+    int mat = blockIdx.y;
+    double mu = coef[2 * mat], scale = coef[2 * mat + 1];
+    if (scale == 0) return; // under the threshold: untouched
+    float *w = ptr[mat];
+    long n = ns[mat];
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        w[i] = (float)(((double)w[i] - mu) * scale + mu);
+    }
+}
+
+// mean and unbiased (n-1) standard deviation of every block matrix (into mean[], std[])
+static void weight_stats(Llama *model, double *mean, double *std) {
+    MatrixTable *mt = &model->mats;
+    matrix_moments_kernel<<<dim3(MOMENT_CHUNKS, mt->count), BLOCK>>>(mt->partial, mt->ptr, mt->n);
+    launchCheck();
+    cudaCheck(cudaMemcpy(mt->h_partial, mt->partial, sizeof(double) * mt->count * MOMENT_CHUNKS * 2,
+                         cudaMemcpyDeviceToHost));
+    const LlamaConfig *c = &model->config;
+    int j = 0;
+    for (int l = 0; l < c->layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (!PARAM_INFO[i].block_matrix) continue;
+            long n = param_layer_size(c, i);
+            double s = 0, ss = 0;
+            for (int ch = 0; ch < MOMENT_CHUNKS; ch++) {
+                s += mt->h_partial[((long)j * MOMENT_CHUNKS + ch) * 2];
+                ss += mt->h_partial[((long)j * MOMENT_CHUNKS + ch) * 2 + 1];
+            }
+            mean[j] = s / n;
+            double var = n > 1 ? (ss - s * mean[j]) / (n - 1) : 0;
+            std[j] = var > 0 ? sqrt(var) : 0;
+            j++;
+        }
+    }
+}
+
+/*
+ * Target Variance Rescaling (RESEARCH.md, paper A): a matrix whose std s is
+ * above threshold*target becomes (W - mean) * target/s + mean. The mean is
+ * kept, only the spread changes; Adam's moments are left alone. rescaled[j] is
+ * set for the matrices it rescaled; mean and std (before) are for the log.
+ */
+static void tvr_rescale(Llama *model, const double *target, double threshold, const double *mean, const double *std,
+                        int *rescaled) {
+    MatrixTable *mt = &model->mats;
+    int any = 0;
+    for (int j = 0; j < mt->count; j++) {
+        rescaled[j] = std[j] / target[j] > threshold;
+        mt->h_coef[2 * j] = mean[j];
+        mt->h_coef[2 * j + 1] = rescaled[j] ? target[j] / std[j] : 0;
+        any |= rescaled[j];
+    }
+    if (!any) return;
+    cudaCheck(cudaMemcpy(mt->coef, mt->h_coef, sizeof(double) * 2 * mt->count, cudaMemcpyHostToDevice));
+    tvr_rescale_kernel<<<dim3(ceil_div(mt->max_n, BLOCK * 8), mt->count), BLOCK>>>(mt->ptr, mt->n, mt->coef);
+    launchCheck();
+}
+
+static double tvr_target_for_layer(const TvrConfig *tvr, int layer /* 1-based */) {
+    return tvr->depth_scaled ? tvr->target / sqrt((double)layer) : tvr->target;
+}
+
+static int tvr_due(const TvrConfig *tvr, int step) { return tvr->target > 0 && step % tvr->every == 0; }
+
+// For every block matrix: statistics (and TVR if due), one weights.csv row each.
+static void weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
+    const LlamaConfig *c = &model->config;
+    int count = model->mats.count;
+    double *mean = (double *)malloc_check(sizeof(double) * count), *std = (double *)malloc_check(sizeof(double) * count);
+    double *target = (double *)malloc_check(sizeof(double) * count);
+    int *rescaled = (int *)calloc_check(count, sizeof(int));
+    weight_stats(model, mean, std);
+    int j = 0;
+    for (int l = 0; l < c->layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (PARAM_INFO[i].block_matrix) target[j++] = tvr_target_for_layer(tvr, l + 1);
+        }
+    }
+    if (do_tvr) tvr_rescale(model, target, tvr->threshold, mean, std, rescaled);
+    j = 0;
+    for (int l = 0; l < c->layers; l++) {
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (!PARAM_INFO[i].block_matrix) continue;
+            if (csv) fprintf(csv, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, PARAM_INFO[i].name, mean[j], std[j], rescaled[j]);
+            j++;
+        }
+    }
+    if (csv) fflush(csv);
+    free(mean), free(std), free(target), free(rescaled);
+}
+
+// Per layer, ACT_CHUNKS blocks each: the max |x| and the sum of x^2 (double) of a chunk.
+__global__ void activation_stats_kernel(double *partial, const floatX *xout, long n) {
+    int layer = blockIdx.y, chunk = blockIdx.x;
+    const floatX *x = xout + (long)layer * n;
+    long lo = n * chunk / gridDim.x, hi = n * (chunk + 1) / gridDim.x;
+    float mx = 0;
+    double ss = 0;
+    for (long i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        float xi = (float)x[i];
+        mx = fmaxf(mx, fabsf(xi));
+        ss += (double)xi * xi;
+    }
+    mx = block_max(mx);
+    ss = block_sum_d(ss);
+    if (threadIdx.x == 0) {
+        partial[((long)layer * gridDim.x + chunk) * 2] = mx;
+        partial[((long)layer * gridDim.x + chunk) * 2 + 1] = ss;
+    }
+}
+
+// max |x| and rms of each block's output on the last forward's batch
+static void activations_log(Llama *model, int step, FILE *csv) {
+    long n = (long)model->B * model->T * model->config.dim;
+    int L = model->config.layers;
+    activation_stats_kernel<<<dim3(ACT_CHUNKS, L), BLOCK>>>(model->act_partial, model->acts.xout, n);
+    launchCheck();
+    cudaCheck(cudaMemcpy(model->h_act_partial, model->act_partial, sizeof(double) * L * ACT_CHUNKS * 2,
+                         cudaMemcpyDeviceToHost));
+    for (int l = 0; l < L; l++) {
+        double maxabs = 0, ss = 0;
+        for (int ch = 0; ch < ACT_CHUNKS; ch++) {
+            const double *p = model->h_act_partial + ((long)l * ACT_CHUNKS + ch) * 2;
+            maxabs = p[0] > maxabs ? p[0] : maxabs;
+            ss += p[1];
+        }
+        fprintf(csv, "%d,%d,%.9g,%.9g\n", step, l + 1, maxabs, sqrt(ss / n));
+    }
+    fflush(csv);
+}
+
+// ============================================================================
+// 6. training
+// ============================================================================
+
+#define STATE_MAGIC 20261123
+#define STATE_VERSION 1
+
+// state.bin, exactly train_llama.c's format (so a run moves between the
+// programs): int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard
+// index, int64 at [4] data position, [6] RNG state, [8] parameter count; then
+// params, m and v, fp32, in the parameter table's order.
+typedef struct {
+    int step;
+    int shard;
+    long pos;
+    uint64_t rng;
+} TrainState;
+
+static void state_save(Llama *model, const TrainState *st, const char *path) {
+    int32_t header[HEADER_INTS] = {0};
+    header[0] = STATE_MAGIC;
+    header[1] = STATE_VERSION;
+    header[2] = st->step;
+    header[3] = st->shard;
+    int64_t pos = st->pos, np = model->num_params;
+    memcpy(&header[4], &pos, 8);
+    memcpy(&header[6], &st->rng, 8);
+    memcpy(&header[8], &np, 8);
+    llama_params_to_host(model);
+    cudaCheck(cudaMemcpy(model->h_m, model->m, sizeof(float) * np, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(model->h_v, model->v, sizeof(float) * np, cudaMemcpyDeviceToHost));
+    AtomicFile af;
+    atomic_open(&af, path);
+    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    fwrite_check(model->h_params, sizeof(float), np, af.f, af.tmp);
+    fwrite_check(model->h_m, sizeof(float), np, af.f, af.tmp);
+    fwrite_check(model->h_v, sizeof(float), np, af.f, af.tmp);
+    atomic_commit(&af);
+}
+
+static void state_load(Llama *model, TrainState *st, const char *path) {
+    FILE *f = fopen_check(path, "rb");
+    int32_t header[HEADER_INTS];
+    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
+        die("state file %s is truncated: shorter than its 1024-byte header", path);
+    }
+    if (header[0] != STATE_MAGIC) die("state file %s has bad magic %d (want %d)", path, header[0], STATE_MAGIC);
+    if (header[1] != STATE_VERSION) die("state file %s has version %d, want %d", path, header[1], STATE_VERSION);
+    int64_t pos, np;
+    memcpy(&pos, &header[4], 8);
+    memcpy(&st->rng, &header[6], 8);
+    memcpy(&np, &header[8], 8);
+    if (np != model->num_params) {
+        die("state file %s holds %lld parameters, the model has %ld", path, (long long)np, model->num_params);
+    }
+    long want = HEADER_INTS * 4 + 3 * np * 4;
+    if (file_size(path) != want) die("state file %s is %ld bytes, want %ld (truncated?)", path, file_size(path), want);
+    st->step = header[2];
+    st->shard = header[3];
+    st->pos = pos;
+    fseek(f, HEADER_INTS * 4, SEEK_SET);
+    fread_check(model->h_params, sizeof(float), np, f, path);
+    fread_check(model->h_m, sizeof(float), np, f, path);
+    fread_check(model->h_v, sizeof(float), np, f, path);
+    fclose(f);
+    llama_params_to_device(model);
+    cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->v, model->h_v, sizeof(float) * np, cudaMemcpyHostToDevice));
+}
+
+// ---------------------------------------------------------------------------
+// CSV logs, as train_llama.c: a fresh run truncates them; a resumed run keeps
+// the rows up to the step it resumes from and appends.
+
+static FILE *csv_open(const char *dir, const char *name, const char *header, int resume_step) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (resume_step >= 0 && file_size(path) > 0) {
+        FILE *in = fopen_check(path, "r");
+        char *kept = NULL;
+        size_t kept_len = 0;
+        FILE *mem = open_memstream(&kept, &kept_len);
+        char line[1024];
+        int first = 1;
+        while (fgets(line, sizeof(line), in)) {
+            if (first || atoi(line) <= resume_step) fputs(line, mem);
+            first = 0;
+        }
+        fclose(in);
+        fclose(mem);
+        FILE *out = fopen_check(path, "w");
+        fwrite_check(kept, 1, kept_len, out, path);
+        free(kept);
+        return out;
+    }
+    FILE *f = fopen_check(path, "w");
+    fprintf(f, "%s\n", header);
+    return f;
+}
+
+typedef struct {
+    FILE *train, *val, *weights, *acts;
+} Logs;
+
+// ---------------------------------------------------------------------------
+// the run's settings: train_llama.c's flag table, plus --tf32
+
+typedef struct {
+    const char *train, *val, *init_from, *resume, *out;
+    int layers, dim, heads, kv_heads, ffn, seq_len, vocab;
+    double norm_eps, rope_theta;
+    int batch, steps, warmup;
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
+    const char *schedule, *init;
+    double init_std;
+    int seed;
+    double tvr_target, tvr_threshold;
+    int tvr_every, tvr_depth_scaled;
+    int val_every, val_batches, stats_every, checkpoint_every, threads;
+    int tf32;
+    int arch_given; // bit i: ARCH_FLAGS[i] was on the command line
+} Settings;
+
+#define NUM_ARCH_FLAGS 8
+static const char *ARCH_FLAGS[NUM_ARCH_FLAGS] = {"layers", "dim", "heads", "kv-heads", "ffn", "vocab", "norm-eps", "rope-theta"};
+
+#define USAGE "usage: train_llama_cu [flags]   train a LLaMA on one NVIDIA GPU with LIR and TVR (see docs/gpu.md)"
+
+static int settings_parse(Settings *s, int argc, char **argv) {
+    Flag flags[] = {
+        {"train", FLAG_STRING, &s->train, "data/tinyshakespeare/llama2_train_*.bin", 0, 0, NULL, "training shards (glob)", 0},
+        {"val", FLAG_STRING, &s->val, "data/tinyshakespeare/llama2_val_*.bin", 0, 0, NULL, "validation shards (glob); \"\" for none", 0},
+        {"init-from", FLAG_STRING, &s->init_from, NULL, 0, 0, NULL, "start from this model.bin (a fresh run from step 0)", 0},
+        {"resume", FLAG_STRING, &s->resume, NULL, 0, 0, NULL, "continue the run checkpointed in this directory", 0},
+        {"out", FLAG_STRING, &s->out, "out", 0, 0, NULL, "output directory: logs and checkpoints", 0},
+        {"layers", FLAG_INT, &s->layers, "4", 1, 1024, NULL, "decoder blocks L (fresh model)", 0},
+        {"dim", FLAG_INT, &s->dim, "128", 2, 65536, NULL, "width C (fresh model)", 0},
+        {"heads", FLAG_INT, &s->heads, "4", 1, 1024, NULL, "query heads NH (fresh model)", 0},
+        {"kv-heads", FLAG_INT, &s->kv_heads, "2", 1, 1024, NULL, "key/value heads NKV, dividing NH (fresh model)", 0},
+        {"ffn", FLAG_INT, &s->ffn, "0", 0, 1 << 20, NULL, "SwiGLU hidden width F; 0 = 2/3*4C rounded up to 32", 0},
+        {"seq-len", FLAG_INT, &s->seq_len, "128", 1, 1 << 16, NULL, "sequence length T", 0},
+        {"vocab", FLAG_INT, &s->vocab, "32000", 2, 65536, NULL, "vocabulary size V (fresh model)", 0},
+        {"norm-eps", FLAG_FLOAT, &s->norm_eps, "1e-5", 1e-12, 1, NULL, "RMSNorm eps (fresh model)", 0},
+        {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
+        {"batch", FLAG_INT, &s->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
+        {"steps", FLAG_INT, &s->steps, "400", 0, 1 << 30, NULL, "total optimizer steps", 0},
+        {"lr", FLAG_FLOAT, &s->lr, "3e-3", 0, 100, NULL, "peak learning rate", 0},
+        {"min-lr-frac", FLAG_FLOAT, &s->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
+        {"warmup", FLAG_INT, &s->warmup, "40", 0, 1 << 30, NULL, "linear warm-up steps", 0},
+        {"schedule", FLAG_CHOICE, &s->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
+        {"weight-decay", FLAG_FLOAT, &s->weight_decay, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (2-D tensors)", 0},
+        {"beta1", FLAG_FLOAT, &s->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
+        {"beta2", FLAG_FLOAT, &s->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
+        {"eps", FLAG_FLOAT, &s->eps, "1e-8", 0, 1, NULL, "AdamW eps", 0},
+        {"grad-clip", FLAG_FLOAT, &s->grad_clip, "1.0", 0, 1e9, NULL, "global gradient norm limit; 0 = off", 0},
+        {"init", FLAG_CHOICE, &s->init, "plain", 0, 0, "plain|lir|residual", "initialisation scheme", 0},
+        {"init-std", FLAG_FLOAT, &s->init_std, "0.02", 0, 10, NULL, "sigma of the initial weights", 0},
+        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init)", 0},
+        {"tvr-target", FLAG_FLOAT, &s->tvr_target, "0", 0, 10, NULL, "TVR target std; 0 = off", 0},
+        {"tvr-every", FLAG_INT, &s->tvr_every, "50", 1, 1 << 30, NULL, "TVR on steps that are multiples of this", 0},
+        {"tvr-threshold", FLAG_FLOAT, &s->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
+        {"tvr-depth-scaled", FLAG_INT, &s->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(l) for block l", 0},
+        {"val-every", FLAG_INT, &s->val_every, "100", 0, 1 << 30, NULL, "validate every N steps (and at the end); 0 = never", 0},
+        {"val-batches", FLAG_INT, &s->val_batches, "20", 1, 1 << 20, NULL, "batches per validation", 0},
+        {"stats-every", FLAG_INT, &s->stats_every, "50", 0, 1 << 30, NULL, "weights.csv/activations.csv every N steps; 0 = never", 0},
+        {"checkpoint-every", FLAG_INT, &s->checkpoint_every, "0", 0, 1 << 30, NULL, "checkpoint every N steps (and at the end); 0 = only at the end", 0},
+        {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL, "host threads (accepted for train_llama's command lines; unused here)", 0},
+        {"tf32", FLAG_INT, &s->tf32, "0", 0, 1, NULL, "1: matmuls in TF32 on tensor cores (faster, ~1e-3 relative); 0: full fp32", 0},
+    };
+    int nflags = sizeof(flags) / sizeof(flags[0]);
+    flags_parse(flags, nflags, argc, argv, 1, USAGE);
+    if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
+    if (s->ffn == 0) s->ffn = (2 * 4 * s->dim / 3 + 31) / 32 * 32;
+    if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
+    if (s->heads % s->kv_heads != 0) usage_error("--kv-heads %d does not divide --heads %d", s->kv_heads, s->heads);
+    if ((s->dim / s->heads) % 2 != 0) usage_error("head size --dim/--heads = %d must be even (RoPE)", s->dim / s->heads);
+    s->arch_given = 0;
+    for (int i = 0; i < NUM_ARCH_FLAGS; i++) s->arch_given |= flag_given(flags, nflags, ARCH_FLAGS[i]) << i;
+    return flag_given(flags, nflags, "seq-len");
+}
+
+// With --init-from or --resume the architecture comes from the checkpoint's
+// header. Repeating the run's flags is fine; a flag that disagrees is an error.
+static void check_arch_flags(const Settings *s, const LlamaConfig *c, const char *ckpt) {
+    double file[NUM_ARCH_FLAGS] = {(double)c->layers, (double)c->dim,   (double)c->heads,    (double)c->kv_heads,
+                                   (double)c->ffn,    (double)c->vocab, (double)c->norm_eps, (double)c->rope_theta};
+    double flag[NUM_ARCH_FLAGS] = {(double)s->layers, (double)s->dim,   (double)s->heads, (double)s->kv_heads,
+                                   (double)s->ffn,    (double)s->vocab, (double)(float)s->norm_eps,
+                                   (double)(float)s->rope_theta};
+    for (int i = 0; i < NUM_ARCH_FLAGS; i++) {
+        if ((s->arch_given >> i & 1) && file[i] != flag[i]) {
+            usage_error("--%s %g disagrees with the checkpoint %s, which has %g", ARCH_FLAGS[i], flag[i], ckpt, file[i]);
+        }
+    }
+}
+
+static LlamaConfig config_from_settings(const Settings *s) {
+    LlamaConfig c = {s->seq_len, s->vocab, s->layers, s->heads, s->kv_heads, s->dim, s->ffn,
+                     (float)s->norm_eps, (float)s->rope_theta};
+    return c;
+}
+
+// mean loss over the first val_batches batches of the validation shards
+static double evaluate(Llama *model, DataLoader *val, int batches) {
+    dataloader_reset(val);
+    double sum = 0;
+    for (int i = 0; i < batches; i++) {
+        dataloader_next(val);
+        llama_forward(model, val->inputs, val->targets, model->B, model->T, 0);
+        sum += model->loss;
+    }
+    return sum / batches;
+}
+
+static void save_checkpoint(Llama *model, const TrainState *st, const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/model.bin", dir);
+    llama_save(model, path);
+    snprintf(path, sizeof(path), "%s/state.bin", dir);
+    state_save(model, st, path);
+}
+
+static void format_eta(char *buf, size_t n, double seconds) {
+    int s = (int)(seconds + 0.5);
+    if (s >= 3600) {
+        snprintf(buf, n, "%dh%02dm", s / 3600, s / 60 % 60);
+    } else {
+        snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
+    }
+}
+
+static int stats_due(int every, int step) { return every > 0 && step % every == 0; }
+
+static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+    OptConfig opt = {s->lr, s->min_lr_frac, s->warmup, s->steps, strcmp(s->schedule, "cosine") == 0,
+                     s->weight_decay, s->beta1, s->beta2, s->eps, s->grad_clip};
+    TvrConfig tvr = {s->tvr_target, s->tvr_every, s->tvr_threshold, s->tvr_depth_scaled};
+    int resume_step = s->resume ? st->step : -1;
+    Logs logs = {
+        csv_open(s->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step),
+        csv_open(s->out, "val.csv", "step,val_loss", resume_step),
+        csv_open(s->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step),
+        csv_open(s->out, "activations.csv", "step,layer,max_abs,rms", resume_step),
+    };
+    int B = model->B, T = model->T;
+    if (st->step == 0) {
+        weights_pass(model, &tvr, 0, 0, logs.weights);
+        if (val_dl && s->val_every > 0 && s->steps > 0) {
+            double vl = evaluate(model, val_dl, s->val_batches);
+            fprintf(logs.val, "0,%.9g\n", vl);
+            fflush(logs.val);
+            printf("step 0: val loss %.4f\n", vl);
+        }
+    }
+    double total_ms = 0;
+    int timed = 0;
+    while (st->step < s->steps) {
+        int step = st->step + 1;
+        double t0 = wall_seconds();
+        dataloader_next(train_dl);
+        llama_forward(model, train_dl->inputs, train_dl->targets, B, T, 1);
+        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        llama_zero_grad(model);
+        llama_backward(model);
+        double norm = clip_grad_norm(model, opt.grad_clip);
+        double lr = lr_at(&opt, step);
+        adamw_update(model, &opt, lr, step);
+        int do_tvr = tvr_due(&tvr, step);
+        if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
+        cudaCheck(cudaDeviceSynchronize()); // the step's time includes its last kernel
+        double ms = 1000 * (wall_seconds() - t0);
+        st->step = step;
+        st->shard = train_dl->shard;
+        st->pos = train_dl->pos;
+        total_ms += ms;
+        timed++;
+        double tok_s = B * T / (ms / 1000);
+        fprintf(logs.train, "%d,%.9g,%.9g,%.9g,%.3f,%.1f\n", step, model->loss, lr, norm, ms, tok_s);
+        fflush(logs.train);
+        char eta[32];
+        format_eta(eta, sizeof(eta), (s->steps - step) * total_ms / timed / 1000);
+        printf("step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | eta %s%s\n", step, s->steps,
+               model->loss, lr, norm, ms, tok_s, eta, do_tvr ? " | tvr" : "");
+        if (val_dl && s->val_every > 0 && (step % s->val_every == 0 || step == s->steps)) {
+            double vl = evaluate(model, val_dl, s->val_batches);
+            fprintf(logs.val, "%d,%.9g\n", step, vl);
+            fflush(logs.val);
+            printf("step %d: val loss %.4f\n", step, vl);
+        }
+        if (s->checkpoint_every > 0 && step % s->checkpoint_every == 0 && step < s->steps) {
+            save_checkpoint(model, st, s->out);
+        }
+        fflush(stdout);
+    }
+    save_checkpoint(model, st, s->out);
+    fclose(logs.train);
+    fclose(logs.val);
+    fclose(logs.weights);
+    fclose(logs.acts);
+}
+
+// The GPU, or a clear error when there is none (this program has no CPU fallback).
+static void gpu_setup(int tf32) {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        die("no CUDA GPU available (%s); train_llama runs on the CPU", err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+    }
+    cudaCheck(cudaSetDevice(0));
+    cublas_setup(tf32);
+}
+
+#ifndef TESTING
+int main(int argc, char **argv) {
+    Settings s;
+    int seq_len_given = settings_parse(&s, argc, argv);
+    if (s.resume && !strcmp(s.out, "out")) s.out = s.resume; // resume in place unless told otherwise
+
+    // the model: a fresh one from the flags, or the architecture from a checkpoint
+    LlamaConfig config;
+    char ckpt[4200] = "";
+    if (s.init_from) snprintf(ckpt, sizeof(ckpt), "%s", s.init_from);
+    if (s.resume) snprintf(ckpt, sizeof(ckpt), "%s/model.bin", s.resume);
+    if (ckpt[0]) {
+        llama_read_header(ckpt, &config);
+        check_arch_flags(&s, &config, ckpt);
+        if (!seq_len_given) s.seq_len = config.max_seq_len;
+        if (s.seq_len > config.max_seq_len) {
+            usage_error("--seq-len %d exceeds the checkpoint's %d (%s)", s.seq_len, config.max_seq_len, ckpt);
+        }
+    } else {
+        config = config_from_settings(&s);
+    }
+    // data first: a bad shard is reported before any work is done (and before the GPU is touched)
+    DataLoader train_dl, val_dl;
+    dataloader_init(&train_dl, s.train, "--train", s.batch, s.seq_len, config.vocab);
+    int have_val = s.val && s.val[0] && s.val_every > 0;
+    if (have_val) dataloader_init(&val_dl, s.val, "--val", s.batch, s.seq_len, config.vocab);
+    ensure_dir(s.out);
+    gpu_setup(s.tf32);
+    Llama model;
+    llama_build(&model, config);
+    llama_alloc_acts(&model, s.batch, s.seq_len);
+
+    TrainState st = {0, 0, 0, 0};
+    Rng rng;
+    rng_seed(&rng, (uint64_t)s.seed);
+    if (s.init_from) {
+        llama_load_params(&model, ckpt);
+    } else if (!s.resume) { // a resumed run reads its parameters from state.bin below
+        InitScheme scheme = !strcmp(s.init, "lir") ? INIT_LIR : !strcmp(s.init, "residual") ? INIT_RESIDUAL : INIT_PLAIN;
+        llama_init(&model, scheme, s.init_std, &rng);
+    }
+    if (s.resume) {
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/state.bin", s.resume);
+        state_load(&model, &st, path);
+        rng.s = st.rng;
+        dataloader_seek(&train_dl, st.shard, st.pos);
+    }
+    st.rng = rng.s;
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    printf("train_llama_cu: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %s | %s\n", config.layers,
+           config.dim, config.heads, config.kv_heads, config.ffn, config.vocab, s.seq_len, model.num_params, s.batch,
+           prop.name, s.tf32 ? "tf32" : "fp32");
+    printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
+           s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
+    double t0 = wall_seconds();
+    train(&model, &s, &train_dl, have_val ? &val_dl : NULL, &st);
+    printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);
+    dataloader_free(&train_dl);
+    if (have_val) dataloader_free(&val_dl);
+    llama_free(&model);
+    cublasCheck(cublasDestroy(cublas_handle));
+    return 0;
+}
+#endif
