@@ -407,6 +407,8 @@ typedef struct {
     real *w_out_in[MAX_LAYERS]; // hidden layers' weights in nn.Linear's (out, in) layout (backward)
     int *next;                  // a cursor per column while the column lists are filled
     int *cur;                   // a cursor per example into its list of nonzeros
+    real *pack;                 // a tile of a matrix copied to contiguous memory (see TILE)
+    double grad_sq;             // Σ g² over all parameters, summed while the gradients are made
     int *row_n;                 // per example: number of nonzeros of the current layer input
     const int **row_idx;        //   and where they are (feature index, value)
     const real **row_val;
@@ -430,6 +432,7 @@ static void scratch_create(Scratch *s, const Mlp *m, int maxb) {
     }
     for (int l = 1; l < m->nlayers; l++) s->w_out_in[l] = calloc_check((size_t)m->width[l] * m->width[l + 1], sizeof(real));
     s->cur = calloc_check(maxb, sizeof(int));
+    s->pack = calloc_check((size_t)64 * (maxb > 128 ? maxb : 128), sizeof(real));
     s->next = calloc_check(wmax + 1, sizeof(int));
     s->row_n = calloc_check(maxb, sizeof(int));
     s->row_idx = calloc_check(maxb, sizeof(int *));
@@ -450,6 +453,7 @@ static void scratch_free(Scratch *s, const Mlp *m) {
     }
     for (int l = 1; l < m->nlayers; l++) free(s->w_out_in[l]);
     free(s->cur);
+    free(s->pack);
     free(s->next);
     free(s->row_n);
     free(s->row_idx);
@@ -531,7 +535,12 @@ static void linear_forward(real *restrict Z, const real *restrict Wt, const real
     for (; c + TILE <= nout; c += TILE) {
         for (int b = 0; b < nb; b++) cur[b] = 0;
         for (int k0 = 0; k0 < nin; k0 += KBLOCK) {
-            int k1 = k0 + KBLOCK;
+            int k1 = k0 + KBLOCK < nin ? k0 + KBLOCK : nin;
+            // Copy this block of Wt's rows (tile columns only) to contiguous memory: the rows
+            // are nout floats apart, a power of two (1 KiB for 256), which would map them all
+            // onto a few L1 cache sets and evict them from each other.
+            real *wp = s->pack;
+            for (int k = k0; k < k1; k++) memcpy(wp + (size_t)(k - k0) * TILE, Wt + (size_t)k * nout + c, TILE * sizeof(real));
             for (int b = 0; b < nb; b++) {
                 const int *idx = s->row_idx[b];
                 const real *val = s->row_val[b];
@@ -541,13 +550,13 @@ static void linear_forward(real *restrict Z, const real *restrict Wt, const real
                 vec a0 = vload(z), a1 = vload(z + VL), a2 = vload(z + 2 * VL), a3 = vload(z + 3 * VL);
                 vec b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
                 for (; i + 1 < n && idx[i + 1] < k1; i += 2) {
-                    const real *w = Wt + (size_t)idx[i] * nout + c, *u = Wt + (size_t)idx[i + 1] * nout + c;
+                    const real *w = wp + (size_t)(idx[i] - k0) * TILE, *u = wp + (size_t)(idx[i + 1] - k0) * TILE;
                     real x = val[i], y = val[i + 1];
                     a0 += x * vload(w), a1 += x * vload(w + VL), a2 += x * vload(w + 2 * VL), a3 += x * vload(w + 3 * VL);
                     b0 += y * vload(u), b1 += y * vload(u + VL), b2 += y * vload(u + 2 * VL), b3 += y * vload(u + 3 * VL);
                 }
                 if (i < n && idx[i] < k1) {
-                    const real *w = Wt + (size_t)idx[i] * nout + c;
+                    const real *w = wp + (size_t)(idx[i] - k0) * TILE;
                     real x = val[i];
                     a0 += x * vload(w), a1 += x * vload(w + VL), a2 += x * vload(w + 2 * VL), a3 += x * vload(w + 3 * VL);
                     i++;
@@ -573,30 +582,38 @@ static void linear_forward(real *restrict Z, const real *restrict Wt, const real
 }
 
 // dWt[k][:] = Σ_b X[b][k] · G[b][:] and dbias = Σ_b G[b][:]   (written, not added)
-static void linear_backward_weights(real *restrict dWt, real *restrict dbias, const real *restrict G, int nin,
-                                    int nout, int nb, const int *start, const int *crow, const real *cval) {
+// Returns Σ of the squares of everything it wrote (for the gradient norm, at no extra pass).
+static double linear_backward_weights(real *restrict dWt, real *restrict dbias, const real *restrict G, int nin,
+                                      int nout, int nb, const int *start, const int *crow, const real *cval,
+                                      real *restrict pack) {
+    vec sq = {0};
+    double sq_rest = 0;
     int c = 0;
     for (; c + TILE <= nout; c += TILE) {
+        // this tile of G's rows, contiguous (as the W block in linear_forward: no cache-set aliasing)
+        for (int b = 0; b < nb; b++) memcpy(pack + (size_t)b * TILE, G + (size_t)b * nout + c, TILE * sizeof(real));
         for (int k = 0; k < nin; k++) {
             // two sets of accumulators, alternating entries: 8 independent FMA chains
             vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
             int e = start[k];
             for (; e + 1 < start[k + 1]; e += 2) {
-                const real *g = G + (size_t)crow[e] * nout + c, *h = G + (size_t)crow[e + 1] * nout + c;
+                const real *g = pack + (size_t)crow[e] * TILE, *h = pack + (size_t)crow[e + 1] * TILE;
                 real x = cval[e], y = cval[e + 1];
                 a0 += x * vload(g), a1 += x * vload(g + VL), a2 += x * vload(g + 2 * VL), a3 += x * vload(g + 3 * VL);
                 b0 += y * vload(h), b1 += y * vload(h + VL), b2 += y * vload(h + 2 * VL), b3 += y * vload(h + 3 * VL);
             }
             if (e < start[k + 1]) {
-                const real *g = G + (size_t)crow[e] * nout + c;
+                const real *g = pack + (size_t)crow[e] * TILE;
                 real x = cval[e];
                 a0 += x * vload(g), a1 += x * vload(g + VL), a2 += x * vload(g + 2 * VL), a3 += x * vload(g + 3 * VL);
             }
             real *dw = dWt + (size_t)k * nout + c;
-            vstore(dw, a0 + b0);
-            vstore(dw + VL, a1 + b1);
-            vstore(dw + 2 * VL, a2 + b2);
-            vstore(dw + 3 * VL, a3 + b3);
+            a0 += b0, a1 += b1, a2 += b2, a3 += b3;
+            vstore(dw, a0);
+            vstore(dw + VL, a1);
+            vstore(dw + 2 * VL, a2);
+            vstore(dw + 3 * VL, a3);
+            sq += a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3;
         }
     }
     if (c < nout) {
@@ -607,12 +624,16 @@ static void linear_backward_weights(real *restrict dWt, real *restrict dbias, co
                 const real *g = G + (size_t)crow[e] * nout;
                 for (int j = c; j < nout; j++) dw[j] += cval[e] * g[j];
             }
+            for (int j = c; j < nout; j++) sq_rest += (double)dw[j] * dw[j];
         }
     }
     for (int j = 0; j < nout; j++) dbias[j] = 0;
     for (int b = 0; b < nb; b++) {
         for (int j = 0; j < nout; j++) dbias[j] += G[(size_t)b * nout + j];
     }
+    for (int j = 0; j < nout; j++) sq_rest += (double)dbias[j] * dbias[j];
+    for (int l = 0; l < VL; l++) sq_rest += sq[l];
+    return sq_rest;
 }
 
 // W[j][k] = Wt[k][j]: a layer's weight in nn.Linear's (out, in) layout, for the
@@ -661,10 +682,11 @@ static double softmax_xent(const real *z, real *g, int nc, int y, double scale) 
 // Backward (after mlp_forward and the loss gradient in s->grad[nlayers]): writes every
 // parameter's gradient into m->grads. Layer l maps act[l] (the examples when l = 0) to act[l+1].
 static void mlp_backward(Mlp *m, Scratch *s, int nb) {
+    s->grad_sq = 0;
     for (int l = m->nlayers - 1; l >= 0; l--) {
         int nin = m->width[l], nout = m->width[l + 1];
-        linear_backward_weights(m->grads + m->w_off[l], m->grads + m->b_off[l], s->grad[l + 1], nin, nout, nb,
-                                s->col_start[l], s->col_row[l], s->col_val[l]);
+        s->grad_sq += linear_backward_weights(m->grads + m->w_off[l], m->grads + m->b_off[l], s->grad[l + 1], nin, nout, nb,
+                                s->col_start[l], s->col_row[l], s->col_val[l], s->pack);
         if (l == 0) break; // no gradient for the examples
         // grad[l] = (grad[l+1] · W) ⊙ [act[l] > 0]: the forward kernel again, with in and out
         // swapped, W in (out, in) layout and grad[l+1] by columns (its zeros skipped too).
@@ -688,6 +710,8 @@ typedef struct {
     double lr, beta1, beta2, eps;
 } AdamConfig;
 
+// The Makefile builds this file with -fno-math-errno: sqrt need not set errno (v >= 0
+// anyway), so this loop vectorises. That changes no result (it is not -ffast-math).
 static void adam_update(Mlp *m, const AdamConfig *a) {
     m->step++;
     double bc1 = 1.0 - pow(a->beta1, (double)m->step), bc2 = 1.0 - pow(a->beta2, (double)m->step);
@@ -706,6 +730,8 @@ static void adam_update(Mlp *m, const AdamConfig *a) {
 }
 
 // Global L2 norm of the gradient buffer (what PyTorch's clip_grad_norm_ would report).
+// Training takes it from s->grad_sq, summed during the backward; this is the plain
+// version, which the tests compare with it.
 static double grad_norm(const Mlp *m) {
     real acc[16] = {0};
     size_t i = 0;
@@ -719,7 +745,8 @@ static double grad_norm(const Mlp *m) {
 }
 
 // Forward and backward of a minibatch (the examples rows[0..nb), nb <= s->maxb): writes
-// the gradient of the mean loss into m->grads and returns the mean loss.
+// the gradient of the mean loss into m->grads (and its squared norm into s->grad_sq)
+// and returns the mean loss.
 static double mlp_batch_grad(Mlp *m, Scratch *s, const Dataset *d, const int *rows, int nb) {
     int L = m->nlayers, nc = m->width[L];
     mlp_forward(m, s, d, rows, nb);
@@ -829,7 +856,7 @@ static void train_run(const TrainConfig *c, InitScheme scheme, double sigma, uin
         for (int start = 0; start < train->n; start += c->batch) {
             int nb = train->n - start < c->batch ? train->n - start : c->batch;
             double loss = mlp_batch_grad(&m, &s, train, order + start, nb);
-            double gn = grad_norm(&m);
+            double gn = sqrt(s.grad_sq); // = grad_norm(&m), without another pass over the gradients
             if (!isfinite(loss) || !isfinite(gn)) bad = 1;
             loss_sum += loss;
             gn_sum += gn;

@@ -79,6 +79,9 @@ static void test_gradient(void) {
     check(err < tol && max_g > 1e-3,
           "[" PREC "] gradient vs central differences (80-70-40-3 MLP, 11 examples, %zu params, h %g): %s = %.2e (tol %.0e)",
           m.nparams, h, TOL_VECTOR ? "|fd - analytic| / |analytic|" : "max |fd - analytic| / max |analytic|", err, tol);
+    double gn = grad_norm(&m);
+    check(fabs(sqrt(s.grad_sq) - gn) <= 1e-5 * gn, "[" PREC "] gradient norm summed in the backward %.9g vs a pass over the gradients %.9g (rel tol 1e-5)",
+          sqrt(s.grad_sq), gn);
     // the loss mlp_batch_grad returns is the mean loss mlp_evaluate computes
     double l_eval, acc, l_batch;
     mlp_evaluate(&m, &s, &d, &l_eval, &acc);
