@@ -430,7 +430,7 @@ def write_debug_state(path, a, cfg, params, rec, dtype):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", help="glob of llm.c token shards")
+    p.add_argument("--train", default="data/tinyshakespeare/llama2_train_*.bin", help="glob of llm.c token shards")
     p.add_argument("--init-from", help="start from this model.bin")
     p.add_argument("--out", help="directory for model.bin and train.csv")
     p.add_argument("--debug-state", help="write the debug-state file (see the top of this file)")
@@ -438,8 +438,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=0, help="0 = --heads")
-    p.add_argument("--ffn", type=int, default=0, help="0 = the multiple of 32 nearest 8/3 * dim")
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--ffn", type=int, default=0, help="0 = 2/3*4C rounded up to 32")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--norm-eps", type=float, default=1e-5)
@@ -449,10 +449,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     # training
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=40)
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--beta1", type=float, default=0.9)
@@ -483,8 +483,8 @@ def main(argv=None):
     if a.init_from:
         cfg, params = read_model(a.init_from, dtype)
     else:
-        nkv = a.kv_heads or a.heads
-        ffn = a.ffn or 32 * round(8 * a.dim / 3 / 32)
+        nkv = a.kv_heads
+        ffn = a.ffn or (2 * 4 * a.dim // 3 + 31) // 32 * 32  # train_llama.c's rule
         if a.dim % a.heads or a.heads % nkv or (a.dim // a.heads) % 2:
             sys.exit("error: --heads must divide --dim into even head sizes, --kv-heads must divide --heads")
         cfg = dict(T=a.seq_len, V=a.vocab, L=a.layers, NH=a.heads, NKV=nkv, C=a.dim, F=ffn,
