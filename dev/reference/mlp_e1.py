@@ -130,7 +130,10 @@ def main():
     else:
         torch.set_num_threads(args.threads)
         data = load_mnist(args.mnist)
-        results = [run_sigma(s, data, args) for s in sigmas]
+        results = []
+        for s in sigmas:
+            results.append(run_sigma(s, data, args))
+            print(f"  sigma {s:.3g}: test acc {results[-1][-1][3]:.4f} ({time.time() - t0:.1f} s)", flush=True)
     elapsed = time.time() - t0
     with open(os.path.join(args.out, "e1_epochs.csv"), "w") as f:
         f.write("sigma,epoch,train_loss,test_acc,grad_norm,diverged\n")
