@@ -1621,22 +1621,28 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
             printf("step 0: val loss %.4f\n", vl);
         }
     }
-    double total_ms = 0;
-    int timed = 0;
+    double total_ms = 0, tvr_ms = 0; // TVR's cost: its passes (statistics + rescale) against all step time
+    int timed = 0, tvr_passes = 0;
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
         dataloader_next(train_dl);
         llama_forward(model, train_dl->inputs, train_dl->targets, B, T, 1);
-        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        if (s->stats_every > 0 && (step == 1 || step % s->stats_every == 0)) activations_log(model, step, logs.acts);
         llama_zero_grad(model);
         llama_backward(model);
         double norm = clip_grad_norm(model, opt.grad_clip);
         double lr = lr_at(&opt, step);
         adamw_update(model, &opt, lr, step);
         int do_tvr = tvr_due(&tvr, step);
+        if (do_tvr) cudaCheck(cudaDeviceSynchronize()); // time TVR's pass alone
+        double t_tvr = wall_seconds();
         if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
         cudaCheck(cudaDeviceSynchronize()); // the step's time includes its last kernel
+        if (do_tvr) {
+            tvr_ms += 1000 * (wall_seconds() - t_tvr);
+            tvr_passes++;
+        }
         double ms = 1000 * (wall_seconds() - t0);
         st->step = step;
         st->shard = train_dl->shard;
@@ -1662,6 +1668,10 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
+    if (tvr_passes > 0) {
+        printf("tvr: %d passes, %.2f ms each, %.3f%% of the step time\n", tvr_passes, tvr_ms / tvr_passes,
+               100 * tvr_ms / total_ms);
+    }
     fclose(logs.train);
     fclose(logs.val);
     fclose(logs.weights);
