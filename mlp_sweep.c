@@ -10,11 +10,10 @@
  *
  * The model is a stack of Linear layers with ReLU between them and softmax
  * cross-entropy on the last one (E2 uses the same two-logit head for its binary task).
- * The forward and backward passes are written out by hand, one example at a time:
- * an example's forward is followed at once by its backward, and the gradients of
- * the minibatch add up in one buffer; Adam then updates every parameter once per
- * minibatch. Independent runs (σ values, seeds) go to different cores with OpenMP;
- * each run is single-threaded, so results do not depend on the thread count.
+ * The forward and backward passes of a minibatch are written out by hand; the
+ * gradient goes into one buffer, and Adam updates every parameter once per minibatch.
+ * Independent runs (σ values, seeds) go to different cores with OpenMP; each run is
+ * single-threaded, so results do not depend on the thread count.
  *
  * Why it is fast (see docs/mlp_sweep.md): a weight matrix is stored transposed,
  * W^T[in][out], so that one input value touches one contiguous row of outputs.
@@ -393,10 +392,10 @@ static void mlp_init(Mlp *m, InitScheme scheme, double sigma, Rng *rng) {
     m->step = 0;
 }
 
-// ---- per-run scratch for one minibatch of up to maxb examples. Each layer's input is
-// also kept as a sparse matrix stored by columns: for input feature k, the examples
-// (rows) where it is nonzero and its values there. A product then walks the nonzeros
-// of one feature at a time, with that feature's row of Wt held in registers.
+// ---- per-run scratch for one minibatch of up to maxb examples. A layer's input is
+// seen through its nonzeros only, in two orders: per example (a list of feature index
+// and value, which the forward walks) and per feature (the examples where it is
+// nonzero and the values there, which the weight gradient walks).
 typedef struct {
     int maxb;
     real *act[MAX_LAYERS + 1];  // act[l]: maxb × width[l], output of layer l-1 (after ReLU, except the logits act[L])
@@ -407,7 +406,7 @@ typedef struct {
     real *w_out_in[MAX_LAYERS]; // hidden layers' weights in nn.Linear's (out, in) layout (backward)
     int *next;                  // a cursor per column while the column lists are filled
     int *cur;                   // a cursor per example into its list of nonzeros
-    real *pack;                 // a tile of a matrix copied to contiguous memory (see TILE)
+    real *pack;                 // a tile of a matrix copied to contiguous memory (see linear_forward)
     double grad_sq;             // Σ g² over all parameters, summed while the gradients are made
     int *row_n;                 // per example: number of nonzeros of the current layer input
     const int **row_idx;        //   and where they are (feature index, value)
@@ -510,8 +509,8 @@ static void relu(real *a, size_t n) {
 // ---- the products of a Linear layer, over the nonzero inputs only.
 // `vec` is one AVX-512 register of reals (GCC's vector extension; 16 floats, or 8
 // doubles in the test build), so the kernels say outright what the compiler should do.
-// TILE outputs at a time: a tile of one row of Wt is 4 registers, and a tile of the
-// minibatch's outputs (128 × 64 floats = 32 KiB) stays in the L1 cache.
+// TILE outputs at a time, 4 registers: the forward keeps one example's tile of outputs
+// in registers, the weight gradient one tile of a row of dW.
 typedef real vec __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
 #define VL ((int)(64 / sizeof(real)))
 #define TILE (4 * VL)

@@ -39,6 +39,12 @@ awk -F, 'NR > 1 && ($3 == "" || $4 < 0.9) { bad++ } END { exit bad > 0 }' "$tmp/
 grep -q 'Mann-Whitney U' "$tmp/c.log" || fail "e2 stdout has no Mann-Whitney summary"
 echo "ok   e2: all 8 runs reach the target loss in 30 epochs with val acc >= 0.9; stdout has the Mann-Whitney summary"
 
+# ---- divergence: sigma 1e30 overflows to inf/NaN; it is recorded as diverged and the sweep goes on
+./mlp_sweep e1 --sigmas 1e30,0.05 --epochs 2 --ref-inits none --out "$tmp/div" > /dev/null || fail "e1 with a diverging sigma"
+grep -qx '1e+30,nan,nan,1' "$tmp/div/e1_summary.csv" || fail "sigma 1e30 not recorded as diverged: $(cat "$tmp/div/e1_summary.csv")"
+awk -F, '$1 == 0.05 && $4 == 0 && $3 > 0.9 { ok = 1 } END { exit !ok }' "$tmp/div/e1_summary.csv" || fail "the sweep did not go on after a diverged sigma"
+echo "ok   e1 sigma 1e30: diverged = 1 with NaN loss/accuracy; the next sigma (0.05) still trains (acc > 0.9)"
+
 # ---- errors: bad command lines exit 2, bad files exit 1, each with a message naming the problem
 expect() { # expect STATUS PATTERN command...
   local want=$1 pat=$2; shift 2
