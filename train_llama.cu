@@ -138,13 +138,18 @@ static void cublas_setup(int tf32) {
  * same call with A and B swapped. One routine serves out = in.W^T,
  * dIn = dOut.W and dW = dOut^T.in, as gemm() does in train_llama.c.
  */
+// The cuBLAS entry point; test/test_llama_gpu_gemm.cu puts a host emulation of it here
+// to check this mapping on machines without a GPU.
+#ifndef GEMM_STRIDED_BATCHED
+#define GEMM_STRIDED_BATCHED cublasGemmStridedBatchedEx
+#endif
 static void gemm(int transA, int transB, int M, int N, int K, const void *A, int lda, long strideA, const void *B,
                  int ldb, long strideB, void *C, int ldc, long strideC, int batch, int accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    cublasCheck(cublasGemmStridedBatchedEx(cublas_handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                           transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUBLAS_FLOATX,
-                                           ldb, strideB, A, CUBLAS_FLOATX, lda, strideA, &beta, C, CUBLAS_FLOATX,
-                                           ldc, strideC, batch, cublas_compute, CUBLAS_GEMM_DEFAULT));
+    cublasCheck(GEMM_STRIDED_BATCHED(cublas_handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                     transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUBLAS_FLOATX, ldb,
+                                     strideB, A, CUBLAS_FLOATX, lda, strideA, &beta, C, CUBLAS_FLOATX, ldc, strideC,
+                                     batch, cublas_compute, CUBLAS_GEMM_DEFAULT));
 }
 
 // ============================================================================
@@ -379,8 +384,40 @@ __global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, 
  * GQA without copying k and v per query head: number the query heads of kv head
  * kvh as kvh*group + g. For a fixed g, the (b, kvh) pairs step through the
  * permuted q by group*T*hs and through k by T*hs: one strided batched matmul of
- * B*NKV products per g.
+ * B*NKV products per g. The five products below are all the attention's matmuls;
+ * in each, "x" is (B,NH,T,hs) or (B,NH,T,T), one block per query head, and "kv"
+ * is (B,NKV,T,hs), one block per kv head.
  */
+
+// s = x . kv^T per query head: the scores q.k^T, and datt = dy.v^T in the backward
+static void attn_x_kvT(floatX *s, const floatX *x, const floatX *kv, int B, int T, int NH, int NKV, int hs) {
+    int group = NH / NKV;
+    long th = (long)T * hs, tt = (long)T * T;
+    for (int g = 0; g < group; g++) {
+        gemm(0, 1, T, T, hs, x + g * th, hs, group * th, kv, hs, th, s + g * tt, T, group * tt, B * NKV, 0);
+    }
+}
+
+// y = p . kv per query head (p a (T,T) block): y = att.v, and dq = dpre.k in the backward
+static void attn_p_kv(floatX *y, const floatX *p, const floatX *kv, int B, int T, int NH, int NKV, int hs) {
+    int group = NH / NKV;
+    long th = (long)T * hs, tt = (long)T * T;
+    for (int g = 0; g < group; g++) {
+        gemm(0, 0, T, hs, T, p + g * tt, T, group * tt, kv, hs, th, y + g * th, hs, group * th, B * NKV, 0);
+    }
+}
+
+// dkv = sum over the group of p^T . x: dv = sum att^T.dy and dk = sum dpre^T.q. The
+// first g overwrites, the others accumulate (beta = 1), in order: deterministic.
+static void attn_pT_x(floatX *dkv, const floatX *p, const floatX *x, int B, int T, int NH, int NKV, int hs) {
+    int group = NH / NKV;
+    long th = (long)T * hs, tt = (long)T * T;
+    for (int g = 0; g < group; g++) {
+        gemm(1, 0, T, hs, T, p + g * tt, T, group * tt, x + g * th, hs, group * th, dkv, hs, th, B * NKV, g > 0);
+    }
+}
+
+// the permuted copies and the backward's scratch, reused layer after layer
 typedef struct {
     floatX *qp, *kp, *vp; // (B,NH,T,hs), (B,NKV,T,hs), (B,NKV,T,hs)
     floatX *yp;           // (B,NH,T,hs) output (forward) or d output (backward)
@@ -390,53 +427,37 @@ typedef struct {
 
 static void attention_forward(floatX *out, floatX *att, const floatX *q, const floatX *k, const floatX *v,
                               AttnScratch *w, int B, int T, int NH, int NKV, int hs) {
-    int group = NH / NKV;
-    long th = (long)T * hs, tt = (long)T * T;
     permute_to_heads(w->qp, q, B, T, NH, hs);
     permute_to_heads(w->kp, k, B, T, NKV, hs);
     permute_to_heads(w->vp, v, B, T, NKV, hs);
-    for (int g = 0; g < group; g++) { // att = q . k^T (unscaled; the softmax scales)
-        gemm(0, 1, T, T, hs, w->qp + g * th, hs, group * th, w->kp, hs, th, att + g * tt, T, group * tt, B * NKV, 0);
-    }
+    attn_x_kvT(att, w->qp, w->kp, B, T, NH, NKV, hs); // unscaled scores; the softmax scales
     int rows = B * NH * T;
     softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, rows, T,
                                                                                (float)(1.0 / sqrt((double)hs)));
     launchCheck();
-    for (int g = 0; g < group; g++) { // y = att . v
-        gemm(0, 0, T, hs, T, att + g * tt, T, group * tt, w->vp, hs, th, w->yp + g * th, hs, group * th, B * NKV, 0);
-    }
+    attn_p_kv(w->yp, att, w->vp, B, T, NH, NKV, hs);
     permute_from_heads(out, w->yp, B, T, NH, hs);
 }
 
-// Overwrites dq, dk, dv. The query heads of a group add into the same dk/dv:
-// the first g overwrites, the others accumulate (beta = 1), in order.
+// Overwrites dq, dk, dv.
 static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout, const floatX *q,
                                const floatX *k, const floatX *v, const floatX *att, AttnScratch *w, int B, int T,
                                int NH, int NKV, int hs) {
-    int group = NH / NKV;
-    long th = (long)T * hs, tt = (long)T * T;
     permute_to_heads(w->qp, q, B, T, NH, hs);
     permute_to_heads(w->kp, k, B, T, NKV, hs);
     permute_to_heads(w->vp, v, B, T, NKV, hs);
     permute_to_heads(w->yp, dout, B, T, NH, hs);
-    for (int g = 0; g < group; g++) {
-        // through y = att . v: datt = dy . v^T, dv += att^T . dy
-        gemm(0, 1, T, T, hs, w->yp + g * th, hs, group * th, w->vp, hs, th, w->datt + g * tt, T, group * tt,
-             B * NKV, 0);
-        gemm(1, 0, T, hs, T, att + g * tt, T, group * tt, w->yp + g * th, hs, group * th, w->dvp, hs, th, B * NKV,
-             g > 0);
-    }
+    // through y = att . v
+    attn_x_kvT(w->datt, w->yp, w->vp, B, T, NH, NKV, hs);
+    attn_pT_x(w->dvp, att, w->yp, B, T, NH, NKV, hs);
+    // through the softmax: dpre = att * (datt - sum(att * datt)) * scale, in place
     int rows = B * NH * T;
     softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, att, rows, T,
                                                                                 (float)(1.0 / sqrt((double)hs)));
     launchCheck();
-    for (int g = 0; g < group; g++) {
-        // through pre = q . k^T (the scale is already in datt): dq = dpre . k, dk += dpre^T . q
-        gemm(0, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->kp, hs, th, w->dqp + g * th, hs, group * th,
-             B * NKV, 0);
-        gemm(1, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->qp + g * th, hs, group * th, w->dkp, hs, th,
-             B * NKV, g > 0);
-    }
+    // through pre = q . k^T
+    attn_p_kv(w->dqp, w->datt, w->kp, B, T, NH, NKV, hs);
+    attn_pT_x(w->dkp, w->datt, w->qp, B, T, NH, NKV, hs);
     permute_from_heads(dq, w->dqp, B, T, NH, hs);
     permute_from_heads(dk, w->dkp, B, T, NKV, hs);
     permute_from_heads(dv, w->dvp, B, T, NKV, hs);
