@@ -162,15 +162,15 @@ build/test_llama_gpu: test/test_llama_gpu.cu train_llama.cu $(COMMON)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-# the matmul index arithmetic (gemm() over cuBLAS, attention's GQA strides) on the host: runs without a GPU
-build/test_llama_gpu_gemm: test/test_llama_gpu_gemm.cu train_llama.cu $(COMMON)
+# host-side checks of train_llama.cu (matmul index arithmetic with cuBLAS emulated, token buckets): no GPU needed
+build/test_llama_gpu_host: test/test_llama_gpu_host.cu train_llama.cu $(COMMON)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-cuda: train_llama_cu build/test_llama_gpu build/test_llama_gpu_gemm $(CUDA_WORKBENCHES)
+cuda: train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES)
 
 # On a machine with an NVIDIA GPU: GPU vs fixtures, GPU vs train_llama, checkpoint round
 # trips, compute-sanitizer, benchmark; writes out/gpu_report/report.md. Skips (exit 0)
@@ -181,7 +181,7 @@ test-gpu: cuda train_llama
 .PHONY: cuda test-gpu
 
 ifneq ($(shell command -v $(NVCC)),)
-GPU_TEST_BINS = train_llama_cu build/test_llama_gpu build/test_llama_gpu_gemm $(CUDA_WORKBENCHES)
+GPU_TEST_BINS = train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES)
 endif
 
 # ---------------------------------------------------------------------------

@@ -915,7 +915,7 @@ static void llama_init(Llama *model, InitScheme scheme, double sigma, Rng *rng) 
 
 // The batch's positions grouped by token, for encoder_backward: a counting sort
 // on the host (O(V + N)), copied to the GPU with the tokens.
-static void encoder_buckets(Llama *model, const int *tokens, int N) {
+static void encoder_buckets_host(Llama *model, const int *tokens, int N) {
     int V = model->config.vocab;
     int *count = model->h_count;
     memset(count, 0, sizeof(int) * (V + 1));
@@ -927,11 +927,16 @@ static void encoder_buckets(Llama *model, const int *tokens, int N) {
             model->h_bucket_start[nb] = count[v]; // where token v's positions start (prefix sum so far)
             nb++;
         }
-        count[v + 1] += count[v]; // count[v] is now where token v's positions start
+        count[v + 1] += count[v]; // count[v + 1] is now where token v+1's positions start
     }
     model->h_bucket_start[nb] = N;
     for (int i = 0; i < N; i++) model->h_bucket_pos[count[tokens[i]]++] = i; // ascending within a token
     model->nbuckets = nb;
+}
+
+static void encoder_buckets(Llama *model, const int *tokens, int N) {
+    encoder_buckets_host(model, tokens, N);
+    int nb = model->nbuckets;
     cudaCheck(cudaMemcpy(model->bucket_token, model->h_bucket_token, sizeof(int) * nb, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->bucket_start, model->h_bucket_start, sizeof(int) * (nb + 1), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->bucket_pos, model->h_bucket_pos, sizeof(int) * N, cudaMemcpyHostToDevice));
