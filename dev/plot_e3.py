@@ -75,19 +75,25 @@ def plots(rows, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), sharey=True)
-    for ax, m in zip(axes, ("q", "k", "v")):
+    # top row: the std itself; bottom row: relative to step 0 (the sampled init differs by a few %)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9), sharex=True)
+    for col, m in enumerate(("q", "k", "v")):
         series = std_series(rows, m)
         cmap = plt.get_cmap("viridis")
         for l, (steps, sd) in series.items():
-            ax.plot(steps, sd, color=cmap((l - 1) / max(1, len(series) - 1)), label=f"layer {l}", lw=1.2)
-        ax.set_title(f"{m}: std per layer")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("std of the C×C weight")
-    axes[-1].legend(fontsize=7, ncol=2)
+            color = cmap((l - 1) / max(1, len(series) - 1))
+            axes[0, col].plot(steps, sd, color=color, label=f"layer {l}", lw=1.2)
+            axes[1, col].plot(steps, sd / sd[0], color=color, label=f"layer {l}", lw=1.2)
+        axes[0, col].set_title(f"{m}: std per layer")
+        axes[1, col].set_title(f"{m}: std / std at step 0")
+        axes[1, col].set_xlabel("step")
+        for r in range(2):
+            axes[r, col].grid(alpha=0.3)
+    axes[0, 0].set_ylabel("std of the C×C weight")
+    axes[1, 0].set_ylabel("growth since step 0")
+    axes[0, -1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "e3_qkv_std.png"), dpi=120)
+    fig.savefig(os.path.join(out, "e3_qkv_std.png"), dpi=80)
     plt.close(fig)
 
     hpath = os.path.join(out, "hist.csv")
