@@ -13,6 +13,11 @@ cd "$(dirname "$0")/.."
 which="${1:-all}"
 THREADS=2
 REPEATS=${REPEATS:-2}
+# Both sides run on GNU OpenMP (pip's torch ships libgomp). Its default busy-waiting at
+# barriers costs dearly on a shared machine: with other programs running, perf showed 61%
+# of train_llama's cycles spinning in libgomp, and tokens/s rose 2.6x (C) and 1.6x (PyTorch)
+# with passive waiting. Passive for both by default; OMP_WAIT_POLICY=active on a quiet machine.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 VENV=.venv-torch
 TRAIN='data/tinyshakespeare/llama2_train_*.bin'
 
@@ -66,4 +71,4 @@ for r in "${rows[@]}"; do
   IFS='|' read -r name c t <<< "$r"
   echo "| $name | $c | $t | $(awk -v c="$c" -v t="$t" 'BEGIN { printf "%.2fx", c / t }') |"
 done
-echo "(fp32, $THREADS threads each, best of $REPEATS alternating rounds, $(nproc) cores on this machine, load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "(fp32, $THREADS threads each, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, best of $REPEATS alternating rounds, $(nproc) cores on this machine, load average: $(cut -d' ' -f1-3 /proc/loadavg))"
