@@ -107,7 +107,16 @@ build/test_gpt2_f64: test/test_gpt2.c train_gpt2.c $(COMMON)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS)
 
-GPT2_TEST_BINS = train_gpt2 build/test_gpt2 build/test_gpt2_f64
+# AddressSanitizer + UBSan builds (DEBUG_FLAGS above) for test/test_gpt2_asan.sh
+build/test_gpt2_asan: test/test_gpt2.c train_gpt2.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(DEBUG_FLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS)
+
+build/train_gpt2_asan: train_gpt2.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(DEBUG_FLAGS) -o $@ $< $(LDLIBS)
+
+GPT2_TEST_BINS = train_gpt2 build/test_gpt2 build/test_gpt2_f64 build/test_gpt2_asan build/train_gpt2_asan
 
 # Regenerate the PyTorch fixtures (Debian's python3-torch: /usr/bin/python3)
 gpt2-fixtures:
