@@ -142,10 +142,13 @@ build/test_reference_f64: test/test_reference.c train_llama.c $(COMMON)
 
 REF_TEST_BINS = build/test_reference build/test_reference_f64
 
-# Regenerate the fixtures with Debian's torch (apt-get install python3-torch python3-numpy),
-# starting from models that ./train_llama --steps 0 initialises, then check they still pass.
+# Regenerate the fixtures with Debian's torch (installed here if missing: apt-get install
+# python3-torch python3-numpy), starting from models that ./train_llama --steps 0
+# initialises, then check they still pass. Regenerating is deterministic: same bytes.
 REF_PYTHON ?= /usr/bin/python3
 reference: train_llama $(REF_TEST_BINS)
+	$(REF_PYTHON) -c "import torch, numpy" 2>/dev/null || \
+		{ apt-get update && apt-get install -y python3-torch python3-numpy; }
 	$(REF_PYTHON) dev/reference/make_fixtures.py --train-llama ./train_llama
 	./test/run.sh reference
 
