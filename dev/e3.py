@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--hist-layer", type=int, default=1)
     ap.add_argument("--hist-matrix", default="q")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                    help="constant: no lr decay after warm-up (separates an equilibrium from a shrinking step)")
     ap.add_argument("--dry-run", action="store_true", help="print the command only")
     args = ap.parse_args()
     c = dict(CONFIGS[args.config])
@@ -47,7 +49,7 @@ def main():
         c["steps"] = args.steps
     cmd = [args.bin, "--train", args.train, "--val", args.val, "--out", args.out, "--init", "e3", "--init-std", "0.02",
            "--hist-layer", str(args.hist_layer), "--hist-matrix", args.hist_matrix, "--val-batches", "10",
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--schedule", args.schedule]
     for k, v in c.items():
         cmd += ["--" + k.replace("_", "-"), str(v)]
     print(" ".join(shlex.quote(x) for x in cmd), flush=True)
