@@ -1010,7 +1010,7 @@ static const char *USAGE =
 
 #define NUM_FLAGS 38
 static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
-    Flag t[NUM_FLAGS] = {
+    Flag t[] = {
         {"train", FLAG_STRING, &o->train, NULL, 0, 0, NULL, "training shards (glob, llm.c format)", 0},
         {"val", FLAG_STRING, &o->val, NULL, 0, 0, NULL, "validation shards (glob); none: no validation", 0},
         {"init-from", FLAG_STRING, &o->init_from, NULL, 0, 0, NULL, "start from this model.bin (llm.c GPT-2 format)", 0},
@@ -1050,6 +1050,7 @@ static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
         {"hist-matrix", FLAG_CHOICE, &o->hist_matrix, "q", 0, 0, "q|k|v|qkv|attn_proj|fc|fc_proj", "E3: that matrix", 0},
         {"hist-range", FLAG_FLOAT, &o->hist_range, "0.2", 1e-6, 100, NULL, "E3: histogram over [-range, range], 100 bins", 0},
     };
+    _Static_assert(sizeof(t) / sizeof(t[0]) == NUM_FLAGS, "NUM_FLAGS must match the flag table");
     memcpy(fl, t, sizeof(t));
 }
 
