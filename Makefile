@@ -80,7 +80,7 @@ e1-fashion: mlp_sweep
 e2: mlp_sweep
 	./mlp_sweep e2 --out out/e2
 plots-mlp: .venv/.done
-	.venv/bin/python dev/plot_mlp.py --e1 out/e1 --e2 out/e2 --out docs/img
+	.venv/bin/python dev/plot_mlp.py --e1 out/e1 --e2 out/e2 --torch out/bench_mlp/torch1 --e1-fashion out/e1_fashion --out docs/img
 
 # E1 against its PyTorch twin (current PyTorch from PyPI, in its own virtual environment)
 TORCH_VENV = build/venv-torch

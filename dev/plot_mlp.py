@@ -1,6 +1,6 @@
 """Plots for mlp_sweep's experiments (docs/mlp_sweep.md shows them).
 
-    python dev/plot_mlp.py --e1 out/e1 --e2 out/e2 [--torch out/bench_mlp/torch1] --out docs/img
+    python dev/plot_mlp.py --e1 out/e1 --e2 out/e2 [--torch out/bench_mlp/torch1] [--e1-fashion out/e1_fashion] --out docs/img
 
 E1 (mlp_e1.png): final test accuracy and final train loss against sigma (log x), and the
 per-epoch train loss of every sigma. Diverged runs (NaN/inf) are marked with a red x.
@@ -29,7 +29,7 @@ def num(s):
     return float(s) if s not in ("", None) else math.nan
 
 
-def plot_e1(d, torch_dir, out):
+def plot_e1(d, torch_dir, out, name="mlp_e1.png", title="MNIST"):
     summ = read_csv(os.path.join(d, "e1_summary.csv"))
     ep = read_csv(os.path.join(d, "e1_epochs.csv"))
     sig = np.array([num(r["sigma"]) for r in summ])
@@ -38,7 +38,7 @@ def plot_e1(d, torch_dir, out):
     div = np.array([r["diverged"] == "1" for r in summ])
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     ax[0].semilogx(sig, acc, "o-", label="mlp_sweep")
-    if torch_dir:
+    if torch_dir and os.path.exists(os.path.join(torch_dir, "e1_summary.csv")):
         t = read_csv(os.path.join(torch_dir, "e1_summary.csv"))
         ax[0].semilogx([num(r["sigma"]) for r in t], [num(r["final_test_acc"]) for r in t], "s--", ms=4, alpha=0.7,
                        label="PyTorch twin")
@@ -49,7 +49,7 @@ def plot_e1(d, torch_dir, out):
     if div.any():
         ax[0].plot(sig[div], np.full(div.sum(), 0.1), "rx", ms=9, label="diverged")
     ax[0].axvspan(1e-2, 1e-1, color="tab:orange", alpha=0.12, label="paper's stable band")
-    ax[0].set(xlabel="σ of N(0, σ²) init", ylabel="final test accuracy", title="E1: accuracy after 10 epochs")
+    ax[0].set(xlabel="σ of N(0, σ²) init", ylabel="final test accuracy", title=f"E1 ({title}): final accuracy")
     ax[0].legend(fontsize=7)
     ax[1].loglog(sig, loss, "o-")
     ax[1].axvspan(1e-2, 1e-1, color="tab:orange", alpha=0.12)
@@ -64,8 +64,8 @@ def plot_e1(d, torch_dir, out):
     fig.colorbar(sm, ax=ax[2], label="log10 σ")
     ax[2].set(xlabel="epoch", ylabel="train loss", title="E1: loss per epoch")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "mlp_e1.png"), dpi=110)
-    print("wrote", os.path.join(out, "mlp_e1.png"))
+    fig.savefig(os.path.join(out, name), dpi=110)
+    print("wrote", os.path.join(out, name))
 
 
 def plot_e2(d, out):
@@ -104,11 +104,14 @@ def main():
     p.add_argument("--e1", default="out/e1")
     p.add_argument("--e2", default="out/e2")
     p.add_argument("--torch", default="", help="a PyTorch twin's output folder to overlay on E1")
+    p.add_argument("--e1-fashion", default="", help="E1 on Fashion-MNIST: drawn to mlp_e1_fashion.png")
     p.add_argument("--out", default="docs/img")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if os.path.exists(os.path.join(a.e1, "e1_summary.csv")):
         plot_e1(a.e1, a.torch, a.out)
+    if a.e1_fashion and os.path.exists(os.path.join(a.e1_fashion, "e1_summary.csv")):
+        plot_e1(a.e1_fashion, "", a.out, "mlp_e1_fashion.png", "Fashion-MNIST")
     if os.path.exists(os.path.join(a.e2, "e2_summary.csv")):
         plot_e2(a.e2, a.out)
 
