@@ -832,7 +832,8 @@ static void train_run(const TrainConfig *c, InitScheme scheme, double sigma, uin
     Mlp m;
     Scratch s;
     mlp_create(&m, c->width, c->nlayers);
-    scratch_create(&s, &m, c->batch > 256 ? c->batch : 256);
+    int maxb = c->batch < train->n ? c->batch : train->n; // a minibatch is never larger than the data
+    scratch_create(&s, &m, maxb > 256 ? maxb : 256);       // (evaluation goes in chunks of at least 256)
     Rng init_rng, data_rng;
     rng_seed(&init_rng, init_seed);
     rng_seed(&data_rng, data_seed);
