@@ -568,13 +568,36 @@ static void linear_forward(real *restrict Z, const real *restrict Wt, const real
             }
         }
     }
-    if (c < nout) { // the last partial tile (e.g. the 10 logits), plain loops
-        for (int b = 0; b < nb; b++) {
-            real *z = Z + (size_t)b * nout;
-            for (int i = 0; i < s->row_n[b]; i++) {
-                const real *w = Wt + (size_t)s->row_idx[b][i] * nout;
-                real x = s->row_val[b][i];
-                for (int j = c; j < nout; j++) z[j] += x * w[j];
+    // The outputs left over (e.g. the 10 logits): one register at a time, of which only the
+    // first `width` lanes are real. The packed rows are zero-padded, and only `width`
+    // outputs are loaded and stored.
+    for (; c < nout; c += VL) {
+        int width = nout - c < VL ? nout - c : VL;
+        for (int b = 0; b < nb; b++) cur[b] = 0;
+        for (int k0 = 0; k0 < nin; k0 += KBLOCK) {
+            int k1 = k0 + KBLOCK < nin ? k0 + KBLOCK : nin;
+            real *wp = s->pack;
+            memset(wp, 0, (size_t)(k1 - k0) * VL * sizeof(real));
+            for (int k = k0; k < k1; k++) memcpy(wp + (size_t)(k - k0) * VL, Wt + (size_t)k * nout + c, width * sizeof(real));
+            for (int b = 0; b < nb; b++) {
+                const int *idx = s->row_idx[b];
+                const real *val = s->row_val[b];
+                int i = cur[b], n = s->row_n[b];
+                if (i >= n || idx[i] >= k1) continue;
+                real *z = Z + (size_t)b * nout + c;
+                vec a = {0}, e = {0};
+                memcpy(&a, z, width * sizeof(real));
+                for (; i + 1 < n && idx[i + 1] < k1; i += 2) {
+                    a += val[i] * vload(wp + (size_t)(idx[i] - k0) * VL);
+                    e += val[i + 1] * vload(wp + (size_t)(idx[i + 1] - k0) * VL);
+                }
+                if (i < n && idx[i] < k1) {
+                    a += val[i] * vload(wp + (size_t)(idx[i] - k0) * VL);
+                    i++;
+                }
+                cur[b] = i;
+                a += e;
+                memcpy(z, &a, width * sizeof(real));
             }
         }
     }
@@ -615,15 +638,23 @@ static double linear_backward_weights(real *restrict dWt, real *restrict dbias, 
             sq += a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3;
         }
     }
-    if (c < nout) {
+    // the outputs left over, one register at a time (as in linear_forward): G's rows are
+    // packed zero-padded, so the lanes past `width` stay 0 and add nothing to sq
+    for (; c < nout; c += VL) {
+        int width = nout - c < VL ? nout - c : VL;
+        memset(pack, 0, (size_t)nb * VL * sizeof(real));
+        for (int b = 0; b < nb; b++) memcpy(pack + (size_t)b * VL, G + (size_t)b * nout + c, width * sizeof(real));
         for (int k = 0; k < nin; k++) {
-            real *dw = dWt + (size_t)k * nout;
-            for (int j = c; j < nout; j++) dw[j] = 0;
-            for (int e = start[k]; e < start[k + 1]; e++) {
-                const real *g = G + (size_t)crow[e] * nout;
-                for (int j = c; j < nout; j++) dw[j] += cval[e] * g[j];
+            vec a = {0}, b = {0};
+            int e = start[k];
+            for (; e + 1 < start[k + 1]; e += 2) {
+                a += cval[e] * vload(pack + (size_t)crow[e] * VL);
+                b += cval[e + 1] * vload(pack + (size_t)crow[e + 1] * VL);
             }
-            for (int j = c; j < nout; j++) sq_rest += (double)dw[j] * dw[j];
+            if (e < start[k + 1]) a += cval[e] * vload(pack + (size_t)crow[e] * VL);
+            a += b;
+            memcpy(dWt + (size_t)k * nout + c, &a, width * sizeof(real));
+            sq += a * a;
         }
     }
     for (int j = 0; j < nout; j++) dbias[j] = 0;
