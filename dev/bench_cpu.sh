@@ -60,15 +60,20 @@ for cfg in "${CONFIGS[@]}"; do
     c_tps=$(awk -v a="$c" -v b="$c_tps" 'BEGIN { print (a > b ? a : b) }')
     t_tps=$(awk -v a="$t" -v b="$t_tps" 'BEGIN { print (a > b ? a : b) }')
   done
-  rows+=("$name|$c_tps|$t_tps")
+  # training FLOPs per token (PERF.md): 6*N + 6*L*C*T, N = parameters in matmuls (lm_head included)
+  fpt=$(echo "$model $batch" | awk '{ for (i = 1; i < NF; i++) f[$i] = $(i + 1)
+    L = f["--layers"]; C = f["--dim"]; H = f["--heads"]; KV = f["--kv-heads"]; F = f["--ffn"]; V = f["--vocab"]; T = f["--seq-len"]
+    N = L * (2 * C * C + 2 * C * KV * C / H + 3 * C * F) + V * C; print 6 * N + 6 * L * C * T }')
+  rows+=("$name|$c_tps|$t_tps|$fpt")
 done
 
 tv=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
 echo
-echo "| config | train_llama.c tok/s | PyTorch $tv tok/s | ratio C / PyTorch |"
+echo "| config | train_llama.c tok/s (GFLOP/s) | PyTorch $tv tok/s (GFLOP/s) | ratio C / PyTorch |"
 echo "|---|---|---|---|"
 for r in "${rows[@]}"; do
-  IFS='|' read -r name c t <<< "$r"
-  echo "| $name | $c | $t | $(awk -v c="$c" -v t="$t" 'BEGIN { printf "%.2fx", c / t }') |"
+  IFS='|' read -r name c t fpt <<< "$r"
+  awk -v n="$name" -v c="$c" -v t="$t" -v f="$fpt" \
+    'BEGIN { printf "| %s | %.0f (%.0f) | %.0f (%.0f) | %.2fx |\n", n, c, c * f / 1e9, t, t * f / 1e9, c / t }'
 done
 echo "(fp32, $THREADS threads each, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, best of $REPEATS alternating rounds, $(nproc) cores on this machine, load average: $(cut -d' ' -f1-3 /proc/loadavg))"
