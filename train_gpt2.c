@@ -22,6 +22,7 @@
 #include <omp.h>
 
 #include "args.h"
+#include "csvlog.h"
 #include "dataloader.h"
 #include "utils.h"
 
@@ -934,13 +935,17 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 }
 
 // ----------------------------------------------------------------------------
-// state.bin: what resuming needs beyond model.bin. int32 header[256]: [0] magic
-// 20261124, [1] version 1, [2] step, [3] shard, [4..5] token position (int64),
-// [6..7] RNG state, [8..9] number of parameters (int64); then Adam m and v as fp32
-// (exact in the fp32 build, so a resumed run is bitwise the same as a straight one).
+// state.bin: what resuming needs. int32 header[256]: [0] magic 20261124,
+// [1] version 2, [2] step, [3] shard, [4..5] token position (int64), [6..7] RNG
+// state, [8..9] number of parameters (int64); then the parameters, Adam m and v
+// as fp32 (exact in the fp32 build, so a resumed run is bitwise the same as a
+// straight one). The parameters are here as well as in model.bin so that a
+// resume reads one file from one atomic rename: a crash between the renames of
+// model.bin and state.bin can never pair one step's weights with another step's
+// moments (as in train_llama.c).
 
 #define STATE_MAGIC 20261124
-#define STATE_VERSION 1
+#define STATE_VERSION 2
 
 static void state_save(const GPT2 *model, const char *path, int step, const DataLoader *dl, const Rng *rng) {
     int32_t h[HEADER_INTS] = {0};
@@ -951,8 +956,8 @@ static void state_save(const GPT2 *model, const char *path, int step, const Data
     atomic_open(&af, path);
     fwrite_check(h, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
     float buf[4096];
-    for (int which = 0; which < 2; which++) {
-        const real *x = which == 0 ? model->m : model->v;
+    for (int which = 0; which < 3; which++) {
+        const real *x = which == 0 ? model->params : which == 1 ? model->m : model->v;
         for (size_t i = 0; i < model->num_params; i += 4096) {
             size_t k = model->num_params - i < 4096 ? model->num_params - i : 4096;
             for (size_t j = 0; j < k; j++) buf[j] = x ? (float)x[i + j] : 0.0f;
@@ -962,13 +967,13 @@ static void state_save(const GPT2 *model, const char *path, int step, const Data
     atomic_commit(&af);
 }
 
-// Returns the step; restores Adam's moments, the loader position and the RNG.
+// Returns the step; restores the parameters, Adam's moments, the loader position and the RNG.
 static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
     long bytes = file_size(path);
     if (bytes < 0) die("cannot read %s: %s", path, strerror(errno));
-    if (bytes != HEADER_INTS * 4 + 8 * (long)model->num_params) {
+    if (bytes != HEADER_INTS * 4 + 12 * (long)model->num_params) {
         die("%s has %ld bytes, want %ld for this model: truncated or from another model", path, bytes,
-            HEADER_INTS * 4 + 8 * (long)model->num_params);
+            HEADER_INTS * 4 + 12 * (long)model->num_params);
     }
     FILE *f = fopen_check(path, "rb");
     int32_t h[HEADER_INTS];
@@ -982,9 +987,9 @@ static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
     model->m = (real *)calloc_check(model->num_params, sizeof(real));
     model->v = (real *)calloc_check(model->num_params, sizeof(real));
     float *buf = (float *)malloc_check(model->num_params * sizeof(float));
-    for (int which = 0; which < 2; which++) {
+    for (int which = 0; which < 3; which++) {
         fread_check(buf, sizeof(float), model->num_params, f, path);
-        real *x = which == 0 ? model->m : model->v;
+        real *x = which == 0 ? model->params : which == 1 ? model->m : model->v;
         for (size_t i = 0; i < model->num_params; i++) x[i] = buf[i];
     }
     free(buf);
@@ -1100,29 +1105,20 @@ static int build_model(GPT2 *model, const Options *o, Flag *fl, Rng *rng) {
     return o->seq_len;
 }
 
-// The run's CSV logs; appended to on --resume, else started with a header row.
+// The run's CSV logs (common/csvlog.h): a resumed run keeps the rows up to its step.
 typedef struct {
     FILE *train, *val, *weights, *acts, *hist, *hist_summary;
 } Logs;
 
-static FILE *open_log(const char *dir, const char *name, const char *header, int append) {
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    int fresh = !append || file_size(path) <= 0;
-    FILE *f = fopen_check(path, fresh ? "w" : "a");
-    if (fresh) fprintf(f, "%s\n", header);
-    return f;
-}
-
-static Logs open_logs(const Options *o) {
-    int ap = o->resume != NULL;
-    Logs lg = {open_log(o->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", ap),
-               open_log(o->out, "val.csv", "step,val_loss", ap),
-               open_log(o->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", ap),
-               open_log(o->out, "activations.csv", "step,layer,max_abs,rms", ap), NULL, NULL};
+static Logs open_logs(const Options *o, int resume_step) {
+    Logs lg = {csv_open(o->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step),
+               csv_open(o->out, "val.csv", "step,val_loss", resume_step),
+               csv_open(o->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step),
+               csv_open(o->out, "activations.csv", "step,layer,max_abs,rms", resume_step), NULL, NULL};
     if (o->hist_layer > 0) {
-        lg.hist = open_log(o->out, "hist.csv", "step,layer,matrix,bin,lo,hi,count", ap);
-        lg.hist_summary = open_log(o->out, "hist_summary.csv", "step,layer,matrix,mean,std,near_zero,large,excess_kurtosis", ap);
+        lg.hist = csv_open(o->out, "hist.csv", "step,layer,matrix,bin,lo,hi,count", resume_step);
+        lg.hist_summary = csv_open(o->out, "hist_summary.csv",
+                                   "step,layer,matrix,mean,std,near_zero,large,excess_kurtosis", resume_step);
     }
     return lg;
 }
@@ -1205,7 +1201,7 @@ int main(int argc, char **argv) {
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %d threads\n", c->layers,
            c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, o.batch, T,
            omp_get_max_threads());
-    Logs lg = open_logs(&o);
+    Logs lg = open_logs(&o, o.resume ? start : -1);
     train_loop(&model, &o, &tc, start, &train, o.val ? &val : NULL, &lg, &rng);
     save_checkpoint(&model, &o, start > o.steps ? start : o.steps, &train, &rng);
     close_logs(&lg);

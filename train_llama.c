@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include "args.h"
+#include "csvlog.h"
 #include "dataloader.h"
 #include "utils.h"
 
@@ -1132,35 +1133,7 @@ static void state_load(Llama *model, TrainState *st, const char *path) {
 }
 
 // ---------------------------------------------------------------------------
-// CSV logs. A fresh run truncates them; a resumed run keeps the rows up to the
-// step it resumes from (a crash after the last checkpoint may have logged
-// steps that are now run again) and appends.
-
-static FILE *csv_open(const char *dir, const char *name, const char *header, int resume_step) {
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    if (resume_step >= 0 && file_size(path) > 0) {
-        FILE *in = fopen_check(path, "r");
-        char *kept = NULL;
-        size_t kept_len = 0;
-        FILE *mem = open_memstream(&kept, &kept_len);
-        char line[1024];
-        int first = 1;
-        while (fgets(line, sizeof(line), in)) {
-            if (first || atoi(line) <= resume_step) fputs(line, mem);
-            first = 0;
-        }
-        fclose(in);
-        fclose(mem);
-        FILE *out = fopen_check(path, "w");
-        fwrite_check(kept, 1, kept_len, out, path);
-        free(kept);
-        return out;
-    }
-    FILE *f = fopen_check(path, "w");
-    fprintf(f, "%s\n", header);
-    return f;
-}
+// CSV logs: csv_open() in common/csvlog.h (a resumed run keeps the rows up to its step).
 
 typedef struct {
     FILE *train, *val, *weights, *acts;
