@@ -134,12 +134,12 @@ e3: train_gpt2
 # ---------------------------------------------------------------------------
 # PyTorch reference (issue 4): dev/reference/llama.py (the oracle), the fixtures it makes
 # in test/fixtures/llama/, the comparison test, and the CPU speed race against PyTorch
-build/test_reference: test/test_reference.c train_llama.c $(COMMON)
+build/test_reference: test/test_reference.c test/llama_fixture.h train_llama.c $(COMMON)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 # the float64 build, against the oracle's float64 runs: tolerances near 1e-9
-build/test_reference_f64: test/test_reference.c train_llama.c $(COMMON)
+build/test_reference_f64: test/test_reference.c test/llama_fixture.h train_llama.c $(COMMON)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS)
 
@@ -173,7 +173,7 @@ CUDA_WORKBENCHES = $(patsubst %.cu,%,$(wildcard dev/cuda/*.cu))
 train_llama_cu: train_llama.cu $(COMMON)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-build/test_llama_gpu: test/test_llama_gpu.cu train_llama.cu $(COMMON)
+build/test_llama_gpu: test/test_llama_gpu.cu test/llama_fixture.h train_llama.cu $(COMMON)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
