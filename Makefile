@@ -209,7 +209,7 @@ TEST_BINS += $(REF_TEST_BINS)
 test: $(TEST_BINS)
 	./test/run.sh
 
-test-asan: build/train_llama_asan build/test_llama_asan
+test-asan: build/train_llama_asan build/test_llama_asan build/test_gpt2_asan build/train_gpt2_asan build/test_llama
 	./test/run.sh asan
 
 # ---------------------------------------------------------------------------

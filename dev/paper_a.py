@@ -38,12 +38,14 @@ RUNS = [
      ["--init", "lir", "--init-std", "0.006", "--tvr-target", "0.01", "--tvr-depth-scaled", "1"]),
 ]
 
-# Model and budget per scale. cpu: 8 blocks (depth is what LIR acts on) of width 256 with GQA,
-# T 256; about 1.2M tokens per run, so the seven runs fit in about two hours on 2 cores.
-# gpu: a 16-block, width-1024 model with the paper's head layout (no GQA).
+# Model and budget per scale. cpu: 8 blocks (depth is what LIR acts on) of width 128 with
+# GQA (4 query, 2 key/value heads), T 128, batch 8: 600 steps = 0.6M tokens of the Gutenberg
+# books per run, so the seven runs take about 25 minutes on 2 cores (one session can run
+# them; --steps scales the budget up). gpu: a 16-block, width-1024 model with the paper's
+# head layout (no GQA).
 SCALES = {
-    "cpu": dict(model=["--layers", "8", "--dim", "256", "--heads", "8", "--kv-heads", "4", "--seq-len", "256"],
-                batch=8, steps=600, lr="1e-3", warmup=60, val_every=100, stats_every=25, tvr_every=50),
+    "cpu": dict(model=["--layers", "8", "--dim", "128", "--heads", "4", "--kv-heads", "2", "--seq-len", "128"],
+                batch=8, steps=600, lr="2e-3", warmup=60, val_every=100, stats_every=25, tvr_every=50),
     "gpu": dict(model=["--layers", "16", "--dim", "1024", "--heads", "16", "--kv-heads", "16", "--seq-len", "1024"],
                 batch=32, steps=5000, lr="6e-4", warmup=500, val_every=250, stats_every=100, tvr_every=50),
 }
