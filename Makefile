@@ -190,14 +190,30 @@ cuda: train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKB
 # On a machine with an NVIDIA GPU: GPU vs fixtures, GPU vs train_llama, checkpoint round
 # trips, compute-sanitizer, benchmark; writes out/gpu_report/report.md. Skips (exit 0)
 # with a message when there is no GPU.
-test-gpu: cuda train_llama
-	./test/test_llama_gpu.sh
+test-gpu: cuda train_llama train_gpt2
+	./test/test_llama_gpu.sh; llama=$$?; ./test/test_gpt2_gpu.sh && exit $$llama
 
 .PHONY: cuda test-gpu
 
 ifneq ($(shell command -v $(NVCC)),)
 GPU_TEST_BINS = train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES)
+GPU_TEST_BINS += train_gpt2_cu build/test_gpt2_gpu_host
 endif
+
+# ---------------------------------------------------------------------------
+# GPT-2 on the GPU
+# train_gpt2.cu mirrors train_gpt2.c kernel by kernel (docs/gpu.md, "GPT-2 on the GPU").
+# test/test_gpt2_gpu.sh runs the host-side checks everywhere and,
+# on a machine with a GPU, compares ./train_gpt2_cu with ./train_gpt2 (make test-gpu).
+train_gpt2_cu: train_gpt2.cu $(COMMON)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
+
+# host-side checks of train_gpt2.cu (cuBLAS emulated, buckets, table, init): no GPU needed
+build/test_gpt2_gpu_host: test/test_gpt2_gpu_host.cu train_gpt2.cu $(COMMON)
+	@mkdir -p build
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
+
+cuda: train_gpt2_cu build/test_gpt2_gpu_host
 
 # ---------------------------------------------------------------------------
 # tests
