@@ -670,6 +670,8 @@ typedef struct {
 #define NUM_STAT_MATRICES 7
 static const char *STAT_MATRIX_NAME[NUM_STAT_MATRICES] = {"q", "k", "v", "qkv", "attn_proj", "fc", "fc_proj"};
 #define MOMENT_CHUNKS 64 // blocks per matrix in the statistics
+#define NORM_BLOCKS 512  // blocks in the global gradient norm
+#define ACT_CHUNKS 64    // blocks per layer in the activation statistics
 typedef struct {
     float **ptr;       // device array of the L*7 matrices' starts
     long *n;           // device array of their sizes
@@ -687,7 +689,8 @@ typedef struct {
     float *params, *grads, *m, *v;  // on the GPU, tensors in PARAM_INFO order
     float *h_params, *h_m, *h_v;    // host mirror: init, checkpoints
     int B, T;                       // the activation buffers' shape
-    floatX *a[NUM_ACTS];            // activations on the GPU (float-typed stats share floatX here)
+    floatX *a[NUM_ACTS];            // activations on the GPU; the LayerNorm means and rstds and the
+                                    // losses are read as float: a 2-byte floatX must give them their own buffers
     float *row_max;                 // (B,T) the classifier's row maxima
     double *row_sum;                // (B,T) and sums of exponentials
     Scratch s;
@@ -783,6 +786,11 @@ static void gpt2_alloc_device(GPT2 *model) {
     st->mu = (double *)cuda_calloc(st->count, sizeof(double));
     st->partial = (double *)cuda_calloc((long)st->count * MOMENT_CHUNKS, sizeof(double));
     st->h_partial = (double *)malloc_check(sizeof(double) * st->count * MOMENT_CHUNKS);
+    // grad_norm's and log_activations' per-block partial sums
+    model->norm_partial = (double *)cuda_calloc(NORM_BLOCKS, sizeof(double));
+    model->h_norm_partial = (double *)malloc_check(sizeof(double) * NORM_BLOCKS);
+    model->act_partial = (double *)cuda_calloc((long)L * ACT_CHUNKS * 2, sizeof(double));
+    model->h_act_partial = (double *)malloc_check(sizeof(double) * L * ACT_CHUNKS * 2);
 }
 
 static void gpt2_params_to_device(GPT2 *model) {
@@ -1068,7 +1076,6 @@ static double lr_at(const TrainConfig *tc, int step) {
 
 // Per-block sums of squares in double over a fixed grid; the host adds the
 // NORM_BLOCKS partial sums in order, so the norm does not depend on timing.
-#define NORM_BLOCKS 512
 __global__ void sum_squares_kernel(double *partial, const float *x, long n) {
     double s = 0;
     GRID_STRIDE(i, n) s += (double)x[i] * x[i];
@@ -1307,7 +1314,6 @@ static void log_hist(FILE *fh, FILE *fs, GPT2 *model, int step, int layer, int s
 }
 
 // Per layer, ACT_CHUNKS blocks each: the max |x| and the sum of x² (double) of a chunk.
-#define ACT_CHUNKS 64
 __global__ void activation_stats_kernel(double *partial, const floatX *res3, long n) {
     int layer = blockIdx.y, chunk = blockIdx.x;
     const floatX *x = res3 + (long)layer * n;
@@ -1633,10 +1639,6 @@ int main(int argc, char **argv) {
     gpt2_alloc_device(&model);
     gpt2_params_to_device(&model);
     gpt2_alloc_acts(&model, o.batch, T);
-    model.norm_partial = (double *)cuda_calloc(NORM_BLOCKS, sizeof(double));
-    model.h_norm_partial = (double *)malloc_check(sizeof(double) * NORM_BLOCKS);
-    model.act_partial = (double *)cuda_calloc((long)model.config.layers * ACT_CHUNKS * 2, sizeof(double));
-    model.h_act_partial = (double *)malloc_check(sizeof(double) * model.config.layers * ACT_CHUNKS * 2);
     int start = 0;
     if (o.resume) {
         char path[4200];
