@@ -5,7 +5,7 @@ Runs the set of configurations below with ./train_llama (or --binary ./train_lla
 same data, with the same seed, steps and learning rate, one output directory per run, then
 writes a summary table (summary.md, summary.csv) from the runs' logs:
 
-    final val loss | max |activation| over training | std of layer 1's w2 at the end |
+    final val loss | max |activation| over training and at the last step | std of layer 1's w2 at the end |
     TVR passes and their share of step time | wall time
 
 Resumable: a finished run is skipped (its directory holds `done`); an interrupted one is
@@ -108,6 +108,8 @@ def summarise(args):
         wall = sum(float(x) for x in open(os.path.join(out, "wall_s"))) if os.path.exists(os.path.join(out, "wall_s")) else 0
         rows.append(dict(run=name, setting=label, steps=val[-1]["step"], final_val_loss=float(val[-1]["val_loss"]),
                          max_activation=max((float(r["max_abs"]) for r in acts), default=float("nan")),
+                         final_activation=max((float(r["max_abs"]) for r in acts if r["step"] == acts[-1]["step"]),
+                                              default=float("nan")),
                          layer1_w2_std=float(w2[-1]["std"]) if w2 else float("nan"),
                          tvr=tvr_share or "off", wall_s=wall))
     if not rows:
@@ -116,11 +118,12 @@ def summarise(args):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = ["| run | setting | steps | final val loss | max abs activation | layer 1 w2 std | TVR cost | wall s |",
+    lines = ["| run | setting | steps | final val loss | max abs activation (whole run / last step) | layer 1 w2 std | TVR cost | wall s |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['setting']} | {r['steps']} | {r['final_val_loss']:.4f} | "
-                     f"{r['max_activation']:.1f} | {r['layer1_w2_std']:.5f} | {r['tvr']} | {r['wall_s']:.0f} |")
+                     f"{r['max_activation']:.1f} / {r['final_activation']:.2f} | {r['layer1_w2_std']:.5f} | {r['tvr']} | "
+                     f"{r['wall_s']:.0f} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table + "\n")
