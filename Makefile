@@ -18,7 +18,7 @@ NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-fun
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h
+COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/cuda_common.h
 
 .PHONY: all run test test-asan clean venv data
 

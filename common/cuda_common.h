@@ -1,0 +1,128 @@
+/*
+ * common/cuda_common.h: what both CUDA trainers (train_llama.cu, train_gpt2.cu) do
+ * the same way: checked CUDA and cuBLAS calls, zeroed device allocations, launch
+ * geometry, warp and block reductions, and gemm(), the one row-major matmul over
+ * cuBLAS that every linear layer and attention product goes through.
+ * Include after utils.h, with floatX and CUBLAS_FLOATX defined (the activation type).
+ */
+#ifndef RESCALE_CUDA_COMMON_H
+#define RESCALE_CUDA_COMMON_H
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "utils.h"
+
+static void cuda_check_(cudaError_t err, const char *what, const char *src, int line) {
+    if (err != cudaSuccess) die("CUDA error in %s: %s [%s:%d]", what, cudaGetErrorString(err), src, line);
+}
+#define cudaCheck(call) cuda_check_((call), #call, __FILE__, __LINE__)
+// after a kernel launch: a bad launch configuration shows up here
+#define launchCheck() cuda_check_(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+static void cublas_check_(cublasStatus_t st, const char *what, const char *src, int line) {
+    if (st != CUBLAS_STATUS_SUCCESS) die("cuBLAS error %d in %s [%s:%d]", (int)st, what, src, line);
+}
+#define cublasCheck(call) cublas_check_((call), #call, __FILE__, __LINE__)
+
+static void *cuda_malloc_(size_t bytes, const char *src, int line) {
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
+    if (err != cudaSuccess) {
+        die("out of GPU memory allocating %zu bytes: %s [%s:%d]", bytes, cudaGetErrorString(err), src, line);
+    }
+    cudaCheck(cudaMemset(p, 0, bytes > 0 ? bytes : 1));
+    return p;
+}
+#define cuda_calloc(n, size) cuda_malloc_((size_t)(n) * (size), __FILE__, __LINE__)
+
+static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+#define BLOCK 256
+// grid for an elementwise kernel over n items that loops grid-stride
+static inline int grid_for(long n) {
+    long g = (n + BLOCK - 1) / BLOCK;
+    return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
+}
+// a grid-stride loop over i = 0..n-1
+#define GRID_STRIDE(i, n) for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
+
+__device__ inline float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Block-wide reductions (blockDim.x a multiple of 32, at most 1024). Every
+// thread gets the result. The first __syncthreads lets a block call them twice
+// in a row: nobody writes the shared slots while another warp still reads them.
+__device__ inline float block_sum(float v) {
+    __shared__ float slot[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) slot[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nwarps ? slot[lane] : 0.0f);
+}
+__device__ inline double block_sum_d(double v) {
+    __shared__ double slot_d[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) slot_d[warp] = v;
+    __syncthreads();
+    return warp_sum_d(lane < nwarps ? slot_d[lane] : 0.0);
+}
+__device__ inline float block_max(float v) {
+    __shared__ float slot_m[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) slot_m[warp] = v;
+    __syncthreads();
+    return warp_max(lane < nwarps ? slot_m[lane] : -INFINITY);
+}
+
+static cublasHandle_t cublas_handle;
+static cublasComputeType_t cublas_compute = CUBLAS_COMPUTE_32F; // CUBLAS_COMPUTE_32F_FAST_TF32 with --tf32 1
+
+static void cublas_setup(int tf32) {
+    cublasCheck(cublasCreate(&cublas_handle));
+    cublas_compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasCheck(cublasSetMathMode(cublas_handle, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+}
+
+/*
+ * gemm: row-major C (M,N) = op(A) . op(B) (+ C if accumulate), repeated over
+ * `batch` matrices that are strideA/strideB/strideC elements apart.
+ * op(A) is A (M,K) with row stride lda, or with transA the transpose of a
+ * stored (K,M). cuBLAS is column-major: a row-major matrix is its transpose
+ * in column-major, so we ask cuBLAS for C^T = op(B)^T . op(A)^T, which is the
+ * same call with A and B swapped. One routine serves out = in.W^T,
+ * dIn = dOut.W and dW = dOut^T.in, as gemm() does in the CPU programs, and every
+ * attention product.
+ */
+// The cuBLAS entry point; test/test_llama_gpu_host.cu and test/test_gpt2_gpu_host.cu define
+// it as a host emulation, to check this mapping on machines without a GPU.
+#ifndef GEMM_STRIDED_BATCHED
+#define GEMM_STRIDED_BATCHED cublasGemmStridedBatchedEx
+#endif
+static void gemm(int transA, int transB, int M, int N, int K, const void *A, int lda, long strideA, const void *B,
+                 int ldb, long strideB, void *C, int ldc, long strideC, int batch, int accumulate) {
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasCheck(GEMM_STRIDED_BATCHED(cublas_handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                     transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUBLAS_FLOATX, ldb,
+                                     strideB, A, CUBLAS_FLOATX, lda, strideA, &beta, C, CUBLAS_FLOATX, ldc, strideC,
+                                     batch, cublas_compute, CUBLAS_GEMM_DEFAULT));
+}
+
+#endif // RESCALE_CUDA_COMMON_H
