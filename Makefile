@@ -178,7 +178,7 @@ build/test_llama_gpu: test/test_llama_gpu.cu test/llama_fixture.h train_llama.cu
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # host-side checks of train_llama.cu (matmul index arithmetic with cuBLAS emulated, token buckets): no GPU needed
-build/test_llama_gpu_host: test/test_llama_gpu_host.cu train_llama.cu $(COMMON)
+build/test_llama_gpu_host: test/test_llama_gpu_host.cu test/cublas_host.h train_llama.cu $(COMMON)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
@@ -209,7 +209,7 @@ train_gpt2_cu: train_gpt2.cu $(COMMON)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # host-side checks of train_gpt2.cu (cuBLAS emulated, buckets, table, init): no GPU needed
-build/test_gpt2_gpu_host: test/test_gpt2_gpu_host.cu train_gpt2.cu $(COMMON)
+build/test_gpt2_gpu_host: test/test_gpt2_gpu_host.cu test/cublas_host.h train_gpt2.cu $(COMMON)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
