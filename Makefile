@@ -18,7 +18,7 @@ NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-fun
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/cuda_common.h
+COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/cuda_common.h common/cuda_reduce.h
 
 .PHONY: all run test test-asan clean venv data
 
@@ -182,7 +182,7 @@ build/test_llama_gpu_host: test/test_llama_gpu_host.cu test/cublas_host.h train_
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h
+dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h common/cuda_reduce.h
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 cuda: train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES)
