@@ -3,7 +3,8 @@
  * (debug_state.bin and debug_state_f64.bin under test/fixtures/llama/; the format is at the top of
  * dev/reference/llama.py). Shared by test/test_reference.c (train_llama.c against
  * the oracle) and test/test_llama_gpu.cu (train_llama.cu against the same fixtures).
- * Include it after train_llama.c / train_llama.cu (it uses their checked I/O).
+ * Include it after train_llama.c / train_llama.cu (it uses their checked I/O and,
+ * for the logged values, a `real` type).
  */
 #ifndef LLAMA_FIXTURE_H
 #define LLAMA_FIXTURE_H
@@ -84,6 +85,40 @@ static void fixture_free(Fixture *fx) {
     void *arrays[] = {fx->inputs, fx->targets, fx->logits, fx->grads, fx->step_loss, fx->step_lr,
                       fx->step_norm, fx->params, fx->clipped, fx->rescaled};
     for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) free(arrays[i]);
+}
+
+// What train() logged, read back for the per-step comparisons (`real` is the
+// includer's parameter type: train_llama.c's, or float for train_llama.cu).
+// train.csv: step,loss,lr,grad_norm,ms,tokens_per_s -> the first three numbers per step
+static void read_train_csv(const char *out, int steps, real *loss, real *lr, real *norm) {
+    char path[1100], line[1024];
+    snprintf(path, sizeof(path), "%s/train.csv", out);
+    FILE *f = fopen_check(path, "r");
+    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
+    for (int s = 0; s < steps; s++) {
+        int step;
+        double l, r, n;
+        if (!fgets(line, sizeof(line), f) || sscanf(line, "%d,%lf,%lf,%lf", &step, &l, &r, &n) != 4 || step != s + 1) {
+            die("%s: no row for step %d", path, s + 1);
+        }
+        loss[s] = (real)l, lr[s] = (real)r, norm[s] = (real)n;
+    }
+    fclose(f);
+}
+
+// weights.csv: step,layer,matrix,mean,std,rescaled -> how many matrices TVR rescaled per step
+static void read_weights_csv(const char *out, int steps, int *rescaled) {
+    char path[1100], line[1024];
+    snprintf(path, sizeof(path), "%s/weights.csv", out);
+    FILE *f = fopen_check(path, "r");
+    memset(rescaled, 0, sizeof(int) * steps);
+    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
+    while (fgets(line, sizeof(line), f)) {
+        char *last = strrchr(line, ',');
+        int step = atoi(line);
+        if (last && step >= 1 && step <= steps) rescaled[step - 1] += atoi(last + 1);
+    }
+    fclose(f);
 }
 
 #endif // LLAMA_FIXTURE_H

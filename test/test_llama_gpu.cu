@@ -30,6 +30,8 @@ typedef struct {
 // parameters), and TVR equal to the CPU's up to float rounding
 static const Tolerances TOL = {1e-5, 1e-5, 1e-4, 1e-5, 1e-6, 1e-5, 1e-4, 1e-6};
 
+// the GPU program keeps parameters in float: that is the `real` llama_fixture.h reads into
+typedef float real;
 #include "llama_fixture.h"
 
 // ---------------------------------------------------------------------------
@@ -133,36 +135,6 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     dup2(saved, STDOUT_FILENO);
     close(saved);
     fclose(devnull);
-}
-
-static void read_train_csv(const char *out, int steps, float *loss, float *lr, float *norm) {
-    char path[1100], line[1024];
-    snprintf(path, sizeof(path), "%s/train.csv", out);
-    FILE *f = fopen_check(path, "r");
-    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
-    for (int s = 0; s < steps; s++) {
-        int step;
-        double l, r, n;
-        if (!fgets(line, sizeof(line), f) || sscanf(line, "%d,%lf,%lf,%lf", &step, &l, &r, &n) != 4 || step != s + 1) {
-            die("%s: no row for step %d", path, s + 1);
-        }
-        loss[s] = (float)l, lr[s] = (float)r, norm[s] = (float)n;
-    }
-    fclose(f);
-}
-
-static void read_weights_csv(const char *out, int steps, int *rescaled) {
-    char path[1100], line[1024];
-    snprintf(path, sizeof(path), "%s/weights.csv", out);
-    FILE *f = fopen_check(path, "r");
-    memset(rescaled, 0, sizeof(int) * steps);
-    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
-    while (fgets(line, sizeof(line), f)) {
-        char *last = strrchr(line, ',');
-        int step = atoi(line);
-        if (last && step >= 1 && step <= steps) rescaled[step - 1] += atoi(last + 1);
-    }
-    fclose(f);
 }
 
 /*

@@ -170,38 +170,6 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     fclose(devnull);
 }
 
-// train.csv: step,loss,lr,grad_norm,ms,tokens_per_s -> the first three numbers per step
-static void read_train_csv(const char *out, int steps, real *loss, real *lr, real *norm) {
-    char path[1100], line[1024];
-    snprintf(path, sizeof(path), "%s/train.csv", out);
-    FILE *f = fopen_check(path, "r");
-    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
-    for (int s = 0; s < steps; s++) {
-        int step;
-        double l, r, n;
-        if (!fgets(line, sizeof(line), f) || sscanf(line, "%d,%lf,%lf,%lf", &step, &l, &r, &n) != 4 || step != s + 1) {
-            die("%s: no row for step %d", path, s + 1);
-        }
-        loss[s] = (real)l, lr[s] = (real)r, norm[s] = (real)n;
-    }
-    fclose(f);
-}
-
-// weights.csv: step,layer,matrix,mean,std,rescaled -> how many matrices TVR rescaled per step
-static void read_weights_csv(const char *out, int steps, int *rescaled) {
-    char path[1100], line[1024];
-    snprintf(path, sizeof(path), "%s/weights.csv", out);
-    FILE *f = fopen_check(path, "r");
-    memset(rescaled, 0, sizeof(int) * steps);
-    if (!fgets(line, sizeof(line), f)) die("%s is empty", path);
-    while (fgets(line, sizeof(line), f)) {
-        char *last = strrchr(line, ',');
-        int step = atoi(line);
-        if (last && step >= 1 && step <= steps) rescaled[step - 1] += atoi(last + 1);
-    }
-    fclose(f);
-}
-
 static void run_fixture(const char *dir) {
     Fixture fx;
     char path[1024], model_path[1024], out[1024];
