@@ -7,6 +7,10 @@
 Four panels: train loss (and val loss, dots) vs step; the largest |activation| over all
 blocks vs step; layer 1's std of --matrix vs step, one line per run; and, for the first run,
 every layer's std of --matrix vs step (TVR steps show as drops).
+
+--per-layer NAME,NAME,... also writes <png>_layers.png: one panel per named run (the
+directory's base name) with every layer's std of --matrix, on one shared y scale, so that
+runs with and without TVR sit side by side.
 """
 import argparse
 import csv
@@ -25,6 +29,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="output directories (--out of a run)")
     p.add_argument("--png", help="output file (default: <first run>/plot.png)")
+    p.add_argument("--per-layer", default="", help="comma-separated run names for the per-layer std figure")
     p.add_argument("--matrix", default="w2", help="matrix for the std panels (wq wk wv wo w1 w3 w2; q k v for GPT-2)")
     args = p.parse_args()
     try:
@@ -66,6 +71,27 @@ def main():
         a.legend(fontsize=7)
     fig.tight_layout()
     out = args.png or os.path.join(runs[0], "plot.png")
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+    if args.per_layer:
+        plot_per_layer(plt, runs, args.per_layer.split(","), args.matrix, os.path.splitext(out)[0] + "_layers.png")
+
+
+def plot_per_layer(plt, runs, names, matrix, out):
+    by_name = {os.path.basename(os.path.normpath(r)): r for r in runs}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        sys.exit(f"--per-layer: no run named {', '.join(missing)} among the given directories")
+    fig, ax = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True, squeeze=False)
+    for a, name in zip(ax[0], names):
+        rows = [x for x in read(os.path.join(by_name[name], "weights.csv")) if x["matrix"] == matrix]
+        for l in sorted({int(x["layer"]) for x in rows}):
+            w = [x for x in rows if int(x["layer"]) == l]
+            a.plot([int(x["step"]) for x in w], [float(x["std"]) for x in w], label=f"layer {l}")
+        a.set(title=f"{name}: std of {matrix} per layer", xlabel="step")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
 
