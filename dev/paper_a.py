@@ -38,6 +38,10 @@ RUNS = [
      ["--init", "lir", "--init-std", "0.006", "--tvr-target", "0.01", "--tvr-depth-scaled", "1"]),
 ]
 
+# Paper A's largest activation over training for the same settings (1B LLaMA, 100B tokens;
+# RESEARCH.md), set beside ours in the summary. The paper has no figure for the other two.
+PAPER_MAX_ACTIVATION = {"baseline": 1856, "lir": 948, "lir_tvr006": 164, "lir_tvr008": 178, "lir_tvr01": 235}
+
 # Model and budget per scale. cpu: 8 blocks (depth is what LIR acts on) of width 128 with
 # GQA (4 query, 2 key/value heads), T 128, batch 8: about 0.35 s a step on 2 cores, so 2400
 # steps = 2.5M tokens of the Gutenberg books per run (an eighth of them, no token seen twice)
@@ -113,6 +117,7 @@ def summarise(args):
                          final_activation=max((float(r["max_abs"]) for r in acts if r["step"] == acts[-1]["step"]),
                                               default=float("nan")),
                          layer1_w2_std=float(w2[-1]["std"]) if w2 else float("nan"),
+                         paper_max_activation=PAPER_MAX_ACTIVATION.get(name, ""),
                          tvr=tvr_share or "off", wall_s=wall))
     if not rows:
         sys.exit(f"no finished runs under {args.out}")
@@ -120,11 +125,11 @@ def summarise(args):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = ["| run | setting | steps | final val loss | max abs activation (whole run / last step) | layer 1 w2 std | TVR cost | wall s |",
-             "|---|---|---:|---:|---:|---:|---|---:|"]
+    lines = ["| run | setting | steps | final val loss | max abs activation (whole run / last step) | paper's max activation (1B) | layer 1 w2 std | TVR cost | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['setting']} | {r['steps']} | {r['final_val_loss']:.4f} | "
-                     f"{r['max_activation']:.1f} / {r['final_activation']:.2f} | {r['layer1_w2_std']:.5f} | {r['tvr']} | "
+                     f"{r['max_activation']:.1f} / {r['final_activation']:.2f} | {r['paper_max_activation'] or '–'} | {r['layer1_w2_std']:.5f} | {r['tvr']} | "
                      f"{r['wall_s']:.0f} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
