@@ -1073,7 +1073,8 @@ static void activations_log(const Llama *model, int step, FILE *csv) {
 // Everything --resume needs: where the run is, where the data loader is, the
 // RNG, AdamW's moments, and a copy of the parameters. Format (state.bin):
 //   int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard index,
-//   int64 at [4] data position, [6] RNG state, [8] parameter count;
+//   int64 at [4] data position, [6] RNG state, [8] parameter count,
+//   [10] 1 if the data order is shuffled (then [4] counts the batches taken), [11] its seed;
 //   then params, m and v, fp32, in the parameter table's order.
 // The parameters are in here as well as in model.bin so that resuming reads
 // one file written in one atomic rename: a crash between the renames of
@@ -1084,6 +1085,7 @@ typedef struct {
     int shard;
     long pos;
     uint64_t rng;
+    int shuffle, shuffle_seed;
 } TrainState;
 
 static void state_save(const Llama *model, const TrainState *st, const char *path) {
@@ -1096,6 +1098,8 @@ static void state_save(const Llama *model, const TrainState *st, const char *pat
     memcpy(&header[4], &pos, 8);
     memcpy(&header[6], &st->rng, 8);
     memcpy(&header[8], &np, 8);
+    header[10] = st->shuffle;
+    header[11] = st->shuffle_seed;
     AtomicFile af;
     atomic_open(&af, path);
     fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
@@ -1125,6 +1129,8 @@ static void state_load(Llama *model, TrainState *st, const char *path) {
     st->step = header[2];
     st->shard = header[3];
     st->pos = pos;
+    st->shuffle = header[10];
+    st->shuffle_seed = header[11];
     fseek(f, HEADER_INTS * 4, SEEK_SET);
     read_floats(f, model->params, model->num_params, path);
     read_floats(f, model->m, model->num_params, path);
@@ -1151,6 +1157,7 @@ typedef struct {
     const char *schedule, *init;
     double init_std;
     int seed;
+    int shuffle;
     double tvr_target, tvr_threshold;
     int tvr_every, tvr_depth_scaled;
     int val_every, val_batches, stats_every, checkpoint_every, threads;
@@ -1191,7 +1198,8 @@ static int settings_parse(Settings *s, int argc, char **argv) {
         {"grad-clip", FLAG_FLOAT, &s->grad_clip, "1.0", 0, 1e9, NULL, "global gradient norm limit; 0 = off", 0},
         {"init", FLAG_CHOICE, &s->init, "plain", 0, 0, "plain|lir|residual", "initialisation scheme", 0},
         {"init-std", FLAG_FLOAT, &s->init_std, "0.02", 0, 10, NULL, "sigma of the initial weights", 0},
-        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init)", 0},
+        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
+        {"shuffle", FLAG_INT, &s->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
         {"tvr-target", FLAG_FLOAT, &s->tvr_target, "0", 0, 10, NULL, "TVR target std; 0 = off", 0},
         {"tvr-every", FLAG_INT, &s->tvr_every, "50", 1, 1 << 30, NULL, "TVR on steps that are multiples of this", 0},
         {"tvr-threshold", FLAG_FLOAT, &s->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
@@ -1309,7 +1317,7 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         double ms = 1000 * (wall_seconds() - t0);
         st->step = step;
         st->shard = train_dl->shard;
-        st->pos = train_dl->pos;
+        st->pos = train_dl->shuffle ? train_dl->batch : train_dl->pos;
         total_ms += ms;
         timed++;
         double tok_s = B * T / (ms / 1000);
@@ -1373,7 +1381,8 @@ int main(int argc, char **argv) {
     ensure_dir(s.out);
     llama_alloc_acts(&model, s.batch, s.seq_len);
 
-    TrainState st = {0, 0, 0, 0};
+    if (s.shuffle) dataloader_shuffle(&train_dl, (uint64_t)s.seed);
+    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     if (s.init_from) {
@@ -1387,7 +1396,19 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof(path), "%s/state.bin", s.resume);
         state_load(&model, &st, path);
         rng.s = st.rng;
-        dataloader_seek(&train_dl, st.shard, st.pos);
+        if (st.shuffle != s.shuffle) {
+            usage_error("--shuffle %d: the run in %s was started with --shuffle %d; resume it with that", s.shuffle,
+                        s.resume, st.shuffle);
+        }
+        if (s.shuffle && st.shuffle_seed != s.seed) {
+            usage_error("--seed %d: the shuffled run in %s was started with --seed %d; resume it with that", s.seed,
+                        s.resume, st.shuffle_seed);
+        }
+        if (s.shuffle) {
+            dataloader_seek_batch(&train_dl, st.pos);
+        } else {
+            dataloader_seek(&train_dl, st.shard, st.pos);
+        }
     }
     st.rng = rng.s;
     printf("train_llama: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %d threads\n", config.layers,

@@ -8,6 +8,14 @@
  * p += B*T. When the next batch does not fit in the current shard we move to the
  * start of the next shard, wrapping around after the last.
  *
+ * Shuffled (dataloader_shuffle, --shuffle 1): a shard is cut into windows of T+1
+ * tokens starting at multiples of T (the same windows the rows of the plain order
+ * read). Each epoch visits the shards in a random order and, inside a shard, its
+ * windows in a random order, B windows (rows) per batch; the last nwindows % B
+ * windows of a shard's order are left out of that epoch. The orders are a pure
+ * function of (seed, epoch, shard), so the loader's whole state is the number of
+ * batches taken: a resumed run continues the same sequence (dataloader_seek_batch).
+ *
  * Every shard is checked once, up front, before any training happens: magic,
  * version, size against the header, at least one batch of tokens, and every token
  * id below the model's vocabulary. A problem is one error line naming the file.
@@ -34,6 +42,16 @@ typedef struct {
     long ntok;
     int *inputs;         // (B, T)
     int *targets;        // (B, T)
+    // shuffled order only (shuffle == 1)
+    int shuffle;
+    uint64_t seed;
+    long batch;          // batches taken so far
+    long *shard_batches; // per shard: full batches of windows in it
+    long epoch_batches;  // their sum
+    int *shard_order;    // this epoch's order of the shards
+    long *window_order;  // this (epoch, shard)'s order of the windows
+    long order_epoch;    // the epoch shard_order was drawn for, -1 = none
+    long order_shard;    // the shard window_order was drawn for (in order_epoch), -1 = none
 } DataLoader;
 
 // Read a shard's header and tokens; check everything SPEC.md promises.
@@ -92,19 +110,85 @@ static void dataloader_init(DataLoader *dl, const char *pattern, const char *fla
     int rc = glob(pattern, 0, NULL, &dl->glob);
     if (rc != 0 || dl->glob.gl_pathc == 0) die("%s %s: no file matches", flag, pattern);
     dl->nshards = (int)dl->glob.gl_pathc;
+    dl->shard_batches = (long *)malloc_check((size_t)dl->nshards * sizeof(long));
     for (int s = 1; s < dl->nshards; s++) { // shard 0 is checked when it is loaded below
-        shard_read(dl->glob.gl_pathv[s], (long)B * T + 1, vocab, NULL);
+        long ntok = shard_read(dl->glob.gl_pathv[s], (long)B * T + 1, vocab, NULL);
+        dl->shard_batches[s] = (ntok - 1) / T / B;
     }
     dl->inputs = (int *)malloc_check((size_t)B * T * sizeof(int));
     dl->targets = (int *)malloc_check((size_t)B * T * sizeof(int));
     dataloader_load_shard(dl, 0);
+    dl->shard_batches[0] = (dl->ntok - 1) / T / B;
     dl->pos = 0;
+    dl->order_epoch = dl->order_shard = -1;
+}
+
+// Switch to the shuffled order (before the first batch), with its own seed.
+static void dataloader_shuffle(DataLoader *dl, uint64_t seed) {
+    dl->shuffle = 1;
+    dl->seed = seed;
+    dl->batch = 0;
+    dl->epoch_batches = 0;
+    for (int s = 0; s < dl->nshards; s++) dl->epoch_batches += dl->shard_batches[s];
+    dl->shard_order = (int *)malloc_check((size_t)dl->nshards * sizeof(int));
+}
+
+// A random permutation of 0..n-1 (Fisher-Yates) from a stream named by (seed, a, b).
+static void dataloader_permute(long *out, long n, uint64_t seed, long a, long b) {
+    Rng r;
+    rng_seed(&r, seed ^ ((uint64_t)a * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)(b + 1) * 0xD1B54A32D192ED03ULL));
+    for (long i = 0; i < n; i++) out[i] = i;
+    for (long i = n - 1; i > 0; i--) {
+        long j = (long)(rng_uniform(&r) * (double)(i + 1));
+        long t = out[i];
+        out[i] = out[j];
+        out[j] = t;
+    }
+}
+
+// The shuffled order's batch number k: draw the orders it needs, load its shard, fill the rows.
+static void dataloader_shuffled_batch(DataLoader *dl, long k) {
+    long epoch = k / dl->epoch_batches, r = k % dl->epoch_batches;
+    if (epoch != dl->order_epoch) {
+        long *order = (long *)malloc_check((size_t)dl->nshards * sizeof(long));
+        dataloader_permute(order, dl->nshards, dl->seed, epoch, -1);
+        for (int s = 0; s < dl->nshards; s++) dl->shard_order[s] = (int)order[s];
+        free(order);
+        dl->order_epoch = epoch;
+        dl->order_shard = -1;
+    }
+    int i = 0;
+    while (r >= dl->shard_batches[dl->shard_order[i]]) r -= dl->shard_batches[dl->shard_order[i++]];
+    int shard = dl->shard_order[i];
+    if (shard != dl->shard) dataloader_load_shard(dl, shard);
+    long nwindows = (dl->ntok - 1) / dl->T;
+    if (shard != dl->order_shard) {
+        free(dl->window_order);
+        dl->window_order = (long *)malloc_check((size_t)nwindows * sizeof(long));
+        dataloader_permute(dl->window_order, nwindows, dl->seed, epoch, shard);
+        dl->order_shard = shard;
+    }
+    for (int b = 0; b < dl->B; b++) {
+        const uint16_t *tok = dl->tokens + dl->window_order[r * dl->B + b] * dl->T;
+        for (int t = 0; t < dl->T; t++) {
+            dl->inputs[b * dl->T + t] = tok[t];
+            dl->targets[b * dl->T + t] = tok[t + 1];
+        }
+    }
+    dl->pos = r; // for the record only: the batch within the shard
+}
+
+// Continue the shuffled order after `batches` batches, e.g. on --resume.
+static void dataloader_seek_batch(DataLoader *dl, long batches) {
+    if (batches < 0) die("saved data position %ld is negative", batches);
+    dl->batch = batches;
 }
 
 // Go back to the first batch of the first shard (validation does this each time).
 static void dataloader_reset(DataLoader *dl) {
     if (dl->shard != 0) dataloader_load_shard(dl, 0);
     dl->pos = 0;
+    dl->batch = 0;
 }
 
 // Continue from a saved position (shard index, token offset), e.g. on --resume.
@@ -116,6 +200,10 @@ static void dataloader_seek(DataLoader *dl, int shard, long pos) {
 }
 
 static void dataloader_next(DataLoader *dl) {
+    if (dl->shuffle) {
+        dataloader_shuffled_batch(dl, dl->batch++);
+        return;
+    }
     long n = (long)dl->B * dl->T;
     if (dl->pos + n + 1 > dl->ntok) {
         int next = (dl->shard + 1) % dl->nshards;
@@ -135,6 +223,9 @@ static void dataloader_free(DataLoader *dl) {
     free(dl->tokens);
     free(dl->inputs);
     free(dl->targets);
+    free(dl->shard_batches);
+    free(dl->shard_order);
+    free(dl->window_order);
 }
 
 #endif // RESCALE_DATALOADER_H

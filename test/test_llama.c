@@ -4,7 +4,7 @@
  * (the program as it ships) and with -DREAL_DOUBLE, where the gradient check
  * against finite differences can be tight.
  *
- *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|all]
+ *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|shuffle|all]
  *   build/test_llama write-shard PATH NTOK VOCAB [MAGIC VERSION]   (a synthetic shard for the CLI tests)
  *
  * Every check prints the number it measured and the tolerance; the exit status
@@ -330,7 +330,7 @@ static void test_checkpoint(void) {
     for (long j = 0; j < a.num_params; j++) a.m[j] = (real)(j * 1e-3), a.v[j] = (real)(j * 2e-3);
     ensure_dir("build/tmp_ckpt");
     llama_save(&a, "build/tmp_ckpt/model.bin");
-    TrainState st = {17, 0, 1234, 0xDEADBEEFCAFEULL}, st2;
+    TrainState st = {17, 0, 1234, 0xDEADBEEFCAFEULL, 1, 4242}, st2;
     state_save(&a, &st, "build/tmp_ckpt/state.bin");
     LlamaConfig c2;
     llama_read_header("build/tmp_ckpt/model.bin", &c2);
@@ -344,7 +344,8 @@ static void test_checkpoint(void) {
         worst = fmax(worst, fabs((double)(float)a.m[j] - b.m[j]) + fabs((double)(float)a.v[j] - b.v[j]));
     }
     check(worst == 0, "params, m, v equal after save/load (fp32 on disk)", worst, 0);
-    check(st2.step == 17 && st2.pos == 1234 && st2.rng == 0xDEADBEEFCAFEULL, "step, data position, rng restored", 0, 0);
+    check(st2.step == 17 && st2.pos == 1234 && st2.rng == 0xDEADBEEFCAFEULL && st2.shuffle == 1 && st2.shuffle_seed == 4242,
+          "step, data position, rng, shuffle and its seed restored", 0, 0);
     struct stat sb;
     check(stat("build/tmp_ckpt/model.bin.tmp", &sb) != 0, "no temporary file left behind", 0, 0);
     llama_free(&a);
@@ -390,6 +391,89 @@ static void test_gemm(void) {
 }
 
 // ---------------------------------------------------------------------------
+// --shuffle: every epoch reads each whole-batch window of every shard exactly once,
+// rows are real windows (contiguous, aligned to T, targets shifted by one), epochs
+// differ, and seeking to batch k gives what k calls of next() give.
+static void write_counting_shard(const char *path, long ntok, int first) {
+    int32_t header[256] = {0};
+    header[0] = SHARD_MAGIC;
+    header[1] = SHARD_VERSION;
+    header[2] = (int32_t)ntok;
+    FILE *f = fopen_check(path, "wb");
+    fwrite_check(header, sizeof(int32_t), 256, f, path);
+    for (long i = 0; i < ntok; i++) {
+        uint16_t t = (uint16_t)(first + i);
+        fwrite_check(&t, sizeof(t), 1, f, path);
+    }
+    fclose_check(f, path);
+}
+
+static void test_shuffle(void) {
+    printf("shuffled data order (B 4, T 16; shards of 3000 and 2000 tokens)\n");
+    ensure_dir("build");
+    write_counting_shard("build/shuffle_000.bin", 3000, 0);     // 187 windows: 46 batches, 3 windows left out
+    write_counting_shard("build/shuffle_001.bin", 2000, 10000); // 124 windows: 31 batches
+    enum { B = 4, T = 16, EPOCH = 46 + 31 };
+    DataLoader dl, other;
+    dataloader_init(&dl, "build/shuffle_*.bin", "--train", B, T, 65535);
+    dataloader_shuffle(&dl, 1337);
+    static unsigned char seen[2][200];
+    static int first[2][EPOCH][B];
+    long bad_rows = 0, repeats = 0, order_switches = 0;
+    for (int e = 0; e < 2; e++) {
+        memset(seen, 0, sizeof(seen));
+        int last_shard = -1;
+        for (int k = 0; k < EPOCH; k++) {
+            dataloader_next(&dl);
+            for (int b = 0; b < B; b++) {
+                int start = dl.inputs[b * T], shard = start >= 10000, off = start - (shard ? 10000 : 0);
+                int ok = off % T == 0;
+                for (int t = 0; t < T; t++) {
+                    ok &= dl.inputs[b * T + t] == start + t && dl.targets[b * T + t] == start + t + 1;
+                }
+                bad_rows += !ok;
+                repeats += seen[shard][off / T]++ > 0;
+                first[e][k][b] = start;
+                if (shard != last_shard) order_switches++, last_shard = shard;
+            }
+        }
+        int used0 = 0, used1 = 0;
+        for (int w = 0; w < 200; w++) used0 += seen[0][w], used1 += seen[1][w];
+        check(used0 == 46 * B && used1 == 124, "an epoch reads 184 of shard 0's windows, all 124 of shard 1's",
+              (double)abs(used0 - 46 * B) + abs(used1 - 124), 0);
+    }
+    check(bad_rows == 0, "rows that are not an aligned window with shifted targets", (double)bad_rows, 0);
+    check(repeats == 0, "windows read twice within an epoch", (double)repeats, 0);
+    check(order_switches <= 4, "shard switches in two epochs (each shard read in one stretch)", (double)order_switches, 4);
+    long same_place = 0;
+    for (int k = 0; k < EPOCH; k++) same_place += first[0][k][0] == first[1][k][0];
+    check(same_place < EPOCH / 4, "batches of epoch 2 whose first row equals epoch 1's there", (double)same_place, EPOCH / 4);
+    // seeking: batches k (within and after the first epoch) as a fresh loader sees them
+    long seek_diff = 0;
+    int ks[] = {0, 5, 45, 46, EPOCH - 1, EPOCH, EPOCH + 50, 3 * EPOCH + 7};
+    for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++) {
+        dataloader_init(&other, "build/shuffle_*.bin", "--train", B, T, 65535);
+        dataloader_shuffle(&other, 1337);
+        dataloader_seek_batch(&other, ks[i]);
+        dataloader_next(&other);
+        dataloader_reset(&dl);
+        for (int k = 0; k <= ks[i]; k++) dataloader_next(&dl);
+        for (int j = 0; j < B * T; j++) seek_diff += other.inputs[j] != dl.inputs[j] || other.targets[j] != dl.targets[j];
+        dataloader_free(&other);
+    }
+    check(seek_diff == 0, "tokens that differ between seek_batch(k) and k x next()", (double)seek_diff, 0);
+    dataloader_init(&other, "build/shuffle_*.bin", "--train", B, T, 65535);
+    dataloader_shuffle(&other, 1338);
+    dataloader_reset(&dl);
+    dataloader_next(&dl);
+    dataloader_next(&other);
+    check(memcmp(dl.inputs, other.inputs, sizeof(int) * B * T) != 0, "seeds 1337 and 1338 start differently (1 = same)",
+          memcmp(dl.inputs, other.inputs, sizeof(int) * B * T) == 0, 0);
+    dataloader_free(&other);
+    dataloader_free(&dl);
+}
+
+// ---------------------------------------------------------------------------
 // A synthetic shard for the command-line tests: tokens i*7 mod vocab.
 static int write_shard(int argc, char **argv) {
     if (argc < 5) die("usage: write-shard PATH NTOK VOCAB [MAGIC VERSION]");
@@ -418,7 +502,8 @@ int main(int argc, char **argv) {
         void (*fn)(void);
     } tests[] = {{"gemm", test_gemm},         {"gradcheck", test_gradcheck}, {"overfit", test_overfit},
                  {"lir", test_lir},           {"tvr", test_tvr},             {"schedule", test_schedule},
-                 {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint}};
+                 {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint},
+                 {"shuffle", test_shuffle}};
     int ran = 0;
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!strcmp(which, "all") || !strcmp(which, tests[i].name)) {

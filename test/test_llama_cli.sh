@@ -47,6 +47,14 @@ $RUN --schedule constant --warmup 3 --steps 5 --out $D/s5 >/dev/null
 $RUN --schedule constant --warmup 3 --steps 10 --resume $D/s5 >/dev/null || bad "resume failed"
 same $D/s10 $D/s5 "10 steps straight vs 5 + --resume 5"
 
+# --shuffle 1: a different data order, and resuming it continues the same order
+$RUN --schedule constant --warmup 3 --steps 10 --shuffle 1 --out $D/h10 >/dev/null
+$RUN --schedule constant --warmup 3 --steps 5 --shuffle 1 --out $D/h5 >/dev/null
+$RUN --schedule constant --warmup 3 --steps 10 --shuffle 1 --resume $D/h5 >/dev/null || bad "shuffled resume failed"
+same $D/h10 $D/h5 "shuffled: 10 steps straight vs 5 + --resume 5"
+if diff <(trainlog $D/s10) <(trainlog $D/h10) >/dev/null; then bad "--shuffle 1 changed nothing"
+else ok "--shuffle 1 gives other losses than the file order"; fi
+
 # kill -9 in the middle of a run that checkpoints every step; resuming must
 # still reproduce the straight run bit for bit
 $RUN --schedule constant --warmup 3 --steps 60 --out $D/s60 >/dev/null
@@ -115,6 +123,9 @@ expect nz "checkpoint $D/z_version.bin has version 9" -- $BIN $DATA --init-from 
 expect nz "checkpoint $D/z_trunc.bin is 5000 bytes" -- $BIN $DATA --init-from $D/z_trunc.bin
 expect nz "cannot open $D/nowhere/model.bin" -- $BIN $DATA --init-from $D/nowhere/model.bin
 expect nz "cannot open $D/nostate/state.bin" -- $BIN $DATA --resume $D/nostate
+expect 2 "--shuffle must be in" -- $B --shuffle 2
+expect 2 "--shuffle 0: the run in $D/h5 was started with --shuffle 1" -- $RUN --steps 12 --resume $D/h5
+expect 2 "--seed 7: the shuffled run in $D/h5 was started with --seed 1337" -- $RUN --steps 12 --shuffle 1 --seed 7 --resume $D/h5
 expect nz "cannot create output directory $D/train_000.bin/out" -- $B --out $D/train_000.bin/out
 
 [ $fail -eq 0 ] && echo "all command-line checks passed"
