@@ -937,7 +937,8 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 // ----------------------------------------------------------------------------
 // state.bin: what resuming needs. int32 header[256]: [0] magic 20261124,
 // [1] version 2, [2] step, [3] shard, [4..5] token position (int64), [6..7] RNG
-// state, [8..9] number of parameters (int64); then the parameters, Adam m and v
+// state, [8..9] number of parameters (int64), [10] 1 if the data order is shuffled
+// (then [4..5] counts the batches taken), [11] its seed; then the parameters, Adam m and v
 // as fp32 (exact in the fp32 build, so a resumed run is bitwise the same as a
 // straight one). The parameters are here as well as in model.bin so that a
 // resume reads one file from one atomic rename: a crash between the renames of
@@ -949,8 +950,9 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 
 static void state_save(const GPT2 *model, const char *path, int step, const DataLoader *dl, const Rng *rng) {
     int32_t h[HEADER_INTS] = {0};
-    int64_t pos = dl->pos, np = (int64_t)model->num_params;
+    int64_t pos = dl->shuffle ? dl->batch : dl->pos, np = (int64_t)model->num_params;
     h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = step, h[3] = dl->shard;
+    h[10] = dl->shuffle, h[11] = (int32_t)dl->seed;
     memcpy(&h[4], &pos, 8), memcpy(&h[6], &rng->s, 8), memcpy(&h[8], &np, 8);
     AtomicFile af;
     atomic_open(&af, path);
@@ -968,7 +970,8 @@ static void state_save(const GPT2 *model, const char *path, int step, const Data
 }
 
 // Returns the step; restores the parameters, Adam's moments, the loader position and the RNG.
-static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
+// seed and dir are the run's --seed and --resume, for the loader's check.
+static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng, int seed, const char *dir) {
     long bytes = file_size(path);
     if (bytes < 0) die("cannot read %s: %s", path, strerror(errno));
     if (bytes != HEADER_INTS * 4 + 12 * (long)model->num_params) {
@@ -994,7 +997,7 @@ static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
     }
     free(buf);
     fclose(f);
-    dataloader_seek(dl, h[3], pos);
+    dataloader_resume(dl, h[10], h[11], h[3], pos, seed, dir);
     return h[2];
 }
 
@@ -1004,7 +1007,7 @@ static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
 
 typedef struct {
     const char *train, *val, *init_from, *resume, *out, *schedule, *init, *hist_matrix;
-    int layers, dim, heads, kv_heads, ffn, seq_len, vocab, batch, steps, warmup, seed;
+    int layers, dim, heads, kv_heads, ffn, seq_len, vocab, batch, steps, warmup, seed, shuffle;
     int tvr_every, tvr_depth_scaled, val_every, val_batches, stats_every, checkpoint_every, threads, hist_layer;
     double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip, init_std, tvr_target, tvr_threshold, hist_range;
 } Options;
@@ -1013,7 +1016,7 @@ static const char *USAGE =
     "usage: train_gpt2 --train GLOB [flags]\n"
     "Train GPT-2 on the CPU (llm.c checkpoint and shard formats) with LIR/TVR and E3 statistics.";
 
-#define NUM_FLAGS 38
+#define NUM_FLAGS 39
 static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
     Flag t[] = {
         {"train", FLAG_STRING, &o->train, NULL, 0, 0, NULL, "training shards (glob, llm.c format)", 0},
@@ -1041,7 +1044,8 @@ static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
         {"grad-clip", FLAG_FLOAT, &o->grad_clip, "1.0", 0, 1e9, NULL, "clip the global grad norm (0 = off)", 0},
         {"init", FLAG_CHOICE, &o->init, "plain", 0, 0, "plain|lir|residual|e3", "initialisation scheme", 0},
         {"init-std", FLAG_FLOAT, &o->init_std, "0.02", 0, 10, NULL, "sigma of the initialisation", 0},
-        {"seed", FLAG_INT, &o->seed, "1337", 0, INT_MAX, NULL, "random seed", 0},
+        {"seed", FLAG_INT, &o->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
+        {"shuffle", FLAG_INT, &o->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
         {"tvr-target", FLAG_FLOAT, &o->tvr_target, "0", 0, 10, NULL, "TVR target std (0 = off)", 0},
         {"tvr-every", FLAG_INT, &o->tvr_every, "50", 1, 1 << 30, NULL, "TVR every this many steps", 0},
         {"tvr-threshold", FLAG_FLOAT, &o->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
@@ -1189,12 +1193,13 @@ int main(int argc, char **argv) {
     int T = build_model(&model, &o, fl, &rng);
     DataLoader train, val;
     dataloader_init(&train, o.train, "--train", o.batch, T, model.config.vocab);
+    if (o.shuffle) dataloader_shuffle(&train, (uint64_t)o.seed);
     if (o.val) dataloader_init(&val, o.val, "--val", o.batch, T, model.config.vocab);
     int start = 0;
     if (o.resume) {
         char path[4200];
         snprintf(path, sizeof(path), "%s/state.bin", o.resume);
-        start = state_load(&model, path, &train, &rng);
+        start = state_load(&model, path, &train, &rng, o.seed, o.resume);
         printf("resumed %s at step %d\n", o.resume, start);
     }
     const GPT2Config *c = &model.config;

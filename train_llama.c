@@ -1396,19 +1396,7 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof(path), "%s/state.bin", s.resume);
         state_load(&model, &st, path);
         rng.s = st.rng;
-        if (st.shuffle != s.shuffle) {
-            usage_error("--shuffle %d: the run in %s was started with --shuffle %d; resume it with that", s.shuffle,
-                        s.resume, st.shuffle);
-        }
-        if (s.shuffle && st.shuffle_seed != s.seed) {
-            usage_error("--seed %d: the shuffled run in %s was started with --seed %d; resume it with that", s.seed,
-                        s.resume, st.shuffle_seed);
-        }
-        if (s.shuffle) {
-            dataloader_seek_batch(&train_dl, st.pos);
-        } else {
-            dataloader_seek(&train_dl, st.shard, st.pos);
-        }
+        dataloader_resume(&train_dl, st.shuffle, st.shuffle_seed, st.shard, st.pos, s.seed, s.resume);
     }
     st.rng = rng.s;
     printf("train_llama: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %d threads\n", config.layers,

@@ -25,6 +25,7 @@
 
 #include <glob.h>
 
+#include "args.h"
 #include "utils.h"
 
 #define SHARD_MAGIC 20240520
@@ -216,6 +217,25 @@ static void dataloader_next(DataLoader *dl) {
         dl->targets[i] = tok[i + 1];
     }
     dl->pos += n;
+}
+
+// On --resume: continue where state.bin (in dir) says the loader was. A run keeps its order,
+// so --shuffle and, when shuffled, --seed must be what the run was started with.
+static void dataloader_resume(DataLoader *dl, int saved_shuffle, int saved_seed, int shard, long pos, int seed,
+                              const char *dir) {
+    if (saved_shuffle != dl->shuffle) {
+        usage_error("--shuffle %d: the run in %s was started with --shuffle %d; resume it with that", dl->shuffle, dir,
+                    saved_shuffle);
+    }
+    if (dl->shuffle && saved_seed != seed) {
+        usage_error("--seed %d: the shuffled run in %s was started with --seed %d; resume it with that", seed, dir,
+                    saved_seed);
+    }
+    if (dl->shuffle) {
+        dataloader_seek_batch(dl, pos);
+    } else {
+        dataloader_seek(dl, shard, pos);
+    }
 }
 
 static void dataloader_free(DataLoader *dl) {

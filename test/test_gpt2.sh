@@ -33,6 +33,15 @@ else
 fi
 if diff <(cut -d, -f1-4 "$tmp/a/train.csv") <(cut -d, -f1-4 "$tmp/c/train.csv") >/dev/null; then
   ok "train.csv losses identical"; else bad "train.csv differs after resume"; fi
+./train_gpt2 $TINY --steps 6 --shuffle 1 --out "$tmp/h6" >/dev/null || bad "shuffled run failed"
+./train_gpt2 $TINY --steps 3 --shuffle 1 --out "$tmp/h3" >/dev/null || bad "shuffled 3-step run failed"
+./train_gpt2 $TINY --steps 6 --shuffle 1 --resume "$tmp/h3" >/dev/null || bad "shuffled resume failed"
+if cmp -s "$tmp/h6/model.bin" "$tmp/h3/model.bin" && cmp -s "$tmp/h6/state.bin" "$tmp/h3/state.bin" &&
+   ! cmp -s "$tmp/a/model.bin" "$tmp/h6/model.bin"; then
+  ok "--shuffle 1: another model than the file order; 3 + resume to 6 == 6 steps (bitwise)"
+else
+  bad "--shuffle 1: resumed run differs from the straight one, or shuffling changed nothing"
+fi
 # the logs: weights.csv rows (7 matrices x 2 layers at steps 0, 2, 4, 6), hist.csv, a checkpoint llm.c can read
 n=$(grep -c ',k,' "$tmp/a/weights.csv")
 [ "$n" -eq 8 ] && ok "weights.csv has q/k/v rows per layer and stats step" || bad "weights.csv: $n k rows, want 8"
@@ -77,6 +86,7 @@ expect_error 1 "truncated shard" ./train_gpt2 --train "$tmp/short.bin" --vocab 2
 expect_error 1 "token id >= vocab" ./train_gpt2 --train "$tmp/bigtok.bin" --vocab 250 --dim 32 --layers 1 --seq-len 8 --batch 2 --out "$tmp/e"
 expect_error 1 "checkpoint bad magic" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from $FX/gpt2_tiny_train.bin --out "$tmp/e"
 expect_error 1 "truncated checkpoint" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from "$tmp/trunc_model.bin" --out "$tmp/e"
+expect_error 2 "resume a shuffled run unshuffled" ./train_gpt2 $TINY --steps 8 --resume "$tmp/h3"
 expect_error 1 "resume without state" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --resume "$tmp/d/nonexistent" --out "$tmp/e"
 
 exit $fail
