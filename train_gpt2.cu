@@ -1280,7 +1280,8 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 /*
  * state.bin, train_gpt2.c's format: int32 header[256]: [0] magic 20261124,
  * [1] version 2, [2] step, [3] shard, [4..5] token position (int64), [6..7] RNG
- * state, [8..9] number of parameters (int64); then the parameters, Adam m and v
+ * state, [8..9] number of parameters (int64), [10] 1 if the data order is shuffled
+ * (then [4..5] counts the batches taken), [11] its seed; then the parameters, Adam m and v
  * as fp32. A resume reads the parameters from here (one file, one atomic rename).
  */
 #define STATE_MAGIC 20261124
@@ -1288,8 +1289,9 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 
 static void state_save(GPT2 *model, const char *path, int step, const DataLoader *dl, const Rng *rng) {
     int32_t h[HEADER_INTS] = {0};
-    int64_t pos = dl->pos, np = (int64_t)model->num_params;
+    int64_t pos = dl->shuffle ? dl->batch : dl->pos, np = (int64_t)model->num_params;
     h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = step, h[3] = dl->shard;
+    h[10] = dl->shuffle, h[11] = (int32_t)dl->seed;
     memcpy(&h[4], &pos, 8), memcpy(&h[6], &rng->s, 8), memcpy(&h[8], &np, 8);
     gpt2_params_to_host(model);
     cudaCheck(cudaMemcpy(model->h_m, model->m, sizeof(float) * np, cudaMemcpyDeviceToHost));
@@ -1304,7 +1306,8 @@ static void state_save(GPT2 *model, const char *path, int step, const DataLoader
 }
 
 // Returns the step; restores the parameters, Adam's moments, the loader position and the RNG.
-static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
+// seed and dir are the run's --seed and --resume, for the loader's check.
+static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng, int seed, const char *dir) {
     long bytes = file_size(path);
     if (bytes < 0) die("cannot read %s: %s", path, strerror(errno));
     if (bytes != HEADER_INTS * 4 + 12 * (long)model->num_params) {
@@ -1327,7 +1330,7 @@ static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
     gpt2_params_to_device(model);
     cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->v, model->h_v, sizeof(float) * np, cudaMemcpyHostToDevice));
-    dataloader_seek(dl, h[3], pos);
+    dataloader_resume(dl, h[10], h[11], h[3], pos, seed, dir);
     return h[2];
 }
 
@@ -1336,7 +1339,7 @@ static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng) {
 
 typedef struct {
     const char *train, *val, *init_from, *resume, *out, *schedule, *init, *hist_matrix;
-    int layers, dim, heads, kv_heads, ffn, seq_len, vocab, batch, steps, warmup, seed;
+    int layers, dim, heads, kv_heads, ffn, seq_len, vocab, batch, steps, warmup, seed, shuffle;
     int tvr_every, tvr_depth_scaled, val_every, val_batches, stats_every, checkpoint_every, threads, hist_layer, tf32;
     double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip, init_std, tvr_target, tvr_threshold, hist_range;
 } Options;
@@ -1345,7 +1348,7 @@ static const char *USAGE =
     "usage: train_gpt2_cu --train GLOB [flags]\n"
     "Train GPT-2 on one NVIDIA GPU (llm.c checkpoint and shard formats) with LIR/TVR and E3 statistics.";
 
-#define NUM_FLAGS 39
+#define NUM_FLAGS 40
 static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
     Flag t[] = {
         {"train", FLAG_STRING, &o->train, NULL, 0, 0, NULL, "training shards (glob, llm.c format)", 0},
@@ -1373,7 +1376,8 @@ static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
         {"grad-clip", FLAG_FLOAT, &o->grad_clip, "1.0", 0, 1e9, NULL, "clip the global grad norm (0 = off)", 0},
         {"init", FLAG_CHOICE, &o->init, "plain", 0, 0, "plain|lir|residual|e3", "initialisation scheme", 0},
         {"init-std", FLAG_FLOAT, &o->init_std, "0.02", 0, 10, NULL, "sigma of the initialisation", 0},
-        {"seed", FLAG_INT, &o->seed, "1337", 0, INT_MAX, NULL, "random seed", 0},
+        {"seed", FLAG_INT, &o->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
+        {"shuffle", FLAG_INT, &o->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
         {"tvr-target", FLAG_FLOAT, &o->tvr_target, "0", 0, 10, NULL, "TVR target std (0 = off)", 0},
         {"tvr-every", FLAG_INT, &o->tvr_every, "50", 1, 1 << 30, NULL, "TVR every this many steps", 0},
         {"tvr-threshold", FLAG_FLOAT, &o->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
@@ -1542,6 +1546,7 @@ int main(int argc, char **argv) {
     // data before the GPU: a bad shard is reported before any GPU work
     DataLoader train, val;
     dataloader_init(&train, o.train, "--train", o.batch, T, model.config.vocab);
+    if (o.shuffle) dataloader_shuffle(&train, (uint64_t)o.seed);
     if (o.val) dataloader_init(&val, o.val, "--val", o.batch, T, model.config.vocab);
     gpu_setup(o.tf32);
     gpt2_alloc_device(&model);
@@ -1551,7 +1556,7 @@ int main(int argc, char **argv) {
     if (o.resume) {
         char path[4200];
         snprintf(path, sizeof(path), "%s/state.bin", o.resume);
-        start = state_load(&model, path, &train, &rng);
+        start = state_load(&model, path, &train, &rng, o.seed, o.resume);
         printf("resumed %s at step %d\n", o.resume, start);
     }
     const GPT2Config *c = &model.config;

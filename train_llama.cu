@@ -1297,13 +1297,15 @@ static void activations_log(Llama *model, int step, FILE *csv) {
 
 // state.bin, exactly train_llama.c's format (so a run moves between the
 // programs): int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard
-// index, int64 at [4] data position, [6] RNG state, [8] parameter count; then
+// index, int64 at [4] data position, [6] RNG state, [8] parameter count, [10] 1
+// if the data order is shuffled (then [4] counts the batches taken), [11] its seed; then
 // params, m and v, fp32, in the parameter table's order.
 typedef struct {
     int step;
     int shard;
     long pos;
     uint64_t rng;
+    int shuffle, shuffle_seed;
 } TrainState;
 
 static void state_save(Llama *model, const TrainState *st, const char *path) {
@@ -1316,6 +1318,8 @@ static void state_save(Llama *model, const TrainState *st, const char *path) {
     memcpy(&header[4], &pos, 8);
     memcpy(&header[6], &st->rng, 8);
     memcpy(&header[8], &np, 8);
+    header[10] = st->shuffle;
+    header[11] = st->shuffle_seed;
     llama_params_to_host(model);
     cudaCheck(cudaMemcpy(model->h_m, model->m, sizeof(float) * np, cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(model->h_v, model->v, sizeof(float) * np, cudaMemcpyDeviceToHost));
@@ -1348,6 +1352,8 @@ static void state_load(Llama *model, TrainState *st, const char *path) {
     st->step = header[2];
     st->shard = header[3];
     st->pos = pos;
+    st->shuffle = header[10];
+    st->shuffle_seed = header[11];
     fseek(f, HEADER_INTS * 4, SEEK_SET);
     fread_check(model->h_params, sizeof(float), np, f, path);
     fread_check(model->h_m, sizeof(float), np, f, path);
@@ -1377,6 +1383,7 @@ typedef struct {
     const char *schedule, *init;
     double init_std;
     int seed;
+    int shuffle;
     double tvr_target, tvr_threshold;
     int tvr_every, tvr_depth_scaled;
     int val_every, val_batches, stats_every, checkpoint_every, threads;
@@ -1418,7 +1425,8 @@ static int settings_parse(Settings *s, int argc, char **argv) {
         {"grad-clip", FLAG_FLOAT, &s->grad_clip, "1.0", 0, 1e9, NULL, "global gradient norm limit; 0 = off", 0},
         {"init", FLAG_CHOICE, &s->init, "plain", 0, 0, "plain|lir|residual", "initialisation scheme", 0},
         {"init-std", FLAG_FLOAT, &s->init_std, "0.02", 0, 10, NULL, "sigma of the initial weights", 0},
-        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init)", 0},
+        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
+        {"shuffle", FLAG_INT, &s->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
         {"tvr-target", FLAG_FLOAT, &s->tvr_target, "0", 0, 10, NULL, "TVR target std; 0 = off", 0},
         {"tvr-every", FLAG_INT, &s->tvr_every, "50", 1, 1 << 30, NULL, "TVR on steps that are multiples of this", 0},
         {"tvr-threshold", FLAG_FLOAT, &s->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
@@ -1540,7 +1548,7 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         double ms = 1000 * (wall_seconds() - t0);
         st->step = step;
         st->shard = train_dl->shard;
-        st->pos = train_dl->pos;
+        st->pos = train_dl->shuffle ? train_dl->batch : train_dl->pos;
         total_ms += ms;
         timed++;
         double tok_s = B * T / (ms / 1000);
@@ -1615,7 +1623,8 @@ int main(int argc, char **argv) {
     llama_build(&model, config);
     llama_alloc_acts(&model, s.batch, s.seq_len);
 
-    TrainState st = {0, 0, 0, 0};
+    if (s.shuffle) dataloader_shuffle(&train_dl, (uint64_t)s.seed);
+    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     if (s.init_from) {
@@ -1629,7 +1638,7 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof(path), "%s/state.bin", s.resume);
         state_load(&model, &st, path);
         rng.s = st.rng;
-        dataloader_seek(&train_dl, st.shard, st.pos);
+        dataloader_resume(&train_dl, st.shuffle, st.shuffle_seed, st.shard, st.pos, s.seed, s.resume);
     }
     st.rng = rng.s;
     cudaDeviceProp prop;

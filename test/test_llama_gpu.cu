@@ -121,7 +121,7 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     argv[argc++] = "--out", argv[argc++] = out;
     Settings s;
     settings_parse(&s, argc, (char **)argv);
-    TrainState st = {0, 0, 0, 0};
+    TrainState st = {0, 0, 0, 0, 0, 0};
     dataloader_reset(dl);
     llama_load_params(model, model_path);
     cudaCheck(cudaMemset(model->m, 0, sizeof(float) * model->num_params));
