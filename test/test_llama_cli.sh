@@ -64,9 +64,14 @@ for _ in $(seq 500); do # wait until a few steps are logged, then kill
   [ "$(cat $D/k/train.csv 2>/dev/null | wc -l)" -ge 6 ] && break
   sleep 0.01
 done
-kill -9 $pid 2>/dev/null
-wait $pid 2>/dev/null
-echo "  (killed after step $(tail -n1 $D/k/train.csv | cut -d, -f1) of 60)"
+if kill -9 $pid 2>/dev/null; then
+  wait $pid 2>/dev/null
+  killed_at=$(tail -n1 $D/k/train.csv | cut -d, -f1)
+  [ "$killed_at" -lt 60 ] && ok "killed with kill -9 after step $killed_at of 60" ||
+    bad "the run ended before kill -9 landed: nothing tested (make the run longer)"
+else
+  bad "the run ended before kill -9 landed: nothing tested (make the run longer)"
+fi
 $RUN --schedule constant --warmup 3 --steps 60 --resume $D/k >/dev/null || bad "resume after kill -9 failed"
 same $D/s60 $D/k "60 steps straight vs killed + resumed"
 
