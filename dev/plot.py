@@ -8,9 +8,9 @@ Four panels: train loss (and val loss, dots) vs step; the largest |activation| o
 blocks vs step; layer 1's std of --matrix vs step, one line per run; and, for the first run,
 every layer's std of --matrix vs step (TVR steps show as drops).
 
---per-layer NAME,NAME,... also writes <png>_layers.png: one panel per named run (the
-directory's base name) with every layer's std of --matrix, on one shared y scale, so that
-runs with and without TVR sit side by side.
+--per-layer NAME,NAME,... also writes <png>_layers.png: one column per named run (the
+directory's base name) with every layer's std of --matrix (top) and largest |activation|
+(bottom), each row on one y scale, so that runs with and without TVR sit side by side.
 """
 import argparse
 import csv
@@ -82,15 +82,22 @@ def plot_per_layer(plt, runs, names, matrix, out):
     missing = [n for n in names if n not in by_name]
     if missing:
         sys.exit(f"--per-layer: no run named {', '.join(missing)} among the given directories")
-    fig, ax = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True, squeeze=False)
-    for a, name in zip(ax[0], names):
-        rows = [x for x in read(os.path.join(by_name[name], "weights.csv")) if x["matrix"] == matrix]
-        for l in sorted({int(x["layer"]) for x in rows}):
-            w = [x for x in rows if int(x["layer"]) == l]
-            a.plot([int(x["step"]) for x in w], [float(x["std"]) for x in w], label=f"layer {l}")
-        a.set(title=f"{name}: std of {matrix} per layer", xlabel="step")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+    fig, ax = plt.subplots(2, len(names), figsize=(5 * len(names), 8), sharey="row", squeeze=False)
+    for col, name in enumerate(names):
+        panels = [(read(os.path.join(by_name[name], "weights.csv")), "std", f"std of {matrix}"),
+                  (read(os.path.join(by_name[name], "activations.csv")), "max_abs", "max |activation|")]
+        for row, (rows, key, what) in enumerate(panels):
+            if key == "std":
+                rows = [x for x in rows if x["matrix"] == matrix]
+            a = ax[row, col]
+            for l in sorted({int(x["layer"]) for x in rows}):
+                w = [x for x in rows if int(x["layer"]) == l]
+                a.plot([int(x["step"]) for x in w], [float(x[key]) for x in w], label=f"layer {l}")
+            a.set(title=f"{name}: {what} per layer", xlabel="step")
+            if key == "max_abs":
+                a.set_yscale("log")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
