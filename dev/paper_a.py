@@ -13,7 +13,7 @@ continued with --resume from its last checkpoint (--checkpoint-every is on).
 
     python3 dev/paper_a.py                    # the CPU set (make data-gutenberg first)
     python3 dev/paper_a.py --only baseline,lir_tvr01 --steps 200
-    python3 dev/paper_a.py --scale gpu --binary ./train_llama_cu
+    python3 dev/paper_a.py --scale gpu --binary ./train_llama_cu [--dry-run: print the commands]
     python3 dev/paper_a.py --summary-only     # just rebuild the table from existing logs
 
 Standard library only. Plots: dev/plot_paper_a.py.
@@ -22,6 +22,7 @@ import argparse
 import csv
 import glob
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -48,7 +49,8 @@ PAPER_MAX_ACTIVATION = {"baseline": 1856, "lir": 948, "lir_tvr006": 164, "lir_tv
 # and the seven runs take about 2 hours. Width was kept small so that the budget buys depth
 # (what LIR and depth-scaled TVR act on) and steps (TVR needs many rescales to matter);
 # `--steps 600` is the 25-minute version. gpu: a 16-block, width-1024 model with the
-# paper's head layout (no GQA).
+# paper's head layout (no GQA), 164M tokens a run: more than the Gutenberg books hold (the
+# script says so), so give it a larger corpus tokenised by dev/data/prepare.py (--train/--val).
 SCALES = {
     "cpu": dict(model=["--layers", "8", "--dim", "128", "--heads", "4", "--kv-heads", "2", "--seq-len", "128"],
                 batch=8, steps=2400, lr="2e-3", warmup=60, val_every=100, stats_every=25, tvr_every=50),
@@ -62,6 +64,18 @@ def read_csv(path):
         return []
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def budget_note(args, scale):
+    """Say how many tokens a run takes and how often that reads the training shards."""
+    have = 0
+    for path in sorted(glob.glob(args.train)):
+        with open(path, "rb") as f:
+            have += struct.unpack("<3i", f.read(12))[2]
+    seq_len = int(scale["model"][scale["model"].index("--seq-len") + 1])
+    want = (args.steps or scale["steps"]) * scale["batch"] * seq_len
+    print(f"budget: {want / 1e6:.1f}M tokens a run, the training shards hold {have / 1e6:.1f}M"
+          + (f": every token is read {want / have:.1f} times; point --train at a larger corpus" if want > have else ""))
 
 
 def run_one(args, name, extra, scale):
@@ -79,6 +93,9 @@ def run_one(args, name, extra, scale):
         print(f"[{name}] resuming from its last checkpoint")
     else:
         cmd += ["--out", out]
+    if args.dry_run:
+        print(" ".join(cmd))
+        return
     os.makedirs(out, exist_ok=True)
     print(f"[{name}] " + " ".join(cmd), flush=True)
     t0 = time.time()
@@ -148,13 +165,15 @@ def main():
     p.add_argument("--seed", type=int, default=1337, help="the seed of every run: it sets the initial weights (the data order does not depend on it)")
     p.add_argument("--only", default="", help="comma-separated run names")
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args()
     if not args.summary_only:
         if not glob.glob(args.train) or not glob.glob(args.val):
             sys.exit(f"no shards match {args.train} / {args.val}: run `make data-gutenberg` "
                      "(or point --train/--val at your own shards made with dev/data/prepare.py)")
-        if not os.access(args.binary, os.X_OK):
+        if not os.access(args.binary, os.X_OK) and not args.dry_run:
             sys.exit(f"{args.binary} not found: run `make` first")
+        budget_note(args, SCALES[args.scale])
         only = set(filter(None, args.only.split(",")))
         unknown = only - {r[0] for r in RUNS}
         if unknown:
@@ -162,7 +181,8 @@ def main():
         for name, _, extra in RUNS:
             if not only or name in only:
                 run_one(args, name, extra, SCALES[args.scale])
-    summarise(args)
+    if not args.dry_run:
+        summarise(args)
 
 
 if __name__ == "__main__":
