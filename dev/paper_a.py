@@ -51,11 +51,17 @@ PAPER_MAX_ACTIVATION = {"baseline": 1856, "lir": 948, "lir_tvr006": 164, "lir_tv
 # `--steps 600` is the 25-minute version. gpu: a 16-block, width-1024 model with the
 # paper's head layout (no GQA), 164M tokens a run: more than the Gutenberg books hold (the
 # script says so), so give it a larger corpus tokenised by dev/data/prepare.py (--train/--val).
+# Its batch is 16 x 1024 because the trainers keep every layer's activations in fp32, the
+# attention probabilities at full T x T included: about 2.2 GB a layer at B 16 (34 GB for 16
+# layers, 2 GB of logits, 4.2 GB of parameters, gradients and AdamW moments: ~41 GB); B 32
+# would need ~77 GB, more than an 80 GB H100 leaves free.
 SCALES = {
     "cpu": dict(model=["--layers", "8", "--dim", "128", "--heads", "4", "--kv-heads", "2", "--seq-len", "128"],
-                batch=8, steps=2400, lr="2e-3", warmup=60, val_every=100, stats_every=25, tvr_every=50),
+                batch=8, steps=2400, lr="2e-3", warmup=60, val_every=100, stats_every=25, tvr_every=50,
+                checkpoint_every=100),
     "gpu": dict(model=["--layers", "16", "--dim", "1024", "--heads", "16", "--kv-heads", "16", "--seq-len", "1024"],
-                batch=32, steps=5000, lr="6e-4", warmup=500, val_every=250, stats_every=100, tvr_every=50),
+                batch=16, steps=10000, lr="6e-4", warmup=1000, val_every=500, stats_every=200, tvr_every=50,
+                checkpoint_every=1000),
 }
 
 
@@ -87,7 +93,7 @@ def run_one(args, name, extra, scale):
            "--batch", str(scale["batch"]), "--steps", str(args.steps or scale["steps"]), "--lr", scale["lr"],
            "--warmup", str(scale["warmup"]), "--val-every", str(scale["val_every"]), "--val-batches", "20",
            "--stats-every", str(scale["stats_every"]), "--tvr-every", str(scale["tvr_every"]),
-           "--checkpoint-every", "100", "--seed", str(args.seed), *extra]
+           "--checkpoint-every", str(scale["checkpoint_every"]), "--seed", str(args.seed), *extra]
     if os.path.exists(os.path.join(out, "state.bin")):
         cmd += ["--resume", out]
         print(f"[{name}] resuming from its last checkpoint")
