@@ -102,7 +102,7 @@ def run_one(args, name, extra, scale):
            "--batch", str(scale["batch"]), "--steps", str(args.steps or scale["steps"]), "--lr", scale["lr"],
            "--warmup", str(scale["warmup"]), "--val-every", str(scale["val_every"]), "--val-batches", "20",
            "--stats-every", str(scale["stats_every"]), "--tvr-every", str(scale["tvr_every"]),
-           "--checkpoint-every", str(scale["checkpoint_every"]), "--seed", str(args.seed), *extra]
+           "--checkpoint-every", str(scale["checkpoint_every"]), "--seed", str(args.seed), "--shuffle", str(args.shuffle), *extra]
     if os.path.exists(os.path.join(out, "state.bin")):
         cmd += ["--resume", out]
         print(f"[{name}] resuming from its last checkpoint")
@@ -178,6 +178,8 @@ def main():
     p.add_argument("--out", default="out/paper_a")
     p.add_argument("--steps", type=int, default=0, help="override the scale's step count")
     p.add_argument("--seed", type=int, default=1337, help="the seed of every run: it sets the initial weights (the data order does not depend on it)")
+    p.add_argument("--shuffle", type=int, choices=(0, 1), default=0,
+                   help="1: the trainers' --shuffle 1 (books mixed; the measured set used 0: the books in order)")
     p.add_argument("--only", default="", help="comma-separated run names")
     p.add_argument("--summary-only", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
