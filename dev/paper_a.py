@@ -102,7 +102,7 @@ def run_one(args, name, extra, scale):
            "--batch", str(scale["batch"]), "--steps", str(args.steps or scale["steps"]), "--lr", scale["lr"],
            "--warmup", str(scale["warmup"]), "--val-every", str(scale["val_every"]), "--val-batches", "20",
            "--stats-every", str(scale["stats_every"]), "--tvr-every", str(scale["tvr_every"]),
-           "--checkpoint-every", str(scale["checkpoint_every"]), "--seed", str(args.seed), "--shuffle", str(args.shuffle), *extra]
+           "--checkpoint-every", str(scale["checkpoint_every"]), "--seed", str(args.seed), *(["--shuffle", "1"] if args.shuffle else []), *extra]
     if os.path.exists(os.path.join(out, "state.bin")):
         cmd += ["--resume", out]
         print(f"[{name}] resuming from its last checkpoint")
