@@ -49,7 +49,7 @@ typedef struct {
     long batch;          // batches taken so far
     long *shard_batches; // per shard: full batches of windows in it
     long epoch_batches;  // their sum
-    int *shard_order;    // this epoch's order of the shards
+    long *shard_order;   // this epoch's order of the shards
     long *window_order;  // this (epoch, shard)'s order of the windows
     long order_epoch;    // the epoch shard_order was drawn for, -1 = none
     long order_shard;    // the shard window_order was drawn for (in order_epoch), -1 = none
@@ -131,7 +131,7 @@ static void dataloader_shuffle(DataLoader *dl, uint64_t seed) {
     dl->batch = 0;
     dl->epoch_batches = 0;
     for (int s = 0; s < dl->nshards; s++) dl->epoch_batches += dl->shard_batches[s];
-    dl->shard_order = (int *)malloc_check((size_t)dl->nshards * sizeof(int));
+    dl->shard_order = (long *)malloc_check((size_t)dl->nshards * sizeof(long));
 }
 
 // A random permutation of 0..n-1 (Fisher-Yates) from a stream named by (seed, a, b).
@@ -151,16 +151,13 @@ static void dataloader_permute(long *out, long n, uint64_t seed, long a, long b)
 static void dataloader_shuffled_batch(DataLoader *dl, long k) {
     long epoch = k / dl->epoch_batches, r = k % dl->epoch_batches;
     if (epoch != dl->order_epoch) {
-        long *order = (long *)malloc_check((size_t)dl->nshards * sizeof(long));
-        dataloader_permute(order, dl->nshards, dl->seed, epoch, -1);
-        for (int s = 0; s < dl->nshards; s++) dl->shard_order[s] = (int)order[s];
-        free(order);
+        dataloader_permute(dl->shard_order, dl->nshards, dl->seed, epoch, -1);
         dl->order_epoch = epoch;
         dl->order_shard = -1;
     }
     int i = 0;
     while (r >= dl->shard_batches[dl->shard_order[i]]) r -= dl->shard_batches[dl->shard_order[i++]];
-    int shard = dl->shard_order[i];
+    int shard = (int)dl->shard_order[i];
     if (shard != dl->shard) dataloader_load_shard(dl, shard);
     long nwindows = (dl->ntok - 1) / dl->T;
     if (shard != dl->order_shard) {
@@ -176,7 +173,6 @@ static void dataloader_shuffled_batch(DataLoader *dl, long k) {
             dl->targets[b * dl->T + t] = tok[t + 1];
         }
     }
-    dl->pos = r; // for the record only: the batch within the shard
 }
 
 // Continue the shuffled order after `batches` batches, e.g. on --resume.
