@@ -950,7 +950,7 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 
 static void state_save(const GPT2 *model, const char *path, int step, const DataLoader *dl, const Rng *rng) {
     int32_t h[HEADER_INTS] = {0};
-    int64_t pos = dl->shuffle ? dl->batch : dl->pos, np = (int64_t)model->num_params;
+    int64_t pos = dataloader_position(dl), np = (int64_t)model->num_params;
     h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = step, h[3] = dl->shard;
     h[10] = dl->shuffle, h[11] = (int32_t)dl->seed;
     memcpy(&h[4], &pos, 8), memcpy(&h[6], &rng->s, 8), memcpy(&h[8], &np, 8);

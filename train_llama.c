@@ -1317,7 +1317,7 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         double ms = 1000 * (wall_seconds() - t0);
         st->step = step;
         st->shard = train_dl->shard;
-        st->pos = train_dl->shuffle ? train_dl->batch : train_dl->pos;
+        st->pos = dataloader_position(train_dl);
         total_ms += ms;
         timed++;
         double tok_s = B * T / (ms / 1000);

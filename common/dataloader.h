@@ -215,6 +215,10 @@ static void dataloader_next(DataLoader *dl) {
     dl->pos += n;
 }
 
+// The position state.bin records: the batches taken in the shuffled order, the token
+// offset in the current shard otherwise. dataloader_resume reads it back.
+static long dataloader_position(const DataLoader *dl) { return dl->shuffle ? dl->batch : dl->pos; }
+
 // On --resume: continue where state.bin (in dir) says the loader was. A run keeps its order,
 // so --shuffle and, when shuffled, --seed must be what the run was started with.
 static void dataloader_resume(DataLoader *dl, int saved_shuffle, int saved_seed, int shard, long pos, int seed,
