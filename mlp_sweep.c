@@ -352,7 +352,7 @@ static void mlp_free(Mlp *m) {
     free(m->v);
 }
 
-// ---- initialisation schemes (Paper B §3 and §4; RESEARCH.md E1, E2). fan_in = in, fan_out = out.
+// ---- initialisation schemes (Paper B §3 and §4; docs/methods.md). fan_in = in, fan_out = out.
 typedef enum { INIT_NORMAL, INIT_XAVIER_NORMAL, INIT_KAIMING_UNIFORM, INIT_TORCH_DEFAULT } InitScheme;
 static const char *INIT_NAMES[] = {"normal", "xavier_normal", "kaiming_uniform", "torch_default"};
 
@@ -1314,7 +1314,7 @@ static int e2_main(int argc, char **argv) {
     fclose_check(fs, path);
 
     // summary: per scheme medians and quartiles; Mann-Whitney U between the schemes.
-    // Beyond SPEC's per-run columns: the initial and final train loss, and the epochs to an
+    // Beyond docs/formats.md's per-run columns: the initial and final train loss, and the epochs to an
     // absolute target, target_frac · ln 2 (ln 2 = the loss of a 50/50 guess): a scheme that
     // starts at a higher loss has a higher "target_frac of its initial loss" to reach.
     enum { NCOL = 8 };

@@ -1,6 +1,6 @@
 /*
  * train_gpt2.c: train GPT-2 on the CPU, with the initialisations and the weight
- * rescaling of RESEARCH.md (LIR, TVR) and the variance instrumentation of E3.
+ * rescaling of docs/methods.md (LIR, TVR) and the variance instrumentation of E3.
  *
  * GPT-2 here: learned token and position embeddings, pre-LayerNorm blocks with
  * causal multi-head attention (Q, K, V packed in one c_attn matrix) and a GELU
@@ -498,7 +498,7 @@ static void gpt2_check_config(const GPT2Config *c, const char *what) {
 }
 
 // ----------------------------------------------------------------------------
-// Initialisation (SPEC "Init schemes", RESEARCH.md LIR and E3). Norm gains 1,
+// Initialisation (docs/methods.md, "The init schemes": LIR and E3). Norm gains 1,
 // biases and the padded vocabulary rows 0; matrices drawn in table order.
 //   plain:    every matrix ~ N(0, σ²)
 //   lir:      block l's matrices ~ N(0, (σ/√l)²), embeddings σ (paper A)
@@ -711,7 +711,7 @@ static void gpt2_free(GPT2 *model) {
 }
 
 // ----------------------------------------------------------------------------
-// Training: schedule, clipping, AdamW (SPEC "Training"), TVR (RESEARCH.md, paper A).
+// Training: schedule, clipping, AdamW, TVR (docs/methods.md, "The training loop", paper A).
 
 typedef struct {
     int steps, warmup, constant_schedule;
@@ -835,7 +835,7 @@ static void train_step(GPT2 *model, const TrainConfig *tc, DataLoader *dl, int s
 }
 
 // ----------------------------------------------------------------------------
-// E3 statistics (RESEARCH.md E3). The block matrices are logged as stored, and
+// E3 statistics (docs/methods.md, E3). The block matrices are logged as stored, and
 // c_attn also as its three C×C parts q, k, v (rows [0,C), [C,2C), [2C,3C)).
 
 #define NUM_STAT_MATRICES 7
@@ -1003,7 +1003,7 @@ static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng, i
 
 #ifndef TESTING
 // ----------------------------------------------------------------------------
-// The command line (SPEC "Command line"; the GPT-2 and E3 flags at the end).
+// The command line (docs/formats.md, "The command line"; the GPT-2 and E3 flags at the end).
 
 typedef struct {
     const char *train, *val, *init_from, *resume, *out, *schedule, *init, *hist_matrix;

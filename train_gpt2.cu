@@ -1,6 +1,6 @@
 /*
  * train_gpt2.cu: train GPT-2 on one NVIDIA GPU, with the initialisations and the
- * weight rescaling of RESEARCH.md (LIR, TVR) and the variance statistics of E3.
+ * weight rescaling of docs/methods.md (LIR, TVR) and the variance statistics of E3.
  *
  * The GPU twin of train_gpt2.c, which is the specification: the same flags (plus
  * --tf32), the same CSV logs (train.csv, val.csv, weights.csv with c_attn's q, k, v
@@ -709,7 +709,7 @@ static void gpt2_params_to_host(GPT2 *model) {
 }
 
 // ---------------------------------------------------------------------------
-// Initialisation, exactly train_gpt2.c's (SPEC "Init schemes", RESEARCH.md LIR and
+// Initialisation, exactly train_gpt2.c's (docs/methods.md, "The init schemes": LIR and
 // E3): drawn on the host with the same generator in the same order, then copied to
 // the GPU, so a fresh run starts from the same bits on both programs.
 //   plain:    every matrix ~ N(0, σ²)
@@ -963,7 +963,7 @@ static void gpt2_free(GPT2 *model) {
 }
 
 // ============================================================================
-// 4. training: schedule, clipping, AdamW (SPEC "Training"), TVR (RESEARCH.md, paper A)
+// 4. training: schedule, clipping, AdamW, TVR (docs/methods.md, "The training loop", paper A)
 // ============================================================================
 
 typedef struct {
@@ -1162,7 +1162,7 @@ static void train_step(GPT2 *model, const TrainConfig *tc, DataLoader *dl, int s
 }
 
 // ============================================================================
-// 5. E3 statistics (RESEARCH.md E3): c_attn also as its three C×C parts q, k, v
+// 5. E3 statistics (docs/methods.md, E3): c_attn also as its three C×C parts q, k, v
 // ============================================================================
 
 // weights.csv: step, layer, matrix, mean, std, rescaled

@@ -13,7 +13,7 @@
  *   5. TVR and the weight/activation statistics
  *   6. training: logs, state.bin, validation, main
  *
- * The model (SPEC.md "LLaMA model"): token embedding; per block
+ * The model (docs/methods.md, "The models"): token embedding; per block
  *   h = x + wo . Attn(RMSNorm(x) * attn_norm)        (RoPE, grouped-query heads)
  *   x = h + w2 . (SiLU(w1 . n) * (w3 . n)),  n = RMSNorm(h) * ffn_norm
  * then logits = lm_head . (RMSNorm(x) * final_norm), mean cross-entropy.
@@ -502,7 +502,7 @@ typedef struct {
 /*
  * The one table of parameter tensors. Allocation, the checkpoint reader and
  * writer, init, weight decay, TVR, the logs and the tests all read it. Order is
- * model.bin's order (SPEC.md). A per-layer tensor is L consecutive (rows, cols)
+ * model.bin's order (docs/formats.md). A per-layer tensor is L consecutive (rows, cols)
  * matrices; block matrices are the ones LIR scales and TVR rescales.
  */
 enum {
@@ -683,7 +683,7 @@ static void llama_free(Llama *model) {
 }
 
 /*
- * Initialisation (SPEC.md "Init schemes"; RESEARCH.md, LIR):
+ * Initialisation (docs/methods.md, "The init schemes" and LIR):
  *   plain    every matrix ~ N(0, sigma^2)
  *   lir      block l's matrices (l = 1..L) ~ N(0, (sigma/sqrt(l))^2); embeddings and lm_head sigma
  *   residual wo and w2 ~ N(0, (sigma/sqrt(2L))^2), the rest sigma (GPT-2's special residual init)
@@ -811,7 +811,7 @@ static void llama_backward(Llama *model) {
 }
 
 // ---------------------------------------------------------------------------
-// model.bin (SPEC.md): int32 header[256], then every tensor as fp32 in table order
+// model.bin (docs/formats.md): int32 header[256], then every tensor as fp32 in table order
 
 static void write_floats(FILE *f, const real *x, long n, const char *path) {
 #ifdef REAL_DOUBLE
@@ -910,7 +910,7 @@ typedef struct {
 } OptConfig;
 
 // Learning rate at step s (1-based): linear warm-up to lr over `warmup` steps,
-// then cosine from lr to lr*min_lr_frac at the last step (SPEC.md "Training").
+// then cosine from lr to lr*min_lr_frac at the last step (docs/methods.md, "The training loop").
 static double lr_at(const OptConfig *o, int s) {
     if (o->warmup > 0 && s <= o->warmup) return o->lr * s / o->warmup;
     if (!o->cosine || o->steps <= o->warmup) return o->lr;
@@ -951,7 +951,7 @@ static double sum_values(const real *x, long n) {
     return s;
 }
 
-// Global gradient norm over all parameters, then clipping (SPEC.md): scale by
+// Global gradient norm over all parameters, then clipping (docs/methods.md): scale by
 // max/(norm + 1e-6) when that is below 1. Returns the norm before clipping.
 static double clip_grad_norm(Llama *model, double max_norm) {
     double norm = sqrt(sum_squares(model->grads, model->num_params, 0));
@@ -1009,7 +1009,7 @@ static void weight_stats(const real *w, long n, double *mean, double *std) {
 }
 
 /*
- * Target Variance Rescaling (RESEARCH.md, paper A): if the matrix's std s is
+ * Target Variance Rescaling (docs/methods.md, paper A): if the matrix's std s is
  * above threshold*target, W <- (W - mean) * target/s + mean. The mean is kept,
  * only the spread changes; Adam's moments are left alone. Returns 1 if it
  * rescaled. mean and std (before) are returned for the log.

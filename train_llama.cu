@@ -778,7 +778,7 @@ static void llama_free(Llama *model) {
 }
 
 /*
- * Initialisation, exactly train_llama.c's (SPEC.md "Init schemes"): drawn on
+ * Initialisation, exactly train_llama.c's (docs/methods.md, "The init schemes"): drawn on
  * the host with the same generator in the same order, then copied to the GPU,
  * so a fresh run starts from the same bits on both programs.
  */
@@ -959,7 +959,7 @@ static void llama_backward(Llama *model) {
 }
 
 // ---------------------------------------------------------------------------
-// model.bin (SPEC.md): int32 header[256], then every tensor as fp32 in table order.
+// model.bin (docs/formats.md): int32 header[256], then every tensor as fp32 in table order.
 // The files are written and read through the host mirror.
 
 static void llama_save(Llama *model, const char *path) {
@@ -1035,7 +1035,7 @@ typedef struct {
 } OptConfig;
 
 // Learning rate at step s (1-based): linear warm-up to lr over `warmup` steps,
-// then cosine from lr to lr*min_lr_frac at the last step (SPEC.md "Training").
+// then cosine from lr to lr*min_lr_frac at the last step (docs/methods.md, "The training loop").
 static double lr_at(const OptConfig *o, int s) {
     if (o->warmup > 0 && s <= o->warmup) return o->lr * s / o->warmup;
     if (!o->cosine || o->steps <= o->warmup) return o->lr;
@@ -1061,7 +1061,7 @@ __global__ void scale_kernel(float *x, float factor, long n) {
     }
 }
 
-// Global gradient norm over all parameters, then clipping (SPEC.md): scale by
+// Global gradient norm over all parameters, then clipping (docs/methods.md): scale by
 // max/(norm + 1e-6) when that is below 1. Returns the norm before clipping.
 static double clip_grad_norm(Llama *model, double max_norm) {
     sum_squares_kernel<<<NORM_BLOCKS, BLOCK>>>(model->norm_partial, model->grads, model->num_params);
@@ -1194,7 +1194,7 @@ static void weight_stats(Llama *model, double *mean, double *std) {
 }
 
 /*
- * Target Variance Rescaling (RESEARCH.md, paper A): a matrix whose std s is
+ * Target Variance Rescaling (docs/methods.md, paper A): a matrix whose std s is
  * above threshold*target becomes (W - mean) * target/s + mean. The mean is
  * kept, only the spread changes; Adam's moments are left alone. rescaled[j] is
  * set for the matrices it rescaled; mean and std (before) are for the log.

@@ -1,5 +1,5 @@
 /*
- * common/csvlog.h: the CSV logs every trainer writes into --out (SPEC.md "Logs").
+ * common/csvlog.h: the CSV logs every trainer writes into --out (docs/formats.md, "The logs").
  *
  * A fresh run truncates a log and writes its header row. A resumed run keeps the
  * rows up to the step it resumes from and appends after them: a crash after the

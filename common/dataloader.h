@@ -1,5 +1,5 @@
 /*
- * common/dataloader.h: reads llm.c's token shards (see SPEC.md, "Data").
+ * common/dataloader.h: reads llm.c's token shards (see docs/formats.md, "Token shards").
  *
  * A shard is int32 header[256] (magic 20240520, version 1, token count, vocab
  * size or 0) followed by the tokens as uint16. Shards are taken in sorted file
@@ -55,7 +55,7 @@ typedef struct {
     long order_shard;    // the shard window_order was drawn for (in order_epoch), -1 = none
 } DataLoader;
 
-// Read a shard's header and tokens; check everything SPEC.md promises.
+// Read a shard's header and tokens; check everything docs/formats.md promises.
 // Returns the token count; fills *tokens (malloc'd) when tokens != NULL.
 static long shard_read(const char *path, long min_tokens, int vocab, uint16_t **tokens) {
     long bytes = file_size(path);

@@ -60,7 +60,7 @@ for cfg in "${CONFIGS[@]}"; do
     c_tps=$(awk -v a="$c" -v b="$c_tps" 'BEGIN { print (a > b ? a : b) }')
     t_tps=$(awk -v a="$t" -v b="$t_tps" 'BEGIN { print (a > b ? a : b) }')
   done
-  # training FLOPs per token (PERF.md): 6*N + 6*L*C*T, N = parameters in matmuls (lm_head included)
+  # training FLOPs per token (docs/perf.md): 6*N + 6*L*C*T, N = parameters in matmuls (lm_head included)
   fpt=$(echo "$model $batch" | awk '{ for (i = 1; i < NF; i++) f[$i] = $(i + 1)
     L = f["--layers"]; C = f["--dim"]; H = f["--heads"]; KV = f["--kv-heads"]; F = f["--ffn"]; V = f["--vocab"]; T = f["--seq-len"]
     N = L * (2 * C * C + 2 * C * KV * C / H + 3 * C * F) + V * C; print 6 * N + 6 * L * C * T }')

@@ -5,7 +5,7 @@
  * in lm_head alone). This workbench calls its matmul_forward / matmul_backward on each
  * projection's shapes, for the tiny and mid configs of `make bench-cpu`, and prints
  * GFLOP/s per call. dev/bench_cpu_gemm.py times the same shapes in PyTorch (MKL), so the
- * two tables say which shape is slow against the practical ceiling (PERF.md: about
+ * two tables say which shape is slow against the practical ceiling (docs/perf.md: about
  * 360-425 GFLOP/s on 2 threads), before anyone profiles the whole step.
  *
  * Build and run: gcc -O3 -march=native -mprefer-vector-width=512 -fopenmp -Icommon \

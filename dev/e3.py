@@ -1,5 +1,5 @@
 """
-E3 (RESEARCH.md; paper B, section 4.3): variance dynamics of a 12-layer GPT-2.
+E3 (docs/methods.md; paper B, section 4.3): variance dynamics of a 12-layer GPT-2.
 
 Trains GPT-2 from scratch with paper B's init (N(0, 0.02²) weights, xavier_normal
 token embedding, biases 0: `--init e3`) and AdamW, logging every --stats-every steps

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-# The runs (RESEARCH.md, Paper A): the same budget for every one; nothing is tuned per run.
+# The runs (docs/methods.md, Paper A): the same budget for every one; nothing is tuned per run.
 RUNS = [
     ("baseline", "sigma 0.02, plain", ["--init", "plain", "--init-std", "0.02"]),
     ("residual", "sigma 0.02, residual init", ["--init", "residual", "--init-std", "0.02"]),
@@ -49,7 +49,7 @@ EXTRA_RUNS = [
 ]
 
 # Paper A's largest activation over training for the same settings (1B LLaMA, 100B tokens;
-# RESEARCH.md), set beside ours in the summary. The paper has no figure for the other two.
+# docs/methods.md), set beside ours in the summary. The paper has no figure for the other two.
 PAPER_MAX_ACTIVATION = {"baseline": 1856, "lir": 948, "lir_tvr006": 164, "lir_tvr008": 178, "lir_tvr01": 235}
 
 # Model and budget per scale. cpu: 8 blocks (depth is what LIR acts on) of width 128 with

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plot the logs of one or more train_llama / train_gpt2 runs (SPEC.md "Logs").
+"""Plot the logs of one or more train_llama / train_gpt2 runs (docs/formats.md, "The logs").
 
     .venv/bin/python dev/plot.py out/run                       # -> out/run/plot.png
     .venv/bin/python dev/plot.py out/paper_a/* --png out/paper_a/plot.png --matrix w2

@@ -6,7 +6,7 @@ E1 (mlp_e1.png): final test accuracy and final train loss against sigma (log x),
 per-epoch train loss of every sigma. Diverged runs (NaN/inf) are marked with a red x.
 E2 (mlp_e2.png): train loss per epoch (median and quartile band of the runs of each
 scheme), and the distribution of epochs to reach the target loss.
-Reads only the CSV files mlp_sweep writes (SPEC.md, "mlp_sweep").
+Reads only the CSV files mlp_sweep writes (docs/formats.md, "The logs").
 """
 import argparse
 import csv

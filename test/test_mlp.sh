@@ -33,7 +33,7 @@ rows=$(($(wc -l < "$tmp/a/e1_epochs.csv") - 1))
 [ "$rows" -eq 4 ] || fail "e1_epochs.csv has $rows rows, want 4 (2 sigmas x 2 epochs)"
 head -1 "$tmp/a/e1_epochs.csv" | grep -qx 'sigma,epoch,train_loss,test_acc,grad_norm,diverged' || fail "e1_epochs.csv header"
 head -1 "$tmp/c/e2_summary.csv" | grep -qx 'init,seed,epochs_to_target,final_val_acc,loss_std,spikes,grad_excursions' || fail "e2_summary.csv header"
-echo "ok   e1_epochs.csv has 4 rows (2 sigmas x 2 epochs) and the headers SPEC.md names"
+echo "ok   e1_epochs.csv has 4 rows (2 sigmas x 2 epochs) and the headers docs/formats.md names"
 # every E2 run on this easy task reaches 10% of its initial loss within 30 epochs, at >= 90% validation accuracy
 awk -F, 'NR > 1 && ($3 == "" || $4 < 0.9) { bad++ } END { exit bad > 0 }' "$tmp/c/e2_summary.csv" || fail "e2: a run missed the target or has val acc < 0.9"
 grep -q 'Mann-Whitney U' "$tmp/c.log" || fail "e2 stdout has no Mann-Whitney summary"

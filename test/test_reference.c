@@ -6,7 +6,7 @@
  * Usage: test_reference FIXTURE_DIR...   (run from the repository root)
  *
  * A fixture directory (made by `make reference`, dev/reference/make_fixtures.py) holds
- *   model.bin            the initial parameters (SPEC.md's format)
+ *   model.bin            the initial parameters (docs/formats.md)
  *   debug_state.bin      what the oracle computed from it, in float32; the layout is
  *                        written out at the top of dev/reference/llama.py:
  *       int32 header[256]: [0] 20261124, [1] 1, [2] bytes per REAL (4 or 8), [3] B, [4] T,

@@ -2,7 +2,7 @@
  * dev/cuda/tvr.cu: Target Variance Rescaling and the statistics (train_llama.cu's
  * weight_stats, tvr_rescale and activations_log).
  *
- * TVR (RESEARCH.md, paper A): for each block matrix, mean and unbiased std; if
+ * TVR (docs/methods.md, paper A): for each block matrix, mean and unbiased std; if
  * std/target > threshold, W <- (W - mean) * target/std + mean; otherwise untouched.
  *   version 1: per matrix, two reductions (mean, then the squared deviations from it: the
  *              CPU's two passes), then the rescale: three launches and reads per matrix

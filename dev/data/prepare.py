@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tokenize text into token shards in llm.c's format (see docs/SPEC.md, "Data: token shards").
+"""Tokenize text into token shards in llm.c's format (see docs/formats.md, "Token shards").
 
 A shard is an int32 header of 256 entries -- [0] = 20240520 (magic), [1] = 1 (version:
 uint16 tokens), [2] = number of tokens, [3] = vocabulary size -- followed by the tokens as

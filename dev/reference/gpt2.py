@@ -1,7 +1,7 @@
 """
 PyTorch reference for train_gpt2.c: the same GPT-2, written with autograd (no
 hand-written backward), trained with torch.optim.AdamW, gradient clipping, the
-SPEC's schedule and TVR (RESEARCH.md, paper A). It writes the fixtures that
+schedule and TVR of docs/methods.md (paper A). It writes the fixtures that
 `make test` compares the C program against (test/test_gpt2.c):
 
   gpt2_tiny_train.bin  a byte-level token shard (llm.c format) cut from Tiny Shakespeare
@@ -90,7 +90,7 @@ def forward(P, c, idx, targets=None):
 
 
 def lr_at(step, steps, t):
-    """SPEC: linear warm-up to lr at W, then cosine down to lr·min_lr_frac at N."""
+    """docs/methods.md: linear warm-up to lr at W, then cosine down to lr·min_lr_frac at N."""
     if step <= t["warmup"]:
         return t["lr"] * step / t["warmup"]
     lo = t["lr"] * t["min_lr_frac"]
@@ -110,7 +110,7 @@ def tvr(P, c, t):
 
 
 def batches(tokens, Bq, Tq):
-    """SPEC's loader on one shard: batch k reads B·T+1 tokens from p, then p += B·T."""
+    """The loader of docs/formats.md on one shard: batch k reads B·T+1 tokens from p, then p += B·T."""
     p, n = 0, Bq * Tq
     while True:
         if p + n + 1 > len(tokens):

@@ -4,15 +4,15 @@ dev/reference/llama.py: an independent PyTorch implementation of train_llama.c.
 
 It is the numerical oracle that `make test` pins the C program to. It is written
 with ordinary torch ops and autograd (no hand-written backward), in the plainest
-form that matches SPEC.md:
+form that matches docs/methods.md and docs/formats.md:
 
   * the model: token embedding -> L blocks of [RMSNorm -> causal GQA attention with
     interleaved RoPE -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm ->
     untied lm_head; mean cross-entropy over all B*T positions;
-  * model.bin in and out (SPEC.md, "Model checkpoint"), llm.c token shards with the
-    SPEC's loader order;
-  * training: the SPEC's learning-rate schedule, torch.optim.AdamW (weight decay on
-    2-D matrices only), torch.nn.utils.clip_grad_norm_, and TVR (RESEARCH.md, paper A)
+  * model.bin in and out (docs/formats.md, "model.bin"), llm.c token shards in the
+    loader's order (docs/formats.md);
+  * training: the learning-rate schedule of docs/methods.md, torch.optim.AdamW (weight decay on
+    2-D matrices only), torch.nn.utils.clip_grad_norm_, and TVR (docs/methods.md, paper A)
     right after the update;
   * float32 by default, float64 with --dtype float64, always on the CPU.
 
@@ -136,7 +136,7 @@ def write_model(path, cfg, params):
 
 
 def init_params(cfg, scheme, std, seed, dtype):
-    """SPEC.md's init schemes, drawn with torch's generator (not the C program's RNG:
+    """The init schemes of docs/methods.md, drawn with torch's generator (not the C program's RNG:
     the oracle's fresh models have the same distribution, not the same numbers)."""
     g = torch.Generator().manual_seed(seed)
     L = cfg["L"]
@@ -149,7 +149,7 @@ def init_params(cfg, scheme, std, seed, dtype):
         if name in BLOCK_MATRICES:
             for l in range(L):  # block l+1 (1-based)
                 s = std
-                if scheme == "lir":  # RESEARCH.md, LIR: sigma / sqrt(l)
+                if scheme == "lir":  # docs/methods.md, LIR: sigma / sqrt(l)
                     s = std / math.sqrt(l + 1)
                 elif scheme == "residual" and name in ("wo", "w2"):
                     s = std / math.sqrt(2 * L)
@@ -162,7 +162,7 @@ def init_params(cfg, scheme, std, seed, dtype):
 
 
 # ----------------------------------------------------------------------------
-# data: llm.c token shards, SPEC.md's loader order
+# data: llm.c token shards, the loader order of docs/formats.md
 
 
 def read_shard(path):
@@ -207,7 +207,7 @@ class DataLoader:
 
 
 # ----------------------------------------------------------------------------
-# the model (SPEC.md, "LLaMA model")
+# the model (docs/methods.md, "The models")
 
 
 def rope_table(T, hs, theta, dtype):
@@ -276,7 +276,7 @@ def forward(params, cfg, idx, rope, fast=False):
 
 
 # ----------------------------------------------------------------------------
-# training: schedule, clipping, AdamW, TVR (SPEC.md, "Training")
+# training: schedule, clipping, AdamW, TVR (docs/methods.md, "The training loop")
 
 
 def lr_at(step, a):
@@ -293,7 +293,7 @@ def lr_at(step, a):
 
 @torch.no_grad()
 def tvr_rescale(params, cfg, a):
-    """Target Variance Rescaling (RESEARCH.md, paper A): for each block matrix, mean mu and
+    """Target Variance Rescaling (docs/methods.md, paper A): for each block matrix, mean mu and
     unbiased std s (float64); if s / target_l > threshold, W <- (W - mu) * target_l / s + mu.
     target_l = target, or target / sqrt(l) with --tvr-depth-scaled 1. Returns how many were rescaled."""
     count = 0
