@@ -198,6 +198,7 @@ test-gpu: cuda train_llama train_gpt2
 ifneq ($(shell command -v $(NVCC)),)
 GPU_TEST_BINS = train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES)
 GPU_TEST_BINS += train_gpt2_cu build/test_gpt2_gpu_host
+GPU_TEST_BINS += $(EMU_BINS) build/ptxas_report.txt
 endif
 
 # ---------------------------------------------------------------------------
@@ -214,6 +215,64 @@ build/test_gpt2_gpu_host: test/test_gpt2_gpu_host.cu test/cublas_host.h train_gp
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 cuda: train_gpt2_cu build/test_gpt2_gpu_host
+
+# ---------------------------------------------------------------------------
+# The CUDA programs on the CPU: test/emu/ (docs/emulator.md). cuda2host.py rewrites each
+# launch k<<<g, b>>>(a) for the host (every line stays where it was); g++ compiles the
+# result with test/emu/cuda_emu.h and cublas_emu.h in front, so the unchanged .cu files
+# run their kernels here, one fiber per CUDA thread. `make train_llama_emu` gives a
+# ./train_llama_emu that takes train_llama_cu's flags; EMU_SCHED=inorder|reverse|random.
+EMU_CXX ?= g++
+CUDA_INCLUDE ?= $(abspath $(dir $(shell command -v $(NVCC) 2>/dev/null))/../include)
+EMU_HEADERS = test/emu/cuda_emu.h test/emu/cublas_emu.h
+EMU_FLAGS = -std=gnu++17 -march=native -Wall -Wextra -Wno-unused-function -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation \
+	-x c++ -include test/emu/cuda_emu.h -include test/emu/cublas_emu.h -I$(CUDA_INCLUDE) -Icommon -Itest
+EMU_OPT = -O2 -fopenmp
+EMU_ASAN = -O1 -g -fopenmp -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+EMU_TSAN = -O1 -g -fsanitize=thread -Wno-unknown-pragmas
+EMU_SRC = build/emu/src
+
+# the rewritten sources (a .cu that includes another .cu finds its rewritten copy)
+.PRECIOUS: $(EMU_SRC)/%.cu
+$(EMU_SRC)/%.cu: %.cu test/emu/cuda2host.py
+	@$(PYTHON) test/emu/cuda2host.py . $(EMU_SRC) $<
+
+train_llama_emu: $(EMU_SRC)/train_llama.cu $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_OPT) $(EMU_FLAGS) -o $@ $< -lm
+train_gpt2_emu: $(EMU_SRC)/train_gpt2.cu $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_OPT) $(EMU_FLAGS) -o $@ $< -lm
+build/emu/test_llama_gpu: $(EMU_SRC)/test/test_llama_gpu.cu $(EMU_SRC)/train_llama.cu test/llama_fixture.h $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_OPT) $(EMU_FLAGS) -o $@ $< -lm
+build/emu/test_emu: $(EMU_SRC)/test/emu/test_emu.cu $(EMU_SRC)/train_llama.cu $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_OPT) $(EMU_FLAGS) -o $@ $< -lm
+# AddressSanitizer + UBSan over the emulated programs (kernels included)
+build/emu/train_llama_asan: $(EMU_SRC)/train_llama.cu $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_ASAN) $(EMU_FLAGS) -o $@ $< -lm
+build/emu/train_gpt2_asan: $(EMU_SRC)/train_gpt2.cu $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_ASAN) $(EMU_FLAGS) -o $@ $< -lm
+build/emu/test_llama_gpu_asan: $(EMU_SRC)/test/test_llama_gpu.cu $(EMU_SRC)/train_llama.cu test/llama_fixture.h $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_ASAN) $(EMU_FLAGS) -o $@ $< -lm
+# ThreadSanitizer: each CUDA thread a TSan fiber, barriers the happens-before edges
+build/emu/test_emu_tsan: $(EMU_SRC)/test/emu/test_emu.cu $(EMU_SRC)/train_llama.cu $(EMU_HEADERS) $(COMMON)
+	$(EMU_CXX) $(EMU_TSAN) $(EMU_FLAGS) -o $@ $< -lm
+# the kernel workbenches of dev/cuda, emulated (their timings are the emulator's, not a GPU's)
+build/emu/dev/cuda/%: $(EMU_SRC)/dev/cuda/%.cu dev/cuda/common.h common/cuda_reduce.h $(EMU_HEADERS)
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_OPT) $(EMU_FLAGS) -Idev/cuda -o $@ $< -lm
+EMU_WORKBENCHES = $(patsubst %.cu,build/emu/%,$(wildcard dev/cuda/*.cu))
+
+EMU_BINS = train_llama_emu train_gpt2_emu build/emu/test_llama_gpu build/emu/test_emu build/emu/test_emu_tsan \
+	build/emu/train_llama_asan build/emu/train_gpt2_asan build/emu/test_llama_gpu_asan $(EMU_WORKBENCHES)
+emu: $(EMU_BINS)
+
+# registers, spills and shared memory of every kernel, from nvcc's own assembler (no GPU
+# needed): build/ptxas_report.txt; a kernel that spills fails test/test_ptxas.sh
+build/ptxas_report.txt: train_llama.cu train_gpt2.cu $(COMMON)
+	@mkdir -p build
+	{ for f in train_llama.cu train_gpt2.cu; do echo "== $$f"; \
+	  $(NVCC) $(NVCCFLAGS) -Xptxas -v -c -o /dev/null $$f 2>&1 || exit 1; done; } > $@.tmp && mv $@.tmp $@
+
+.PHONY: emu
 
 # ---------------------------------------------------------------------------
 # tests
@@ -237,7 +296,7 @@ $(VENV)/.done: dev/requirements.txt
 venv: $(VENV)/.done
 
 clean:
-	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu
+	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu train_llama_emu train_gpt2_emu
 
 # ---------------------------------------------------------------------------
 # data

@@ -13,6 +13,8 @@ Errors are max |A - B| / max |B| over a tensor or a column, as in test/test_refe
 Each comparison prints one line per tensor or column; the exit status is 1 if any is over
 its tolerance (a NaN counts as over).
 """
+import math
+import operator
 import struct
 import sys
 from array import array
@@ -41,10 +43,11 @@ def floats(path, offset_bytes):
 
 
 def rel_err(a, b):
-    err = max((abs(x - y) for x, y in zip(a, b)), default=0.0)
-    if any(x != x for x in a):
+    # map() with operator and math functions runs the loops in C: ~10x a Python for-loop
+    if any(map(math.isnan, a)):
         return float("nan"), 0.0
-    ref = max((abs(y) for y in b), default=0.0)
+    err = max(map(abs, map(operator.sub, a, b)), default=0.0)
+    ref = max(map(abs, b), default=0.0)
     return (err / ref if ref > 0 else err), ref
 
 

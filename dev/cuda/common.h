@@ -97,8 +97,13 @@ static double validate_result(const float *d_result, const float *cpu, const cha
 }
 
 // Time a launch (any callable) with CUDA events: a warm-up call, then the mean of `repeats` calls.
+// Under the CPU emulator (test/emu/, CUDA_EMU defined) one timed call: the time is the
+// emulator's, printed for completeness, never a speed.
 template <typename F>
 static float benchmark(int repeats, F launch) {
+#ifdef CUDA_EMU
+    repeats = 1;
+#endif
     launch();
     cudaCheck(cudaGetLastError());
     cudaCheck(cudaDeviceSynchronize());
@@ -128,6 +133,10 @@ static void require_gpu(const char *program) {
         exit(1);
     }
     cudaCheck(cudaSetDevice(0));
+#ifdef CUDA_EMU
+    printf("%s: EMULATED on the CPU (test/emu/, EMU_SCHED=%s): the checks are real, the timings are the "
+           "emulator's, not a GPU's\n", program, emu::schedule_name());
+#endif
 }
 
 // The warp and block reductions train_llama.cu and train_gpt2.cu use.

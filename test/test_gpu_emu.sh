@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# test/test_gpu_emu.sh: the CUDA programs run here, without a GPU: train_llama.cu and
+# train_gpt2.cu built for the CPU under test/emu/ (every CUDA thread a fiber; docs/emulator.md)
+# and checked against the CPU programs by the same scripts a GPU machine runs.
+#
+#  1. the emulator's own tests (test/emu/test_emu.cu) under every schedule
+#  2. ThreadSanitizer: the same kernels race-free; a kernel without its __syncthreads reported
+#  3. test/test_llama_gpu.sh and test/test_gpt2_gpu.sh with GPU_EMULATED=1 (fixtures against
+#     PyTorch, GPU vs CPU on every log column, model.bin and state.bin, checkpoint round trips
+#     CPU <-> GPU, rerun and resume bit for bit) under three schedules: threads in order, and
+#     shuffled with two seeds (these leave out the one large run, V 32000, which in order takes
+#     40% of the time)
+#  4. the schedules agree bit for bit: every emulated model.bin and state.bin of step 3 is the
+#     same file under each schedule (a race in a kernel would make some schedule differ)
+#  5. AddressSanitizer + UBSan builds: the fixture test, and both trainers through every kernel
+#     (TVR, statistics, validation, checkpoint, resume)
+# The dev/cuda workbenches run emulated in `GPU_CHECK_EMULATE=1 make gpu-check` (.ci/run).
+# Reports: out/emu/. Skips (exit 0) where nvcc's headers are missing (no CUDA toolkit).
+set -u
+cd "$(dirname "$0")/.."
+if [ ! -x train_llama_emu ] || [ ! -x train_gpt2_emu ]; then
+    if ! command -v ${NVCC:-nvcc} >/dev/null 2>&1; then
+        echo "skipped: no CUDA toolkit (nvcc), so no CUDA headers to build the emulated programs"
+        exit 0
+    fi
+    echo "error: the emulated programs are not built (make emu)"
+    exit 1
+fi
+R=out/emu
+rm -rf "$R"
+mkdir -p "$R"
+passed=0
+failed=0
+failures=""
+t0=$(date +%s)
+
+# step NAME COMMAND...: run it with its output in $R/NAME.log, report ok/FAIL with the time
+step() {
+    local name=$1 log
+    shift
+    log=$R/$(echo "$name" | tr -c 'A-Za-z0-9_.-' '_').log
+    local start=$(date +%s)
+    if "$@" > "$log" 2>&1; then
+        passed=$((passed + 1))
+        echo "  ok   $name ($(( $(date +%s) - start ))s)"
+    else
+        failed=$((failed + 1))
+        failures="$failures
+  $name"
+        echo "  FAIL $name ($(( $(date +%s) - start ))s); the last lines of $log:"
+        tail -15 "$log" | sed 's/^/       /'
+    fi
+}
+
+SCHEDULES=("inorder 1" "random 1" "random 2")
+tag() { echo "$1$([ "$1" = random ] && echo "$2")"; }
+
+echo "1. the emulator's own tests"
+for s in "inorder 1" "reverse 1" "random 1" "random 2"; do
+    set -- $s
+    step "test_emu EMU_SCHED=$1 EMU_SEED=$2" env EMU_SCHED=$1 EMU_SEED=$2 build/emu/test_emu
+done
+
+echo "2. ThreadSanitizer"
+tsan_race() { # the racy kernel must be reported, and name the line
+    TSAN_OPTIONS="halt_on_error=1 exitcode=66" build/emu/test_emu_tsan race
+    local rc=$?
+    [ $rc -eq 66 ] || { echo "exit status $rc, want 66 (a TSan report)"; return 1; }
+}
+step "TSan: test_emu's kernels (barriers, shuffles, reductions, the classifier) race-free" \
+    env TSAN_OPTIONS="halt_on_error=1" build/emu/test_emu_tsan
+step "TSan: the reversal without its __syncthreads is reported as a data race" tsan_race
+grep -q "reverse_racy_kernel" "$R"/TSan__the_reversal*.log ||
+    { failed=$((failed + 1)); failures="$failures
+  TSan's report does not name reverse_racy_kernel"; echo "  FAIL TSan's report does not name the kernel"; }
+
+echo "3. the GPU test scripts, emulated, under three schedules"
+for s in "${SCHEDULES[@]}"; do
+    set -- $s
+    t=$(tag "$1" "$2")
+    large=$([ "$1" = inorder ] && echo 0 || echo 1)
+    step "test_llama_gpu.sh EMU_SCHED=$1 EMU_SEED=$2$([ $large = 1 ] && echo ' (without the V 32000 run)')" \
+        env EMU_SCHED=$1 EMU_SEED=$2 GPU_EMULATED=1 GPU_SKIP_HOST=1 GPU_SKIP_LARGE=$large \
+        GPU_REPORT_DIR=$R/llama_$t bash test/test_llama_gpu.sh
+    step "test_gpt2_gpu.sh EMU_SCHED=$1 EMU_SEED=$2" env EMU_SCHED=$1 EMU_SEED=$2 GPU_EMULATED=1 GPU_SKIP_HOST=1 \
+        GPU_REPORT_DIR=$R/gpt2_$t bash test/test_gpt2_gpu.sh
+done
+
+echo "4. the schedules agree bit for bit"
+same_bits() { # MODEL: each checkpoint a shuffled schedule wrote is the in-order schedule's file
+    local model=$1 n=0 base=$R/${1}_inorder s dir f
+    for s in "${SCHEDULES[@]:1}"; do
+        dir=$R/${model}_$(tag $s)
+        for f in "$dir"/*.gpu/*.bin "$dir"/bit.*/*.bin "$dir"/rt*/*.bin; do
+            [ -f "$f" ] || continue
+            cmp "$f" "$base/${f#$dir/}" || return 1
+            n=$((n + 1))
+        done
+    done
+    echo "$n files identical to the in-order schedule's"
+    [ "$n" -gt 0 ]
+}
+step "train_llama_emu: checkpoints identical under inorder, random 1, random 2" same_bits llama
+step "train_gpt2_emu: checkpoints identical under inorder, random 1, random 2" same_bits gpt2
+
+echo "5. AddressSanitizer + UBSan"
+FIX=test/fixtures/llama
+step "ASan: the fixture test (all three fixtures)" build/emu/test_llama_gpu_asan "$FIX/gqa_lir_tvr" \
+    "$FIX/mha_clip_constant" "$FIX/mqa_residual_tvrdepth"
+asan_run() { # PROGRAM MODEL DATA EXTRA...: 3 steps through every kernel, then resume to 4
+    local prog=$1 model=$2 data=$3 out=$R/asan_$(basename "$1")
+    shift 3
+    "$prog" --init-from "$model" --train "$data" --val "$data" --batch 2 --seq-len 16 --steps 3 --warmup 1 \
+        --tvr-target 0.001 --tvr-every 1 --stats-every 1 --val-every 1 --val-batches 1 "$@" --out "$out" &&
+        "$prog" --resume "$out" --train "$data" --val "$data" --batch 2 --seq-len 16 --steps 4 --warmup 1 \
+            --tvr-target 0.001 --tvr-every 1 --stats-every 1 --val-every 1 --val-batches 1 "$@"
+}
+step "ASan: train_llama_emu, 3 steps + resume (TVR, stats, validation, checkpoints)" \
+    asan_run build/emu/train_llama_asan "$FIX/gqa_lir_tvr/model.bin" "$FIX/shakespeare_bytes_*.bin"
+step "ASan: train_gpt2_emu, 3 steps + resume (TVR, stats, histograms, validation, checkpoints)" \
+    asan_run build/emu/train_gpt2_asan test/fixtures/gpt2_tiny_model.bin test/fixtures/gpt2_tiny_train.bin \
+    --hist-layer 1
+
+echo
+[ -n "$failures" ] && echo "failed:$failures"
+echo "emulated GPU suite: $passed passed, $failed failed in $(( $(date +%s) - t0 ))s (reports in $R)"
+[ "$failed" -eq 0 ]
