@@ -195,6 +195,20 @@ test-gpu: cuda train_llama train_gpt2
 
 .PHONY: cuda test-gpu
 
+# The one command for a lent GPU machine (no network, minutes counted): builds, tests, sanitizers,
+# workbenches, benchmarks (and llm.c beside them when LLMC_DIR names a checkout), each step under
+# a timeout, into GPU_OUT/report.md. GPU_CHECK_EMULATE=1 runs the same script on the CPU under the
+# emulator (.ci/run does, so the script itself is tested on every landing). See docs/gpu.md.
+GPU_OUT ?= out/gpu_check
+gpu-check:
+	GPU_OUT=$(GPU_OUT) bash dev/gpu_check.sh
+
+# the emulated GPU tests' own test: planted bugs must be caught (test/mutants.sh)
+test-mutants:
+	bash test/mutants.sh
+
+.PHONY: gpu-check test-mutants
+
 ifneq ($(shell command -v $(NVCC)),)
 GPU_TEST_BINS = train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES)
 GPU_TEST_BINS += train_gpt2_cu build/test_gpt2_gpu_host

@@ -14,7 +14,7 @@
 #  3. checkpoints: CPU -> GPU -> CPU and GPU -> CPU -> GPU round trips against straight runs;
 #     GPU resume and GPU rerun bit for bit
 #  4. compute-sanitizer memcheck, racecheck, synccheck on a tiny run
-#  5. benchmark: ms/step and tokens/s, two sizes (PERF.md's "tiny" and "mid"), fp32 and TF32
+#  5. benchmark: ms/step and tokens/s, two sizes (docs/perf.md's "tiny" and "mid"), fp32 and TF32
 #
 # GPU_EMULATED=1 runs parts 1-3 with the CUDA program built for the CPU under test/emu/
 # (./train_llama_emu and build/emu/test_llama_gpu; GPU_PROGRAM and GPU_FIXTURE_TEST name others,

@@ -18,8 +18,8 @@
  *     scheduler picks the next ready thread; EMU_SCHED says which:
  *        inorder   the lowest thread index first (the default: one thread, then the next)
  *        reverse   the highest first
- *        random    a random ready thread (EMU_SEED=n picks the sequence); blocks run in a
- *                  random order too
+ *        random    the first ready thread from a random index on (EMU_SEED=n picks the
+ *                  sequence); blocks run in a random order too
  *     A correct kernel gives the same bits under every schedule. A missing __syncthreads
  *     does not: some schedule reads shared memory before it was written.
  *   - __shared__ variables are per OS thread (thread_local), i.e. per running block.
@@ -578,20 +578,13 @@ EMU_NO_TSAN inline int pick(Block &b) {
         for (int i = words - 1; i >= 0; i--)
             if (b.ready[i]) return i * 64 + 63 - __builtin_clzll(b.ready[i]);
         return -1;
-    default: {
-        int count = 0;
-        for (int i = 0; i < words; i++) count += __builtin_popcountll(b.ready[i]);
-        if (count == 0) return -1;
-        int k = (int)b.rng.below((uint32_t)count);
-        for (int i = 0; i < words; i++) {
-            int c = __builtin_popcountll(b.ready[i]);
-            if (k >= c) {
-                k -= c;
-                continue;
-            }
-            uint64_t w = b.ready[i];
-            while (k--) w &= w - 1; // drop the lowest set bits
-            return i * 64 + __builtin_ctzll(w);
+    default: { // the first ready thread at or after a random index, wrapping around
+        int r = (int)b.rng.below((uint32_t)b.nthreads), w0 = r >> 6;
+        uint64_t first = b.ready[w0] & (~0ull << (r & 63));
+        if (first) return w0 * 64 + __builtin_ctzll(first);
+        for (int k = 1; k <= words; k++) {
+            int i = (w0 + k) % words;
+            if (b.ready[i]) return i * 64 + __builtin_ctzll(b.ready[i]);
         }
         return -1;
     }
@@ -617,7 +610,7 @@ EMU_NO_TSAN inline void fiber_entry() {
     b.nlive--;
     Warp &w = b.warps[t.warp];
     w.live &= ~(1u << t.lane);
-    if (w.arrived & ~w.live & w.mask)
+    if (w.arrived && (w.mask >> t.lane & 1))
         fail(EMU_AT ": returned while lanes 0x%08x of its warp wait for it in %s at %s:%d", EMU_WHO(b, t), w.arrived,
              collective_name(w.kind), w.file, w.line);
     if (b.bar_arrived > 0)

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# dev/gpu_check.sh: everything a lent GPU machine should tell us, in one command that cannot
+# waste its minutes. `make gpu-check GPU_OUT=DIR` runs it; docs/gpu.md says how to read DIR.
+#
+# The machine has no network and ~10 minutes a command: this script needs only the working
+# tree, make, nvcc and python3's standard library. Each step runs under its own timeout and
+# writes into DIR as it goes, so a step that hangs or a session that ends early still leaves
+# every earlier result. DIR ends with report.md (read it first) and small CSVs; checkpoints
+# and logs of long runs stay in the scratch folder build/gpu_check/ (not copied back).
+#
+#   1. build: every GPU program, test and workbench (make -j)
+#   2. the LLaMA GPU tests: fixtures against PyTorch, GPU vs CPU, checkpoint round trips,
+#      compute-sanitizer memcheck/racecheck/synccheck, tokens/s (test/test_llama_gpu.sh)
+#   3. the GPT-2 GPU tests, with compute-sanitizer memcheck (test/test_gpt2_gpu.sh)
+#   4. the dev/cuda kernel workbenches: correctness of each version, and their timings
+#   5. benchmarks: ms/step, tokens/s and MFU of the LLaMA sizes (tiny, mid) and GPT-2 124M,
+#      fp32 and TF32; and when LLMC_DIR names a checkout of karpathy/llm.c, its train_gpt2cu on
+#      the same shards and shapes in the same run, and the ratio
+#
+# GPU_CHECK_EMULATE=1: the same steps with the CUDA programs built for the CPU (test/emu/), small
+# shapes, no compute-sanitizer and no llm.c: the script's own end-to-end test, which .ci/run
+# runs on every landing. Its timings are the emulator's and are labelled so.
+# Estimated on one H200 (16 cores): build 2 min, LLaMA tests 2 min, GPT-2 tests 1 min,
+# workbenches 0.5 min, benchmarks 1.5 min (+1.5 min with llm.c): about 8 minutes.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${GPU_OUT:-out/gpu_check}
+EMU=${GPU_CHECK_EMULATE:-0}
+JOBS=${JOBS:-$(nproc)}
+W=build/gpu_check
+rm -rf "$OUT" "$W"
+mkdir -p "$OUT" "$W"
+REPORT=$OUT/report.md
+STEPS=$OUT/steps.csv
+BENCH=$OUT/bench.csv
+echo "step,status,seconds,limit_s" > "$STEPS"
+echo "program,model,precision,batch,seq_len,ms_per_step,tokens_per_s,tflops,mfu_percent,note" > "$BENCH"
+t_start=$(date +%s)
+passed=0
+failed=0
+
+if [ "$EMU" = 1 ]; then
+    LLAMA_GPU=./train_llama_emu GPT2_GPU=./train_gpt2_emu
+    device="cuda_emu: the CUDA programs built for the CPU (test/emu/), EMU_SCHED=${EMU_SCHED:-inorder}"
+else
+    LLAMA_GPU=./train_llama_cu GPT2_GPU=./train_gpt2_cu
+    device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+    [ -n "$device" ] || { echo "gpu-check: no GPU found (nvidia-smi lists none); GPU_CHECK_EMULATE=1 runs it emulated" >&2; exit 1; }
+fi
+{
+    echo "# gpu-check report"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- device: $device"
+    echo "- nvcc: $(nvcc --version 2>/dev/null | grep release || echo 'not found')"
+    echo "- host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+    [ "$EMU" = 1 ] && echo "- EMULATED: nothing here ran on a GPU; every time below is the emulator's, not a speed"
+    echo
+    echo "| step | status | seconds (limit) |"
+    echo "|---|---|---|"
+} > "$REPORT"
+
+# step NAME LIMIT_S COMMAND...: run it under a timeout, log to DIR/NAME.log, one row in the report
+step() {
+    local name=$1 limit=$2 start status rc
+    shift 2
+    echo "=== $name (limit ${limit}s)"
+    start=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        status=ok
+        passed=$((passed + 1))
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        status="TIMEOUT"
+        failed=$((failed + 1))
+    else
+        status="FAIL (exit $rc)"
+        failed=$((failed + 1))
+    fi
+    local secs=$(( $(date +%s) - start ))
+    echo "$name,$status,$secs,$limit" >> "$STEPS"
+    echo "| $name | $status | $secs ($limit) |" >> "$REPORT"
+    tail -3 "$OUT/$name.log"
+    echo "--- $status: $name (${secs}s)"
+}
+
+# ---------------------------------------------------------------------------
+# 1. build
+if [ "$EMU" = 1 ]; then
+    step build 900 make -j"$JOBS" train_llama train_gpt2 emu build/test_llama_gpu_host build/test_gpt2_gpu_host
+else
+    step build 300 make -j"$JOBS" train_llama train_gpt2 cuda
+fi
+
+# ---------------------------------------------------------------------------
+# 2-3. the GPU test scripts (their own reports come back; their checkpoints stay in $W)
+if [ "$EMU" = 1 ]; then
+    step llama_tests 600 env GPU_EMULATED=1 GPU_SKIP_LARGE=1 GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
+    step gpt2_tests 300 env GPU_EMULATED=1 GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
+else
+    step llama_tests 420 env GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
+    step gpt2_tests 240 env GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
+fi
+cp "$W/llama/report.md" "$OUT/llama_report.md" 2>/dev/null
+cp "$W/gpt2/report.md" "$OUT/gpt2_report.md" 2>/dev/null
+
+# ---------------------------------------------------------------------------
+# 4. the kernel workbenches
+workbenches() {
+    local dir=dev/cuda rc=0 w
+    [ "$EMU" = 1 ] && dir=build/emu/dev/cuda
+    for w in "$dir"/*; do
+        [ -x "$w" ] && [ -f "$w" ] || continue
+        echo "== $(basename "$w")"
+        timeout 120 "$w" || { echo "   <-- FAIL: $(basename "$w")"; rc=1; }
+    done
+    return $rc
+}
+step workbenches 600 workbenches
+
+# ---------------------------------------------------------------------------
+# 5. benchmarks
+# peak dense FLOP/s of the device for MFU (H100 SXM and H200 share them): fp32 on CUDA cores,
+# TF32 and bf16 on tensor cores, from NVIDIA's data sheets
+peak() { # PRECISION
+    case "$device:$1" in
+    *H100*:fp32 | *H200*:fp32) echo 66.9e12 ;;
+    *H100*:tf32 | *H200*:tf32) echo 494.7e12 ;;
+    *H100*:bf16 | *H200*:bf16) echo 989.4e12 ;;
+    *) echo 0 ;;
+    esac
+}
+# bench_row PROGRAM MODEL PRECISION B T MS TOK FLOPS_PER_TOKEN NOTE: one line of bench.csv
+bench_row() {
+    python3 - "$@" "$(peak "$3")" >> "$BENCH" <<'PY'
+import sys
+prog, model, prec, B, T, ms, tok, fpt, note, peak = sys.argv[1:]
+tflops = float(tok) * float(fpt) / 1e12
+mfu = 100 * tflops * 1e12 / float(peak) if float(peak) > 0 else float('nan')
+print('%s,%s,%s,%s,%s,%.2f,%.0f,%.2f,%.1f,%s' % (prog, model, prec, B, T, float(ms), float(tok), tflops, mfu, note))
+PY
+}
+# mean ms/step and tokens/s of a run's train.csv after its first SKIP steps
+run_speed() { python3 test/test_llama_gpu_compare.py bench "$1/train.csv" "$2"; }
+
+benchmarks() {
+    local note=""
+    [ "$EMU" = 1 ] && note="EMULATED (not a speed)"
+    local steps=30 skip=5 sizes="tiny mid" gpt_steps=20
+    [ "$EMU" = 1 ] && steps=3 skip=1 sizes="tiny" gpt_steps=2
+    # flops per token: 6 per parameter (forward + backward), plus attention's two T x T
+    # products, 12 L C T (forward 4 L C T, backward twice that), as llm.c counts them
+    local size prec flags ms tok n fpt
+    for size in $sizes; do
+        if [ $size = tiny ]; then flags=(--layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --batch 8 --seq-len 128)
+        else flags=(--layers 8 --dim 512 --heads 8 --kv-heads 4 --ffn 1408 --batch 8 --seq-len 256); fi
+        [ "$EMU" = 1 ] && flags=(--layers 2 --dim 64 --heads 4 --kv-heads 2 --ffn 176 --batch 2 --seq-len 64)
+        for prec in fp32 tf32; do
+            "$LLAMA_GPU" --train 'data/tinyshakespeare/llama2_train_*.bin' --val '' --vocab 32000 --steps $steps \
+                --warmup 40 --init lir --init-std 0.006 "${flags[@]}" --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) \
+                --out "$W/bench_llama_${size}_$prec" > "$W/bench_llama_${size}_$prec.log" 2>&1 || return 1
+            read -r ms tok n < <(run_speed "$W/bench_llama_${size}_$prec" $skip) || return 1
+            fpt=$(python3 -c "
+import sys
+L, C, NH, NKV, F, B, T = [int(x) for x in sys.argv[1:]]
+V = 32000; kvd = NKV * C // NH
+N = L * (2 * C * C + 2 * kvd * C + 3 * F * C) + 2 * V * C
+print(6 * N + 12 * L * C * T)" "${flags[1]}" "${flags[3]}" "${flags[5]}" "${flags[7]}" "${flags[9]}" "${flags[11]}" "${flags[13]}")
+            bench_row train_llama_cu "llama_$size" $prec "${flags[11]}" "${flags[13]}" "$ms" "$tok" "$fpt" "$note"
+        done
+    done
+    # GPT-2 124M (12 x 768, V 50257, T 1024) on the Tiny Shakespeare GPT-2 shards
+    local g=(--layers 12 --dim 768 --heads 12 --vocab 50257 --seq-len 1024 --batch 8) gfpt
+    [ "$EMU" = 1 ] && g=(--layers 2 --dim 64 --heads 4 --vocab 50257 --seq-len 64 --batch 2)
+    gfpt=$(python3 -c "
+import sys
+L, C, T = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]); V = 50304
+N = L * 12 * C * C + V * C + T * C
+print(6 * N + 12 * L * C * T)" "${g[1]}" "${g[3]}" "${g[9]}")
+    for prec in fp32 tf32; do
+        "$GPT2_GPU" --train 'data/tinyshakespeare/gpt2_train_*.bin' --steps $gpt_steps --warmup 10 "${g[@]}" \
+            --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) --out "$W/bench_gpt2_$prec" > "$W/bench_gpt2_$prec.log" 2>&1 || return 1
+        read -r ms tok n < <(run_speed "$W/bench_gpt2_$prec" $skip) || return 1
+        bench_row train_gpt2_cu gpt2_124M $prec "${g[11]}" "${g[9]}" "$ms" "$tok" "$gfpt" "$note${note:+ }$( [ "$EMU" = 1 ] && echo '2 x 64 shape')"
+    done
+    # llm.c on the same shards and shape, when a checkout is named
+    if [ "$EMU" != 1 ] && [ -n "${LLMC_DIR:-}" ]; then
+        dev/llmc_bench.sh "$LLMC_DIR" "$W/llmc" "$gpt_steps" > "$W/llmc.log" 2>&1 || { tail -20 "$W/llmc.log"; return 1; }
+        local line
+        while read -r line; do # "PRECISION MS TOK" per build
+            set -- $line
+            bench_row "llm.c train_gpt2cu" gpt2_124M "$1" 8 1024 "$2" "$3" "$gfpt" "llm.c $(git -C "$LLMC_DIR" rev-parse --short HEAD 2>/dev/null)"
+        done < "$W/llmc/speeds.txt"
+    elif [ "$EMU" != 1 ]; then
+        echo "llm.c: LLMC_DIR not set; no comparison (see docs/gpu.md)"
+    fi
+    column -s, -t < "$BENCH"
+}
+step benchmarks $([ "$EMU" = 1 ] && echo 600 || echo 300) benchmarks
+
+# ---------------------------------------------------------------------------
+{
+    echo
+    echo "## Benchmarks"
+    echo
+    python3 - "$BENCH" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print('| program | model | precision | B x T | ms/step | tokens/s | TFLOP/s | MFU % | note |')
+print('|---|---|---|---|---:|---:|---:|---:|---|')
+for r in rows:
+    print('| %s | %s | %s | %s x %s | %s | %s | %s | %s | %s |' % (r['program'], r['model'], r['precision'], r['batch'],
+          r['seq_len'], r['ms_per_step'], r['tokens_per_s'], r['tflops'], r['mfu_percent'], r['note']))
+ours = {(r['model'], r['precision']): r for r in rows if r['program'] == 'train_gpt2_cu'}
+for r in rows:
+    o = ours.get((r['model'], 'fp32' if r['precision'] == 'fp32' else 'tf32'))
+    if r['program'].startswith('llm.c') and o:
+        print('\nGPT-2 124M: train_gpt2_cu %s / llm.c %s tokens/s = %.2f'
+              % (o['precision'], r['precision'], float(o['tokens_per_s']) / float(r['tokens_per_s'])))
+PY
+    echo
+    echo "## Summary"
+    echo
+    echo "$passed steps passed, $failed failed, $(( $(date +%s) - t_start ))s in all."
+    echo "Logs: the *.log files beside this report; the GPU test scripts' own reports: llama_report.md, gpt2_report.md."
+} >> "$REPORT"
+du -sh "$OUT" | sed 's/^/report size: /'
+echo "report: $REPORT"
+echo "gpu-check: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# test/mutants.sh: a test of the emulated GPU tests. Each mutant plants one bug of a kind that
+# the emulation exists to catch into a scratch copy of the project, builds the emulated test
+# programs there, and runs them: the mutant must be caught (some check must fail). The
+# unchanged tree must pass the same checks first, or a "caught" would mean nothing.
+# `make test-mutants` runs it; .ci/run runs it on every landing. About 2 minutes on 2 cores.
+#
+#   classifier_barrier  the __syncthreads in train_llama.cu's fused classifier deleted
+#   reduce_barrier      the first __syncthreads of block_sum_d (common/cuda_reduce.h) deleted:
+#                       two reductions in a row then overwrite a slot another warp still reads
+#   softmax_off_by_one  the causal softmax sums t2 < t instead of t2 <= t
+#   gemm_transpose      gemm()'s cuBLAS transpose flag for B flipped (common/cuda_common.h)
+set -u
+cd "$(dirname "$0")/.."
+if ! command -v ${NVCC:-nvcc} >/dev/null 2>&1; then
+    echo "skipped: no CUDA toolkit (nvcc), so no CUDA headers to build the emulated programs"
+    exit 0
+fi
+W=${MUTANTS_DIR:-build/mutants}
+rm -rf "$W"
+mkdir -p "$W"
+FIX=test/fixtures/llama
+FIXTURES="$FIX/gqa_lir_tvr $FIX/mha_clip_constant $FIX/mqa_residual_tvrdepth"
+BINS="build/emu/test_emu build/emu/test_llama_gpu"
+
+# why LOG: the line that says what failed (a failed check, else the emulator's stop, else the last)
+why() {
+    { grep -m1 'FAIL' "$1" || grep -v 'invalid configuration' "$1" | grep -m1 'cuda_emu:' || tail -1 "$1"; } |
+        sed 's/  */ /g' | cut -c1-200
+}
+
+# checks DIR: the detecting checks, run in DIR; prints which failed; status 0 when all pass
+checks() {
+    local dir=$1 bad=0 s
+    for s in "inorder 1" "random 1" "random 2"; do
+        set -- $s
+        (cd "$dir" && EMU_SCHED=$1 EMU_SEED=$2 build/emu/test_emu) > "$dir/test_emu_$1$2.log" 2>&1 ||
+            { echo "    caught by test_emu, EMU_SCHED=$1 EMU_SEED=$2: $(why "$dir/test_emu_$1$2.log")"; bad=1; }
+    done
+    (cd "$dir" && build/emu/test_llama_gpu $FIXTURES) > "$dir/fixtures.log" 2>&1 ||
+        { echo "    caught by the fixture test: $(why "$dir/fixtures.log")"; bad=1; }
+    return $bad
+}
+
+# copy FILE OLD NEW: the tree into $W/NAME with OLD replaced by NEW (exactly once) in FILE
+make_copy() {
+    local name=$1 file=$2 old=$3 new=$4 dir=$W/$1
+    mkdir -p "$dir"
+    git ls-files -z | xargs -0 cp --parents -t "$dir"
+    python3 - "$dir/$file" "$old" "$new" <<'PY' || return 1
+import sys
+path, old, new = sys.argv[1:]
+old, new = old.encode().decode('unicode_escape'), new.encode().decode('unicode_escape')
+s = open(path).read()
+if s.count(old) != 1:
+    sys.exit('%s: the text to change occurs %d times, not once' % (path, s.count(old)))
+open(path, 'w').write(s.replace(old, new))
+PY
+}
+
+passed=0
+failed=0
+echo "control: the unchanged tree"
+make_copy control Makefile "# rescale.c: build" "# rescale.c: build" || exit 1
+make -s -C "$W/control" $BINS > "$W/control/build.log" 2>&1 || { echo "  FAIL: the control does not build"; exit 1; }
+if checks "$W/control"; then
+    echo "  ok   every check passes on the unchanged tree"
+else
+    echo "  FAIL: the unchanged tree fails the checks; no mutant can be judged"
+    exit 1
+fi
+
+mutant() { # NAME FILE OLD NEW
+    echo "mutant $1: $2"
+    make_copy "$@" || { failed=$((failed + 1)); return; }
+    # the build products of the control are reused where the mutation does not reach
+    cp -r "$W/control/build" "$W/$1/" 2>/dev/null
+    touch "$W/$1/$2"
+    if ! make -s -C "$W/$1" $BINS > "$W/$1/build.log" 2>&1; then
+        echo "  ok   caught: it no longer builds"
+        passed=$((passed + 1))
+    elif checks "$W/$1"; then
+        echo "  FAIL not caught: every check passed with the bug in place"
+        failed=$((failed + 1))
+    else
+        echo "  ok   caught"
+        passed=$((passed + 1))
+    fi
+}
+
+mutant classifier_barrier train_llama.cu \
+    '    __syncthreads(); // every thread has read l[target] before any thread overwrites it' \
+    '    // (mutant: no barrier)'
+mutant reduce_barrier common/cuda_reduce.h \
+    '    v = warp_sum_d(v);\n    __syncthreads();\n' \
+    '    v = warp_sum_d(v);\n    // (mutant: no barrier)\n'
+mutant softmax_off_by_one train_llama.cu \
+    'for (int t2 = lane; t2 <= t; t2 += 32) sum += expf' \
+    'for (int t2 = lane; t2 < t; t2 += 32) sum += expf'
+mutant gemm_transpose common/cuda_common.h \
+    'transB ? CUBLAS_OP_T : CUBLAS_OP_N,' \
+    'transB ? CUBLAS_OP_N : CUBLAS_OP_T,'
+
+echo "mutants: $passed passed, $failed failed (passed = caught)"
+[ "$failed" -eq 0 ]
