@@ -20,9 +20,27 @@ PYTHON ?= python3
 VENV = .venv
 COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/cuda_common.h common/cuda_reduce.h
 
-.PHONY: all run test test-asan clean venv data
+.PHONY: all run test test-asan clean venv data help
 
-all: train_llama mlp_sweep
+# every program the README names (the CUDA ones with nvcc: make cuda; on the CPU: make emu)
+all: train_llama train_gpt2 mlp_sweep
+
+help:
+	@echo "make               train_llama, train_gpt2, mlp_sweep (the CPU programs)"
+	@echo "make run           build train_llama and train a small LLaMA with LIR + TVR (1-2 minutes)"
+	@echo "make test          build everything and run every test (about 10 minutes on 2 cores)"
+	@echo "make test-asan     the CPU programs' tests under AddressSanitizer + UBSan"
+	@echo "make cuda          the CUDA programs (nvcc): train_llama_cu, train_gpt2_cu, tests, dev/cuda workbenches"
+	@echo "make emu           the CUDA programs built for the CPU (test/emu/, docs/emulator.md)"
+	@echo "make train_llama_emu / train_gpt2_emu   one of them"
+	@echo "make test-gpu      the GPU tests, on a machine with an NVIDIA GPU"
+	@echo "make gpu-check GPU_OUT=DIR   the one command for a lent GPU: tests, sanitizers, benchmarks"
+	@echo "make test-mutants  planted bugs the emulated GPU tests must catch"
+	@echo "make bench-cpu     train_llama against current PyTorch on this CPU (installs torch into a venv)"
+	@echo "make reference     regenerate the PyTorch fixtures (needs Debian's python3-torch)"
+	@echo "make e1 / e2 / e3  the experiments (docs/mlp_sweep.md, docs/gpt2_e3.md)"
+	@echo "make data          regenerate the committed Tiny Shakespeare shards (installs a venv)"
+	@echo "make clean         remove what the build made"
 
 # ---------------------------------------------------------------------------
 # LLaMA on the CPU
@@ -97,7 +115,7 @@ bench-mlp: mlp_sweep $(TORCH_VENV)/.done
 .PHONY: e1 e1-fashion e2 plots-mlp bench-mlp
 
 # ---------------------------------------------------------------------------
-# GPT-2 and E3 (issue 7): train_gpt2.c, its PyTorch fixtures, the E3 experiment
+# GPT-2 and E3: train_gpt2.c, its PyTorch fixtures, the E3 experiment
 train_gpt2: train_gpt2.c $(COMMON)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
@@ -132,7 +150,7 @@ e3: train_gpt2
 .PHONY: gpt2-fixtures e3
 
 # ---------------------------------------------------------------------------
-# PyTorch reference (issue 4): dev/reference/llama.py (the oracle), the fixtures it makes
+# PyTorch reference: dev/reference/llama.py (the oracle), the fixtures it makes
 # in test/fixtures/llama/, the comparison test, and the CPU speed race against PyTorch
 build/test_reference: test/test_reference.c test/llama_fixture.h train_llama.c $(COMMON)
 	@mkdir -p build
@@ -151,7 +169,8 @@ REF_TEST_BINS = build/test_reference build/test_reference_f64
 REF_PYTHON ?= /usr/bin/python3
 reference: train_llama $(REF_TEST_BINS)
 	$(REF_PYTHON) -c "import torch, numpy" 2>/dev/null || \
-		{ apt-get update && apt-get install -y python3-torch python3-numpy; }
+		{ echo "make reference: Debian's python3-torch and python3-numpy are missing; installing them (apt-get)"; \
+		  apt-get update && apt-get install -y python3-torch python3-numpy; }
 	$(REF_PYTHON) dev/reference/make_fixtures.py --train-llama ./train_llama
 	./test/run.sh reference
 
@@ -163,7 +182,7 @@ bench-cpu: train_llama
 .PHONY: reference bench-cpu
 
 # ---------------------------------------------------------------------------
-# LLaMA on the GPU (issue 6): train_llama.cu mirrors train_llama.c kernel by kernel;
+# LLaMA on the GPU: train_llama.cu mirrors train_llama.c kernel by kernel;
 # dev/cuda/ holds one workbench per kernel; test/test_llama_gpu.cu compares the GPU
 # program with the PyTorch fixtures. See docs/gpu.md. Without nvcc none of this is built;
 # without a GPU it is compiled (by `make test`) but not run.
@@ -185,7 +204,7 @@ build/test_llama_gpu_host: test/test_llama_gpu_host.cu test/cublas_host.h train_
 dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h common/cuda_reduce.h
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-cuda: train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES)
+cuda: train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES) train_gpt2_cu build/test_gpt2_gpu_host
 
 # On a machine with an NVIDIA GPU: GPU vs fixtures, GPU vs train_llama, checkpoint round
 # trips, compute-sanitizer, benchmark; writes out/gpu_report/report.md. Skips (exit 0)
@@ -228,7 +247,6 @@ build/test_gpt2_gpu_host: test/test_gpt2_gpu_host.cu test/cublas_host.h train_gp
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-cuda: train_gpt2_cu build/test_gpt2_gpu_host
 
 # ---------------------------------------------------------------------------
 # The CUDA programs on the CPU: test/emu/ (docs/emulator.md). cuda2host.py rewrites each

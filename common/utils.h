@@ -103,8 +103,17 @@ static long file_size(const char *path) {
     return (long)st.st_size;
 }
 
-// Make a directory (one level) if it does not exist, and check it is writable.
+// Make a directory and any missing parents (as mkdir -p), and check it is writable.
 static void ensure_dir(const char *path) {
+    char buf[4096];
+    if (strlen(path) >= sizeof(buf)) die("--out %s: path too long", path);
+    strcpy(buf, path);
+    for (char *p = buf + 1; *p; p++) { // each parent in turn: a/b/c makes a, then a/b
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) die("cannot create directory %s (for --out %s): %s", buf, path, strerror(errno));
+        *p = '/';
+    }
     struct stat st;
     if (stat(path, &st) == 0) {
         if (!S_ISDIR(st.st_mode)) die("--out %s exists and is not a directory", path);

@@ -67,7 +67,11 @@ step() {
     shift 2
     echo "=== $name (limit ${limit}s)"
     start=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    if declare -F "$1" > /dev/null; then # a function of this script: timeout needs a program
+        timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" > "$OUT/$name.log" 2>&1
+    else
+        timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    fi
     rc=$?
     if [ $rc -eq 0 ]; then
         status=ok
@@ -103,8 +107,8 @@ else
     step llama_tests 420 env GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
     step gpt2_tests 240 env GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
 fi
-cp "$W/llama/report.md" "$OUT/llama_report.md" 2>/dev/null
-cp "$W/gpt2/report.md" "$OUT/gpt2_report.md" 2>/dev/null
+cp "$W/llama/report.md" "$OUT"/llama_report.md 2>/dev/null
+cp "$W/gpt2/report.md" "$OUT"/gpt2_report.md 2>/dev/null
 
 # ---------------------------------------------------------------------------
 # 4. the kernel workbenches
@@ -118,6 +122,8 @@ workbenches() {
     done
     return $rc
 }
+export -f workbenches
+export EMU
 step workbenches 600 workbenches
 
 # ---------------------------------------------------------------------------
@@ -168,7 +174,7 @@ L, C, NH, NKV, F, B, T = [int(x) for x in sys.argv[1:]]
 V = 32000; kvd = NKV * C // NH
 N = L * (2 * C * C + 2 * kvd * C + 3 * F * C) + 2 * V * C
 print(6 * N + 12 * L * C * T)" "${flags[1]}" "${flags[3]}" "${flags[5]}" "${flags[7]}" "${flags[9]}" "${flags[11]}" "${flags[13]}")
-            bench_row train_llama_cu "llama_$size" $prec "${flags[11]}" "${flags[13]}" "$ms" "$tok" "$fpt" "$note"
+            bench_row "$(basename "$LLAMA_GPU")" "llama_$size" $prec "${flags[11]}" "${flags[13]}" "$ms" "$tok" "$fpt" "$note"
         done
     done
     # GPT-2 124M (12 x 768, V 50257, T 1024) on the Tiny Shakespeare GPT-2 shards
@@ -183,7 +189,7 @@ print(6 * N + 12 * L * C * T)" "${g[1]}" "${g[3]}" "${g[9]}")
         "$GPT2_GPU" --train 'data/tinyshakespeare/gpt2_train_*.bin' --steps $gpt_steps --warmup 10 "${g[@]}" \
             --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) --out "$W/bench_gpt2_$prec" > "$W/bench_gpt2_$prec.log" 2>&1 || return 1
         read -r ms tok n < <(run_speed "$W/bench_gpt2_$prec" $skip) || return 1
-        bench_row train_gpt2_cu gpt2_124M $prec "${g[11]}" "${g[9]}" "$ms" "$tok" "$gfpt" "$note${note:+ }$( [ "$EMU" = 1 ] && echo '2 x 64 shape')"
+        bench_row "$(basename "$GPT2_GPU")" gpt2_124M $prec "${g[11]}" "${g[9]}" "$ms" "$tok" "$gfpt" "$note${note:+ }$( [ "$EMU" = 1 ] && echo '2 x 64 shape')"
     done
     # llm.c on the same shards and shape, when a checkout is named
     if [ "$EMU" != 1 ] && [ -n "${LLMC_DIR:-}" ]; then
@@ -198,6 +204,8 @@ print(6 * N + 12 * L * C * T)" "${g[1]}" "${g[3]}" "${g[9]}")
     fi
     column -s, -t < "$BENCH"
 }
+export -f peak bench_row run_speed benchmarks
+export EMU W OUT BENCH device LLAMA_GPU GPT2_GPU
 step benchmarks $([ "$EMU" = 1 ] && echo 600 || echo 300) benchmarks
 
 # ---------------------------------------------------------------------------
@@ -213,7 +221,7 @@ print('|---|---|---|---|---:|---:|---:|---:|---|')
 for r in rows:
     print('| %s | %s | %s | %s x %s | %s | %s | %s | %s | %s |' % (r['program'], r['model'], r['precision'], r['batch'],
           r['seq_len'], r['ms_per_step'], r['tokens_per_s'], r['tflops'], r['mfu_percent'], r['note']))
-ours = {(r['model'], r['precision']): r for r in rows if r['program'] == 'train_gpt2_cu'}
+ours = {(r['model'], r['precision']): r for r in rows if r['program'] in ('train_gpt2_cu', 'train_gpt2_emu')}
 for r in rows:
     o = ours.get((r['model'], 'fp32' if r['precision'] == 'fp32' else 'tf32'))
     if r['program'].startswith('llm.c') and o:

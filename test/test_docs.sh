@@ -20,6 +20,8 @@ declare -A GENERATED=(
   [e3_summary.md]=dev/plot_e3.py
   [e3_sparsity.md]=dev/e3_sparsity.py
   [report.md]=test/test_llama_gpu.sh
+  [llama_report.md]=dev/gpu_check.sh
+  [gpt2_report.md]=dev/gpu_check.sh
 )
 
 files=$(git ls-files 2>/dev/null) || { bad "git ls-files failed: run this in a git checkout"; exit 1; }

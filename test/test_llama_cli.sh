@@ -133,5 +133,10 @@ expect 2 "--shuffle 0: the run in $D/h5 was started with --shuffle 1" -- $RUN --
 expect 2 "--seed 7: the shuffled run in $D/h5 was started with --seed 1337" -- $RUN --steps 12 --shuffle 1 --seed 7 --resume $D/h5
 expect nz "cannot create output directory $D/train_000.bin/out" -- $B --out $D/train_000.bin/out
 
+# --out creates missing parents, as mkdir -p (a fresh clone has no out/)
+rm -rf "$D/new"
+$RUN --steps 1 --out "$D/new/a/b" > /dev/null 2>&1 && [ -f "$D/new/a/b/model.bin" ] &&
+  ok "--out $D/new/a/b: missing parents created, model.bin written" || bad "--out with missing parents"
+
 [ $fail -eq 0 ] && echo "all command-line checks passed"
 exit $fail
