@@ -313,7 +313,10 @@ TEST_BINS += $(GPT2_TEST_BINS)
 TEST_BINS += $(GPU_TEST_BINS)
 TEST_BINS += $(REF_TEST_BINS)
 
-test: $(TEST_BINS)
+# the builds in parallel on every core (the emulated GPU programs take most of it), then the tests
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+test:
+	$(MAKE) -j$(NPROC) $(TEST_BINS)
 	./test/run.sh
 
 test-asan: build/train_llama_asan build/test_llama_asan build/test_gpt2_asan build/train_gpt2_asan build/test_llama
