@@ -161,7 +161,7 @@ SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 if [ "$DRY" = 1 ] || [ "$EMU" = 1 ]; then
     echo "  (dry run or emulated: no compute-sanitizer; the emulated suite runs an ASan build instead)"
 elif [ -x "$SAN" ]; then
-    "$SAN" --tool memcheck --leak-check full --error-exitcode 1 "$GPU" --init-from "$FX/gpt2_tiny_model.bin" \
+    timeout "${SANITIZER_TIMEOUT:-120}" "$SAN" --tool memcheck --leak-check full --error-exitcode 1 "$GPU" --init-from "$FX/gpt2_tiny_model.bin" \
         --train "$FX/gpt2_tiny_train.bin" --val "$FX/gpt2_tiny_train.bin" --batch 2 --seq-len 16 --steps 2 --warmup 1 \
         --tvr-target 0.001 --tvr-every 1 --stats-every 1 --val-every 1 --val-batches 1 --hist-layer 2 \
         --out "$R/san" > "$R/san.log" 2>&1 && ok "memcheck: $(grep 'ERROR SUMMARY' "$R/san.log")" ||

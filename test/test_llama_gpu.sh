@@ -251,7 +251,7 @@ if [ "$DRY" != 1 ] && [ "$EMU" != 1 ]; then
           --tvr-target 0.001 --tvr-every 1 --stats-every 1 --val-every 1 --val-batches 1)
     sanitize() {
         [ -x "$SAN" ] || { echo "compute-sanitizer not found"; return 1; }
-        "$SAN" --tool "$1" --error-exitcode 1 ${2:+$2} "$GPU" "${TINY[@]}" --out "$R/san_$1" > "$R/san_$1.log" 2>&1
+        timeout "${SANITIZER_TIMEOUT:-120}" "$SAN" --tool "$1" --error-exitcode 1 ${2:+$2} "$GPU" "${TINY[@]}" --out "$R/san_$1" > "$R/san_$1.log" 2>&1
         local rc=$?
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|error" "$R/san_$1.log" | tail -5
         return $rc
