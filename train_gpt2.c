@@ -7,10 +7,19 @@
  * (tanh form) MLP of width 4C, a final LayerNorm, and the token embedding reused
  * as the output layer (tied). Every linear layer has a bias.
  *
- * The file reads top to bottom: each layer's forward and backward as a pair of
- * plain loops, then the model (one contiguous parameter buffer described by one
- * table), checkpoints in llm.c's GPT-2 format, the optimizer, TVR, the E3
- * statistics, and main. Build and run:
+ * The file reads top to bottom:
+ *
+ *   1. the matmul: one register-tiled GEMM behind every linear layer
+ *   2. the layers, each a *_forward / *_backward pair of plain loops
+ *   3. the model: one parameter buffer described by one table
+ *   4. initialisation: plain, LIR, residual, E3
+ *   5. checkpoints in llm.c's GPT-2 format
+ *   6. forward and backward through the whole model
+ *   7. training: schedule, clipping, AdamW, TVR
+ *   8. the E3 statistics
+ *   9. state.bin, the command line, main
+ *
+ * Build and run:
  *
  *   make train_gpt2
  *   ./train_gpt2 --train 'data/tinyshakespeare/gpt2_train_*.bin' --val 'data/tinyshakespeare/gpt2_val_*.bin'
