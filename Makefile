@@ -96,8 +96,11 @@ MLP_TEST_BINS = mlp_sweep build/test_mlp build/test_mlp_f64
 # The experiments (docs/mlp_sweep.md shows their tables and plots)
 e1: mlp_sweep
 	./mlp_sweep e1 --out out/e1
+# Fashion-MNIST (30 MB, not committed): FASHION_MNIST names a folder of its four IDX files
+FASHION_MNIST ?= data/fashion-mnist
 e1-fashion: mlp_sweep
-	./mlp_sweep e1 --mnist ../shared/data/fashion-mnist --out out/e1_fashion
+	@test -d "$(FASHION_MNIST)" || { echo "e1-fashion: Fashion-MNIST not found in $(FASHION_MNIST) (set FASHION_MNIST=folder with its IDX files)" >&2; exit 1; }
+	./mlp_sweep e1 --mnist $(FASHION_MNIST) --out out/e1_fashion
 e2: mlp_sweep
 	./mlp_sweep e2 --out out/e2
 plots-mlp: .venv/.done
@@ -344,7 +347,7 @@ data: $(VENV)/.done
 
 # `make data-gutenberg [GUTENBERG=path/to/books.tar.xz]` unpacks the Gutenberg books into
 # data/gutenberg/books/ and writes llama2 and gpt2 shards to data/gutenberg/ (not committed).
-GUTENBERG ?= ../shared/data/gutenberg/books.tar.xz
+GUTENBERG ?= data/gutenberg/books.tar.xz
 .PHONY: data-gutenberg
 data-gutenberg: $(VENV)/.done
 	@test -f "$(GUTENBERG)" || { echo "data-gutenberg: books archive not found: $(GUTENBERG) (set GUTENBERG=path/to/books.tar.xz)" >&2; exit 1; }

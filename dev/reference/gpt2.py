@@ -144,7 +144,7 @@ def flat(tensors):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="test/fixtures")
-    ap.add_argument("--text", default="../shared/data/tinyshakespeare/input.txt")
+    ap.add_argument("--text", default="data/tinyshakespeare/input.txt")
     args = ap.parse_args()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1234)

@@ -36,7 +36,7 @@ FIXDIR = "test/fixtures/llama"
 SHARDS = "test/fixtures/llama/shakespeare_bytes_*.bin"
 SHARD_SIZES = [300, 260]
 VOCAB = 128
-TEXT_CANDIDATES = ["data/tinyshakespeare/input.txt", "/work/shared/data/tinyshakespeare/input.txt"]
+TEXT_CANDIDATES = ["data/tinyshakespeare/input.txt"]
 
 # Each fixture: the model (fresh-model flags, as train_llama.c takes them) and the run.
 # Together they cover GQA and MQA and plain MHA, the three inits, warm-up then cosine,
