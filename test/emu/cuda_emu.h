@@ -295,13 +295,13 @@ inline const char *collective_name(int k) {
 
 // a warp collective in progress: who has arrived, with what
 struct Warp {
-    unsigned present; // lanes this warp has (the last warp of a block may be partial)
-    unsigned live;    // lanes that have not returned
+    unsigned live; // lanes that have not returned (the last warp of a block may be partial)
     unsigned arrived, mask;
-    int kind, arg, width;
+    int kind, arg, width; // arg: the first lane's (the others must match, but for __shfl_sync)
     const char *file;
     int line;
     uint64_t in[32], out[32];
+    int src_lane[32]; // __shfl_sync: the lane each lane reads
 #ifdef EMU_TSAN
     char hb[2]; // TSan sync objects, alternating by generation
     int gen;
@@ -478,7 +478,7 @@ EMU_NO_TSAN inline uint64_t collective_result(Block &b, Warp &w, int first, int 
     if (w.kind == SYNCWARP) return 0;
     int width = w.width, seg = lane & ~(width - 1), src = lane;
     switch (w.kind) {
-    case SHFL_IDX: src = seg + (w.arg & (width - 1)); break;
+    case SHFL_IDX: src = seg + (w.src_lane[lane] & (width - 1)); break;
     case SHFL_UP: src = lane - w.arg >= seg ? lane - w.arg : lane; break;
     case SHFL_DOWN: src = lane + w.arg < seg + width ? lane + w.arg : lane; break;
     case SHFL_XOR: src = (lane ^ w.arg) < seg + width ? lane ^ w.arg : lane; break;
@@ -515,7 +515,7 @@ EMU_NO_TSAN inline uint64_t collective(int kind, const char *file, int line, uns
              w.mask);
     }
     w.in[t.lane] = value;
-    if (kind == SHFL_IDX) w.out[t.lane] = (uint64_t)(unsigned)arg; // each lane names its own source
+    w.src_lane[t.lane] = arg;
     w.arrived |= me;
     t.state = AT_COLLECTIVE;
 #ifdef EMU_TSAN
@@ -524,15 +524,9 @@ EMU_NO_TSAN inline uint64_t collective(int kind, const char *file, int line, uns
 #endif
     if (w.arrived == w.mask) {
         int first = t.warp * 32;
-        uint64_t result[32];
         for (int l = 0; l < 32; l++) {
             if (!(w.mask >> l & 1)) continue;
-            if (kind == SHFL_IDX) w.arg = (int)w.out[l];
-            result[l] = collective_result(b, w, first, l);
-        }
-        for (int l = 0; l < 32; l++) {
-            if (!(w.mask >> l & 1)) continue;
-            w.out[l] = result[l];
+            w.out[l] = collective_result(b, w, first, l); // reads only w.in and w.src_lane
             b.threads[first + l].state = READY;
             set_ready(b, first + l);
         }
@@ -718,7 +712,7 @@ EMU_NO_TSAN inline void run_grid(const char *kernel, dim3 grid, dim3 block, size
             for (int wi = 0; wi < b.nwarps; wi++) {
                 Warp &w = b.warps[wi];
                 int n = std::min(32, nthreads - wi * 32);
-                w.present = w.live = n == 32 ? 0xffffffffu : (1u << n) - 1;
+                w.live = n == 32 ? 0xffffffffu : (1u << n) - 1;
                 w.arrived = 0;
             }
             cur_block = &b;
@@ -905,10 +899,11 @@ EMU_API cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
     snprintf(p->name, sizeof(p->name), "cuda_emu on the CPU (EMU_SCHED=%s)", emu::schedule_name());
     p->major = 9, p->minor = 0;
     p->warpSize = 32;
-    p->maxThreadsPerBlock = 1024;
-    p->maxThreadsDim[0] = 1024, p->maxThreadsDim[1] = 1024, p->maxThreadsDim[2] = 64;
-    p->maxGridSize[0] = 2147483647, p->maxGridSize[1] = 65535, p->maxGridSize[2] = 65535;
-    p->sharedMemPerBlock = 48 << 10;
+    emu::DeviceLimits lim; // what the launches enforce
+    p->maxThreadsPerBlock = (int)lim.threads;
+    p->maxThreadsDim[0] = (int)lim.bx, p->maxThreadsDim[1] = (int)lim.by, p->maxThreadsDim[2] = (int)lim.bz;
+    p->maxGridSize[0] = (int)lim.gx, p->maxGridSize[1] = (int)lim.gy, p->maxGridSize[2] = (int)lim.gz;
+    p->sharedMemPerBlock = lim.dynamic_shared;
     p->sharedMemPerBlockOptin = 227 << 10;
     p->totalGlobalMem = (size_t)16 << 30;
     p->multiProcessorCount = 1;
