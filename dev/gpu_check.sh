@@ -156,8 +156,10 @@ benchmarks() {
     [ "$EMU" = 1 ] && note="EMULATED (not a speed)"
     local steps=30 skip=5 sizes="tiny mid" gpt_steps=20
     [ "$EMU" = 1 ] && steps=3 skip=1 sizes="tiny" gpt_steps=2
-    # flops per token: 6 per parameter (forward + backward), plus attention's two T x T
-    # products, 12 L C T (forward 4 L C T, backward twice that), as llm.c counts them
+    # flops per token: 6 per matmul parameter (forward + backward; the LLaMA's token embedding
+    # is a lookup, its untied lm_head a matmul), plus attention's two T x T products, 12 L C T
+    # (forward 4 L C T, backward twice that), as llm.c counts them. GPT-2 below counts every
+    # parameter (tied wte, wpe), as llm.c does, so that the two MFUs compare.
     local size prec flags ms tok n fpt
     for size in $sizes; do
         if [ $size = tiny ]; then flags=(--layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --batch 8 --seq-len 128)
@@ -172,7 +174,7 @@ benchmarks() {
 import sys
 L, C, NH, NKV, F, B, T = [int(x) for x in sys.argv[1:]]
 V = 32000; kvd = NKV * C // NH
-N = L * (2 * C * C + 2 * kvd * C + 3 * F * C) + 2 * V * C
+N = L * (2 * C * C + 2 * kvd * C + 3 * F * C) + V * C
 print(6 * N + 12 * L * C * T)" "${flags[1]}" "${flags[3]}" "${flags[5]}" "${flags[7]}" "${flags[9]}" "${flags[11]}" "${flags[13]}")
             bench_row "$(basename "$LLAMA_GPU")" "llama_$size" $prec "${flags[11]}" "${flags[13]}" "$ms" "$tok" "$fpt" "$note"
         done

@@ -42,12 +42,15 @@ checks() {
     return $bad
 }
 
-# copy FILE OLD NEW: the tree into $W/NAME with OLD replaced by NEW (exactly once) in FILE
-make_copy() {
-    local name=$1 file=$2 old=$3 new=$4 dir=$W/$1
-    mkdir -p "$dir"
-    git ls-files -z | xargs -0 cp --parents -t "$dir"
-    python3 - "$dir/$file" "$old" "$new" <<'PY' || return 1
+# copy_tree NAME: the tracked files into $W/NAME
+copy_tree() {
+    mkdir -p "$W/$1"
+    git ls-files -z | xargs -0 cp --parents -t "$W/$1"
+}
+
+# mutate NAME FILE OLD NEW: in $W/NAME/FILE, OLD replaced by NEW (it must occur exactly once)
+mutate() {
+    python3 - "$W/$1/$2" "$3" "$4" <<'PY'
 import sys
 path, old, new = sys.argv[1:]
 old, new = old.encode().decode('unicode_escape'), new.encode().decode('unicode_escape')
@@ -61,7 +64,7 @@ PY
 passed=0
 failed=0
 echo "control: the unchanged tree"
-make_copy control Makefile "# rescale.c: build" "# rescale.c: build" || exit 1
+copy_tree control
 make -s -C "$W/control" $BINS > "$W/control/build.log" 2>&1 || { echo "  FAIL: the control does not build"; exit 1; }
 if checks "$W/control"; then
     echo "  ok   every check passes on the unchanged tree"
@@ -72,10 +75,12 @@ fi
 
 mutant() { # NAME FILE OLD NEW
     echo "mutant $1: $2"
-    make_copy "$@" || { failed=$((failed + 1)); return; }
-    # the build products of the control are reused where the mutation does not reach
+    copy_tree "$1"
+    mutate "$@" || { failed=$((failed + 1)); return; }
+    # the control's build products are reused, less the two test programs and the rewritten
+    # sources, so that the mutant is compiled whatever the copies' timestamps say
     cp -r "$W/control/build" "$W/$1/" 2>/dev/null
-    touch "$W/$1/$2"
+    rm -rf "$W/$1/build/emu/src" "$W/$1/build/emu/test_emu" "$W/$1/build/emu/test_llama_gpu"
     if ! make -s -C "$W/$1" $BINS > "$W/$1/build.log" 2>&1; then
         echo "  ok   caught: it no longer builds"
         passed=$((passed + 1))
