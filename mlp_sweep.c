@@ -21,6 +21,7 @@
  * layer multiplies by its input's nonzero entries only. That is exact, not an
  * approximation: a zero input contributes nothing to the output, nor to dW.
  */
+#include <float.h>
 #include <omp.h>
 #include <zlib.h>
 
@@ -30,9 +31,11 @@
 #ifdef REAL_DOUBLE
 typedef double real; // the test build: tight finite-difference gradient checks
 #define real_sqrt sqrt
+#define REAL_MAX DBL_MAX
 #else
 typedef float real;
 #define real_sqrt sqrtf
+#define REAL_MAX FLT_MAX
 #endif
 
 #define MAX_LAYERS 9 // linear layers: up to 8 hidden widths plus the output layer
@@ -50,16 +53,47 @@ typedef struct {
     real *nz_val;
 } Dataset;
 
-static void dataset_alloc(Dataset *d, int n, int dim, int nclass) {
+// ---- what the readers check. Every number a file gives is range-checked before it sizes
+// anything, and a failure is one "error:" line naming the file and the field, exit status 1
+// (EXIT_RUNTIME, through die). A size a header implies is computed in uint64 and capped, so
+// that a hostile header gives a message, not an int overflow or a nonsense allocation.
+
+// fopen and gzopen open a directory without complaint (the first read fails), so look first.
+static void check_data_file(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) die("cannot open %s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) die("%s is a directory, not a data file", path);
+}
+
+// calloc that names the file and the header field whose value asked for the memory.
+static void *calloc_for(size_t n, size_t size, const char *path, const char *what) {
+    if (size != 0 && n > SIZE_MAX / size) {
+        die("%s: %s needs %zu x %zu bytes, more than memory can address", path, what, n, size);
+    }
+    void *p = calloc(n > 0 ? n : 1, size > 0 ? size : 1);
+    if (p == NULL) die("%s: out of memory allocating %zu x %zu bytes for %s", path, n, size, what);
+    return p;
+}
+
+// n examples of dim features; path and what name the file and header fields that gave n and dim
+// (NULL for a data set made from another, whose sizes were checked already).
+static void dataset_alloc_for(Dataset *d, int n, int dim, int nclass, const char *path, const char *what) {
     d->n = n;
     d->dim = dim;
     d->nclass = nclass;
-    d->x = calloc_check((size_t)n * dim, sizeof(real));
-    d->y = calloc_check((size_t)n, sizeof(int));
+    if (path) {
+        d->x = calloc_for((size_t)n * dim, sizeof(real), path, what);
+        d->y = calloc_for((size_t)n, sizeof(int), path, what);
+    } else {
+        d->x = calloc_check((size_t)n * dim, sizeof(real));
+        d->y = calloc_check((size_t)n, sizeof(int));
+    }
     d->nz_start = NULL;
     d->nz_idx = NULL;
     d->nz_val = NULL;
 }
+
+static void dataset_alloc(Dataset *d, int n, int dim, int nclass) { dataset_alloc_for(d, n, dim, nclass, NULL, NULL); }
 
 static void dataset_free(Dataset *d) {
     free(d->x);
@@ -125,8 +159,17 @@ static void gzread_check(gzFile f, void *dst, size_t n, const char *path, const 
     }
 }
 
-// Read an IDX file of unsigned bytes with ndim dimensions; sizes go to dims[].
+// Limits on what an IDX header may claim. All values: 2^30 bytes, 23 times MNIST's 60k
+// training images (a data set is then 4 GiB of floats). One example: 2^16 values, 83 times
+// MNIST's 784; they are the MLP's input width, so its first layer has that many rows.
+#define IDX_MAX_VALUES ((uint64_t)1 << 30)
+#define IDX_MAX_EXAMPLE ((uint64_t)1 << 16)
+
+// Read an IDX file of unsigned bytes with ndim (1 or 3) dimensions; sizes go to dims[].
 static uint8_t *idx_read(const char *path, int ndim, int dims[3]) {
+    static const char *names[2][3] = {{"label count"}, {"image count", "rows", "columns"}};
+    const char **field = names[ndim == 3];
+    check_data_file(path);
     gzFile f = gzopen(path, "rb");
     if (f == NULL) die("cannot open %s: %s", path, strerror(errno));
     uint8_t hdr[4];
@@ -137,20 +180,41 @@ static uint8_t *idx_read(const char *path, int ndim, int dims[3]) {
         die("%s is not an IDX file of %d-dimensional unsigned bytes: magic 0x%08x, expected 0x%08x", path, ndim,
             magic, want);
     }
-    size_t total = 1;
+    // each size is at most 1e8 < 2^27, so a product of three cannot overflow uint64
+    uint64_t total = 1, example = 1;
     for (int i = 0; i < ndim; i++) {
         gzread_check(f, hdr, 4, path, "IDX header");
         uint32_t d = be32(hdr);
-        if (d == 0 || d > 100000000u) die("%s: dimension %d has size %u, which is not plausible", path, i, d);
+        if (d == 0 || d > 100000000u) {
+            die("%s: header field %d (%s) is %u, outside [1, 100000000]", path, i + 1, field[i], d);
+        }
         dims[i] = (int)d;
         total *= d;
-        if (total > (size_t)4 << 30) die("%s: the header claims more than 4 GiB of data", path);
+        if (i > 0) example *= d;
     }
-    uint8_t *data = malloc_check(total);
+    if (example > IDX_MAX_EXAMPLE) {
+        die("%s: header fields 2, 3 (rows, columns) give %d x %d = %llu values per image, more than the limit %llu",
+            path, dims[1], dims[2], (unsigned long long)example, (unsigned long long)IDX_MAX_EXAMPLE);
+    }
+    if (total > IDX_MAX_VALUES) {
+        die("%s: header field 1 (%s) %d x %llu values each = %llu bytes of data, more than the limit %llu", path,
+            field[0], dims[0], (unsigned long long)example, (unsigned long long)total,
+            (unsigned long long)IDX_MAX_VALUES);
+    }
+    // a plain (not gzip) file's size is known: a header that claims more than it holds is
+    // a truncated file, found before the claim sizes an allocation
+    struct stat st;
+    uint64_t hdr_bytes = 4 + 4 * (uint64_t)ndim;
+    if (gzdirect(f) && stat(path, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size < hdr_bytes + total) {
+        die("%s is truncated: its header gives %llu bytes of data, the file has %llu after the header", path,
+            (unsigned long long)total, (unsigned long long)st.st_size - hdr_bytes);
+    }
+    uint8_t *data = calloc_for((size_t)total, 1, path, ndim == 3 ? "the data of header fields 1-3 (images, rows, columns)"
+                                                                 : "the data of header field 1 (label count)");
     gzread_check(f, data, total, path, "IDX data");
     uint8_t extra;
     int more = gzread(f, &extra, 1);
-    if (more != 0) die("%s has more bytes than its header says (%zu)", path, total);
+    if (more != 0) die("%s has more bytes than its header says (%llu)", path, (unsigned long long)total);
     gzclose(f);
     return data;
 }
@@ -170,8 +234,8 @@ static void mnist_load_pair(Dataset *d, const char *img_path, const char *lbl_pa
     uint8_t *img = idx_read(img_path, 3, idims);
     uint8_t *lbl = idx_read(lbl_path, 1, ldims);
     if (idims[0] != ldims[0]) die("%s has %d images but %s has %d labels", img_path, idims[0], lbl_path, ldims[0]);
-    int n = idims[0], dim = idims[1] * idims[2];
-    dataset_alloc(d, n, dim, 10);
+    int n = idims[0], dim = (int)((size_t)idims[1] * idims[2]); // <= IDX_MAX_EXAMPLE, checked by idx_read
+    dataset_alloc_for(d, n, dim, 10, img_path, "the images as floats (header fields 1-3)");
     for (size_t i = 0; i < (size_t)n * dim; i++) d->x[i] = (real)img[i] / (real)255;
     for (int i = 0; i < n; i++) {
         if (lbl[i] > 9) die("%s: label %d of example %d is not a digit 0..9", lbl_path, lbl[i], i);
@@ -188,6 +252,9 @@ static void mnist_load_pair(Dataset *d, const char *img_path, const char *lbl_pa
 // example keeps both halves of the test set (two writer populations) in each split.
 static void mnist_load(Dataset *train, Dataset *test, const char *dir, const char *split, char *desc, size_t cap) {
     char ti[4096], tl[4096], ri[4096], rl[4096];
+    struct stat st;
+    if (stat(dir, &st) != 0) die("--mnist %s: cannot open the folder: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) die("--mnist %s is not a folder (it names the folder that holds the IDX files)", dir);
     if (!find_data_file(ti, sizeof(ti), dir, "t10k-images-idx3-ubyte")) {
         die("%s: no t10k-images-idx3-ubyte(.gz) (see docs/mlp_sweep.md, data)", dir);
     }
@@ -203,6 +270,11 @@ static void mnist_load(Dataset *train, Dataset *test, const char *dir, const cha
     } else {
         Dataset all;
         mnist_load_pair(&all, ti, tl);
+        // fewer than 5 leaves the test split empty, and the test accuracy NaN
+        if (all.n < 5) {
+            die("%s has %d images; the split (every fifth, i %% 5 == 4, is test) needs at least 5 to fill both halves",
+                ti, all.n);
+        }
         int *rows = malloc_check((size_t)all.n * sizeof(int));
         int ntr = 0, nte = 0;
         for (int i = 0; i < all.n; i++) if (i % 5 != 4) rows[ntr++] = i;
@@ -236,43 +308,107 @@ static int split_commas(char *line, char **fields, int cap) {
     return n;
 }
 
-static double parse_number(const char *s, const char *path, int line, int field) {
+// A field as it may be quoted in a one-line message: at most 40 bytes, anything not
+// printable ASCII (a stray newline, a NUL, binary junk) shown as '?'.
+static const char *quoted(const char *s, char buf[48]) {
+    int i = 0;
+    for (; s[i] && i < 40; i++) buf[i] = s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
+    if (s[i]) buf[i++] = '.', buf[i++] = '.', buf[i++] = '.';
+    buf[i] = '\0';
+    return buf;
+}
+
+static int is_blank(const char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    return *s == '\0';
+}
+
+// Field `field` (1-based; `what` says what it holds) of line `line`: a finite number. strtod
+// reads "" and "  " as nothing, but skipping trailing spaces first made that look like a
+// whole field read, so a blank field became 0: blanks are rejected before strtod.
+static double parse_number(const char *s, const char *path, int line, int field, const char *what) {
+    char q[48];
+    if (is_blank(s)) die("%s:%d: field %d (%s) is blank", path, line, field, what);
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    while (*end == ' ' || *end == '\r' || *end == '\n') end++;
-    if (end == s || *end != '\0' || errno != 0 || !isfinite(v)) {
-        die("%s:%d: field %d ('%s') is not a number", path, line, field, s);
-    }
+    while (*end == ' ' || *end == '\t') end++;
+    quoted(s, q);
+    if (end == s || *end != '\0') die("%s:%d: field %d ('%s') is not a number (%s)", path, line, field, q, what);
+    if (!isfinite(v)) die("%s:%d: field %d ('%s') is not finite (%s)", path, line, field, q, what);
+    if (errno == ERANGE) die("%s:%d: field %d ('%s') is out of a double's range (%s)", path, line, field, q, what);
     return v;
 }
 
+// A count in the header: a whole number in [lo, hi] (strtod would take "13.5" and truncate it).
+static int parse_count(const char *s, const char *path, int field, const char *what, long lo, long hi) {
+    char q[48];
+    if (is_blank(s)) die("%s:1: field %d (%s) is blank", path, field, what);
+    const char *p = s;
+    while (*p == ' ' || *p == '\t') p++;
+    const char *digits = p;
+    while (*p >= '0' && *p <= '9') p++;
+    const char *stop = p;
+    while (*p == ' ' || *p == '\t') p++;
+    if (stop == digits || *p != '\0') {
+        die("%s:1: field %d (%s) '%s' is not a whole number", path, field, what, quoted(s, q));
+    }
+    if (stop - digits > 12) die("%s:1: field %d (%s) '%s' is above %ld", path, field, what, quoted(s, q), hi);
+    long v = strtol(digits, NULL, 10); // at most 12 digits: no overflow
+    if (v < lo || v > hi) die("%s:1: field %d (%s) is %ld, outside [%ld, %ld]", path, field, what, v, lo, hi);
+    return (int)v;
+}
+
 static void wine_load(Dataset *d, const char *path) {
+    check_data_file(path);
     FILE *f = fopen_check(path, "r");
     char *line = NULL;
     size_t cap = 0;
-    char *fields[64];
-    if (getline(&line, &cap, f) < 0) die("%s is empty", path);
+    char *fields[64], q[48], what[32];
+    ssize_t len = getline(&line, &cap, f);
+    if (len < 0) die("%s is empty", path);
+    // the line's end is not part of its last field (nor of a message that quotes it)
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
     int nf = split_commas(line, fields, 64);
     if (nf < 4 || nf > 64) die("%s:1: header should be 'rows,features,class names...', got %d fields", path, nf);
-    int rows = (int)parse_number(fields[0], path, 1, 1), feats = (int)parse_number(fields[1], path, 1, 2);
+    int rows = parse_count(fields[0], path, 1, "rows", 1, 100000000);
+    int feats = parse_count(fields[1], path, 2, "features", 1, 62);
     int nclass = nf - 2;
-    if (rows < 2 || feats < 1 || feats > 62) die("%s:1: header gives %d rows of %d features", path, rows, feats);
-    dataset_alloc(d, rows, feats, nclass);
+    for (int k = 2; k < nf; k++) {
+        if (is_blank(fields[k])) die("%s:1: field %d (class name %d) is blank", path, k + 1, k - 1);
+    }
+    // each row has feats + 1 non-blank fields, each a character and a comma or newline: a row
+    // count the file cannot hold is caught here, before it sizes an allocation
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)rows * 2 * (feats + 1) > (uint64_t)st.st_size) {
+        die("%s:1: field 1 (rows) is %d, but %d rows of %d fields do not fit in the file's %lld bytes", path, rows,
+            rows, feats + 1, (long long)st.st_size);
+    }
+    dataset_alloc_for(d, rows, feats, nclass, path, "the rows x features of header fields 1, 2");
     int r = 0, lineno = 1;
-    while (getline(&line, &cap, f) >= 0) {
+    while ((len = getline(&line, &cap, f)) >= 0) {
         lineno++;
-        if (line[0] == '\n' || line[0] == '\r' || line[0] == '\0') continue; // blank (e.g. a last empty line)
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+        if (line[0] == '\0') continue; // blank (e.g. a last empty line)
         if (r >= rows) die("%s:%d: more rows than the header's %d", path, lineno, rows);
         int n = split_commas(line, fields, 64);
         if (n != feats + 1) die("%s:%d: expected %d fields (%d features and the class), got %d", path, lineno, feats + 1, feats, n);
-        for (int k = 0; k < feats; k++) d->x[(size_t)r * feats + k] = (real)parse_number(fields[k], path, lineno, k + 1);
-        double c = parse_number(fields[feats], path, lineno, feats + 1);
+        for (int k = 0; k < feats; k++) {
+            snprintf(what, sizeof(what), "feature %d", k + 1);
+            double v = parse_number(fields[k], path, lineno, k + 1, what);
+            // finite as a double is not enough: 1e39 would become inf as a float
+            if (fabs(v) > REAL_MAX) die("%s:%d: field %d ('%s') is too large for a %zu-byte real (%s)", path, lineno,
+                                        k + 1, quoted(fields[k], q), sizeof(real), what);
+            d->x[(size_t)r * feats + k] = (real)v;
+        }
+        double c = parse_number(fields[feats], path, lineno, feats + 1, "the class");
         if (c != floor(c) || c < 0 || c >= nclass) {
-            die("%s:%d: class '%s' is not an integer in [0, %d)", path, lineno, fields[feats], nclass);
+            die("%s:%d: field %d: class '%s' is not an integer in [0, %d)", path, lineno, feats + 1,
+                quoted(fields[feats], q), nclass);
         }
         d->y[r++] = (int)c;
     }
+    if (ferror(f)) die("cannot read %s: %s", path, strerror(errno));
     if (r != rows) die("%s: the header says %d rows but the file has %d", path, rows, r);
     free(line);
     fclose_check(f, path);
@@ -285,6 +421,11 @@ static void wine_binary_split(Dataset *train, Dataset *val, const char *path, in
     Dataset all;
     wine_load(&all, path);
     if (positive >= all.nclass) die("%s has %d classes; --positive-class %d does not exist", path, all.nclass, positive);
+    // fewer than 5 leaves validation empty, and val_acc NaN
+    if (all.n < 5) {
+        die("%s has %d wines; the split (every fifth, i %% 5 == 4, is validation) needs at least 5 to fill both halves",
+            path, all.n);
+    }
     for (int i = 0; i < all.n; i++) all.y[i] = all.y[i] == positive;
     all.nclass = 2;
     int *rows = malloc_check((size_t)all.n * sizeof(int));
@@ -304,7 +445,17 @@ static void wine_binary_split(Dataset *train, Dataset *val, const char *path, in
         double sd = sqrt(var / train->n);
         if (sd == 0) sd = 1;
         for (int i = 0; i < train->n; i++) train->x[(size_t)i * all.dim + k] = (real)((train->x[(size_t)i * all.dim + k] - mean) / sd);
-        for (int i = 0; i < val->n; i++) val->x[(size_t)i * all.dim + k] = (real)((val->x[(size_t)i * all.dim + k] - mean) / sd);
+        for (int i = 0; i < val->n; i++) {
+            double z = (val->x[(size_t)i * all.dim + k] - mean) / sd;
+            // a training split of one value (sd 0, taken as 1) and a validation value far from it
+            // (1e38 against -1e38) give a difference a float cannot hold (training values are
+            // within √n standard deviations of their mean, so they cannot)
+            if (fabs(z) > REAL_MAX) {
+                die("%s: feature %d of data row %d (validation) is too far from the training split's mean "
+                    "to standardise (%g)", path, k + 1, 5 * i + 5, z);
+            }
+            val->x[(size_t)i * all.dim + k] = (real)z;
+        }
     }
     free(rows);
     dataset_free(&all);
