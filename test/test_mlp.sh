@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mlp_sweep (E1, E2): unit tests (gradient, init, Adam, statistics) in f32 and f64,
 # determinism across thread counts, a learning sanity check, and clear errors for
-# bad flags and malformed IDX / CSV files. Exits non-zero on the first failure.
+# bad flags and malformed IDX / CSV files (each number a file gives range-checked, with the
+# file and field named). Exits non-zero on the first failure.
 set -u
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
@@ -109,4 +110,51 @@ printf '2,2,a,b\n1.0,2.0,0\n3.0,4.0,2\n' > "$w"; expect 1 "is not an integer in 
 printf '' > "$w"; expect 1 "is empty" ./mlp_sweep e2 --wine "$w"
 expect 1 "cannot open" ./mlp_sweep e2 --wine "$tmp/missing.csv"
 printf '2,2,a,b\n1.0,2.0,0\n3.0,4.0,1\n' > "$w"; expect 1 "has 2 classes; --positive-class 2 does not exist" ./mlp_sweep e2 --positive-class 2 --wine "$w"
+
+# ---- every number a data file gives is range-checked, with the file and field named (issue 15, item 5)
+# Each of these was accepted (exit 0) or misreported before: a blank field read as 0, a header count
+# truncated to an integer, an empty validation split (val_acc NaN), an int overflow of rows x columns.
+E2F="--seeds 1 --epochs 1 --hidden 2 --threads 1 --out $tmp/o2"
+e2w() { expect 1 "$1" ./mlp_sweep e2 --wine "$w" $E2F; } # e2w PATTERN: $w is refused with PATTERN
+ok6='1,2,0\n3,4,1\n1,2,0\n3,4,1\n1,2,0\n'                 # five good rows; a sixth is added per case
+printf "6,2,a,b\n${ok6}3,4, \n" > "$w"; e2w "wine.csv:7: field 3 (the class) is blank"
+printf "6,2,a,b\n${ok6}3,4,\n" > "$w"; e2w "wine.csv:7: field 3 (the class) is blank"
+printf "6,2,a,b\n${ok6}3,   ,1\n" > "$w"; e2w "wine.csv:7: field 2 (feature 2) is blank"
+printf "6,2,a,b\n${ok6}3,4,1.5\n" > "$w"; e2w "wine.csv:7: field 3: class '1.5' is not an integer"
+[ "$(wc -l < "$tmp/err")" -eq 1 ] || fail "the class '1.5' error is not one line: $(cat "$tmp/err")"
+printf "6,2.5,a,b\n${ok6}3,4,1\n" > "$w"; e2w "wine.csv:1: field 2 (features) '2.5' is not a whole number"
+printf "6.7,2,a,b\n${ok6}3,4,1\n" > "$w"; e2w "wine.csv:1: field 1 (rows) '6.7' is not a whole number"
+printf "1e300,2,a,b\n${ok6}3,4,1\n" > "$w"; e2w "wine.csv:1: field 1 (rows) '1e300' is not a whole number"
+printf "6,99,a,b\n${ok6}3,4,1\n" > "$w"; e2w "wine.csv:1: field 2 (features) is 99, outside \[1, 62\]"
+printf "99999999,2,a,b\n${ok6}3,4,1\n" > "$w"; e2w "wine.csv:1: field 1 (rows) is 99999999, but .* do not fit in the"
+printf "6,2,a, \n${ok6}3,4,1\n" > "$w"; e2w "wine.csv:1: field 4 (class name 2) is blank"
+printf "6,2,a,b\n${ok6}3,1e39,1\n" > "$w"; e2w "wine.csv:7: field 2 ('1e39') is too large for a 4-byte real"
+printf "6,2,a,b\n${ok6}3,-nan,1\n" > "$w"; e2w "wine.csv:7: field 2 ('-nan') is not finite"
+printf '5,1,a,b\n3e38,0\n3e38,1\n3e38,0\n3e38,1\n-3e38,0\n' > "$w" # training: one value (sd 0); validation: 6e38 away
+e2w "wine.csv: feature 1 of data row 5 (validation) is too far from the training split's mean"
+printf '4,2,a,b\n1,2,0\n3,4,1\n1,2,0\n3,4,1\n' > "$w"; e2w "wine.csv has 4 wines; .* needs at least 5"
+mkdir -p "$tmp/wdir"; expect 1 "wdir is a directory, not a data file" ./mlp_sweep e2 --wine "$tmp/wdir" $E2F
+printf "6,2,a,b\r\n${ok6}3,4,1\r\n" > "$w"
+./mlp_sweep e2 --wine "$w" $E2F > /dev/null || fail "a valid CRLF Wine file was refused"
+echo "ok   a valid 6-row Wine file with CRLF line ends trains"
+
+E1F="--sigmas 0.1 --epochs 1 --ref-inits none --hidden 2 --threads 1 --out $tmp/o1"
+d="$tmp/idx2"; mkdir -p "$d"; lbl="$d/t10k-labels-idx1-ubyte"; img="$d/t10k-images-idx3-ubyte"
+e1d() { expect 1 "$1" ./mlp_sweep e1 --mnist "$d" $E1F; } # e1d PATTERN: the IDX pair in $d is refused with PATTERN
+mk "$lbl" 0x801 1 "1"
+mk "$img" 0x803 1,46341,46341 "" # 46341^2 > INT_MAX: it overflowed int (UBSan) before
+e1d "t10k-images-idx3-ubyte: header fields 2, 3 (rows, columns) give 46341 x 46341 = 2147488281 values per image"
+mk "$img" 0x803 1,0,28 ""; e1d "t10k-images-idx3-ubyte: header field 2 (rows) is 0, outside \[1, 100000000\]"
+mk "$lbl" 0x801 20000 ""; mk "$img" 0x803 20000,256,256 ""
+e1d "t10k-images-idx3-ubyte: header field 1 (image count) 20000 x 65536 values each = 1310720000 bytes of data, more"
+mk "$img" 0x803 20000,28,28 ""
+e1d "t10k-images-idx3-ubyte is truncated: its header gives 15680000 bytes of data, the file has 0"
+# an allocation a header asks for and memory refuses names the file and the fields (a .gz file's size says nothing)
+mk "$lbl" 0x801 15000 "" && rm "$img" && mk "$img.gz" 0x803 15000,256,256 ""
+expect 1 "t10k-images-idx3-ubyte.gz: out of memory allocating 983040000 x 1 bytes for the data of header fields 1-3" \
+  bash -c 'ulimit -v 300000; exec "$@"' - ./mlp_sweep e1 --mnist "$d" $E1F
+rm "$img.gz"; mk "$lbl" 0x801 4 "1,2,3,4"; mk "$img" 0x803 4,2,2 "$(python3 -c "print(','.join(['0,255,7,0'] * 4))")"
+e1d "t10k-images-idx3-ubyte has 4 images; .* needs at least 5"
+rm "$img"; mkdir "$img"; e1d "t10k-images-idx3-ubyte is a directory, not a data file"
+expect 1 "is not a folder" ./mlp_sweep e1 --mnist "$w" $E1F
 echo "all mlp_sweep checks passed"
