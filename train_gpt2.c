@@ -30,9 +30,8 @@
  */
 #include <omp.h>
 
-#include "args.h"
-#include "csvlog.h"
-#include "dataloader.h"
+#include "gpt2_run.h" // GPT2Config, the checkpoint header, the command line, E3 histograms
+#include "train.h"    // settings, schedules, state.bin, logs
 #include "utils.h"
 
 #ifdef REAL_DOUBLE
@@ -193,8 +192,8 @@ static void encoder_backward(real *dwte, real *dwpe, const real *dout, const int
 // LayerNorm over the last dimension (biased variance, eps 1e-5 as GPT-2).
 // mean and rstd = 1/sqrt(var + eps) are kept for the backward pass.
 #define LN_EPS 1e-5
-static void layernorm_forward(real *out, real *mean, real *rstd, const real *inp, const real *w, const real *bias, int N,
-                              int C) {
+static void layernorm_forward(real *out, real *mean, real *rstd, const real *inp, const real *w, const real *bias,
+                              int N, int C) {
 #pragma omp parallel for schedule(static) if ((size_t)N * C > PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
         const real *x = inp + (size_t)n * C;
@@ -359,7 +358,8 @@ static void residual_backward(real *da, real *db, const real *dout, size_t n) {
 
 // Softmax over the V real logits of each position and the cross-entropy with the
 // target; the padded vocabulary rows never take part.
-static void crossentropy_forward(real *probs, real *losses, const real *logits, const int *targets, int N, int V) {
+static void softmax_crossentropy_forward(real *probs, real *losses, const real *logits, const int *targets, int N,
+                                         int V) {
 #pragma omp parallel for schedule(static) if ((size_t)N * V > PARALLEL_MIN / 16)
     for (int n = 0; n < N; n++) {
         const real *z = logits + (size_t)n * V;
@@ -377,7 +377,7 @@ static void crossentropy_forward(real *probs, real *losses, const real *logits, 
 }
 
 // dlogits = (probs − onehot(target)) / N for the mean loss; written in place of probs.
-static void crossentropy_backward(real *probs_to_dlogits, const int *targets, int N, int V) {
+static void softmax_crossentropy_backward(real *probs_to_dlogits, const int *targets, int N, int V) {
     real dloss = (real)(1.0 / N);
 #pragma omp parallel for schedule(static) if ((size_t)N * V > PARALLEL_MIN)
     for (int n = 0; n < N; n++) {
@@ -389,12 +389,7 @@ static void crossentropy_backward(real *probs_to_dlogits, const int *targets, in
 // ----------------------------------------------------------------------------
 // The model: its shape, and its parameters in one buffer described by one table.
 
-typedef struct {
-    int max_seq_len; // T of the checkpoint: rows of wpe
-    int vocab;       // V, the real vocabulary (50257 for GPT-2)
-    int padded_vocab; // Vp ≥ V, rows of wte (llm.c pads 50257 to 50304); padded rows stay 0
-    int layers, heads, channels;
-} GPT2Config;
+// GPT2Config (the shape): common/gpt2_run.h.
 
 // Parameter tensors in llm.c's checkpoint order; row-major, nn.Linear's (out, in).
 enum {
@@ -496,14 +491,11 @@ static void gpt2_alloc_params(GPT2 *model) {
 }
 
 // Layer l's slice (0-based) of a per-layer tensor.
-static real *layer_param(GPT2 *model, int p, int l) { return model->p[p] + (size_t)l * param_slice_size(&model->config, p); }
-
-static void gpt2_check_config(const GPT2Config *c, const char *what) {
-    if (c->max_seq_len < 1 || c->vocab < 1 || c->padded_vocab < c->vocab || c->layers < 1 || c->heads < 1 ||
-        c->channels < 1 || c->channels % c->heads != 0) {
-        die("%s: bad GPT-2 shape (T %d, V %d, Vp %d, L %d, NH %d, C %d)", what, c->max_seq_len, c->vocab,
-            c->padded_vocab, c->layers, c->heads, c->channels);
-    }
+static real *layer_param(GPT2 *model, int p, int l) {
+    return model->p[p] + (size_t)l * param_slice_size(&model->config, p);
+}
+static real *layer_grad(GPT2 *model, int p, int l) {
+    return model->g[p] + (size_t)l * param_slice_size(&model->config, p);
 }
 
 // ----------------------------------------------------------------------------
@@ -540,33 +532,16 @@ static void gpt2_init(GPT2 *model, const char *scheme, double sigma, Rng *rng) {
 }
 
 // ----------------------------------------------------------------------------
-// Checkpoints: llm.c's GPT-2 format. int32 header[256]: [0] 20240326, [1] 3
-// (fp32, padded vocabulary), [2] max T, [3] V, [4] L, [5] NH, [6] C, [7] Vp; then
-// the fp32 parameters in PARAM_INFO order. Written to a temporary name and renamed.
+// Checkpoints: llm.c's GPT-2 format (the header: common/gpt2_run.h), the fp32
+// parameters in PARAM_INFO order. Written to a temporary name and renamed.
 
-#define GPT2_MAGIC 20240326
-#define GPT2_VERSION 3
-#define HEADER_INTS 256
 
 static void gpt2_load(GPT2 *model, const char *path) {
     memset(model, 0, sizeof(*model));
-    long bytes = file_size(path);
-    if (bytes < 0) die("cannot read checkpoint %s: %s", path, strerror(errno));
-    if (bytes < HEADER_INTS * 4) die("checkpoint %s is truncated: %ld bytes, shorter than its header", path, bytes);
-    FILE *f = fopen_check(path, "rb");
-    int32_t h[HEADER_INTS];
-    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
-    if (h[0] != GPT2_MAGIC) die("checkpoint %s has bad magic %d (want %d, an llm.c GPT-2 model)", path, h[0], GPT2_MAGIC);
-    if (h[1] != GPT2_VERSION) {
-        die("checkpoint %s has version %d; only version 3 (fp32, padded vocabulary) is read", path, h[1]);
-    }
-    GPT2Config *c = &model->config;
-    c->max_seq_len = h[2], c->vocab = h[3], c->layers = h[4], c->heads = h[5], c->channels = h[6];
-    c->padded_vocab = h[7];
-    gpt2_check_config(c, path);
+    long bytes;
+    FILE *f = gpt2_read_header(path, &model->config, &bytes);
     gpt2_alloc_params(model);
-    long want = HEADER_INTS * 4 + (long)model->num_params * 4;
-    if (bytes != want) die("checkpoint %s has %ld bytes, its header says %ld: truncated or not fp32", path, bytes, want);
+    gpt2_check_size(path, bytes, (long)model->num_params);
     float *buf = (float *)malloc_check(model->num_params * sizeof(float));
     fread_check(buf, sizeof(float), model->num_params, f, path);
     fclose(f);
@@ -585,13 +560,9 @@ static void write_fp32(FILE *f, const char *path, const real *x, size_t n) {
 }
 
 static void gpt2_save(const GPT2 *model, const char *path) {
-    const GPT2Config *c = &model->config;
-    int32_t h[HEADER_INTS] = {0};
-    h[0] = GPT2_MAGIC, h[1] = GPT2_VERSION, h[2] = c->max_seq_len, h[3] = c->vocab, h[4] = c->layers;
-    h[5] = c->heads, h[6] = c->channels, h[7] = c->padded_vocab;
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(h, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    gpt2_header_write(af.f, af.tmp, &model->config);
     write_fp32(af.f, af.tmp, model->params, model->num_params);
     atomic_commit(&af);
 }
@@ -638,7 +609,9 @@ static real *layer_act(real *base, const GPT2 *model, int a, int l) {
 static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int B, int T) {
     const GPT2Config *c = &model->config;
     if (model->acts == NULL) gpt2_alloc_acts(model, B, T);
-    if (B != model->B || T != model->T) die("gpt2_forward: batch shape (%d, %d) != allocated (%d, %d)", B, T, model->B, model->T);
+    if (B != model->B || T != model->T) {
+        die("gpt2_forward: batch shape (%d, %d) != allocated (%d, %d)", B, T, model->B, model->T);
+    }
     int C = c->channels, NH = c->heads, V = c->vocab, BT = B * T;
     memcpy(model->inputs, inputs, (size_t)BT * sizeof(int));
     if (targets) memcpy(model->targets, targets, (size_t)BT * sizeof(int));
@@ -653,7 +626,8 @@ static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int
         attention_forward(ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), B, T, C, NH);
         linear_forward(ACT(A_ATTPROJ), ACT(A_ATTY), PAR(P_ATTPROJW), PAR(P_ATTPROJB), BT, C, C);
         residual_forward(ACT(A_RESIDUAL2), x, ACT(A_ATTPROJ), (size_t)BT * C);
-        layernorm_forward(ACT(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W), PAR(P_LN2B), BT, C);
+        layernorm_forward(ACT(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W), PAR(P_LN2B), BT,
+                          C);
         linear_forward(ACT(A_FCH), ACT(A_LN2), PAR(P_FCW), PAR(P_FCB), BT, C, 4 * C);
         gelu_forward(ACT(A_FCH_GELU), ACT(A_FCH), (size_t)BT * 4 * C);
         linear_forward(ACT(A_FCPROJ), ACT(A_FCH_GELU), PAR(P_FCPROJW), PAR(P_FCPROJB), BT, 4 * C, C);
@@ -666,7 +640,7 @@ static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int
     // tied output layer: the first V rows of wte, no bias
     linear_forward(a[A_LOGITS], a[A_LNF], model->p[P_WTE], NULL, BT, C, V);
     if (targets) {
-        crossentropy_forward(a[A_PROBS], a[A_LOSSES], a[A_LOGITS], targets, BT, V);
+        softmax_crossentropy_forward(a[A_PROBS], a[A_LOSSES], a[A_LOGITS], targets, BT, V);
         double s = 0;
         for (int i = 0; i < BT; i++) s += a[A_LOSSES][i];
         model->mean_loss = s / BT;
@@ -680,29 +654,33 @@ static void gpt2_backward(GPT2 *model) {
     real **a = model->a, **da = model->da;
     memset(model->grads, 0, model->num_params * sizeof(real));
     memset(model->dacts, 0, model->num_dacts * sizeof(real));
-    crossentropy_backward(a[A_PROBS], model->targets, BT, V); // now da[A_LOGITS]
+    softmax_crossentropy_backward(a[A_PROBS], model->targets, BT, V); // now da[A_LOGITS]
     linear_backward(da[A_LNF], model->g[P_WTE], NULL, da[A_LOGITS], a[A_LNF], model->p[P_WTE], BT, C, V);
     real *dx = layer_act(da[A_RESIDUAL3], model, A_RESIDUAL3, c->layers - 1);
-    layernorm_backward(dx, model->g[P_LNFW], model->g[P_LNFB], da[A_LNF], layer_act(a[A_RESIDUAL3], model, A_RESIDUAL3, c->layers - 1),
-                       model->p[P_LNFW], a[A_LNF_MEAN], a[A_LNF_RSTD], BT, C);
+    layernorm_backward(dx, model->g[P_LNFW], model->g[P_LNFB], da[A_LNF],
+                       layer_act(a[A_RESIDUAL3], model, A_RESIDUAL3, c->layers - 1), model->p[P_LNFW], a[A_LNF_MEAN],
+                       a[A_LNF_RSTD], BT, C);
     for (int l = c->layers - 1; l >= 0; l--) {
 #define ACT(name) layer_act(a[name], model, name, l)
 #define DACT(name) layer_act(da[name], model, name, l)
 #define PAR(name) layer_param(model, name, l)
-#define GRAD(name) (model->g[name] + (size_t)l * param_slice_size(c, name))
+#define GRAD(name) layer_grad(model, name, l)
         const real *x = l == 0 ? a[A_ENCODED] : layer_act(a[A_RESIDUAL3], model, A_RESIDUAL3, l - 1);
         real *dxin = l == 0 ? da[A_ENCODED] : layer_act(da[A_RESIDUAL3], model, A_RESIDUAL3, l - 1);
         residual_backward(DACT(A_RESIDUAL2), DACT(A_FCPROJ), DACT(A_RESIDUAL3), (size_t)BT * C);
-        linear_backward(DACT(A_FCH_GELU), GRAD(P_FCPROJW), GRAD(P_FCPROJB), DACT(A_FCPROJ), ACT(A_FCH_GELU), PAR(P_FCPROJW), BT, 4 * C, C);
+        linear_backward(DACT(A_FCH_GELU), GRAD(P_FCPROJW), GRAD(P_FCPROJB), DACT(A_FCPROJ), ACT(A_FCH_GELU),
+                        PAR(P_FCPROJW), BT, 4 * C, C);
         gelu_backward(DACT(A_FCH), ACT(A_FCH), DACT(A_FCH_GELU), (size_t)BT * 4 * C);
         linear_backward(DACT(A_LN2), GRAD(P_FCW), GRAD(P_FCB), DACT(A_FCH), ACT(A_LN2), PAR(P_FCW), BT, C, 4 * C);
         layernorm_backward(DACT(A_RESIDUAL2), GRAD(P_LN2W), GRAD(P_LN2B), DACT(A_LN2), ACT(A_RESIDUAL2), PAR(P_LN2W),
                            ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), BT, C);
         residual_backward(dxin, DACT(A_ATTPROJ), DACT(A_RESIDUAL2), (size_t)BT * C);
-        linear_backward(DACT(A_ATTY), GRAD(P_ATTPROJW), GRAD(P_ATTPROJB), DACT(A_ATTPROJ), ACT(A_ATTY), PAR(P_ATTPROJW), BT, C, C);
+        linear_backward(DACT(A_ATTY), GRAD(P_ATTPROJW), GRAD(P_ATTPROJB), DACT(A_ATTPROJ), ACT(A_ATTY), PAR(P_ATTPROJW),
+                        BT, C, C);
         attention_backward(DACT(A_QKV), DACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), B, T, C, NH);
         linear_backward(DACT(A_LN1), GRAD(P_QKVW), GRAD(P_QKVB), DACT(A_QKV), ACT(A_LN1), PAR(P_QKVW), BT, C, 3 * C);
-        layernorm_backward(dxin, GRAD(P_LN1W), GRAD(P_LN1B), DACT(A_LN1), x, PAR(P_LN1W), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), BT, C);
+        layernorm_backward(dxin, GRAD(P_LN1W), GRAD(P_LN1B), DACT(A_LN1), x, PAR(P_LN1W), ACT(A_LN1_MEAN),
+                           ACT(A_LN1_RSTD), BT, C);
 #undef ACT
 #undef DACT
 #undef PAR
@@ -720,55 +698,48 @@ static void gpt2_free(GPT2 *model) {
 }
 
 // ----------------------------------------------------------------------------
-// Training: schedule, clipping, AdamW, TVR (docs/methods.md, "The training loop", paper A).
+// Training: clipping, AdamW, TVR (docs/methods.md, "The training loop", paper A);
+// the schedules (OptConfig, lr_at, TvrConfig) are common/train.h's.
 
-typedef struct {
-    int steps, warmup, constant_schedule;
-    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
-    double tvr_target, tvr_threshold;
-    int tvr_every, tvr_depth_scaled;
-} TrainConfig;
-
-// Steps are 1..N: linear warm-up to lr at step W, then cosine down to lr·min_lr_frac at N.
-static double lr_at(const TrainConfig *tc, int step) {
-    if (step <= tc->warmup) return tc->lr * step / tc->warmup;
-    if (tc->constant_schedule || tc->steps <= tc->warmup) return tc->lr;
-    double progress = (double)(step - tc->warmup) / (tc->steps - tc->warmup);
-    double lo = tc->lr * tc->min_lr_frac;
-    return lo + 0.5 * (tc->lr - lo) * (1.0 + cos(M_PI * progress));
-}
-
-// Global gradient norm over all parameters (summed in a fixed order).
-static double grad_norm(const GPT2 *model) {
+// Global gradient norm over all parameters (summed in a fixed order), then
+// clipping: scale by max/(norm + 1e-6) when that is below 1. Returns the norm before.
+static double clip_grad_norm(GPT2 *model, double max_norm) {
     double s = 0;
     for (size_t i = 0; i < model->num_params; i++) s += (double)model->grads[i] * model->grads[i];
-    return sqrt(s);
+    double norm = sqrt(s);
+    if (max_norm > 0) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1) {
+            for (size_t i = 0; i < model->num_params; i++) model->grads[i] = (real)(model->grads[i] * coef);
+        }
+    }
+    return norm;
 }
 
 // PyTorch's AdamW, in its order of operations: decay, moments, bias-corrected step.
 // Weight decay only on the 2-D tensors (PARAM_INFO.decay).
-static void adamw_update(GPT2 *model, const TrainConfig *tc, int step, double lr) {
+static void adamw_update(GPT2 *model, const OptConfig *o, double lr, int step) {
     if (model->m == NULL) {
         model->m = (real *)calloc_check(model->num_params, sizeof(real));
         model->v = (real *)calloc_check(model->num_params, sizeof(real));
     }
-    double bc1 = 1.0 - pow(tc->beta1, step), bc2_sqrt = sqrt(1.0 - pow(tc->beta2, step));
+    double bc1 = 1.0 - pow(o->beta1, step), bc2_sqrt = sqrt(1.0 - pow(o->beta2, step));
     for (int p = 0; p < NUM_PARAMS; p++) {
         size_t off = (size_t)(model->p[p] - model->params), n = param_size(&model->config, p);
-        double decay = PARAM_INFO[p].decay ? 1.0 - lr * tc->weight_decay : 1.0;
+        double decay = PARAM_INFO[p].decay ? 1.0 - lr * o->weight_decay : 1.0;
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
         for (size_t i = off; i < off + n; i++) {
             double g = model->grads[i];
-            double m = model->m[i] = (real)(tc->beta1 * model->m[i] + (1.0 - tc->beta1) * g);
-            double v = model->v[i] = (real)(tc->beta2 * model->v[i] + (1.0 - tc->beta2) * g * g);
+            double m = model->m[i] = (real)(o->beta1 * model->m[i] + (1.0 - o->beta1) * g);
+            double v = model->v[i] = (real)(o->beta2 * model->v[i] + (1.0 - o->beta2) * g * g);
             double w = model->params[i] * decay;
-            model->params[i] = (real)(w - (lr / bc1) * m / (sqrt(v) / bc2_sqrt + tc->eps));
+            model->params[i] = (real)(w - (lr / bc1) * m / (sqrt(v) / bc2_sqrt + o->eps));
         }
     }
 }
 
-// Mean and unbiased standard deviation of n numbers.
-static void mean_std(const real *x, size_t n, double *mean, double *std) {
+// Mean and unbiased (n-1) standard deviation of n numbers.
+static void weight_stats(const real *x, size_t n, double *mean, double *std) {
     double s = 0, ss = 0;
     for (size_t i = 0; i < n; i++) s += x[i];
     double mu = s / n;
@@ -777,48 +748,15 @@ static void mean_std(const real *x, size_t n, double *mean, double *std) {
     *std = n > 1 ? sqrt(ss / (n - 1)) : 0;
 }
 
-// TVR target for layer l (1-based): the target, or target/√l when depth-scaled.
-static double tvr_layer_target(const TrainConfig *tc, int layer) {
-    return tc->tvr_depth_scaled ? tc->tvr_target / sqrt((double)layer) : tc->tvr_target;
-}
-
 // Target Variance Rescaling of one matrix (paper A): if std/target > threshold,
-// W ← (W − μ)·target/std + μ. Returns 1 when it rescaled.
-static int tvr_rescale(real *w, size_t n, double target, double threshold) {
-    double mu, sd;
-    mean_std(w, n, &mu, &sd);
+// W <- (W - mean)*target/std + mean. Returns 1 when it rescaled; mean and std
+// (before) are returned for the log.
+static int tvr_rescale(real *w, size_t n, double target, double threshold, double *mean, double *std) {
+    weight_stats(w, n, mean, std);
+    double mu = *mean, sd = *std;
     if (!(sd / target > threshold)) return 0;
     for (size_t i = 0; i < n; i++) w[i] = (real)((w[i] - mu) * target / sd + mu);
     return 1;
-}
-
-// TVR on every block matrix as the model stores it (c_attn whole, 3C×C); a rescaled
-// module's bias is zeroed, as in the authors' code. rescaled[l][k] records what happened.
-static void tvr_apply(GPT2 *model, const TrainConfig *tc, int rescaled[][NUM_BLOCK_MATRICES]) {
-    for (int l = 0; l < model->config.layers; l++) {
-        for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
-            int p = BLOCK_MATRIX_PARAM[k], pb = BLOCK_MATRIX_BIAS[k];
-            rescaled[l][k] = tvr_rescale(layer_param(model, p, l), param_slice_size(&model->config, p),
-                                         tvr_layer_target(tc, l + 1), tc->tvr_threshold);
-            if (rescaled[l][k]) memset(layer_param(model, pb, l), 0, param_slice_size(&model->config, pb) * sizeof(real));
-        }
-    }
-}
-
-// Which matrices TVR will rescale at this step (for the log, before it does).
-static void tvr_decide(GPT2 *model, const TrainConfig *tc, int rescaled[][NUM_BLOCK_MATRICES]) {
-    for (int l = 0; l < model->config.layers; l++) {
-        for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
-            double mu, sd;
-            int p = BLOCK_MATRIX_PARAM[k];
-            mean_std(layer_param(model, p, l), param_slice_size(&model->config, p), &mu, &sd);
-            rescaled[l][k] = sd / tvr_layer_target(tc, l + 1) > tc->tvr_threshold;
-        }
-    }
-}
-
-static int is_tvr_step(const TrainConfig *tc, int step) {
-    return tc->tvr_target > 0 && tc->tvr_every > 0 && step % tc->tvr_every == 0;
 }
 
 // One optimizer step on the loader's next batch: forward, backward, clip, AdamW.
@@ -827,20 +765,14 @@ typedef struct {
     double loss, grad_norm, lr;
 } StepResult;
 
-static void train_step(GPT2 *model, const TrainConfig *tc, DataLoader *dl, int step, StepResult *res) {
+static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, StepResult *res) {
     dataloader_next(dl);
     gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
     gpt2_backward(model);
     res->loss = model->mean_loss;
-    res->grad_norm = grad_norm(model);
-    if (tc->grad_clip > 0) {
-        double coef = tc->grad_clip / (res->grad_norm + 1e-6);
-        if (coef < 1) {
-            for (size_t i = 0; i < model->num_params; i++) model->grads[i] = (real)(model->grads[i] * coef);
-        }
-    }
-    res->lr = lr_at(tc, step);
-    adamw_update(model, tc, step, res->lr);
+    res->grad_norm = clip_grad_norm(model, opt->grad_clip);
+    res->lr = lr_at(opt, step);
+    adamw_update(model, opt, res->lr, step);
 }
 
 // ----------------------------------------------------------------------------
@@ -869,55 +801,54 @@ static int stat_matrix_index(const char *name) {
     return -1;
 }
 
-// weights.csv: step, layer, matrix, mean, std, rescaled
-static void log_weights(FILE *f, GPT2 *model, int step, int rescaled[][NUM_BLOCK_MATRICES]) {
+/*
+ * For every block (docs/formats.md, weights.csv): the statistics of its seven
+ * matrices, as they are before TVR, one row each, and, if due, TVR on the four
+ * stored matrices; a rescaled module's bias is zeroed, as in the authors' code.
+ * Returns the number of matrices rescaled.
+ */
+static int weights_pass(GPT2 *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
+    int total = 0;
     for (int l = 0; l < model->config.layers; l++) {
-        for (int s = 0; s < NUM_STAT_MATRICES; s++) {
+        int rescaled[NUM_BLOCK_MATRICES] = {0};
+        double target = tvr_target_for_layer(tvr, l + 1), mu, sd;
+        for (int k = 0; do_tvr && k < NUM_BLOCK_MATRICES; k++) { // decide first: the rows say what TVR does next
+            int p = BLOCK_MATRIX_PARAM[k];
+            weight_stats(layer_param(model, p, l), param_slice_size(&model->config, p), &mu, &sd);
+            rescaled[k] = sd / target > tvr->threshold;
+        }
+        for (int s = 0; csv && s < NUM_STAT_MATRICES; s++) {
             size_t n = 0;
             int unit = 0;
-            double mu, sd;
             const real *w = stat_matrix(model, l, s, &n, &unit);
-            mean_std(w, n, &mu, &sd);
-            fprintf(f, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, STAT_MATRIX_NAME[s], mu, sd, rescaled ? rescaled[l][unit] : 0);
+            weight_stats(w, n, &mu, &sd);
+            fprintf(csv, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, STAT_MATRIX_NAME[s], mu, sd, rescaled[unit]);
+        }
+        for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
+            if (!rescaled[k]) continue;
+            int p = BLOCK_MATRIX_PARAM[k], pb = BLOCK_MATRIX_BIAS[k];
+            tvr_rescale(layer_param(model, p, l), param_slice_size(&model->config, p), target, tvr->threshold, &mu,
+                        &sd);
+            memset(layer_param(model, pb, l), 0, param_slice_size(&model->config, pb) * sizeof(real));
+            total++;
         }
     }
-    fflush(f);
+    if (csv) fflush(csv);
+    return total;
 }
 
-// hist.csv: step, layer, matrix, bin, lo, hi, count: HIST_BINS fixed bins over
-// [−range, range]; entries outside fall into the end bins. hist_summary.csv:
-// step, layer, matrix, mean, std, near_zero, large, excess_kurtosis, with near_zero
-// the share of |w − μ| < 0.1·std (7.97% for a Gaussian) and large the share of
-// |w − μ| > 3·std (0.27% for a Gaussian): scale-free measures of sparsity.
-#define HIST_BINS 100
+// hist.csv and hist_summary.csv of one matrix (the rows: hist_rows in common/gpt2_run.h).
 static void log_hist(FILE *fh, FILE *fs, GPT2 *model, int step, int layer, int s, double range) {
     size_t n = 0;
     int unit = 0;
     const real *w = stat_matrix(model, layer - 1, s, &n, &unit);
-    long counts[HIST_BINS] = {0};
-    double mu, sd, m4 = 0;
-    mean_std(w, n, &mu, &sd);
-    size_t near = 0, large = 0;
-    for (size_t i = 0; i < n; i++) {
-        int b = (int)floor((w[i] + range) / (2 * range) * HIST_BINS);
-        counts[b < 0 ? 0 : b >= HIST_BINS ? HIST_BINS - 1 : b]++;
-        double d = fabs(w[i] - mu);
-        near += d < 0.1 * sd;
-        large += d > 3 * sd;
-        m4 += d * d * d * d;
-    }
-    for (int b = 0; b < HIST_BINS; b++) {
-        double lo = -range + 2 * range * b / HIST_BINS;
-        fprintf(fh, "%d,%d,%s,%d,%.6g,%.6g,%ld\n", step, layer, STAT_MATRIX_NAME[s], b, lo, lo + 2 * range / HIST_BINS, counts[b]);
-    }
-    double var = sd * sd * (n - 1) / n;
-    fprintf(fs, "%d,%d,%s,%.9g,%.9g,%.6f,%.6f,%.6f\n", step, layer, STAT_MATRIX_NAME[s], mu, sd, (double)near / n,
-            (double)large / n, m4 / n / (var * var) - 3.0);
-    fflush(fh), fflush(fs);
+    double mu, sd;
+    weight_stats(w, n, &mu, &sd);
+    hist_rows(fh, fs, w, sizeof(real), n, mu, sd, step, layer, STAT_MATRIX_NAME[s], range);
 }
 
 // activations.csv: step, layer, max_abs, rms of each block's output on the last batch.
-static void log_activations(FILE *f, GPT2 *model, int step) {
+static void activations_log(GPT2 *model, int step, FILE *f) {
     size_t n = (size_t)model->B * model->T * model->config.channels;
     for (int l = 0; l < model->config.layers; l++) {
         const real *x = layer_act(model->a[A_RESIDUAL3], model, A_RESIDUAL3, l);
@@ -926,7 +857,7 @@ static void log_activations(FILE *f, GPT2 *model, int step) {
             mx = fabs(x[i]) > mx ? fabs(x[i]) : mx;
             ss += (double)x[i] * x[i];
         }
-        fprintf(f, "%d,%d,%.6g,%.6g\n", step, l + 1, mx, sqrt(ss / n));
+        fprintf(f, "%d,%d,%.9g,%.9g\n", step, l + 1, mx, sqrt(ss / n));
     }
     fflush(f);
 }
@@ -944,283 +875,135 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 }
 
 // ----------------------------------------------------------------------------
-// state.bin: what resuming needs. int32 header[256]: [0] magic 20261124,
-// [1] version 2, [2] step, [3] shard, [4..5] token position (int64), [6..7] RNG
-// state, [8..9] number of parameters (int64), [10] 1 if the data order is shuffled
-// (then [4..5] counts the batches taken), [11] its seed; then the parameters, Adam m and v
-// as fp32 (exact in the fp32 build, so a resumed run is bitwise the same as a
-// straight one). The parameters are here as well as in model.bin so that a
-// resume reads one file from one atomic rename: a crash between the renames of
-// model.bin and state.bin can never pair one step's weights with another step's
-// moments (as in train_llama.c).
+// state.bin (common/train.h): the step, the data loader's place, the RNG, then the
+// parameters, Adam m and v as fp32 (exact in the fp32 build, so a resumed run is
+// bitwise the same as a straight one). Its own magic: a train_llama state is refused.
 
 #define STATE_MAGIC 20261124
 #define STATE_VERSION 2
 
-static void state_save(const GPT2 *model, const char *path, int step, const DataLoader *dl, const Rng *rng) {
-    int32_t h[HEADER_INTS] = {0};
-    int64_t pos = dataloader_position(dl), np = (int64_t)model->num_params;
-    h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = step, h[3] = dl->shard;
-    h[10] = dl->shuffle, h[11] = (int32_t)dl->seed;
-    memcpy(&h[4], &pos, 8), memcpy(&h[6], &rng->s, 8), memcpy(&h[8], &np, 8);
+static void state_save(const GPT2 *model, const TrainState *st, const char *path) {
+    long np = (long)model->num_params;
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(h, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
-    float buf[4096];
-    for (int which = 0; which < 3; which++) {
-        const real *x = which == 0 ? model->params : which == 1 ? model->m : model->v;
-        for (size_t i = 0; i < model->num_params; i += 4096) {
-            size_t k = model->num_params - i < 4096 ? model->num_params - i : 4096;
-            for (size_t j = 0; j < k; j++) buf[j] = x ? (float)x[i + j] : 0.0f;
-            fwrite_check(buf, sizeof(float), k, af.f, af.tmp);
-        }
-    }
+    state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
+    write_floats(af.f, model->params, sizeof(real), np, af.tmp);
+    write_floats(af.f, model->m, sizeof(real), np, af.tmp); // NULL before the first update: zeros
+    write_floats(af.f, model->v, sizeof(real), np, af.tmp);
     atomic_commit(&af);
 }
 
-// Returns the step; restores the parameters, Adam's moments, the loader position and the RNG.
-// seed and dir are the run's --seed and --resume, for the loader's check.
-static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng, int seed, const char *dir) {
-    long bytes = file_size(path);
-    if (bytes < 0) die("cannot read %s: %s", path, strerror(errno));
-    if (bytes != HEADER_INTS * 4 + 12 * (long)model->num_params) {
-        die("%s has %ld bytes, want %ld for this model: truncated or from another model", path, bytes,
-            HEADER_INTS * 4 + 12 * (long)model->num_params);
+static void state_load(GPT2 *model, TrainState *st, const char *path) {
+    long np = (long)model->num_params;
+    FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_gpt2", np, st);
+    if (model->m == NULL) {
+        model->m = (real *)calloc_check(np, sizeof(real));
+        model->v = (real *)calloc_check(np, sizeof(real));
     }
-    FILE *f = fopen_check(path, "rb");
-    int32_t h[HEADER_INTS];
-    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
-    if (h[0] != STATE_MAGIC) die("%s has bad magic %d (want %d, a train_gpt2 state)", path, h[0], STATE_MAGIC);
-    if (h[1] != STATE_VERSION) die("%s has version %d, want %d", path, h[1], STATE_VERSION);
-    int64_t pos, np;
-    memcpy(&pos, &h[4], 8), memcpy(&rng->s, &h[6], 8), memcpy(&np, &h[8], 8);
-    if (np != (int64_t)model->num_params) die("%s is for %lld parameters, the model has %zu", path, (long long)np, model->num_params);
-    if (h[2] < 0) die("%s has a negative step %d", path, h[2]);
-    model->m = (real *)calloc_check(model->num_params, sizeof(real));
-    model->v = (real *)calloc_check(model->num_params, sizeof(real));
-    float *buf = (float *)malloc_check(model->num_params * sizeof(float));
-    for (int which = 0; which < 3; which++) {
-        fread_check(buf, sizeof(float), model->num_params, f, path);
-        real *x = which == 0 ? model->params : which == 1 ? model->m : model->v;
-        for (size_t i = 0; i < model->num_params; i++) x[i] = buf[i];
-    }
-    free(buf);
+    read_floats(f, model->params, sizeof(real), np, path);
+    read_floats(f, model->m, sizeof(real), np, path);
+    read_floats(f, model->v, sizeof(real), np, path);
     fclose(f);
-    dataloader_resume(dl, h[10], h[11], h[3], pos, seed, dir);
-    return h[2];
 }
 
 #ifndef TESTING
-// ----------------------------------------------------------------------------
-// The command line (docs/formats.md, "The command line"; the GPT-2 and E3 flags at the end).
-
-typedef struct {
-    const char *train, *val, *init_from, *resume, *out, *schedule, *init, *hist_matrix;
-    int layers, dim, heads, kv_heads, ffn, seq_len, vocab, batch, steps, warmup, seed, shuffle;
-    int tvr_every, tvr_depth_scaled, val_every, val_batches, stats_every, checkpoint_every, threads, hist_layer;
-    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip, init_std, tvr_target, tvr_threshold, hist_range;
-} Options;
-
+// The command line (docs/formats.md, "The command line"): settings_parse in
+// common/gpt2_run.h, with common/train.h's flags, GPT-2's shape and E3's histogram.
 static const char *USAGE =
-    "usage: train_gpt2 --train GLOB [flags]\n"
+    "usage: train_gpt2 [flags]\n"
     "Train GPT-2 on the CPU (llm.c checkpoint and shard formats) with LIR/TVR and E3 statistics.";
 
-#define NUM_FLAGS 39
-static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
-    Flag t[] = {
-        {"train", FLAG_STRING, &o->train, NULL, 0, 0, NULL, "training shards (glob, llm.c format)", 0},
-        {"val", FLAG_STRING, &o->val, NULL, 0, 0, NULL, "validation shards (glob); none: no validation", 0},
-        {"init-from", FLAG_STRING, &o->init_from, NULL, 0, 0, NULL, "start from this model.bin (llm.c GPT-2 format)", 0},
-        {"resume", FLAG_STRING, &o->resume, NULL, 0, 0, NULL, "continue the run saved in this directory", 0},
-        {"out", FLAG_STRING, &o->out, "out", 0, 0, NULL, "output directory (logs, model.bin, state.bin)", 0},
-        {"layers", FLAG_INT, &o->layers, "4", 1, 1000, NULL, "blocks L (fresh model)", 0},
-        {"dim", FLAG_INT, &o->dim, "128", 1, 65536, NULL, "width C (fresh model)", 0},
-        {"heads", FLAG_INT, &o->heads, "4", 1, 1024, NULL, "attention heads NH (fresh model)", 0},
-        {"kv-heads", FLAG_INT, &o->kv_heads, "0", 0, 1024, NULL, "GPT-2 has none: 0 or equal to --heads", 0},
-        {"ffn", FLAG_INT, &o->ffn, "0", 0, 1 << 20, NULL, "GPT-2's MLP is 4C: 0 or 4*dim", 0},
-        {"seq-len", FLAG_INT, &o->seq_len, "64", 1, 1 << 16, NULL, "sequence length T (at most the checkpoint's)", 0},
-        {"vocab", FLAG_INT, &o->vocab, "50257", 2, 65536, NULL, "vocabulary V (fresh model; padded to a multiple of 128)", 0},
-        {"batch", FLAG_INT, &o->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
-        {"steps", FLAG_INT, &o->steps, "100", 0, 1 << 30, NULL, "total optimizer steps N", 0},
-        {"lr", FLAG_FLOAT, &o->lr, "1e-3", 0, 10, NULL, "peak learning rate", 0},
-        {"min-lr-frac", FLAG_FLOAT, &o->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
-        {"warmup", FLAG_INT, &o->warmup, "10", 0, 1 << 30, NULL, "linear warm-up steps W", 0},
-        {"schedule", FLAG_CHOICE, &o->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
-        {"weight-decay", FLAG_FLOAT, &o->weight_decay, "0.1", 0, 10, NULL, "AdamW decay on 2-D tensors", 0},
-        {"beta1", FLAG_FLOAT, &o->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
-        {"beta2", FLAG_FLOAT, &o->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
-        {"eps", FLAG_FLOAT, &o->eps, "1e-8", 1e-30, 1, NULL, "AdamW eps", 0},
-        {"grad-clip", FLAG_FLOAT, &o->grad_clip, "1.0", 0, 1e9, NULL, "clip the global grad norm (0 = off)", 0},
-        {"init", FLAG_CHOICE, &o->init, "plain", 0, 0, "plain|lir|residual|e3", "initialisation scheme", 0},
-        {"init-std", FLAG_FLOAT, &o->init_std, "0.02", 0, 10, NULL, "sigma of the initialisation", 0},
-        {"seed", FLAG_INT, &o->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
-        {"shuffle", FLAG_INT, &o->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
-        {"tvr-target", FLAG_FLOAT, &o->tvr_target, "0", 0, 10, NULL, "TVR target std (0 = off)", 0},
-        {"tvr-every", FLAG_INT, &o->tvr_every, "50", 1, 1 << 30, NULL, "TVR every this many steps", 0},
-        {"tvr-threshold", FLAG_FLOAT, &o->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
-        {"tvr-depth-scaled", FLAG_INT, &o->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(layer)", 0},
-        {"val-every", FLAG_INT, &o->val_every, "0", 0, 1 << 30, NULL, "validate every this many steps (0 = never)", 0},
-        {"val-batches", FLAG_INT, &o->val_batches, "10", 1, 1 << 30, NULL, "batches per validation", 0},
-        {"stats-every", FLAG_INT, &o->stats_every, "0", 0, 1 << 30, NULL, "weights/activations/hist logs every N steps", 0},
-        {"checkpoint-every", FLAG_INT, &o->checkpoint_every, "0", 0, 1 << 30, NULL, "save every N steps (0 = only at the end)", 0},
-        {"threads", FLAG_INT, &o->threads, "0", 0, 4096, NULL, "OpenMP threads (0 = all cores)", 0},
-        {"hist-layer", FLAG_INT, &o->hist_layer, "0", 0, 1000, NULL, "E3: layer whose matrix hist.csv follows (0 = off)", 0},
-        {"hist-matrix", FLAG_CHOICE, &o->hist_matrix, "q", 0, 0, "q|k|v|qkv|attn_proj|fc|fc_proj", "E3: that matrix", 0},
-        {"hist-range", FLAG_FLOAT, &o->hist_range, "0.2", 1e-6, 100, NULL, "E3: histogram over [-range, range], 100 bins", 0},
-    };
-    _Static_assert(sizeof(t) / sizeof(t[0]) == NUM_FLAGS, "NUM_FLAGS must match the flag table");
-    memcpy(fl, t, sizeof(t));
-}
-
-static Options parse_options(int argc, char **argv, Flag fl[NUM_FLAGS]) {
-    Options o;
-    options_table(&o, fl);
-    flags_parse(fl, NUM_FLAGS, argc, argv, 1, USAGE);
-    if (o.train == NULL) usage_error("--train is required (see --help)");
-    if (o.resume && o.init_from) usage_error("--resume and --init-from exclude each other");
-    if (o.dim % o.heads != 0) usage_error("--heads %d does not divide --dim %d", o.heads, o.dim);
-    if (o.kv_heads != 0 && o.kv_heads != o.heads) usage_error("--kv-heads: GPT-2 has no grouped attention: 0 or --heads");
-    if (o.ffn != 0 && o.ffn != 4 * o.dim) usage_error("--ffn: GPT-2's MLP is 4*dim = %d: 0 or that", 4 * o.dim);
-    if (o.hist_layer > o.layers && !o.resume && !o.init_from) usage_error("--hist-layer %d > --layers %d", o.hist_layer, o.layers);
-    if (o.resume && !flag_given(fl, NUM_FLAGS, "out")) o.out = o.resume;
-    return o;
-}
-
-static TrainConfig train_config(const Options *o) {
-    TrainConfig tc = {o->steps, o->warmup, strcmp(o->schedule, "constant") == 0, o->lr, o->min_lr_frac,
-                      o->weight_decay, o->beta1, o->beta2, o->eps, o->grad_clip, o->tvr_target, o->tvr_threshold,
-                      o->tvr_every, o->tvr_depth_scaled};
-    return tc;
-}
+#endif // TESTING
 
 // A model from --resume, --init-from or fresh from the flags; returns the sequence
 // length to train with (--seq-len, or the checkpoint's if shorter and the flag not given).
-static int build_model(GPT2 *model, const Options *o, Flag *fl, Rng *rng) {
+static int build_model(GPT2 *model, const Settings *s, int seq_len_given, const int shape_given[4], Rng *rng) {
     char path[4200];
-    if (o->resume || o->init_from) {
-        if (o->resume) snprintf(path, sizeof(path), "%s/model.bin", o->resume);
-        gpt2_load(model, o->resume ? path : o->init_from);
-        const char *shape[] = {"layers", "dim", "heads", "vocab"};
-        for (int i = 0; i < 4; i++) {
-            if (flag_given(fl, NUM_FLAGS, shape[i])) printf("note: --%s ignored, the checkpoint sets the shape\n", shape[i]);
-        }
-        int maxT = model->config.max_seq_len;
-        if (flag_given(fl, NUM_FLAGS, "seq-len") && o->seq_len > maxT) {
-            usage_error("--seq-len %d is above the checkpoint's %d", o->seq_len, maxT);
-        }
-        if (o->hist_layer > model->config.layers) usage_error("--hist-layer %d > the checkpoint's %d layers", o->hist_layer, model->config.layers);
-        return o->seq_len < maxT ? o->seq_len : maxT;
+    if (s->resume || s->init_from) {
+        gpt2_load(model, s->resume ? run_file(path, sizeof(path), s->resume, "model.bin") : s->init_from);
+        return checkpoint_seq_len(s, seq_len_given, shape_given, &model->config);
     }
-    GPT2Config c = {o->seq_len, o->vocab, (o->vocab + 127) / 128 * 128, o->layers, o->heads, o->dim};
-    model->config = c;
+    model->config = config_from_settings(s);
     gpt2_alloc_params(model);
-    gpt2_init(model, o->init, o->init_std, rng);
-    return o->seq_len;
+    gpt2_init(model, s->init, s->init_std, rng);
+    return s->seq_len;
 }
 
-// The run's CSV logs (common/csvlog.h): a resumed run keeps the rows up to its step.
-typedef struct {
-    FILE *train, *val, *weights, *acts, *hist, *hist_summary;
-} Logs;
-
-static Logs open_logs(const Options *o, int resume_step) {
-    Logs lg = {csv_open(o->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step),
-               csv_open(o->out, "val.csv", "step,val_loss", resume_step),
-               csv_open(o->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step),
-               csv_open(o->out, "activations.csv", "step,layer,max_abs,rms", resume_step), NULL, NULL};
-    if (o->hist_layer > 0) {
-        lg.hist = csv_open(o->out, "hist.csv", "step,layer,matrix,bin,lo,hi,count", resume_step);
-        lg.hist_summary = csv_open(o->out, "hist_summary.csv",
-                                   "step,layer,matrix,mean,std,near_zero,large,excess_kurtosis", resume_step);
-    }
-    return lg;
-}
-
-static void close_logs(Logs *lg) {
-    FILE *fs[] = {lg->train, lg->val, lg->weights, lg->acts, lg->hist, lg->hist_summary};
-    for (int i = 0; i < 6; i++) {
-        if (fs[i]) fclose(fs[i]);
-    }
-}
-
-static void save_checkpoint(const GPT2 *model, const Options *o, int step, const DataLoader *dl, const Rng *rng) {
+static void save_checkpoint(const GPT2 *model, const TrainState *st, const char *dir) {
     char path[4200];
-    snprintf(path, sizeof(path), "%s/model.bin", o->out);
-    gpt2_save(model, path);
-    snprintf(path, sizeof(path), "%s/state.bin", o->out);
-    state_save(model, path, step, dl, rng);
+    gpt2_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 
 // The weight statistics of one moment (step 0, a stats step, a TVR step before rescaling).
-static void log_stats(Logs *lg, GPT2 *model, const Options *o, int step, int rescaled[][NUM_BLOCK_MATRICES]) {
-    log_weights(lg->weights, model, step, rescaled);
-    if (lg->hist) log_hist(lg->hist, lg->hist_summary, model, step, o->hist_layer, stat_matrix_index(o->hist_matrix), o->hist_range);
+static void stats_pass(GPT2 *model, const Settings *s, const TvrConfig *tvr, Logs *lg, int step, int do_tvr) {
+    if (lg->hist) {
+        log_hist(lg->hist, lg->hist_summary, model, step, s->hist_layer, stat_matrix_index(s->hist_matrix),
+                 s->hist_range);
+    }
+    weights_pass(model, tvr, step, do_tvr, lg->weights);
 }
 
-static void train_loop(GPT2 *model, const Options *o, const TrainConfig *tc, int start, DataLoader *train,
-                       DataLoader *val, Logs *lg, Rng *rng) {
-    int L = model->config.layers;
-    int (*rescaled)[NUM_BLOCK_MATRICES] = calloc_check((size_t)L, sizeof(*rescaled));
-    if (start == 0 && !o->resume) log_stats(lg, model, o, 0, NULL);
-    for (int step = start + 1; step <= o->steps; step++) {
+static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+    OptConfig opt = opt_config(s);
+    TvrConfig tvr = tvr_config(s);
+    Logs logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
+    if (st->step == 0) {
+        stats_pass(model, s, &tvr, &logs, 0, 0);
+        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
+    }
+    while (st->step < s->steps) {
+        int step = st->step + 1;
         double t0 = wall_seconds();
         StepResult r;
-        train_step(model, tc, train, step, &r);
-        int stats = o->stats_every > 0 && step % o->stats_every == 0, tvr = is_tvr_step(tc, step);
-        if (stats || step == 1) log_activations(lg->acts, model, step);
-        if (tvr) tvr_decide(model, tc, rescaled);
-        if (stats || tvr) log_stats(lg, model, o, step, tvr ? rescaled : NULL); // before rescaling
-        if (tvr) tvr_apply(model, tc, rescaled);
-        double ms = 1e3 * (wall_seconds() - t0);
-        fprintf(lg->train, "%d,%.6f,%.6e,%.6f,%.1f,%.1f\n", step, r.loss, r.lr, r.grad_norm, ms,
-                (double)train->B * train->T / (ms / 1e3));
-        fflush(lg->train);
-        printf("step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f ms%s\n", step, o->steps, r.loss, r.lr, r.grad_norm,
-               ms, tvr ? "  (TVR)" : "");
-        if (val && o->val_every > 0 && (step % o->val_every == 0 || step == o->steps)) {
-            double vl = evaluate(model, val, o->val_batches);
-            fprintf(lg->val, "%d,%.6f\n", step, vl);
-            fflush(lg->val);
-            printf("step %d  val_loss %.4f\n", step, vl);
-        }
-        if (o->checkpoint_every > 0 && step % o->checkpoint_every == 0) save_checkpoint(model, o, step, train, rng);
+        train_step(model, &opt, train_dl, step, &r);
+        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        int do_tvr = tvr_due(&tvr, step);
+        double t_tvr = wall_seconds();
+        if (do_tvr || stats_due(s->stats_every, step)) stats_pass(model, s, &tvr, &logs, step, do_tvr);
+        double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
+        st->step = step;
+        st->shard = train_dl->shard;
+        st->pos = dataloader_position(train_dl);
+        log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
+                 (long)train_dl->B * train_dl->T, tvr_ms);
+        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
     }
-    free(rescaled);
+    save_checkpoint(model, st, s->out);
+    logs_close(&logs);
 }
 
+#ifndef TESTING
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); // progress lines appear as they happen, also in a log file
-    Flag fl[NUM_FLAGS];
-    Options o = parse_options(argc, argv, fl);
-    TrainConfig tc = train_config(&o);
-    if (o.threads > 0) omp_set_num_threads(o.threads);
-    ensure_dir(o.out);
+    Settings s;
+    int shape_given[4];
+    int seq_len_given = settings_parse(&s, argc, argv, USAGE, 0, shape_given);
+    if (s.threads > 0) omp_set_num_threads(s.threads);
     Rng rng;
-    rng_seed(&rng, (uint64_t)o.seed);
+    rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;
     memset(&model, 0, sizeof(model));
-    int T = build_model(&model, &o, fl, &rng);
-    DataLoader train, val;
-    dataloader_init(&train, o.train, "--train", o.batch, T, model.config.vocab);
-    if (o.shuffle) dataloader_shuffle(&train, (uint64_t)o.seed);
-    if (o.val) dataloader_init(&val, o.val, "--val", o.batch, T, model.config.vocab);
-    int start = 0;
-    if (o.resume) {
+    int T = build_model(&model, &s, seq_len_given, shape_given, &rng);
+    // data first: a bad shard is reported before any work is done
+    DataLoader train_dl, val_dl;
+    data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
+    ensure_dir(s.out);
+    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
+    if (s.resume) {
         char path[4200];
-        snprintf(path, sizeof(path), "%s/state.bin", o.resume);
-        start = state_load(&model, path, &train, &rng, o.seed, o.resume);
-        printf("resumed %s at step %d\n", o.resume, start);
+        state_load(&model, &st, run_file(path, sizeof(path), s.resume, "state.bin"));
+        state_resume(&s, &st, &rng, &train_dl);
+        printf("resumed %s at step %d\n", s.resume, st.step);
     }
+    st.rng = rng.s;
     const GPT2Config *c = &model.config;
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %d threads\n", c->layers,
-           c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, o.batch, T,
+           c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, s.batch, T,
            omp_get_max_threads());
-    Logs lg = open_logs(&o, o.resume ? start : -1);
-    train_loop(&model, &o, &tc, start, &train, o.val ? &val : NULL, &lg, &rng);
-    save_checkpoint(&model, &o, start > o.steps ? start : o.steps, &train, &rng);
-    close_logs(&lg);
-    dataloader_free(&train);
-    if (o.val) dataloader_free(&val);
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
+    data_close(&s, &train_dl, &val_dl);
     gpt2_free(&model);
     return 0;
 }

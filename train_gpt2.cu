@@ -33,9 +33,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "args.h"
-#include "csvlog.h"
-#include "dataloader.h"
+#include "gpt2_run.h" // GPT2Config, the checkpoint header, the command line, E3 histograms
+#include "train.h"    // settings, schedules, state.bin, logs
 #include "utils.h"
 
 // The activation type. Parameters, gradients and AdamW state are always float.
@@ -46,7 +45,8 @@ typedef float floatX;
 // 1. CUDA helpers and the matmul
 // ============================================================================
 
-#include "cuda_common.h" // checked calls, reductions, gemm() over cuBLAS
+#include "cuda_common.h" // checked calls, reductions, gemm_batched() over cuBLAS
+#include "cuda_train.h"  // the GPU flags and set-up, token buckets
 
 // ============================================================================
 // 2. the layers
@@ -55,14 +55,14 @@ typedef float floatX;
 
 // out (N, OC) = inp (N, IC) . W^T, W (OC, IC) as nn.Linear stores it (no bias)
 static void matmul_forward(floatX *out, const floatX *inp, const float *W, int N, int IC, int OC) {
-    gemm(0, 1, N, OC, IC, inp, IC, 0, W, IC, 0, out, OC, 0, 1, 0);
+    gemm_batched(0, 1, N, OC, IC, inp, IC, 0, W, IC, 0, out, OC, 0, 1, 0);
 }
 
 // dW += dout^T . inp;  dinp = dout . W (+= when accumulate_dinp)
 static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const floatX *inp, const float *W, int N,
                             int IC, int OC, int accumulate_dinp) {
-    gemm(1, 0, OC, IC, N, dout, OC, 0, inp, IC, 0, dW, IC, 0, 1, 1);
-    gemm(0, 0, N, IC, OC, dout, OC, 0, W, IC, 0, dinp, IC, 0, 1, accumulate_dinp);
+    gemm_batched(1, 0, OC, IC, N, dout, OC, 0, inp, IC, 0, dW, IC, 0, 1, 1);
+    gemm_batched(0, 0, N, IC, OC, dout, OC, 0, W, IC, 0, dinp, IC, 0, 1, accumulate_dinp);
 }
 
 __global__ void add_bias_kernel(floatX *out, const float *bias, long N, int OC) {
@@ -135,7 +135,7 @@ static void encoder_forward(floatX *out, const int *tok, const float *wte, const
 /*
  * The embedding's gradient without atomics. Two positions with the same token add
  * into the same row of dwte: the host sorts the batch's positions by token (a
- * counting sort, encoder_buckets_host) and one block column owns each distinct
+ * counting sort, TokenBuckets in common/cuda_train.h) and one block column owns each distinct
  * token, adding its positions in ascending order, which is train_gpt2.c's serial
  * order. dwpe[t] collects position t of every sequence, b = 0, 1, ... in order.
  */
@@ -157,10 +157,10 @@ __global__ void encoder_backward_wpe_kernel(float *dwpe, const floatX *dout, int
     }
 }
 
-static void encoder_backward(float *dwte, float *dwpe, const floatX *dout, const int *bucket_token,
-                             const int *bucket_start, const int *bucket_pos, int nbuckets, int B, int T, int C) {
-    encoder_backward_wte_kernel<<<dim3(nbuckets, ceil_div(C, BLOCK)), BLOCK>>>(dwte, dout, bucket_token,
-                                                                               bucket_start, bucket_pos, C);
+static void encoder_backward(float *dwte, float *dwpe, const floatX *dout, const TokenBuckets *tb, int B, int T,
+                             int C) {
+    encoder_backward_wte_kernel<<<dim3(tb->count, ceil_div(C, BLOCK)), BLOCK>>>(dwte, dout, tb->token, tb->start,
+                                                                                tb->pos, C);
     launchCheck();
     encoder_backward_wpe_kernel<<<grid_for((long)T * C), BLOCK>>>(dwpe, dout, B, T, C);
     launchCheck();
@@ -306,15 +306,15 @@ __global__ void permute_to_heads_kernel(floatX *dst, const floatX *src, int B, i
  */
 static void attn_x_yT(floatX *s, const floatX *x, const floatX *y, int B, int T, int NH, int hs) {
     long th = (long)T * hs, tt = (long)T * T;
-    gemm(0, 1, T, T, hs, x, hs, th, y, hs, th, s, T, tt, B * NH, 0);
+    gemm_batched(0, 1, T, T, hs, x, hs, th, y, hs, th, s, T, tt, B * NH, 0);
 }
 static void attn_p_x(floatX *o, const floatX *p, const floatX *x, int B, int T, int NH, int hs) {
     long th = (long)T * hs, tt = (long)T * T;
-    gemm(0, 0, T, hs, T, p, T, tt, x, hs, th, o, hs, th, B * NH, 0);
+    gemm_batched(0, 0, T, hs, T, p, T, tt, x, hs, th, o, hs, th, B * NH, 0);
 }
 static void attn_pT_x(floatX *o, const floatX *p, const floatX *x, int B, int T, int NH, int hs) {
     long th = (long)T * hs, tt = (long)T * T;
-    gemm(1, 0, T, hs, T, p, T, tt, x, hs, th, o, hs, th, B * NH, 0);
+    gemm_batched(1, 0, T, hs, T, p, T, tt, x, hs, th, o, hs, th, B * NH, 0);
 }
 
 // In place over att (B*NH*T rows of T): row t becomes softmax(scale * row[0..t]),
@@ -486,12 +486,7 @@ static void crossentropy_backward(floatX *logits, const float *row_max, const do
 // 3. the model: its shape, and its parameters in one buffer described by one table
 // ============================================================================
 
-typedef struct {
-    int max_seq_len;  // T of the checkpoint: rows of wpe
-    int vocab;        // V, the real vocabulary (50257 for GPT-2)
-    int padded_vocab; // Vp ≥ V, rows of wte (llm.c pads 50257 to 50304); padded rows stay 0
-    int layers, heads, channels;
-} GPT2Config;
+// GPT2Config (the shape): common/gpt2_run.h.
 
 // Parameter tensors in llm.c's checkpoint order; row-major, nn.Linear's (out, in).
 enum {
@@ -605,9 +600,7 @@ typedef struct {
     StatTable st;
     int *inputs, *targets;          // host copy of the batch the activations belong to
     int *d_inputs, *d_targets;
-    // encoder_backward's buckets: the positions of each distinct token, ascending
-    int *h_count, *h_bucket_token, *h_bucket_start, *h_bucket_pos, nbuckets;
-    int *bucket_token, *bucket_start, *bucket_pos;
+    TokenBuckets buckets; // encoder_backward's: the positions of each distinct token
     float *h_losses;
     double *norm_partial, *h_norm_partial; // grad_norm's per-block sums
     double *act_partial, *h_act_partial;   // log_activations' per-block max and sum of squares
@@ -621,14 +614,6 @@ static float *tensor_at(const GPT2 *model, float *base, int p, int l) {
 static float *layer_param(const GPT2 *model, int p, int l) { return tensor_at(model, model->params, p, l); }
 static float *layer_grad(const GPT2 *model, int p, int l) { return tensor_at(model, model->grads, p, l); }
 static float *layer_param_host(const GPT2 *model, int p, int l) { return tensor_at(model, model->h_params, p, l); }
-
-static void gpt2_check_config(const GPT2Config *c, const char *what) {
-    if (c->max_seq_len < 1 || c->vocab < 1 || c->padded_vocab < c->vocab || c->layers < 1 || c->heads < 1 ||
-        c->channels < 1 || c->channels % c->heads != 0) {
-        die("%s: bad GPT-2 shape (T %d, V %d, Vp %d, L %d, NH %d, C %d)", what, c->max_seq_len, c->vocab,
-            c->padded_vocab, c->layers, c->heads, c->channels);
-    }
-}
 
 // The host side: sizes, offsets and the host mirror (no GPU needed: the host test uses it).
 static void gpt2_alloc_host(GPT2 *model) {
@@ -745,47 +730,26 @@ static void gpt2_init_host(GPT2 *model, const char *scheme, double sigma, Rng *r
 }
 
 // ---------------------------------------------------------------------------
-// Checkpoints: llm.c's GPT-2 format. int32 header[256]: [0] 20240326, [1] 3
-// (fp32, padded vocabulary), [2] max T, [3] V, [4] L, [5] NH, [6] C, [7] Vp; then
-// the fp32 parameters in PARAM_INFO order. Written to a temporary name and renamed.
+// Checkpoints: llm.c's GPT-2 format (the header: common/gpt2_run.h), the fp32
+// parameters in PARAM_INFO order. Written to a temporary name and renamed.
 
-#define GPT2_MAGIC 20240326
-#define GPT2_VERSION 3
-#define HEADER_INTS 256
 
 // Read a checkpoint's header and parameters into the host mirror (no GPU touched).
 static void gpt2_load_host(GPT2 *model, const char *path) {
     memset(model, 0, sizeof(*model));
-    long bytes = file_size(path);
-    if (bytes < 0) die("cannot read checkpoint %s: %s", path, strerror(errno));
-    if (bytes < HEADER_INTS * 4) die("checkpoint %s is truncated: %ld bytes, shorter than its header", path, bytes);
-    FILE *f = fopen_check(path, "rb");
-    int32_t h[HEADER_INTS];
-    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
-    if (h[0] != GPT2_MAGIC) die("checkpoint %s has bad magic %d (want %d, an llm.c GPT-2 model)", path, h[0], GPT2_MAGIC);
-    if (h[1] != GPT2_VERSION) {
-        die("checkpoint %s has version %d; only version 3 (fp32, padded vocabulary) is read", path, h[1]);
-    }
-    GPT2Config *c = &model->config;
-    c->max_seq_len = h[2], c->vocab = h[3], c->layers = h[4], c->heads = h[5], c->channels = h[6];
-    c->padded_vocab = h[7];
-    gpt2_check_config(c, path);
+    long bytes;
+    FILE *f = gpt2_read_header(path, &model->config, &bytes);
     gpt2_alloc_host(model);
-    long want = HEADER_INTS * 4 + (long)model->num_params * 4;
-    if (bytes != want) die("checkpoint %s has %ld bytes, its header says %ld: truncated or not fp32", path, bytes, want);
+    gpt2_check_size(path, bytes, (long)model->num_params);
     fread_check(model->h_params, sizeof(float), model->num_params, f, path);
     fclose(f);
 }
 
 // Write the host mirror as a checkpoint.
 static void gpt2_save_host(const GPT2 *model, const char *path) {
-    const GPT2Config *c = &model->config;
-    int32_t h[HEADER_INTS] = {0};
-    h[0] = GPT2_MAGIC, h[1] = GPT2_VERSION, h[2] = c->max_seq_len, h[3] = c->vocab, h[4] = c->layers;
-    h[5] = c->heads, h[6] = c->channels, h[7] = c->padded_vocab;
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(h, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    gpt2_header_write(af.f, af.tmp, &model->config);
     fwrite_check(model->h_params, sizeof(float), model->num_params, af.f, af.tmp);
     atomic_commit(&af);
 }
@@ -811,20 +775,16 @@ static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
                         &s->attn.v, &s->attn.y, &s->attn.dq, &s->attn.dk, &s->attn.dv, &s->attn.dy, &s->attn.datt};
     long sizes[] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C, BT * C,
                     BT * C, BT * C, BT * C, BT * C, BT * C, BT * C, (long)B * NH * T * T};
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) *slots[i] = (floatX *)cuda_calloc(sizes[i], sizeof(floatX));
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        *slots[i] = (floatX *)cuda_calloc(sizes[i], sizeof(floatX));
+    }
     s->partial = (double *)cuda_calloc(2L * COL_CHUNKS * 4 * C, sizeof(double));
     int V = c->vocab;
     model->inputs = (int *)calloc_check(BT, sizeof(int));
     model->targets = (int *)calloc_check(BT, sizeof(int));
     model->d_inputs = (int *)cuda_calloc(BT, sizeof(int));
     model->d_targets = (int *)cuda_calloc(BT, sizeof(int));
-    model->h_count = (int *)calloc_check(V + 1, sizeof(int));
-    model->h_bucket_token = (int *)calloc_check(BT, sizeof(int));
-    model->h_bucket_start = (int *)calloc_check(BT + 1, sizeof(int));
-    model->h_bucket_pos = (int *)calloc_check(BT, sizeof(int));
-    model->bucket_token = (int *)cuda_calloc(BT, sizeof(int));
-    model->bucket_start = (int *)cuda_calloc(BT + 1, sizeof(int));
-    model->bucket_pos = (int *)cuda_calloc(BT, sizeof(int));
+    token_buckets_alloc(&model->buckets, V, BT);
     model->h_losses = (float *)calloc_check(BT, sizeof(float));
 }
 
@@ -833,45 +793,18 @@ static floatX *layer_act(const GPT2 *model, int a, int l) {
     return model->a[a] + (size_t)l * (act_size(&model->config, a, model->B, model->T) / model->config.layers);
 }
 
-// The batch's positions grouped by token, for encoder_backward: a counting sort on
-// the host (O(V + N)); within a token the positions stay ascending.
-static void encoder_buckets_host(GPT2 *model, const int *tokens, int N) {
-    int V = model->config.vocab;
-    int *count = model->h_count;
-    memset(count, 0, sizeof(int) * (V + 1));
-    for (int i = 0; i < N; i++) count[tokens[i] + 1]++;
-    int nb = 0;
-    for (int v = 0; v < V; v++) {
-        if (count[v + 1] > 0) {
-            model->h_bucket_token[nb] = v;
-            model->h_bucket_start[nb] = count[v]; // the prefix sum so far: where token v's positions start
-            nb++;
-        }
-        count[v + 1] += count[v];
-    }
-    model->h_bucket_start[nb] = N;
-    for (int i = 0; i < N; i++) model->h_bucket_pos[count[tokens[i]]++] = i;
-    model->nbuckets = nb;
-}
-
-static void encoder_buckets(GPT2 *model, const int *tokens, int N) {
-    encoder_buckets_host(model, tokens, N);
-    int nb = model->nbuckets;
-    cudaCheck(cudaMemcpy(model->bucket_token, model->h_bucket_token, sizeof(int) * nb, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(model->bucket_start, model->h_bucket_start, sizeof(int) * (nb + 1), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(model->bucket_pos, model->h_bucket_pos, sizeof(int) * N, cudaMemcpyHostToDevice));
-}
-
 // Logits for all positions and the mean loss (host arrays of B*T tokens and targets).
 static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int B, int T) {
     const GPT2Config *c = &model->config;
-    if (B != model->B || T != model->T) die("gpt2_forward: batch shape (%d, %d) != allocated (%d, %d)", B, T, model->B, model->T);
+    if (B != model->B || T != model->T) {
+        die("gpt2_forward: batch shape (%d, %d) != allocated (%d, %d)", B, T, model->B, model->T);
+    }
     int C = c->channels, NH = c->heads, V = c->vocab, BT = B * T;
     memcpy(model->inputs, inputs, (size_t)BT * sizeof(int));
     memcpy(model->targets, targets, (size_t)BT * sizeof(int));
     cudaCheck(cudaMemcpy(model->d_inputs, inputs, sizeof(int) * BT, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->d_targets, targets, sizeof(int) * BT, cudaMemcpyHostToDevice));
-    encoder_buckets(model, inputs, BT);
+    token_buckets_build(&model->buckets, inputs, BT, V);
     floatX **a = model->a;
     encoder_forward(a[A_ENCODED], model->d_inputs, layer_param(model, P_WTE, 0), layer_param(model, P_WPE, 0), B, T, C);
     for (int l = 0; l < c->layers; l++) {
@@ -883,7 +816,8 @@ static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int
         attention_forward(ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), &model->s.attn, B, T, C, NH);
         linear_forward(ACT(A_ATTPROJ), ACT(A_ATTY), PAR(P_ATTPROJW), PAR(P_ATTPROJB), BT, C, C);
         residual_forward(ACT(A_RESIDUAL2), x, ACT(A_ATTPROJ), (long)BT * C);
-        layernorm_forward(ACT(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W), PAR(P_LN2B), BT, C);
+        layernorm_forward(ACT(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W), PAR(P_LN2B), BT,
+                          C);
         linear_forward(ACT(A_FCH), ACT(A_LN2), PAR(P_FCW), PAR(P_FCB), BT, C, 4 * C);
         gelu_forward(ACT(A_FCH_GELU), ACT(A_FCH), (long)BT * 4 * C);
         linear_forward(ACT(A_FCPROJ), ACT(A_FCH_GELU), PAR(P_FCPROJW), PAR(P_FCPROJB), BT, 4 * C, C);
@@ -942,45 +876,28 @@ static void gpt2_backward(GPT2 *model) {
 #undef PAR
 #undef GRAD
     }
-    encoder_backward(layer_grad(model, P_WTE, 0), layer_grad(model, P_WPE, 0), s->dres, model->bucket_token,
-                     model->bucket_start, model->bucket_pos, model->nbuckets, B, T, C);
+    encoder_backward(layer_grad(model, P_WTE, 0), layer_grad(model, P_WPE, 0), s->dres, &model->buckets, B, T, C);
 }
 
 static void gpt2_free(GPT2 *model) {
     void *dev[] = {model->params, model->grads, model->m, model->v, model->row_max, model->row_sum, model->d_inputs,
-                   model->d_targets, model->bucket_token, model->bucket_start, model->bucket_pos, model->norm_partial,
+                   model->d_targets, model->norm_partial,
                    model->act_partial, model->st.ptr, model->st.n, model->st.mu, model->st.partial, model->s.partial,
                    model->s.dres, model->s.dln, model->s.datty, model->s.dqkv, model->s.dfch, model->s.dfch_gelu,
                    model->s.attn.q, model->s.attn.k, model->s.attn.v, model->s.attn.y, model->s.attn.dq,
                    model->s.attn.dk, model->s.attn.dv, model->s.attn.dy, model->s.attn.datt};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
     for (int a = 0; a < NUM_ACTS; a++) cudaCheck(cudaFree(model->a[a]));
-    void *host[] = {model->h_params, model->h_m, model->h_v, model->inputs, model->targets, model->h_count,
-                    model->h_bucket_token, model->h_bucket_start, model->h_bucket_pos, model->h_losses,
+    void *host[] = {model->h_params, model->h_m, model->h_v, model->inputs, model->targets, model->h_losses,
                     model->h_norm_partial, model->h_act_partial, model->st.h_partial};
     for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++) free(host[i]);
+    token_buckets_free(&model->buckets);
     memset(model, 0, sizeof(*model));
 }
 
 // ============================================================================
 // 4. training: schedule, clipping, AdamW, TVR (docs/methods.md, "The training loop", paper A)
 // ============================================================================
-
-typedef struct {
-    int steps, warmup, constant_schedule;
-    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
-    double tvr_target, tvr_threshold;
-    int tvr_every, tvr_depth_scaled;
-} TrainConfig;
-
-// Steps are 1..N: linear warm-up to lr at step W, then cosine down to lr·min_lr_frac at N.
-static double lr_at(const TrainConfig *tc, int step) {
-    if (step <= tc->warmup) return tc->lr * step / tc->warmup;
-    if (tc->constant_schedule || tc->steps <= tc->warmup) return tc->lr;
-    double progress = (double)(step - tc->warmup) / (tc->steps - tc->warmup);
-    double lo = tc->lr * tc->min_lr_frac;
-    return lo + 0.5 * (tc->lr - lo) * (1.0 + cos(M_PI * progress));
-}
 
 // Per-block sums of squares in double over a fixed grid; the host adds the
 // NORM_BLOCKS partial sums in order, so the norm does not depend on timing.
@@ -991,18 +908,28 @@ __global__ void sum_squares_kernel(double *partial, const float *x, long n) {
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-// Global gradient norm over all parameters.
-static double grad_norm(GPT2 *model) {
-    sum_squares_kernel<<<NORM_BLOCKS, BLOCK>>>(model->norm_partial, model->grads, (long)model->num_params);
-    launchCheck();
-    cudaCheck(cudaMemcpy(model->h_norm_partial, model->norm_partial, sizeof(double) * NORM_BLOCKS, cudaMemcpyDeviceToHost));
-    double s = 0;
-    for (int b = 0; b < NORM_BLOCKS; b++) s += model->h_norm_partial[b];
-    return sqrt(s);
-}
-
 __global__ void scale_kernel(float *x, double coef, long n) {
     GRID_STRIDE(i, n) x[i] = (float)(x[i] * coef);
+}
+
+// Global gradient norm over all parameters, then clipping as train_gpt2.c's
+// (scale by max/(norm + 1e-6) in double when that is below 1). Returns the norm before.
+static double clip_grad_norm(GPT2 *model, double max_norm) {
+    sum_squares_kernel<<<NORM_BLOCKS, BLOCK>>>(model->norm_partial, model->grads, (long)model->num_params);
+    launchCheck();
+    cudaCheck(
+        cudaMemcpy(model->h_norm_partial, model->norm_partial, sizeof(double) * NORM_BLOCKS, cudaMemcpyDeviceToHost));
+    double s = 0;
+    for (int b = 0; b < NORM_BLOCKS; b++) s += model->h_norm_partial[b];
+    double norm = sqrt(s);
+    if (max_norm > 0) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1) {
+            scale_kernel<<<grid_for((long)model->num_params), BLOCK>>>(model->grads, coef, (long)model->num_params);
+            launchCheck();
+        }
+    }
+    return norm;
 }
 
 /*
@@ -1022,13 +949,13 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long 
     }
 }
 
-static void adamw_update(GPT2 *model, const TrainConfig *tc, int step, double lr) {
-    double bc1 = 1.0 - pow(tc->beta1, step), bc2_sqrt = sqrt(1.0 - pow(tc->beta2, step));
+static void adamw_update(GPT2 *model, const OptConfig *o, double lr, int step) {
+    double bc1 = 1.0 - pow(o->beta1, step), bc2_sqrt = sqrt(1.0 - pow(o->beta2, step));
     for (int p = 0; p < NUM_PARAMS; p++) {
         size_t off = model->off[p], n = param_size(&model->config, p);
-        double decay = PARAM_INFO[p].decay ? 1.0 - lr * tc->weight_decay : 1.0;
+        double decay = PARAM_INFO[p].decay ? 1.0 - lr * o->weight_decay : 1.0;
         adamw_kernel<<<grid_for((long)n), BLOCK>>>(model->params + off, model->grads + off, model->m + off,
-                                                   model->v + off, (long)n, decay, tc->beta1, tc->beta2, tc->eps,
+                                                   model->v + off, (long)n, decay, o->beta1, o->beta2, o->eps,
                                                    lr / bc1, bc2_sqrt);
         launchCheck();
     }
@@ -1036,7 +963,7 @@ static void adamw_update(GPT2 *model, const TrainConfig *tc, int step, double lr
 
 /*
  * Mean and unbiased standard deviation of all L*7 statistics matrices at once,
- * two passes as train_gpt2.c's mean_std (first the mean, then the squared
+ * two passes as train_gpt2.c's weight_stats (first the mean, then the squared
  * deviations from it): MOMENT_CHUNKS blocks per matrix sum in double, the host
  * adds the chunks in order.
  */
@@ -1059,7 +986,8 @@ static void matrix_sums(GPT2 *model, const double *mu, double *out) {
     StatTable *st = &model->st;
     matrix_sum_kernel<<<dim3(MOMENT_CHUNKS, st->count), BLOCK>>>(st->partial, st->ptr, st->n, mu);
     launchCheck();
-    cudaCheck(cudaMemcpy(st->h_partial, st->partial, sizeof(double) * st->count * MOMENT_CHUNKS, cudaMemcpyDeviceToHost));
+    cudaCheck(
+        cudaMemcpy(st->h_partial, st->partial, sizeof(double) * st->count * MOMENT_CHUNKS, cudaMemcpyDeviceToHost));
     for (int j = 0; j < st->count; j++) {
         double s = 0;
         for (int ch = 0; ch < MOMENT_CHUNKS; ch++) s += st->h_partial[(long)j * MOMENT_CHUNKS + ch];
@@ -1067,8 +995,8 @@ static void matrix_sums(GPT2 *model, const double *mu, double *out) {
     }
 }
 
-// mean[j], std[j] of statistics matrix j = layer*7 + s
-static void weight_stats(GPT2 *model, double *mean, double *std) {
+// mean[j], std[j] of statistics matrix j = layer*7 + s, all at once
+static void matrix_stats(GPT2 *model, double *mean, double *std) {
     StatTable *st = &model->st;
     matrix_sums(model, NULL, mean);
     for (int j = 0; j < st->count; j++) {
@@ -1090,52 +1018,46 @@ static void weight_stats(GPT2 *model, double *mean, double *std) {
 // Index of TVR unit k of layer l in the statistics table (qkv, attn_proj, fc, fc_proj are 3..6).
 static int unit_stat_index(int l, int k) { return l * NUM_STAT_MATRICES + 3 + k; }
 
-// TVR target for layer l (1-based): the target, or target/√l when depth-scaled.
-static double tvr_layer_target(const TrainConfig *tc, int layer) {
-    return tc->tvr_depth_scaled ? tc->tvr_target / sqrt((double)layer) : tc->tvr_target;
-}
-
-// W ← (W − μ)·target/std + μ, train_gpt2.c's expression in double.
+// W <- (W - mean)*target/std + mean, train_gpt2.c's expression in double.
 __global__ void tvr_rescale_kernel(float *w, long n, double mu, double target, double sd) {
     GRID_STRIDE(i, n) w[i] = (float)((w[i] - mu) * target / sd + mu);
 }
 
-// Target Variance Rescaling of one matrix (paper A): if std/target > threshold,
-// rescale. Returns 1 when it rescaled.
-static int tvr_rescale(float *w, size_t n, double mu, double sd, double target, double threshold) {
-    if (!(sd / target > threshold)) return 0;
-    tvr_rescale_kernel<<<grid_for((long)n), BLOCK>>>(w, (long)n, mu, target, sd);
-    launchCheck();
-    return 1;
-}
-
-// Which matrices TVR will rescale at this step (for the log, before it does).
-static void tvr_decide(GPT2 *model, const TrainConfig *tc, const double *std, int rescaled[][NUM_BLOCK_MATRICES]) {
+/*
+ * train_gpt2.c's weights_pass on the GPU: the seven statistics matrices of every
+ * block, as they are before TVR, one weights.csv row each (all matrices in two
+ * launches, matrix_stats), then, if due, TVR (paper A) on the four stored matrices
+ * whose std/target is above the threshold; a rescaled module's bias is zeroed, as in
+ * the authors' code. Returns the number of matrices rescaled.
+ */
+static int weights_pass(GPT2 *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
+    int count = model->st.count, total = 0;
+    double *mean = (double *)malloc_check(sizeof(double) * count),
+           *std = (double *)malloc_check(sizeof(double) * count);
+    matrix_stats(model, mean, std);
     for (int l = 0; l < model->config.layers; l++) {
-        for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
-            rescaled[l][k] = std[unit_stat_index(l, k)] / tvr_layer_target(tc, l + 1) > tc->tvr_threshold;
+        int rescaled[NUM_BLOCK_MATRICES] = {0};
+        double target = tvr_target_for_layer(tvr, l + 1);
+        for (int k = 0; do_tvr && k < NUM_BLOCK_MATRICES; k++) {
+            rescaled[k] = std[unit_stat_index(l, k)] / target > tvr->threshold;
         }
-    }
-}
-
-// TVR on every block matrix as the model stores it (c_attn whole, 3C×C); a rescaled
-// module's bias is zeroed, as in the authors' code. mean/std: weight_stats of this moment.
-static void tvr_apply(GPT2 *model, const TrainConfig *tc, const double *mean, const double *std,
-                      int rescaled[][NUM_BLOCK_MATRICES]) {
-    for (int l = 0; l < model->config.layers; l++) {
+        for (int s = 0; csv && s < NUM_STAT_MATRICES; s++) {
+            int unit = s < 3 ? 0 : s - 3, j = l * NUM_STAT_MATRICES + s;
+            fprintf(csv, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, STAT_MATRIX_NAME[s], mean[j], std[j], rescaled[unit]);
+        }
         for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
+            if (!rescaled[k]) continue;
             int p = BLOCK_MATRIX_PARAM[k], pb = BLOCK_MATRIX_BIAS[k], j = unit_stat_index(l, k);
-            rescaled[l][k] = tvr_rescale(layer_param(model, p, l), param_slice_size(&model->config, p), mean[j],
-                                         std[j], tvr_layer_target(tc, l + 1), tc->tvr_threshold);
-            if (rescaled[l][k]) {
-                cudaCheck(cudaMemset(layer_param(model, pb, l), 0, param_slice_size(&model->config, pb) * sizeof(float)));
-            }
+            long n = (long)param_slice_size(&model->config, p);
+            tvr_rescale_kernel<<<grid_for(n), BLOCK>>>(layer_param(model, p, l), n, mean[j], target, std[j]);
+            launchCheck();
+            cudaCheck(cudaMemset(layer_param(model, pb, l), 0, param_slice_size(&model->config, pb) * sizeof(float)));
+            total++;
         }
     }
-}
-
-static int is_tvr_step(const TrainConfig *tc, int step) {
-    return tc->tvr_target > 0 && tc->tvr_every > 0 && step % tc->tvr_every == 0;
+    if (csv) fflush(csv);
+    free(mean), free(std);
+    return total;
 }
 
 // One optimizer step on the loader's next batch: forward, backward, clip, AdamW.
@@ -1144,42 +1066,22 @@ typedef struct {
     double loss, grad_norm, lr;
 } StepResult;
 
-static void train_step(GPT2 *model, const TrainConfig *tc, DataLoader *dl, int step, StepResult *res) {
+static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, StepResult *res) {
     dataloader_next(dl);
     gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
     gpt2_backward(model);
     res->loss = model->mean_loss;
-    res->grad_norm = grad_norm(model);
-    if (tc->grad_clip > 0) {
-        double coef = tc->grad_clip / (res->grad_norm + 1e-6);
-        if (coef < 1) {
-            scale_kernel<<<grid_for((long)model->num_params), BLOCK>>>(model->grads, coef, (long)model->num_params);
-            launchCheck();
-        }
-    }
-    res->lr = lr_at(tc, step);
-    adamw_update(model, tc, step, res->lr);
+    res->grad_norm = clip_grad_norm(model, opt->grad_clip);
+    res->lr = lr_at(opt, step);
+    adamw_update(model, opt, res->lr, step);
 }
 
 // ============================================================================
 // 5. E3 statistics (docs/methods.md, E3): c_attn also as its three C×C parts q, k, v
 // ============================================================================
 
-// weights.csv: step, layer, matrix, mean, std, rescaled
-static void log_weights(FILE *f, GPT2 *model, int step, const double *mean, const double *std,
-                        int rescaled[][NUM_BLOCK_MATRICES]) {
-    for (int l = 0; l < model->config.layers; l++) {
-        for (int s = 0; s < NUM_STAT_MATRICES; s++) {
-            int unit = s < 3 ? 0 : s - 3, j = l * NUM_STAT_MATRICES + s;
-            fprintf(f, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, STAT_MATRIX_NAME[s], mean[j], std[j],
-                    rescaled ? rescaled[l][unit] : 0);
-        }
-    }
-    fflush(f);
-}
-
-// Mean and unbiased standard deviation of n numbers (host; for the histogram's matrix).
-static void mean_std(const float *x, size_t n, double *mean, double *std) {
+// Mean and unbiased (n-1) standard deviation of n numbers (host; for the histogram's matrix).
+static void weight_stats(const float *x, size_t n, double *mean, double *std) {
     double s = 0, ss = 0;
     for (size_t i = 0; i < n; i++) s += x[i];
     double mu = s / n;
@@ -1189,35 +1091,16 @@ static void mean_std(const float *x, size_t n, double *mean, double *std) {
 }
 
 // hist.csv and hist_summary.csv, exactly train_gpt2.c's (one matrix, copied to the
-// host): HIST_BINS fixed bins over [−range, range], the end bins catching the rest;
-// near_zero the share of |w − μ| < 0.1·std, large of |w − μ| > 3·std.
-#define HIST_BINS 100
+// host; the rows: hist_rows in common/gpt2_run.h).
 static void log_hist(FILE *fh, FILE *fs, GPT2 *model, int step, int layer, int s, double range) {
     size_t n = 0;
     int unit = 0;
     const float *dw = stat_matrix(model, model->params, layer - 1, s, &n, &unit);
     float *w = (float *)malloc_check(n * sizeof(float));
     cudaCheck(cudaMemcpy(w, dw, n * sizeof(float), cudaMemcpyDeviceToHost));
-    long counts[HIST_BINS] = {0};
-    double mu, sd, m4 = 0;
-    mean_std(w, n, &mu, &sd);
-    size_t near = 0, large = 0;
-    for (size_t i = 0; i < n; i++) {
-        int b = (int)floor((w[i] + range) / (2 * range) * HIST_BINS);
-        counts[b < 0 ? 0 : b >= HIST_BINS ? HIST_BINS - 1 : b]++;
-        double d = fabs(w[i] - mu);
-        near += d < 0.1 * sd;
-        large += d > 3 * sd;
-        m4 += d * d * d * d;
-    }
-    for (int b = 0; b < HIST_BINS; b++) {
-        double lo = -range + 2 * range * b / HIST_BINS;
-        fprintf(fh, "%d,%d,%s,%d,%.6g,%.6g,%ld\n", step, layer, STAT_MATRIX_NAME[s], b, lo, lo + 2 * range / HIST_BINS, counts[b]);
-    }
-    double var = sd * sd * (n - 1) / n;
-    fprintf(fs, "%d,%d,%s,%.9g,%.9g,%.6f,%.6f,%.6f\n", step, layer, STAT_MATRIX_NAME[s], mu, sd, (double)near / n,
-            (double)large / n, m4 / n / (var * var) - 3.0);
-    fflush(fh), fflush(fs);
+    double mu, sd;
+    weight_stats(w, n, &mu, &sd);
+    hist_rows(fh, fs, w, sizeof(float), n, mu, sd, step, layer, STAT_MATRIX_NAME[s], range);
     free(w);
 }
 
@@ -1242,7 +1125,7 @@ __global__ void activation_stats_kernel(double *partial, const floatX *res3, lon
 }
 
 // activations.csv: step, layer, max_abs, rms of each block's output on the last batch.
-static void log_activations(FILE *f, GPT2 *model, int step) {
+static void activations_log(GPT2 *model, int step, FILE *f) {
     long n = (long)model->B * model->T * model->config.channels;
     int L = model->config.layers;
     activation_stats_kernel<<<dim3(ACT_CHUNKS, L), BLOCK>>>(model->act_partial, model->a[A_RESIDUAL3], n);
@@ -1256,7 +1139,7 @@ static void log_activations(FILE *f, GPT2 *model, int step) {
             mx = p[0] > mx ? p[0] : mx;
             ss += p[1];
         }
-        fprintf(f, "%d,%d,%.6g,%.6g\n", step, l + 1, mx, sqrt(ss / n));
+        fprintf(f, "%d,%d,%.9g,%.9g\n", step, l + 1, mx, sqrt(ss / n));
     }
     fflush(f);
 }
@@ -1277,300 +1160,142 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 // 6. state.bin, the command line, the training loop, main
 // ============================================================================
 
-/*
- * state.bin, train_gpt2.c's format: int32 header[256]: [0] magic 20261124,
- * [1] version 2, [2] step, [3] shard, [4..5] token position (int64), [6..7] RNG
- * state, [8..9] number of parameters (int64), [10] 1 if the data order is shuffled
- * (then [4..5] counts the batches taken), [11] its seed; then the parameters, Adam m and v
- * as fp32. A resume reads the parameters from here (one file, one atomic rename).
- */
+// state.bin, train_gpt2.c's format (common/train.h), so a run moves between the
+// programs; written and read through the host mirrors.
 #define STATE_MAGIC 20261124
 #define STATE_VERSION 2
 
-static void state_save(GPT2 *model, const char *path, int step, const DataLoader *dl, const Rng *rng) {
-    int32_t h[HEADER_INTS] = {0};
-    int64_t pos = dataloader_position(dl), np = (int64_t)model->num_params;
-    h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = step, h[3] = dl->shard;
-    h[10] = dl->shuffle, h[11] = (int32_t)dl->seed;
-    memcpy(&h[4], &pos, 8), memcpy(&h[6], &rng->s, 8), memcpy(&h[8], &np, 8);
+static void state_save(GPT2 *model, const TrainState *st, const char *path) {
+    long np = (long)model->num_params;
     gpt2_params_to_host(model);
     cudaCheck(cudaMemcpy(model->h_m, model->m, sizeof(float) * np, cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(model->h_v, model->v, sizeof(float) * np, cudaMemcpyDeviceToHost));
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(h, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
-    fwrite_check(model->h_params, sizeof(float), np, af.f, af.tmp);
-    fwrite_check(model->h_m, sizeof(float), np, af.f, af.tmp);
-    fwrite_check(model->h_v, sizeof(float), np, af.f, af.tmp);
+    state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
+    write_floats(af.f, model->h_params, sizeof(float), np, af.tmp);
+    write_floats(af.f, model->h_m, sizeof(float), np, af.tmp);
+    write_floats(af.f, model->h_v, sizeof(float), np, af.tmp);
     atomic_commit(&af);
 }
 
-// Returns the step; restores the parameters, Adam's moments, the loader position and the RNG.
-// seed and dir are the run's --seed and --resume, for the loader's check.
-static int state_load(GPT2 *model, const char *path, DataLoader *dl, Rng *rng, int seed, const char *dir) {
-    long bytes = file_size(path);
-    if (bytes < 0) die("cannot read %s: %s", path, strerror(errno));
-    if (bytes != HEADER_INTS * 4 + 12 * (long)model->num_params) {
-        die("%s has %ld bytes, want %ld for this model: truncated or from another model", path, bytes,
-            HEADER_INTS * 4 + 12 * (long)model->num_params);
-    }
-    FILE *f = fopen_check(path, "rb");
-    int32_t h[HEADER_INTS];
-    fread_check(h, sizeof(int32_t), HEADER_INTS, f, path);
-    if (h[0] != STATE_MAGIC) die("%s has bad magic %d (want %d, a train_gpt2 state)", path, h[0], STATE_MAGIC);
-    if (h[1] != STATE_VERSION) die("%s has version %d, want %d", path, h[1], STATE_VERSION);
-    int64_t pos, np;
-    memcpy(&pos, &h[4], 8), memcpy(&rng->s, &h[6], 8), memcpy(&np, &h[8], 8);
-    if (np != (int64_t)model->num_params) die("%s is for %lld parameters, the model has %zu", path, (long long)np, model->num_params);
-    if (h[2] < 0) die("%s has a negative step %d", path, h[2]);
-    fread_check(model->h_params, sizeof(float), model->num_params, f, path);
-    fread_check(model->h_m, sizeof(float), model->num_params, f, path);
-    fread_check(model->h_v, sizeof(float), model->num_params, f, path);
+static void state_load(GPT2 *model, TrainState *st, const char *path) {
+    long np = (long)model->num_params;
+    FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_gpt2", np, st);
+    read_floats(f, model->h_params, sizeof(float), np, path);
+    read_floats(f, model->h_m, sizeof(float), np, path);
+    read_floats(f, model->h_v, sizeof(float), np, path);
     fclose(f);
     gpt2_params_to_device(model);
     cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->v, model->h_v, sizeof(float) * np, cudaMemcpyHostToDevice));
-    dataloader_resume(dl, h[10], h[11], h[3], pos, seed, dir);
-    return h[2];
 }
 
-// ---------------------------------------------------------------------------
-// The command line: train_gpt2.c's flag table, plus --tf32.
-
-typedef struct {
-    const char *train, *val, *init_from, *resume, *out, *schedule, *init, *hist_matrix;
-    int layers, dim, heads, kv_heads, ffn, seq_len, vocab, batch, steps, warmup, seed, shuffle;
-    int tvr_every, tvr_depth_scaled, val_every, val_batches, stats_every, checkpoint_every, threads, hist_layer, tf32;
-    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip, init_std, tvr_target, tvr_threshold, hist_range;
-} Options;
-
+#ifndef TESTING
+// The command line: train_gpt2.c's (settings_parse in common/gpt2_run.h), plus --tf32.
 static const char *USAGE =
-    "usage: train_gpt2_cu --train GLOB [flags]\n"
+    "usage: train_gpt2_cu [flags]\n"
     "Train GPT-2 on one NVIDIA GPU (llm.c checkpoint and shard formats) with LIR/TVR and E3 statistics.";
 
-#define NUM_FLAGS 40
-static void options_table(Options *o, Flag fl[NUM_FLAGS]) {
-    Flag t[] = {
-        {"train", FLAG_STRING, &o->train, NULL, 0, 0, NULL, "training shards (glob, llm.c format)", 0},
-        {"val", FLAG_STRING, &o->val, NULL, 0, 0, NULL, "validation shards (glob); none: no validation", 0},
-        {"init-from", FLAG_STRING, &o->init_from, NULL, 0, 0, NULL, "start from this model.bin (llm.c GPT-2 format)", 0},
-        {"resume", FLAG_STRING, &o->resume, NULL, 0, 0, NULL, "continue the run saved in this directory", 0},
-        {"out", FLAG_STRING, &o->out, "out", 0, 0, NULL, "output directory (logs, model.bin, state.bin)", 0},
-        {"layers", FLAG_INT, &o->layers, "4", 1, 1000, NULL, "blocks L (fresh model)", 0},
-        {"dim", FLAG_INT, &o->dim, "128", 1, 65536, NULL, "width C (fresh model)", 0},
-        {"heads", FLAG_INT, &o->heads, "4", 1, 1024, NULL, "attention heads NH (fresh model)", 0},
-        {"kv-heads", FLAG_INT, &o->kv_heads, "0", 0, 1024, NULL, "GPT-2 has none: 0 or equal to --heads", 0},
-        {"ffn", FLAG_INT, &o->ffn, "0", 0, 1 << 20, NULL, "GPT-2's MLP is 4C: 0 or 4*dim", 0},
-        {"seq-len", FLAG_INT, &o->seq_len, "64", 1, 1 << 16, NULL, "sequence length T (at most the checkpoint's)", 0},
-        {"vocab", FLAG_INT, &o->vocab, "50257", 2, 65536, NULL, "vocabulary V (fresh model; padded to a multiple of 128)", 0},
-        {"batch", FLAG_INT, &o->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
-        {"steps", FLAG_INT, &o->steps, "100", 0, 1 << 30, NULL, "total optimizer steps N", 0},
-        {"lr", FLAG_FLOAT, &o->lr, "1e-3", 0, 10, NULL, "peak learning rate", 0},
-        {"min-lr-frac", FLAG_FLOAT, &o->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
-        {"warmup", FLAG_INT, &o->warmup, "10", 0, 1 << 30, NULL, "linear warm-up steps W", 0},
-        {"schedule", FLAG_CHOICE, &o->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
-        {"weight-decay", FLAG_FLOAT, &o->weight_decay, "0.1", 0, 10, NULL, "AdamW decay on 2-D tensors", 0},
-        {"beta1", FLAG_FLOAT, &o->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
-        {"beta2", FLAG_FLOAT, &o->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
-        {"eps", FLAG_FLOAT, &o->eps, "1e-8", 1e-30, 1, NULL, "AdamW eps", 0},
-        {"grad-clip", FLAG_FLOAT, &o->grad_clip, "1.0", 0, 1e9, NULL, "clip the global grad norm (0 = off)", 0},
-        {"init", FLAG_CHOICE, &o->init, "plain", 0, 0, "plain|lir|residual|e3", "initialisation scheme", 0},
-        {"init-std", FLAG_FLOAT, &o->init_std, "0.02", 0, 10, NULL, "sigma of the initialisation", 0},
-        {"seed", FLAG_INT, &o->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
-        {"shuffle", FLAG_INT, &o->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
-        {"tvr-target", FLAG_FLOAT, &o->tvr_target, "0", 0, 10, NULL, "TVR target std (0 = off)", 0},
-        {"tvr-every", FLAG_INT, &o->tvr_every, "50", 1, 1 << 30, NULL, "TVR every this many steps", 0},
-        {"tvr-threshold", FLAG_FLOAT, &o->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
-        {"tvr-depth-scaled", FLAG_INT, &o->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(layer)", 0},
-        {"val-every", FLAG_INT, &o->val_every, "0", 0, 1 << 30, NULL, "validate every this many steps (0 = never)", 0},
-        {"val-batches", FLAG_INT, &o->val_batches, "10", 1, 1 << 30, NULL, "batches per validation", 0},
-        {"stats-every", FLAG_INT, &o->stats_every, "0", 0, 1 << 30, NULL, "weights/activations/hist logs every N steps", 0},
-        {"checkpoint-every", FLAG_INT, &o->checkpoint_every, "0", 0, 1 << 30, NULL, "save every N steps (0 = only at the end)", 0},
-        {"threads", FLAG_INT, &o->threads, "0", 0, 4096, NULL, "accepted for train_gpt2's command lines; unused here", 0},
-        {"hist-layer", FLAG_INT, &o->hist_layer, "0", 0, 1000, NULL, "E3: layer whose matrix hist.csv follows (0 = off)", 0},
-        {"hist-matrix", FLAG_CHOICE, &o->hist_matrix, "q", 0, 0, "q|k|v|qkv|attn_proj|fc|fc_proj", "E3: that matrix", 0},
-        {"hist-range", FLAG_FLOAT, &o->hist_range, "0.2", 1e-6, 100, NULL, "E3: histogram over [-range, range], 100 bins", 0},
-        {"tf32", FLAG_INT, &o->tf32, "0", 0, 1, NULL, "1: matmuls in TF32 on tensor cores (faster, ~1e-3 relative); 0: full fp32", 0},
-    };
-    static_assert(sizeof(t) / sizeof(t[0]) == NUM_FLAGS, "NUM_FLAGS must match the flag table");
-    memcpy(fl, t, sizeof(t));
-}
-
-static Options parse_options(int argc, char **argv, Flag fl[NUM_FLAGS]) {
-    Options o;
-    options_table(&o, fl);
-    flags_parse(fl, NUM_FLAGS, argc, argv, 1, USAGE);
-    if (o.train == NULL) usage_error("--train is required (see --help)");
-    if (o.resume && o.init_from) usage_error("--resume and --init-from exclude each other");
-    if (o.dim % o.heads != 0) usage_error("--heads %d does not divide --dim %d", o.heads, o.dim);
-    if (o.kv_heads != 0 && o.kv_heads != o.heads) usage_error("--kv-heads: GPT-2 has no grouped attention: 0 or --heads");
-    if (o.ffn != 0 && o.ffn != 4 * o.dim) usage_error("--ffn: GPT-2's MLP is 4*dim = %d: 0 or that", 4 * o.dim);
-    if (o.hist_layer > o.layers && !o.resume && !o.init_from) usage_error("--hist-layer %d > --layers %d", o.hist_layer, o.layers);
-    if (o.resume && !flag_given(fl, NUM_FLAGS, "out")) o.out = o.resume;
-    return o;
-}
-
-static TrainConfig train_config(const Options *o) {
-    TrainConfig tc = {o->steps, o->warmup, strcmp(o->schedule, "constant") == 0, o->lr, o->min_lr_frac,
-                      o->weight_decay, o->beta1, o->beta2, o->eps, o->grad_clip, o->tvr_target, o->tvr_threshold,
-                      o->tvr_every, o->tvr_depth_scaled};
-    return tc;
-}
+#endif // TESTING
 
 // The model's shape and host mirror from --resume, --init-from or the flags (fresh:
 // initialised on the host); returns the sequence length to train with (--seq-len, or
 // the checkpoint's if shorter and the flag not given). No GPU touched yet.
-static int build_model_host(GPT2 *model, const Options *o, Flag *fl, Rng *rng) {
+static int build_model_host(GPT2 *model, const Settings *s, int seq_len_given, const int shape_given[4], Rng *rng) {
     char path[4200];
-    if (o->resume || o->init_from) {
-        if (o->resume) snprintf(path, sizeof(path), "%s/model.bin", o->resume);
-        gpt2_load_host(model, o->resume ? path : o->init_from);
-        const char *shape[] = {"layers", "dim", "heads", "vocab"};
-        for (int i = 0; i < 4; i++) {
-            if (flag_given(fl, NUM_FLAGS, shape[i])) printf("note: --%s ignored, the checkpoint sets the shape\n", shape[i]);
-        }
-        int maxT = model->config.max_seq_len;
-        if (flag_given(fl, NUM_FLAGS, "seq-len") && o->seq_len > maxT) {
-            usage_error("--seq-len %d is above the checkpoint's %d", o->seq_len, maxT);
-        }
-        if (o->hist_layer > model->config.layers) usage_error("--hist-layer %d > the checkpoint's %d layers", o->hist_layer, model->config.layers);
-        return o->seq_len < maxT ? o->seq_len : maxT;
+    if (s->resume || s->init_from) {
+        gpt2_load_host(model, s->resume ? run_file(path, sizeof(path), s->resume, "model.bin") : s->init_from);
+        return checkpoint_seq_len(s, seq_len_given, shape_given, &model->config);
     }
-    GPT2Config c = {o->seq_len, o->vocab, (o->vocab + 127) / 128 * 128, o->layers, o->heads, o->dim};
-    model->config = c;
+    model->config = config_from_settings(s);
     gpt2_alloc_host(model);
-    gpt2_init_host(model, o->init, o->init_std, rng);
-    return o->seq_len;
+    gpt2_init_host(model, s->init, s->init_std, rng);
+    return s->seq_len;
 }
 
-// The run's CSV logs (common/csvlog.h): a resumed run keeps the rows up to its step.
-typedef struct {
-    FILE *train, *val, *weights, *acts, *hist, *hist_summary;
-} Logs;
-
-static Logs open_logs(const Options *o, int resume_step) {
-    Logs lg = {csv_open(o->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step),
-               csv_open(o->out, "val.csv", "step,val_loss", resume_step),
-               csv_open(o->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step),
-               csv_open(o->out, "activations.csv", "step,layer,max_abs,rms", resume_step), NULL, NULL};
-    if (o->hist_layer > 0) {
-        lg.hist = csv_open(o->out, "hist.csv", "step,layer,matrix,bin,lo,hi,count", resume_step);
-        lg.hist_summary = csv_open(o->out, "hist_summary.csv",
-                                   "step,layer,matrix,mean,std,near_zero,large,excess_kurtosis", resume_step);
-    }
-    return lg;
-}
-
-static void close_logs(Logs *lg) {
-    FILE *fs[] = {lg->train, lg->val, lg->weights, lg->acts, lg->hist, lg->hist_summary};
-    for (int i = 0; i < 6; i++) {
-        if (fs[i]) fclose(fs[i]);
-    }
-}
-
-static void save_checkpoint(GPT2 *model, const Options *o, int step, const DataLoader *dl, const Rng *rng) {
+static void save_checkpoint(GPT2 *model, const TrainState *st, const char *dir) {
     char path[4200];
-    snprintf(path, sizeof(path), "%s/model.bin", o->out);
-    gpt2_save(model, path);
-    snprintf(path, sizeof(path), "%s/state.bin", o->out);
-    state_save(model, path, step, dl, rng);
+    gpt2_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 
 // The weight statistics of one moment (step 0, a stats step, a TVR step before rescaling).
-static void log_stats(Logs *lg, GPT2 *model, const Options *o, int step, const double *mean, const double *std,
-                      int rescaled[][NUM_BLOCK_MATRICES]) {
-    log_weights(lg->weights, model, step, mean, std, rescaled);
-    if (lg->hist) log_hist(lg->hist, lg->hist_summary, model, step, o->hist_layer, stat_matrix_index(o->hist_matrix), o->hist_range);
+static void stats_pass(GPT2 *model, const Settings *s, const TvrConfig *tvr, Logs *lg, int step, int do_tvr) {
+    if (lg->hist) {
+        log_hist(lg->hist, lg->hist_summary, model, step, s->hist_layer, stat_matrix_index(s->hist_matrix),
+                 s->hist_range);
+    }
+    weights_pass(model, tvr, step, do_tvr, lg->weights);
 }
 
-static void train_loop(GPT2 *model, const Options *o, const TrainConfig *tc, int start, DataLoader *train,
-                       DataLoader *val, Logs *lg, Rng *rng) {
-    int L = model->config.layers, count = model->st.count;
-    int (*rescaled)[NUM_BLOCK_MATRICES] = (int (*)[NUM_BLOCK_MATRICES])calloc_check((size_t)L, sizeof(*rescaled));
-    double *mean = (double *)malloc_check(sizeof(double) * count), *std = (double *)malloc_check(sizeof(double) * count);
-    if (start == 0 && !o->resume) {
-        weight_stats(model, mean, std);
-        log_stats(lg, model, o, 0, mean, std, NULL);
+static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+    OptConfig opt = opt_config(s);
+    TvrConfig tvr = tvr_config(s);
+    Logs logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
+    if (st->step == 0) {
+        stats_pass(model, s, &tvr, &logs, 0, 0);
+        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
     }
-    for (int step = start + 1; step <= o->steps; step++) {
+    while (st->step < s->steps) {
+        int step = st->step + 1;
         double t0 = wall_seconds();
         StepResult r;
-        train_step(model, tc, train, step, &r);
-        int stats = o->stats_every > 0 && step % o->stats_every == 0, tvr = is_tvr_step(tc, step);
-        if (stats || step == 1) log_activations(lg->acts, model, step);
-        if (stats || tvr) weight_stats(model, mean, std);
-        if (tvr) tvr_decide(model, tc, std, rescaled);
-        if (stats || tvr) log_stats(lg, model, o, step, mean, std, tvr ? rescaled : NULL); // before rescaling
-        if (tvr) tvr_apply(model, tc, mean, std, rescaled);
+        train_step(model, &opt, train_dl, step, &r);
+        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        int do_tvr = tvr_due(&tvr, step);
+        if (do_tvr) cudaCheck(cudaDeviceSynchronize()); // time TVR's pass alone
+        double t_tvr = wall_seconds();
+        if (do_tvr || stats_due(s->stats_every, step)) stats_pass(model, s, &tvr, &logs, step, do_tvr);
         cudaCheck(cudaDeviceSynchronize()); // the step's time includes its last kernel
-        double ms = 1e3 * (wall_seconds() - t0);
-        fprintf(lg->train, "%d,%.6f,%.6e,%.6f,%.1f,%.1f\n", step, r.loss, r.lr, r.grad_norm, ms,
-                (double)train->B * train->T / (ms / 1e3));
-        fflush(lg->train);
-        printf("step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.1f ms%s\n", step, o->steps, r.loss, r.lr,
-               r.grad_norm, ms, tvr ? "  (TVR)" : "");
-        if (val && o->val_every > 0 && (step % o->val_every == 0 || step == o->steps)) {
-            double vl = evaluate(model, val, o->val_batches);
-            fprintf(lg->val, "%d,%.6f\n", step, vl);
-            fflush(lg->val);
-            printf("step %d  val_loss %.4f\n", step, vl);
-        }
-        if (o->checkpoint_every > 0 && step % o->checkpoint_every == 0) save_checkpoint(model, o, step, train, rng);
+        double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
+        st->step = step;
+        st->shard = train_dl->shard;
+        st->pos = dataloader_position(train_dl);
+        log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
+                 (long)train_dl->B * train_dl->T, tvr_ms);
+        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
     }
-    free(rescaled), free(mean), free(std);
-}
-
-// The GPU, or a clear error when there is none (this program has no CPU fallback).
-static void gpu_setup(int tf32) {
-    int count = 0;
-    cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count == 0) {
-        die("no CUDA GPU available (%s); train_gpt2 runs on the CPU", err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
-    }
-    cudaCheck(cudaSetDevice(0));
-    cublas_setup(tf32);
+    save_checkpoint(model, st, s->out);
+    logs_close(&logs);
 }
 
 #ifndef TESTING
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); // progress lines appear as they happen, also in a log file
-    Flag fl[NUM_FLAGS];
-    Options o = parse_options(argc, argv, fl);
-    TrainConfig tc = train_config(&o);
-    ensure_dir(o.out);
+    Settings s;
+    int shape_given[4];
+    int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, shape_given);
     Rng rng;
-    rng_seed(&rng, (uint64_t)o.seed);
+    rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;
     memset(&model, 0, sizeof(model));
-    int T = build_model_host(&model, &o, fl, &rng);
-    // data before the GPU: a bad shard is reported before any GPU work
-    DataLoader train, val;
-    dataloader_init(&train, o.train, "--train", o.batch, T, model.config.vocab);
-    if (o.shuffle) dataloader_shuffle(&train, (uint64_t)o.seed);
-    if (o.val) dataloader_init(&val, o.val, "--val", o.batch, T, model.config.vocab);
-    gpu_setup(o.tf32);
+    int T = build_model_host(&model, &s, seq_len_given, shape_given, &rng);
+    // data first: a bad shard is reported before any work is done (and before the GPU is touched)
+    DataLoader train_dl, val_dl;
+    data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
+    ensure_dir(s.out);
+    gpu_setup(s.tf32, "train_gpt2");
     gpt2_alloc_device(&model);
     gpt2_params_to_device(&model);
-    gpt2_alloc_acts(&model, o.batch, T);
-    int start = 0;
-    if (o.resume) {
+    gpt2_alloc_acts(&model, s.batch, T);
+    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
+    if (s.resume) {
         char path[4200];
-        snprintf(path, sizeof(path), "%s/state.bin", o.resume);
-        start = state_load(&model, path, &train, &rng, o.seed, o.resume);
-        printf("resumed %s at step %d\n", o.resume, start);
+        state_load(&model, &st, run_file(path, sizeof(path), s.resume, "state.bin"));
+        state_resume(&s, &st, &rng, &train_dl);
+        printf("resumed %s at step %d\n", s.resume, st.step);
     }
+    st.rng = rng.s;
     const GPT2Config *c = &model.config;
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %s, %s\n", c->layers,
-           c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, o.batch, T, prop.name,
-           o.tf32 ? "tf32" : "fp32");
-    Logs lg = open_logs(&o, o.resume ? start : -1);
-    train_loop(&model, &o, &tc, start, &train, o.val ? &val : NULL, &lg, &rng);
-    save_checkpoint(&model, &o, start > o.steps ? start : o.steps, &train, &rng);
-    close_logs(&lg);
-    dataloader_free(&train);
-    if (o.val) dataloader_free(&val);
+           c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, s.batch, T, prop.name,
+           s.tf32 ? "tf32" : "fp32");
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
+    data_close(&s, &train_dl, &val_dl);
     gpt2_free(&model);
     cublasCheck(cublasDestroy(cublas_handle));
     return 0;

@@ -22,9 +22,8 @@
  */
 #include <omp.h>
 
-#include "args.h"
-#include "csvlog.h"
-#include "dataloader.h"
+#include "llama_run.h" // LlamaConfig, model.bin's header, the command line
+#include "train.h"     // settings, schedules, state.bin, logs
 #include "utils.h"
 
 // The scalar type of parameters, activations and gradients. Checkpoints are
@@ -483,21 +482,6 @@ static void crossentropy_backward_inplace(real *logits, const real *lse, const i
 // 3. the model
 // ============================================================================
 
-#define MODEL_MAGIC 20261122
-#define MODEL_VERSION 1
-#define HEADER_INTS 256
-
-typedef struct {
-    int max_seq_len; // T the model was built for (RoPE table size)
-    int vocab;       // V
-    int layers;      // L
-    int heads;       // NH
-    int kv_heads;    // NKV, divides NH
-    int dim;         // C, divisible by NH; head size hs = C / NH (even, for RoPE)
-    int ffn;         // F, the SwiGLU hidden width
-    float norm_eps;
-    float rope_theta;
-} LlamaConfig;
 
 /*
  * The one table of parameter tensors. Allocation, the checkpoint reader and
@@ -595,19 +579,12 @@ typedef struct {
     real loss;    // mean loss of the last forward
 } Llama;
 
-static real *layer_ptr(real *base, const LlamaConfig *c, int i, int l) {
-    return base + (long)l * param_layer_size(c, i);
+// Layer l's (0-based) copy of per-layer tensor i, and of its gradient.
+static real *layer_param(const Llama *model, int i, int l) {
+    return model->tensor[i] + (long)l * param_layer_size(&model->config, i);
 }
-
-static void config_check(const LlamaConfig *c, const char *where) {
-    if (c->vocab < 1 || c->layers < 1 || c->heads < 1 || c->kv_heads < 1 || c->dim < 1 || c->ffn < 1 ||
-        c->max_seq_len < 1) {
-        die("%s: every size must be >= 1", where);
-    }
-    if (c->dim % c->heads != 0) die("%s: heads (%d) do not divide dim (%d)", where, c->heads, c->dim);
-    if (c->heads % c->kv_heads != 0) die("%s: kv-heads (%d) do not divide heads (%d)", where, c->kv_heads, c->heads);
-    if ((c->dim / c->heads) % 2 != 0) die("%s: head size %d must be even for RoPE", where, c->dim / c->heads);
-    if (!(c->norm_eps > 0) || !(c->rope_theta > 0)) die("%s: norm eps and rope theta must be > 0", where);
+static real *layer_grad(const Llama *model, int i, int l) {
+    return model->gtensor[i] + (long)l * param_layer_size(&model->config, i);
 }
 
 static void llama_build(Llama *model, LlamaConfig config) {
@@ -704,7 +681,7 @@ static void llama_init(Llama *model, InitScheme scheme, double sigma, Rng *rng) 
         long n = param_layer_size(c, i);
         int is_norm = (i == P_ATTN_NORM || i == P_FFN_NORM || i == P_FINAL_NORM);
         for (int l = 0; l < nl; l++) {
-            real *w = layer_ptr(model->tensor[i], c, i, l);
+            real *w = layer_param(model, i, l);
             double std = init_std(c, scheme, sigma, i, l + 1);
             for (long j = 0; j < n; j++) w[j] = is_norm ? 1 : (real)(std * rng_normal(rng));
         }
@@ -716,7 +693,9 @@ static void llama_init(Llama *model, InitScheme scheme, double sigma, Rng *rng) 
 
 // Forward pass on tokens (B,T) with targets (B,T); sets model->loss.
 static void llama_forward(Llama *model, const int *tokens, const int *targets, int B, int T) {
-    if (B != model->B || T != model->T) die("internal: forward with %dx%d, activations are %dx%d", B, T, model->B, model->T);
+    if (B != model->B || T != model->T) {
+        die("internal: forward with %dx%d, activations are %dx%d", B, T, model->B, model->T);
+    }
     const LlamaConfig *c = &model->config;
     int L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads, NKV = c->kv_heads;
     int hs = C / NH, KVD = NKV * hs, N = B * T;
@@ -735,20 +714,20 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
         real *xout = a->xout + (long)l * N * C;
         real *tmp = model->scratch.dln; // (N, C) scratch for the projections' outputs
 
-        rmsnorm_forward(ln1, ln1_rstd, x, layer_ptr(model->tensor[P_ATTN_NORM], c, P_ATTN_NORM, l), N, C, c->norm_eps);
-        matmul_forward(q, ln1, layer_ptr(model->tensor[P_WQ], c, P_WQ, l), N, C, C);
-        matmul_forward(k, ln1, layer_ptr(model->tensor[P_WK], c, P_WK, l), N, C, KVD);
-        matmul_forward(v, ln1, layer_ptr(model->tensor[P_WV], c, P_WV, l), N, C, KVD);
+        rmsnorm_forward(ln1, ln1_rstd, x, layer_param(model, P_ATTN_NORM, l), N, C, c->norm_eps);
+        matmul_forward(q, ln1, layer_param(model, P_WQ, l), N, C, C);
+        matmul_forward(k, ln1, layer_param(model, P_WK, l), N, C, KVD);
+        matmul_forward(v, ln1, layer_param(model, P_WV, l), N, C, KVD);
         rope_forward(q, model->rope_cos, model->rope_sin, B, T, NH, hs);
         rope_forward(k, model->rope_cos, model->rope_sin, B, T, NKV, hs);
         attention_forward(atty, att, q, k, v, B, T, NH, NKV, hs);
-        matmul_forward(tmp, atty, layer_ptr(model->tensor[P_WO], c, P_WO, l), N, C, C);
+        matmul_forward(tmp, atty, layer_param(model, P_WO, l), N, C, C);
         residual_forward(h, x, tmp, (long)N * C);
-        rmsnorm_forward(ln2, ln2_rstd, h, layer_ptr(model->tensor[P_FFN_NORM], c, P_FFN_NORM, l), N, C, c->norm_eps);
-        matmul_forward(fc1, ln2, layer_ptr(model->tensor[P_W1], c, P_W1, l), N, C, F);
-        matmul_forward(fc3, ln2, layer_ptr(model->tensor[P_W3], c, P_W3, l), N, C, F);
+        rmsnorm_forward(ln2, ln2_rstd, h, layer_param(model, P_FFN_NORM, l), N, C, c->norm_eps);
+        matmul_forward(fc1, ln2, layer_param(model, P_W1, l), N, C, F);
+        matmul_forward(fc3, ln2, layer_param(model, P_W3, l), N, C, F);
         swiglu_forward(swi, fc1, fc3, (long)N * F);
-        matmul_forward(tmp, swi, layer_ptr(model->tensor[P_W2], c, P_W2, l), N, F, C);
+        matmul_forward(tmp, swi, layer_param(model, P_W2, l), N, F, C);
         residual_forward(xout, h, tmp, (long)N * C);
     }
     const real *xlast = a->xout + (long)(L - 1) * N * C;
@@ -786,8 +765,8 @@ static void llama_backward(Llama *model) {
         const real *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
         const real *ln2_rstd = a->ln2_rstd + (long)l * N;
         const real *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
-#define W(i) layer_ptr(model->tensor[i], c, i, l)
-#define DW(i) layer_ptr(model->gtensor[i], c, i, l)
+#define W(i) layer_param(model, i, l)
+#define DW(i) layer_grad(model, i, l)
         // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far)
         matmul_backward(s->dswi, DW(P_W2), s->dres, swi, W(P_W2), N, F, C, 0);
         swiglu_backward(s->dfc1, s->dfc3, s->dswi, fc1, fc3, (long)N * F);
@@ -813,75 +792,12 @@ static void llama_backward(Llama *model) {
 // ---------------------------------------------------------------------------
 // model.bin (docs/formats.md): int32 header[256], then every tensor as fp32 in table order
 
-static void write_floats(FILE *f, const real *x, long n, const char *path) {
-#ifdef REAL_DOUBLE
-    float buf[4096];
-    for (long i = 0; i < n; i += 4096) {
-        long m = n - i < 4096 ? n - i : 4096;
-        for (long j = 0; j < m; j++) buf[j] = (float)x[i + j];
-        fwrite_check(buf, sizeof(float), m, f, path);
-    }
-#else
-    fwrite_check(x, sizeof(float), n, f, path);
-#endif
-}
-
-static void read_floats(FILE *f, real *x, long n, const char *path) {
-#ifdef REAL_DOUBLE
-    float buf[4096];
-    for (long i = 0; i < n; i += 4096) {
-        long m = n - i < 4096 ? n - i : 4096;
-        fread_check(buf, sizeof(float), m, f, path);
-        for (long j = 0; j < m; j++) x[i + j] = buf[j];
-    }
-#else
-    fread_check(x, sizeof(float), n, f, path);
-#endif
-}
-
 static void llama_save(const Llama *model, const char *path) {
-    const LlamaConfig *c = &model->config;
-    int32_t header[HEADER_INTS] = {0};
-    header[0] = MODEL_MAGIC;
-    header[1] = MODEL_VERSION;
-    header[2] = c->max_seq_len;
-    header[3] = c->vocab;
-    header[4] = c->layers;
-    header[5] = c->heads;
-    header[6] = c->kv_heads;
-    header[7] = c->dim;
-    header[8] = c->ffn;
-    memcpy(&header[16], &c->norm_eps, sizeof(float));
-    memcpy(&header[17], &c->rope_theta, sizeof(float));
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
-    write_floats(af.f, model->params, model->num_params, af.tmp);
+    llama_header_write(af.f, af.tmp, &model->config);
+    write_floats(af.f, model->params, sizeof(real), model->num_params, af.tmp);
     atomic_commit(&af);
-}
-
-// Read a model.bin header into *c, checking magic, version and sizes.
-static void llama_read_header(const char *path, LlamaConfig *c) {
-    FILE *f = fopen_check(path, "rb");
-    int32_t header[HEADER_INTS];
-    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
-        die("checkpoint %s is truncated: shorter than its 1024-byte header", path);
-    }
-    fclose(f);
-    if (header[0] != MODEL_MAGIC) die("checkpoint %s has bad magic %d (want %d)", path, header[0], MODEL_MAGIC);
-    if (header[1] != MODEL_VERSION) die("checkpoint %s has version %d, want %d", path, header[1], MODEL_VERSION);
-    c->max_seq_len = header[2];
-    c->vocab = header[3];
-    c->layers = header[4];
-    c->heads = header[5];
-    c->kv_heads = header[6];
-    c->dim = header[7];
-    c->ffn = header[8];
-    memcpy(&c->norm_eps, &header[16], sizeof(float));
-    memcpy(&c->rope_theta, &header[17], sizeof(float));
-    char where[4200];
-    snprintf(where, sizeof(where), "checkpoint %s", path);
-    config_check(c, where);
 }
 
 // Load parameters from a model.bin whose config equals the model's.
@@ -894,30 +810,13 @@ static void llama_load_params(Llama *model, const char *path) {
     }
     FILE *f = fopen_check(path, "rb");
     fseek(f, HEADER_INTS * 4, SEEK_SET);
-    read_floats(f, model->params, model->num_params, path);
+    read_floats(f, model->params, sizeof(real), model->num_params, path);
     fclose(f);
 }
 
 // ============================================================================
 // 4. the optimizer
 // ============================================================================
-
-typedef struct {
-    double lr, min_lr_frac;
-    int warmup, steps;
-    int cosine; // 0: constant after warm-up
-    double weight_decay, beta1, beta2, eps, grad_clip;
-} OptConfig;
-
-// Learning rate at step s (1-based): linear warm-up to lr over `warmup` steps,
-// then cosine from lr to lr*min_lr_frac at the last step (docs/methods.md, "The training loop").
-static double lr_at(const OptConfig *o, int s) {
-    if (o->warmup > 0 && s <= o->warmup) return o->lr * s / o->warmup;
-    if (!o->cosine || o->steps <= o->warmup) return o->lr;
-    double progress = (double)(s - o->warmup) / (o->steps - o->warmup);
-    double min_lr = o->lr * o->min_lr_frac;
-    return min_lr + 0.5 * (o->lr - min_lr) * (1 + cos(M_PI * progress));
-}
 
 // Sum of squares of x in double. The vector is cut into a fixed number of
 // chunks whatever the thread count, and the chunks are added in order, so the
@@ -995,13 +894,6 @@ static void adamw_update(Llama *model, const OptConfig *o, double lr, int t) {
 // 5. TVR and statistics
 // ============================================================================
 
-typedef struct {
-    double target;    // 0 = off
-    int every;        // fire on steps every, 2*every, ...
-    double threshold; // rescale when std/target > threshold
-    int depth_scaled; // target/sqrt(l) for block l
-} TvrConfig;
-
 // mean and unbiased (n-1) standard deviation, two passes in double
 static void weight_stats(const real *w, long n, double *mean, double *std) {
     *mean = sum_values(w, n) / n;
@@ -1023,19 +915,15 @@ static int tvr_rescale(real *w, long n, double target, double threshold, double 
     return 1;
 }
 
-static double tvr_target_for_layer(const TvrConfig *tvr, int layer /* 1-based */) {
-    return tvr->depth_scaled ? tvr->target / sqrt((double)layer) : tvr->target;
-}
-
-static int tvr_due(const TvrConfig *tvr, int step) { return tvr->target > 0 && step % tvr->every == 0; }
-
 // For every block matrix: statistics (and TVR if due), one weights.csv row each.
-static void weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
+// Returns the number of matrices rescaled.
+static int weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
     const LlamaConfig *c = &model->config;
+    int total = 0;
     for (int l = 0; l < c->layers; l++) {
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (!PARAM_INFO[i].block_matrix) continue;
-            real *w = layer_ptr(model->tensor[i], c, i, l);
+            real *w = layer_param(model, i, l);
             long n = param_layer_size(c, i);
             double mean, std;
             int rescaled = 0;
@@ -1045,9 +933,11 @@ static void weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tv
                 weight_stats(w, n, &mean, &std);
             }
             if (csv) fprintf(csv, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, PARAM_INFO[i].name, mean, std, rescaled);
+            total += rescaled;
         }
     }
     if (csv) fflush(csv);
+    return total;
 }
 
 // max |x| and rms of each block's output on the last forward's batch
@@ -1070,177 +960,27 @@ static void activations_log(const Llama *model, int step, FILE *csv) {
 #define STATE_MAGIC 20261123
 #define STATE_VERSION 1
 
-// Everything --resume needs: where the run is, where the data loader is, the
-// RNG, AdamW's moments, and a copy of the parameters. Format (state.bin):
-//   int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard index,
-//   int64 at [4] data position, [6] RNG state, [8] parameter count,
-//   [10] 1 if the data order is shuffled (then [4] counts the batches taken), [11] its seed;
-//   then params, m and v, fp32, in the parameter table's order.
-// The parameters are in here as well as in model.bin so that resuming reads
-// one file written in one atomic rename: a crash between the renames of
-// model.bin and state.bin can then never pair one step's weights with another
-// step's optimizer state. (model.bin is what other programs read.)
-typedef struct {
-    int step;
-    int shard;
-    long pos;
-    uint64_t rng;
-    int shuffle, shuffle_seed;
-} TrainState;
-
+// state.bin (common/train.h): the step, the data loader's place, the RNG, and
+// params, m and v in the parameter table's order.
 static void state_save(const Llama *model, const TrainState *st, const char *path) {
-    int32_t header[HEADER_INTS] = {0};
-    header[0] = STATE_MAGIC;
-    header[1] = STATE_VERSION;
-    header[2] = st->step;
-    header[3] = st->shard;
-    int64_t pos = st->pos, np = model->num_params;
-    memcpy(&header[4], &pos, 8);
-    memcpy(&header[6], &st->rng, 8);
-    memcpy(&header[8], &np, 8);
-    header[10] = st->shuffle;
-    header[11] = st->shuffle_seed;
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
-    write_floats(af.f, model->params, model->num_params, af.tmp);
-    write_floats(af.f, model->m, model->num_params, af.tmp);
-    write_floats(af.f, model->v, model->num_params, af.tmp);
+    state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, model->num_params);
+    write_floats(af.f, model->params, sizeof(real), model->num_params, af.tmp);
+    write_floats(af.f, model->m, sizeof(real), model->num_params, af.tmp);
+    write_floats(af.f, model->v, sizeof(real), model->num_params, af.tmp);
     atomic_commit(&af);
 }
 
 static void state_load(Llama *model, TrainState *st, const char *path) {
-    FILE *f = fopen_check(path, "rb");
-    int32_t header[HEADER_INTS];
-    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
-        die("state file %s is truncated: shorter than its 1024-byte header", path);
-    }
-    if (header[0] != STATE_MAGIC) die("state file %s has bad magic %d (want %d)", path, header[0], STATE_MAGIC);
-    if (header[1] != STATE_VERSION) die("state file %s has version %d, want %d", path, header[1], STATE_VERSION);
-    int64_t pos, np;
-    memcpy(&pos, &header[4], 8);
-    memcpy(&st->rng, &header[6], 8);
-    memcpy(&np, &header[8], 8);
-    if (np != model->num_params) {
-        die("state file %s holds %lld parameters, the model has %ld", path, (long long)np, model->num_params);
-    }
-    long want = HEADER_INTS * 4 + 3 * np * 4;
-    if (file_size(path) != want) die("state file %s is %ld bytes, want %ld (truncated?)", path, file_size(path), want);
-    st->step = header[2];
-    st->shard = header[3];
-    st->pos = pos;
-    st->shuffle = header[10];
-    st->shuffle_seed = header[11];
-    fseek(f, HEADER_INTS * 4, SEEK_SET);
-    read_floats(f, model->params, model->num_params, path);
-    read_floats(f, model->m, model->num_params, path);
-    read_floats(f, model->v, model->num_params, path);
+    FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_llama", model->num_params, st);
+    read_floats(f, model->params, sizeof(real), model->num_params, path);
+    read_floats(f, model->m, sizeof(real), model->num_params, path);
+    read_floats(f, model->v, sizeof(real), model->num_params, path);
     fclose(f);
 }
 
-// ---------------------------------------------------------------------------
-// CSV logs: csv_open() in common/csvlog.h (a resumed run keeps the rows up to its step).
-
-typedef struct {
-    FILE *train, *val, *weights, *acts;
-} Logs;
-
-// ---------------------------------------------------------------------------
-// the run's settings, read from the flag table
-
-typedef struct {
-    const char *train, *val, *init_from, *resume, *out;
-    int layers, dim, heads, kv_heads, ffn, seq_len, vocab;
-    double norm_eps, rope_theta;
-    int batch, steps, warmup;
-    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
-    const char *schedule, *init;
-    double init_std;
-    int seed;
-    int shuffle;
-    double tvr_target, tvr_threshold;
-    int tvr_every, tvr_depth_scaled;
-    int val_every, val_batches, stats_every, checkpoint_every, threads;
-    int arch_given; // bit i: ARCH_FLAGS[i] was on the command line
-} Settings;
-
-#define NUM_ARCH_FLAGS 8
-static const char *ARCH_FLAGS[NUM_ARCH_FLAGS] = {"layers", "dim", "heads", "kv-heads", "ffn", "vocab", "norm-eps", "rope-theta"};
-
 #define USAGE "usage: train_llama [flags]   train a LLaMA on the CPU with LIR and TVR (see README.md)"
-
-static int settings_parse(Settings *s, int argc, char **argv) {
-    Flag flags[] = {
-        {"train", FLAG_STRING, &s->train, "data/tinyshakespeare/llama2_train_*.bin", 0, 0, NULL, "training shards (glob)", 0},
-        {"val", FLAG_STRING, &s->val, "data/tinyshakespeare/llama2_val_*.bin", 0, 0, NULL, "validation shards (glob); \"\" for none", 0},
-        {"init-from", FLAG_STRING, &s->init_from, NULL, 0, 0, NULL, "start from this model.bin (a fresh run from step 0)", 0},
-        {"resume", FLAG_STRING, &s->resume, NULL, 0, 0, NULL, "continue the run checkpointed in this directory", 0},
-        {"out", FLAG_STRING, &s->out, "out", 0, 0, NULL, "output directory: logs and checkpoints", 0},
-        {"layers", FLAG_INT, &s->layers, "4", 1, 1024, NULL, "decoder blocks L (fresh model)", 0},
-        {"dim", FLAG_INT, &s->dim, "128", 2, 65536, NULL, "width C (fresh model)", 0},
-        {"heads", FLAG_INT, &s->heads, "4", 1, 1024, NULL, "query heads NH (fresh model)", 0},
-        {"kv-heads", FLAG_INT, &s->kv_heads, "2", 1, 1024, NULL, "key/value heads NKV, dividing NH (fresh model)", 0},
-        {"ffn", FLAG_INT, &s->ffn, "0", 0, 1 << 20, NULL, "SwiGLU hidden width F; 0 = 2/3*4C rounded up to 32", 0},
-        {"seq-len", FLAG_INT, &s->seq_len, "128", 1, 1 << 16, NULL, "sequence length T", 0},
-        {"vocab", FLAG_INT, &s->vocab, "32000", 2, 65536, NULL, "vocabulary size V (fresh model)", 0},
-        {"norm-eps", FLAG_FLOAT, &s->norm_eps, "1e-5", 1e-12, 1, NULL, "RMSNorm eps (fresh model)", 0},
-        {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
-        {"batch", FLAG_INT, &s->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
-        {"steps", FLAG_INT, &s->steps, "400", 0, 1 << 30, NULL, "total optimizer steps", 0},
-        {"lr", FLAG_FLOAT, &s->lr, "3e-3", 0, 100, NULL, "peak learning rate", 0},
-        {"min-lr-frac", FLAG_FLOAT, &s->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
-        {"warmup", FLAG_INT, &s->warmup, "40", 0, 1 << 30, NULL, "linear warm-up steps", 0},
-        {"schedule", FLAG_CHOICE, &s->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
-        {"weight-decay", FLAG_FLOAT, &s->weight_decay, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (2-D tensors)", 0},
-        {"beta1", FLAG_FLOAT, &s->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
-        {"beta2", FLAG_FLOAT, &s->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
-        {"eps", FLAG_FLOAT, &s->eps, "1e-8", 0, 1, NULL, "AdamW eps", 0},
-        {"grad-clip", FLAG_FLOAT, &s->grad_clip, "1.0", 0, 1e9, NULL, "global gradient norm limit; 0 = off", 0},
-        {"init", FLAG_CHOICE, &s->init, "plain", 0, 0, "plain|lir|residual", "initialisation scheme", 0},
-        {"init-std", FLAG_FLOAT, &s->init_std, "0.02", 0, 10, NULL, "sigma of the initial weights", 0},
-        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
-        {"shuffle", FLAG_INT, &s->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
-        {"tvr-target", FLAG_FLOAT, &s->tvr_target, "0", 0, 10, NULL, "TVR target std; 0 = off", 0},
-        {"tvr-every", FLAG_INT, &s->tvr_every, "50", 1, 1 << 30, NULL, "TVR on steps that are multiples of this", 0},
-        {"tvr-threshold", FLAG_FLOAT, &s->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
-        {"tvr-depth-scaled", FLAG_INT, &s->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(l) for block l", 0},
-        {"val-every", FLAG_INT, &s->val_every, "100", 0, 1 << 30, NULL, "validate every N steps (and at the end); 0 = never", 0},
-        {"val-batches", FLAG_INT, &s->val_batches, "20", 1, 1 << 20, NULL, "batches per validation", 0},
-        {"stats-every", FLAG_INT, &s->stats_every, "50", 0, 1 << 30, NULL, "weights.csv/activations.csv every N steps; 0 = never", 0},
-        {"checkpoint-every", FLAG_INT, &s->checkpoint_every, "0", 0, 1 << 30, NULL, "checkpoint every N steps (and at the end); 0 = only at the end", 0},
-        {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL, "OpenMP threads; 0 = all cores", 0},
-    };
-    int nflags = sizeof(flags) / sizeof(flags[0]);
-    flags_parse(flags, nflags, argc, argv, 1, USAGE);
-    if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
-    if (s->ffn == 0) s->ffn = (2 * 4 * s->dim / 3 + 31) / 32 * 32;
-    if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
-    if (s->heads % s->kv_heads != 0) usage_error("--kv-heads %d does not divide --heads %d", s->kv_heads, s->heads);
-    if ((s->dim / s->heads) % 2 != 0) usage_error("head size --dim/--heads = %d must be even (RoPE)", s->dim / s->heads);
-    // which architecture flags were typed: with a checkpoint they must agree with it
-    s->arch_given = 0;
-    for (int i = 0; i < NUM_ARCH_FLAGS; i++) s->arch_given |= flag_given(flags, nflags, ARCH_FLAGS[i]) << i;
-    return flag_given(flags, nflags, "seq-len");
-}
-
-// With --init-from or --resume the architecture comes from the checkpoint's
-// header. Repeating the run's flags is fine; a flag that disagrees is an error.
-static void check_arch_flags(const Settings *s, const LlamaConfig *c, const char *ckpt) {
-    double file[NUM_ARCH_FLAGS] = {c->layers, c->dim, c->heads, c->kv_heads, c->ffn, c->vocab, c->norm_eps, c->rope_theta};
-    double flag[NUM_ARCH_FLAGS] = {s->layers, s->dim, s->heads, s->kv_heads, s->ffn, s->vocab, (float)s->norm_eps,
-                                   (float)s->rope_theta};
-    for (int i = 0; i < NUM_ARCH_FLAGS; i++) {
-        if ((s->arch_given >> i & 1) && file[i] != flag[i]) {
-            usage_error("--%s %g disagrees with the checkpoint %s, which has %g", ARCH_FLAGS[i], flag[i], ckpt, file[i]);
-        }
-    }
-}
-
-static LlamaConfig config_from_settings(const Settings *s) {
-    LlamaConfig c = {s->seq_len, s->vocab, s->layers, s->heads, s->kv_heads, s->dim, s->ffn,
-                     (float)s->norm_eps, (float)s->rope_theta};
-    return c;
-}
 
 // mean loss over the first val_batches batches of the validation shards
 static double evaluate(Llama *model, DataLoader *val, int batches) {
@@ -1256,52 +996,25 @@ static double evaluate(Llama *model, DataLoader *val, int batches) {
 
 static void save_checkpoint(const Llama *model, const TrainState *st, const char *dir) {
     char path[4200];
-    snprintf(path, sizeof(path), "%s/model.bin", dir);
-    llama_save(model, path);
-    snprintf(path, sizeof(path), "%s/state.bin", dir);
-    state_save(model, st, path);
+    llama_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
-
-static void format_eta(char *buf, size_t n, double seconds) {
-    int s = (int)(seconds + 0.5);
-    if (s >= 3600) {
-        snprintf(buf, n, "%dh%02dm", s / 3600, s / 60 % 60);
-    } else {
-        snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
-    }
-}
-
-static int stats_due(int every, int step) { return every > 0 && step % every == 0; }
 
 static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
-    OptConfig opt = {s->lr, s->min_lr_frac, s->warmup, s->steps, strcmp(s->schedule, "cosine") == 0,
-                     s->weight_decay, s->beta1, s->beta2, s->eps, s->grad_clip};
-    TvrConfig tvr = {s->tvr_target, s->tvr_every, s->tvr_threshold, s->tvr_depth_scaled};
-    int resume_step = s->resume ? st->step : -1;
-    Logs logs = {
-        csv_open(s->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step),
-        csv_open(s->out, "val.csv", "step,val_loss", resume_step),
-        csv_open(s->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step),
-        csv_open(s->out, "activations.csv", "step,layer,max_abs,rms", resume_step),
-    };
+    OptConfig opt = opt_config(s);
+    TvrConfig tvr = tvr_config(s);
+    Logs logs = logs_open(s->out, s->resume ? st->step : -1, 0);
     int B = model->B, T = model->T;
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
-        if (val_dl && s->val_every > 0 && s->steps > 0) {
-            double vl = evaluate(model, val_dl, s->val_batches);
-            fprintf(logs.val, "0,%.9g\n", vl);
-            fflush(logs.val);
-            printf("step 0: val loss %.4f\n", vl);
-        }
+        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
     }
-    double total_ms = 0, tvr_ms = 0; // TVR's cost: its passes (statistics + rescale) against all step time
-    int timed = 0, tvr_passes = 0;
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
         dataloader_next(train_dl);
         llama_forward(model, train_dl->inputs, train_dl->targets, B, T);
-        if (s->stats_every > 0 && (step == 1 || step % s->stats_every == 0)) activations_log(model, step, logs.acts);
+        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
         llama_zero_grad(model);
         llama_backward(model);
         double norm = clip_grad_norm(model, opt.grad_clip);
@@ -1310,93 +1023,52 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         int do_tvr = tvr_due(&tvr, step);
         double t_tvr = wall_seconds();
         if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
-        if (do_tvr) {
-            tvr_ms += 1000 * (wall_seconds() - t_tvr);
-            tvr_passes++;
-        }
-        double ms = 1000 * (wall_seconds() - t0);
+        double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
         st->step = step;
         st->shard = train_dl->shard;
         st->pos = dataloader_position(train_dl);
-        total_ms += ms;
-        timed++;
-        double tok_s = B * T / (ms / 1000);
-        fprintf(logs.train, "%d,%.9g,%.9g,%.9g,%.3f,%.1f\n", step, model->loss, lr, norm, ms, tok_s);
-        fflush(logs.train);
-        char eta[32];
-        format_eta(eta, sizeof(eta), (s->steps - step) * total_ms / timed / 1000);
-        printf("step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | eta %s%s\n", step, s->steps,
-               model->loss, lr, norm, ms, tok_s, eta, do_tvr ? " | tvr" : "");
-        if (val_dl && s->val_every > 0 && (step % s->val_every == 0 || step == s->steps)) {
-            double vl = evaluate(model, val_dl, s->val_batches);
-            fprintf(logs.val, "%d,%.9g\n", step, vl);
-            fflush(logs.val);
-            printf("step %d: val loss %.4f\n", step, vl);
-        }
-        if (s->checkpoint_every > 0 && step % s->checkpoint_every == 0 && step < s->steps) {
-            save_checkpoint(model, st, s->out);
-        }
+        log_step(&logs, step, s->steps, model->loss, lr, norm, 1000 * (wall_seconds() - t0), (long)B * T, tvr_ms);
+        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
-    if (tvr_passes > 0) {
-        printf("tvr: %d passes, %.2f ms each, %.3f%% of the step time\n", tvr_passes, tvr_ms / tvr_passes,
-               100 * tvr_ms / total_ms);
-    }
-    fclose(logs.train);
-    fclose(logs.val);
-    fclose(logs.weights);
-    fclose(logs.acts);
+    logs_close(&logs);
 }
 
 #ifndef TESTING
 int main(int argc, char **argv) {
     Settings s;
-    int seq_len_given = settings_parse(&s, argc, argv);
+    int arch_given;
+    int seq_len_given = settings_parse(&s, argc, argv, USAGE, 0, &arch_given);
     if (s.threads > 0) omp_set_num_threads(s.threads);
-    if (s.resume && !strcmp(s.out, "out")) s.out = s.resume; // resume in place unless told otherwise
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
+    char ckpt[4200];
+    LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
     Llama model;
-    LlamaConfig config;
-    char ckpt[4200] = "";
-    if (s.init_from) snprintf(ckpt, sizeof(ckpt), "%s", s.init_from);
-    if (s.resume) snprintf(ckpt, sizeof(ckpt), "%s/model.bin", s.resume);
-    if (ckpt[0]) {
-        llama_read_header(ckpt, &config);
-        check_arch_flags(&s, &config, ckpt);
-        if (!seq_len_given) s.seq_len = config.max_seq_len;
-        if (s.seq_len > config.max_seq_len) {
-            usage_error("--seq-len %d exceeds the checkpoint's %d (%s)", s.seq_len, config.max_seq_len, ckpt);
-        }
-    } else {
-        config = config_from_settings(&s);
-    }
     llama_build(&model, config);
     // data first: a bad shard is reported before any work is done
     DataLoader train_dl, val_dl;
-    dataloader_init(&train_dl, s.train, "--train", s.batch, s.seq_len, config.vocab);
-    int have_val = s.val && s.val[0] && s.val_every > 0;
-    if (have_val) dataloader_init(&val_dl, s.val, "--val", s.batch, s.seq_len, config.vocab);
+    data_open(&s, &train_dl, &val_dl, s.seq_len, config.vocab);
     ensure_dir(s.out);
     llama_alloc_acts(&model, s.batch, s.seq_len);
 
-    if (s.shuffle) dataloader_shuffle(&train_dl, (uint64_t)s.seed);
     TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     if (s.init_from) {
         llama_load_params(&model, ckpt);
     } else if (!s.resume) { // a resumed run reads its parameters from state.bin below
-        InitScheme scheme = !strcmp(s.init, "lir") ? INIT_LIR : !strcmp(s.init, "residual") ? INIT_RESIDUAL : INIT_PLAIN;
+        InitScheme scheme = !strcmp(s.init, "lir")        ? INIT_LIR
+                            : !strcmp(s.init, "residual") ? INIT_RESIDUAL
+                                                          : INIT_PLAIN;
         llama_init(&model, scheme, s.init_std, &rng);
     }
     if (s.resume) {
         char path[4200];
-        snprintf(path, sizeof(path), "%s/state.bin", s.resume);
-        state_load(&model, &st, path);
-        rng.s = st.rng;
-        dataloader_resume(&train_dl, st.shuffle, st.shuffle_seed, st.shard, st.pos, s.seed, s.resume);
+        state_load(&model, &st, run_file(path, sizeof(path), s.resume, "state.bin"));
+        state_resume(&s, &st, &rng, &train_dl);
     }
     st.rng = rng.s;
     printf("train_llama: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %d threads\n", config.layers,
@@ -1405,10 +1077,9 @@ int main(int argc, char **argv) {
     printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
            s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
     double t0 = wall_seconds();
-    train(&model, &s, &train_dl, have_val ? &val_dl : NULL, &st);
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
     printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);
-    dataloader_free(&train_dl);
-    if (have_val) dataloader_free(&val_dl);
+    data_close(&s, &train_dl, &val_dl);
     llama_free(&model);
     return 0;
 }

@@ -32,9 +32,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "args.h"
-#include "csvlog.h"
-#include "dataloader.h"
+#include "llama_run.h" // LlamaConfig, model.bin's header, the command line
+#include "train.h"     // settings, schedules, state.bin, logs
 #include "utils.h"
 
 // The activation type. Parameters, gradients and AdamW state are always float.
@@ -45,7 +44,8 @@ typedef float floatX;
 // 1. CUDA helpers and the matmul
 // ============================================================================
 
-#include "cuda_common.h" // checked calls, reductions, gemm() over cuBLAS
+#include "cuda_common.h" // checked calls, reductions, gemm_batched() over cuBLAS
+#include "cuda_train.h"  // the GPU flags and set-up, token buckets
 
 // ============================================================================
 // 2. the layers
@@ -54,14 +54,14 @@ typedef float floatX;
 
 // out (N, Cout) = inp (N, Cin) . W^T, W (Cout, Cin) as nn.Linear stores it
 static void matmul_forward(floatX *out, const floatX *inp, const float *W, int N, int Cin, int Cout) {
-    gemm(0, 1, N, Cout, Cin, inp, Cin, 0, W, Cin, 0, out, Cout, 0, 1, 0);
+    gemm_batched(0, 1, N, Cout, Cin, inp, Cin, 0, W, Cin, 0, out, Cout, 0, 1, 0);
 }
 
 // dW += dout^T . inp;  dinp = dout . W (or += when accumulate_dinp)
 static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const floatX *inp, const float *W, int N,
                             int Cin, int Cout, int accumulate_dinp) {
-    gemm(1, 0, Cout, Cin, N, dout, Cout, 0, inp, Cin, 0, dW, Cin, 0, 1, 1);
-    gemm(0, 0, N, Cin, Cout, dout, Cout, 0, W, Cin, 0, dinp, Cin, 0, 1, accumulate_dinp);
+    gemm_batched(1, 0, Cout, Cin, N, dout, Cout, 0, inp, Cin, 0, dW, Cin, 0, 1, 1);
+    gemm_batched(0, 0, N, Cin, Cout, dout, Cout, 0, W, Cin, 0, dinp, Cin, 0, 1, accumulate_dinp);
 }
 
 // ---------------------------------------------------------------------------
@@ -85,7 +85,7 @@ static void encoder_forward(floatX *out, const int *tokens, const float *emb, in
  * Two positions with the same token add into the same row of demb. Instead of
  * atomics (whose order, and so whose rounding, changes from run to run) the
  * host sorts the batch's positions by token (a counting sort, when the tokens
- * arrive: see encoder_buckets) and one block owns each distinct token: it adds
+ * arrive: see TokenBuckets in common/cuda_train.h) and one block owns each distinct token: it adds
  * that token's positions in ascending order, the order of train_llama.c's
  * serial loop, so the sums are bit-identical to the CPU's for identical dout.
  */
@@ -100,10 +100,9 @@ __global__ void encoder_backward_kernel(float *demb, const floatX *dout, const i
     row[c] = acc;
 }
 
-static void encoder_backward(float *demb, const floatX *dout, const int *bucket_token, const int *bucket_start,
-                             const int *bucket_pos, int nbuckets, int C) {
-    dim3 grid(nbuckets, ceil_div(C, BLOCK));
-    encoder_backward_kernel<<<grid, BLOCK>>>(demb, dout, bucket_token, bucket_start, bucket_pos, C);
+static void encoder_backward(float *demb, const floatX *dout, const TokenBuckets *tb, int C) {
+    dim3 grid(tb->count, ceil_div(C, BLOCK));
+    encoder_backward_kernel<<<grid, BLOCK>>>(demb, dout, tb->token, tb->start, tb->pos, C);
     launchCheck();
 }
 
@@ -255,7 +254,9 @@ __global__ void softmax_causal_forward_kernel(floatX *att, int rows, int T, floa
     for (int t2 = lane; t2 <= t; t2 += 32) sum += expf((float)a[t2] * scale - maxv);
     sum = warp_sum(sum);
     float inv = 1.0f / sum;
-    for (int t2 = lane; t2 < T; t2 += 32) a[t2] = t2 <= t ? (floatX)(expf((float)a[t2] * scale - maxv) * inv) : (floatX)0;
+    for (int t2 = lane; t2 < T; t2 += 32) {
+        a[t2] = t2 <= t ? (floatX)(expf((float)a[t2] * scale - maxv) * inv) : (floatX)0;
+    }
 }
 
 // In place over datt: dpre = a * (datt - sum(a * datt)) * scale on t2 <= t, zero after.
@@ -268,7 +269,9 @@ __global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, 
     float s = 0;
     for (int t2 = lane; t2 <= t; t2 += 32) s += (float)a[t2] * (float)d[t2];
     s = warp_sum(s);
-    for (int t2 = lane; t2 < T; t2 += 32) d[t2] = t2 <= t ? (floatX)((float)a[t2] * ((float)d[t2] - s) * scale) : (floatX)0;
+    for (int t2 = lane; t2 < T; t2 += 32) {
+        d[t2] = t2 <= t ? (floatX)((float)a[t2] * ((float)d[t2] - s) * scale) : (floatX)0;
+    }
 }
 
 /*
@@ -289,7 +292,7 @@ static void attn_x_kvT(floatX *s, const floatX *x, const floatX *kv, int B, int 
     int group = NH / NKV;
     long th = (long)T * hs, tt = (long)T * T;
     for (int g = 0; g < group; g++) {
-        gemm(0, 1, T, T, hs, x + g * th, hs, group * th, kv, hs, th, s + g * tt, T, group * tt, B * NKV, 0);
+        gemm_batched(0, 1, T, T, hs, x + g * th, hs, group * th, kv, hs, th, s + g * tt, T, group * tt, B * NKV, 0);
     }
 }
 
@@ -298,7 +301,7 @@ static void attn_p_kv(floatX *y, const floatX *p, const floatX *kv, int B, int T
     int group = NH / NKV;
     long th = (long)T * hs, tt = (long)T * T;
     for (int g = 0; g < group; g++) {
-        gemm(0, 0, T, hs, T, p + g * tt, T, group * tt, kv, hs, th, y + g * th, hs, group * th, B * NKV, 0);
+        gemm_batched(0, 0, T, hs, T, p + g * tt, T, group * tt, kv, hs, th, y + g * th, hs, group * th, B * NKV, 0);
     }
 }
 
@@ -308,7 +311,8 @@ static void attn_pT_x(floatX *dkv, const floatX *p, const floatX *x, int B, int 
     int group = NH / NKV;
     long th = (long)T * hs, tt = (long)T * T;
     for (int g = 0; g < group; g++) {
-        gemm(1, 0, T, hs, T, p + g * tt, T, group * tt, x + g * th, hs, group * th, dkv, hs, th, B * NKV, g > 0);
+        gemm_batched(1, 0, T, hs, T, p + g * tt, T, group * tt, x + g * th, hs, group * th, dkv, hs, th, B * NKV,
+                     g > 0);
     }
 }
 
@@ -477,22 +481,6 @@ static void fused_classifier(floatX *logits, float *losses, float *lse, const in
 // 3. the model
 // ============================================================================
 
-#define MODEL_MAGIC 20261122
-#define MODEL_VERSION 1
-#define HEADER_INTS 256
-
-typedef struct {
-    int max_seq_len; // T the model was built for (RoPE table size)
-    int vocab;       // V
-    int layers;      // L
-    int heads;       // NH
-    int kv_heads;    // NKV, divides NH
-    int dim;         // C, divisible by NH; head size hs = C / NH (even, for RoPE)
-    int ffn;         // F, the SwiGLU hidden width
-    float norm_eps;
-    float rope_theta;
-} LlamaConfig;
-
 // The one table of parameter tensors, as in train_llama.c (model.bin's order).
 enum {
     P_TOK_EMB, P_ATTN_NORM, P_WQ, P_WK, P_WV, P_WO, P_FFN_NORM, P_W1, P_W3, P_W2, P_FINAL_NORM, P_LM_HEAD,
@@ -598,9 +586,7 @@ typedef struct {
     float *rope_cos, *rope_sin; // (max_seq_len, hs/2), on the GPU
     int *tokens, *targets;      // (B,T) the last forward's inputs, host
     int *d_tokens, *d_targets;  // the same on the GPU
-    // encoder_backward's buckets: the positions of each distinct token, ascending
-    int *h_count, *h_bucket_token, *h_bucket_start, *h_bucket_pos, nbuckets;
-    int *bucket_token, *bucket_start, *bucket_pos;
+    TokenBuckets buckets;        // encoder_backward's: the positions of each distinct token
     float *h_losses;     // (B,T) host copy of the losses
     double *norm_partial, *h_norm_partial; // global_norm's per-block sums
     double *act_partial, *h_act_partial;   // activations_log's per-block max and sum of squares
@@ -608,19 +594,12 @@ typedef struct {
     float loss;          // mean loss of the last forward
 } Llama;
 
-static float *layer_ptr(float *base, const LlamaConfig *c, int i, int l) {
-    return base + (long)l * param_layer_size(c, i);
+// Layer l's (0-based) copy of per-layer tensor i, and of its gradient (on the GPU).
+static float *layer_param(const Llama *model, int i, int l) {
+    return model->tensor[i] + (long)l * param_layer_size(&model->config, i);
 }
-
-static void config_check(const LlamaConfig *c, const char *where) {
-    if (c->vocab < 1 || c->layers < 1 || c->heads < 1 || c->kv_heads < 1 || c->dim < 1 || c->ffn < 1 ||
-        c->max_seq_len < 1) {
-        die("%s: every size must be >= 1", where);
-    }
-    if (c->dim % c->heads != 0) die("%s: heads (%d) do not divide dim (%d)", where, c->heads, c->dim);
-    if (c->heads % c->kv_heads != 0) die("%s: kv-heads (%d) do not divide heads (%d)", where, c->kv_heads, c->heads);
-    if ((c->dim / c->heads) % 2 != 0) die("%s: head size %d must be even for RoPE", where, c->dim / c->heads);
-    if (!(c->norm_eps > 0) || !(c->rope_theta > 0)) die("%s: norm eps and rope theta must be > 0", where);
+static float *layer_grad(const Llama *model, int i, int l) {
+    return model->gtensor[i] + (long)l * param_layer_size(&model->config, i);
 }
 
 #define MOMENT_CHUNKS 64 // blocks per matrix in TVR's statistics
@@ -639,7 +618,7 @@ static void matrix_table_build(Llama *model) {
     for (int l = 0; l < c->layers; l++) {
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (!PARAM_INFO[i].block_matrix) continue;
-            h_ptr[j] = layer_ptr(model->tensor[i], c, i, l);
+            h_ptr[j] = layer_param(model, i, l);
             h_n[j] = param_layer_size(c, i);
             if (h_n[j] > mt->max_n) mt->max_n = h_n[j];
             j++;
@@ -749,19 +728,13 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     model->targets = (int *)calloc_check(N, sizeof(int));
     model->d_tokens = (int *)cuda_calloc(N, sizeof(int));
     model->d_targets = (int *)cuda_calloc(N, sizeof(int));
-    model->h_count = (int *)calloc_check(V + 1, sizeof(int));
-    model->h_bucket_token = (int *)calloc_check(N, sizeof(int));
-    model->h_bucket_start = (int *)calloc_check(N + 1, sizeof(int));
-    model->h_bucket_pos = (int *)calloc_check(N, sizeof(int));
-    model->bucket_token = (int *)cuda_calloc(N, sizeof(int));
-    model->bucket_start = (int *)cuda_calloc(N + 1, sizeof(int));
-    model->bucket_pos = (int *)cuda_calloc(N, sizeof(int));
+    token_buckets_alloc(&model->buckets, V, N);
     model->h_losses = (float *)calloc_check(N, sizeof(float));
 }
 
 static void llama_free(Llama *model) {
     void *dev[] = {model->params, model->grads, model->m, model->v, model->rope_cos, model->rope_sin,
-                   model->d_tokens, model->d_targets, model->bucket_token, model->bucket_start, model->bucket_pos,
+                   model->d_tokens, model->d_targets,
                    model->norm_partial, model->act_partial, model->mats.ptr, model->mats.n, model->mats.partial,
                    model->mats.coef, model->scratch.dgain_partial};
     for (size_t s = 0; s < sizeof(dev) / sizeof(dev[0]); s++) cudaCheck(cudaFree(dev[s]));
@@ -771,10 +744,10 @@ static void llama_free(Llama *model) {
     floatX *gs[] = {g->dres, g->dln, g->dq, g->dk, g->dv, g->datty, g->dfc1, g->dfc3, g->dswi, g->attn.qp,
                     g->attn.kp, g->attn.vp, g->attn.yp, g->attn.dqp, g->attn.dkp, g->attn.dvp, g->attn.datt};
     for (size_t s = 0; s < sizeof(gs) / sizeof(gs[0]); s++) cudaCheck(cudaFree(gs[s]));
-    void *host[] = {model->h_params, model->h_m, model->h_v, model->tokens, model->targets, model->h_count,
-                    model->h_bucket_token, model->h_bucket_start, model->h_bucket_pos, model->h_losses,
+    void *host[] = {model->h_params, model->h_m, model->h_v, model->tokens, model->targets, model->h_losses,
                     model->h_norm_partial, model->h_act_partial, model->mats.h_partial, model->mats.h_coef};
     for (size_t s = 0; s < sizeof(host) / sizeof(host[0]); s++) free(host[s]);
+    token_buckets_free(&model->buckets);
 }
 
 /*
@@ -808,35 +781,6 @@ static void llama_init(Llama *model, InitScheme scheme, double sigma, Rng *rng) 
 // ---------------------------------------------------------------------------
 // forward and backward
 
-// The batch's positions grouped by token, for encoder_backward: a counting sort
-// on the host (O(V + N)), copied to the GPU with the tokens.
-static void encoder_buckets_host(Llama *model, const int *tokens, int N) {
-    int V = model->config.vocab;
-    int *count = model->h_count;
-    memset(count, 0, sizeof(int) * (V + 1));
-    for (int i = 0; i < N; i++) count[tokens[i] + 1]++;
-    int nb = 0;
-    for (int v = 0; v < V; v++) {
-        if (count[v + 1] > 0) {
-            model->h_bucket_token[nb] = v;
-            model->h_bucket_start[nb] = count[v]; // where token v's positions start (prefix sum so far)
-            nb++;
-        }
-        count[v + 1] += count[v]; // count[v + 1] is now where token v+1's positions start
-    }
-    model->h_bucket_start[nb] = N;
-    for (int i = 0; i < N; i++) model->h_bucket_pos[count[tokens[i]]++] = i; // ascending within a token
-    model->nbuckets = nb;
-}
-
-static void encoder_buckets(Llama *model, const int *tokens, int N) {
-    encoder_buckets_host(model, tokens, N);
-    int nb = model->nbuckets;
-    cudaCheck(cudaMemcpy(model->bucket_token, model->h_bucket_token, sizeof(int) * nb, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(model->bucket_start, model->h_bucket_start, sizeof(int) * (nb + 1), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(model->bucket_pos, model->h_bucket_pos, sizeof(int) * N, cudaMemcpyHostToDevice));
-}
-
 /*
  * Forward pass on tokens (B,T) with targets (B,T) (host arrays); sets
  * model->loss. With fuse_backward the classifier also writes d loss / d logits
@@ -844,7 +788,9 @@ static void encoder_buckets(Llama *model, const int *tokens, int N) {
  * tests), and llama_backward computes that gradient itself.
  */
 static void llama_forward(Llama *model, const int *tokens, const int *targets, int B, int T, int fuse_backward) {
-    if (B != model->B || T != model->T) die("internal: forward with %dx%d, activations are %dx%d", B, T, model->B, model->T);
+    if (B != model->B || T != model->T) {
+        die("internal: forward with %dx%d, activations are %dx%d", B, T, model->B, model->T);
+    }
     const LlamaConfig *c = &model->config;
     int L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads, NKV = c->kv_heads;
     int hs = C / NH, KVD = NKV * hs, N = B * T;
@@ -853,7 +799,7 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
     memcpy(model->targets, targets, sizeof(int) * N);
     cudaCheck(cudaMemcpy(model->d_tokens, tokens, sizeof(int) * N, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->d_targets, targets, sizeof(int) * N, cudaMemcpyHostToDevice));
-    encoder_buckets(model, tokens, N);
+    token_buckets_build(&model->buckets, tokens, N, V);
 
     encoder_forward(a->x0, model->d_tokens, model->tensor[P_TOK_EMB], N, C);
     for (int l = 0; l < L; l++) {
@@ -867,7 +813,7 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
         floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
         floatX *xout = a->xout + (long)l * N * C;
         floatX *tmp = model->scratch.dln; // (N, C) scratch for the projections' outputs
-#define W(i) layer_ptr(model->tensor[i], c, i, l)
+#define W(i) layer_param(model, i, l)
         rmsnorm_forward(ln1, ln1_rstd, x, W(P_ATTN_NORM), N, C, c->norm_eps);
         matmul_forward(q, ln1, W(P_WQ), N, C, C);
         matmul_forward(k, ln1, W(P_WK), N, C, KVD);
@@ -933,8 +879,8 @@ static void llama_backward(Llama *model) {
         const float *ln2_rstd = a->ln2_rstd + (long)l * N;
         const floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
         const floatX *swi = a->swi + (long)l * N * F;
-#define W(i) layer_ptr(model->tensor[i], c, i, l)
-#define DW(i) layer_ptr(model->gtensor[i], c, i, l)
+#define W(i) layer_param(model, i, l)
+#define DW(i) layer_grad(model, i, l)
         // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far)
         matmul_backward(s->dswi, DW(P_W2), s->dres, swi, W(P_W2), N, F, C, 0);
         swiglu_backward(s->dfc1, s->dfc3, s->dswi, fc1, fc3, (long)N * F);
@@ -954,8 +900,7 @@ static void llama_backward(Llama *model) {
 #undef W
 #undef DW
     }
-    encoder_backward(model->gtensor[P_TOK_EMB], s->dres, model->bucket_token, model->bucket_start, model->bucket_pos,
-                     model->nbuckets, C);
+    encoder_backward(model->gtensor[P_TOK_EMB], s->dres, &model->buckets, C);
 }
 
 // ---------------------------------------------------------------------------
@@ -963,49 +908,12 @@ static void llama_backward(Llama *model) {
 // The files are written and read through the host mirror.
 
 static void llama_save(Llama *model, const char *path) {
-    const LlamaConfig *c = &model->config;
-    int32_t header[HEADER_INTS] = {0};
-    header[0] = MODEL_MAGIC;
-    header[1] = MODEL_VERSION;
-    header[2] = c->max_seq_len;
-    header[3] = c->vocab;
-    header[4] = c->layers;
-    header[5] = c->heads;
-    header[6] = c->kv_heads;
-    header[7] = c->dim;
-    header[8] = c->ffn;
-    memcpy(&header[16], &c->norm_eps, sizeof(float));
-    memcpy(&header[17], &c->rope_theta, sizeof(float));
     llama_params_to_host(model);
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
+    llama_header_write(af.f, af.tmp, &model->config);
     fwrite_check(model->h_params, sizeof(float), model->num_params, af.f, af.tmp);
     atomic_commit(&af);
-}
-
-// Read a model.bin header into *c, checking magic, version and sizes.
-static void llama_read_header(const char *path, LlamaConfig *c) {
-    FILE *f = fopen_check(path, "rb");
-    int32_t header[HEADER_INTS];
-    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
-        die("checkpoint %s is truncated: shorter than its 1024-byte header", path);
-    }
-    fclose(f);
-    if (header[0] != MODEL_MAGIC) die("checkpoint %s has bad magic %d (want %d)", path, header[0], MODEL_MAGIC);
-    if (header[1] != MODEL_VERSION) die("checkpoint %s has version %d, want %d", path, header[1], MODEL_VERSION);
-    c->max_seq_len = header[2];
-    c->vocab = header[3];
-    c->layers = header[4];
-    c->heads = header[5];
-    c->kv_heads = header[6];
-    c->dim = header[7];
-    c->ffn = header[8];
-    memcpy(&c->norm_eps, &header[16], sizeof(float));
-    memcpy(&c->rope_theta, &header[17], sizeof(float));
-    char where[4200];
-    snprintf(where, sizeof(where), "checkpoint %s", path);
-    config_check(c, where);
 }
 
 // Load parameters from a model.bin whose config equals the model's.
@@ -1026,23 +934,6 @@ static void llama_load_params(Llama *model, const char *path) {
 // ============================================================================
 // 4. the optimizer
 // ============================================================================
-
-typedef struct {
-    double lr, min_lr_frac;
-    int warmup, steps;
-    int cosine; // 0: constant after warm-up
-    double weight_decay, beta1, beta2, eps, grad_clip;
-} OptConfig;
-
-// Learning rate at step s (1-based): linear warm-up to lr over `warmup` steps,
-// then cosine from lr to lr*min_lr_frac at the last step (docs/methods.md, "The training loop").
-static double lr_at(const OptConfig *o, int s) {
-    if (o->warmup > 0 && s <= o->warmup) return o->lr * s / o->warmup;
-    if (!o->cosine || o->steps <= o->warmup) return o->lr;
-    double progress = (double)(s - o->warmup) / (o->steps - o->warmup);
-    double min_lr = o->lr * o->min_lr_frac;
-    return min_lr + 0.5 * (o->lr - min_lr) * (1 + cos(M_PI * progress));
-}
 
 // Per-block sums of squares in double over a fixed grid; the host adds the
 // NORM_BLOCKS partial sums in order, so the norm does not depend on timing.
@@ -1120,18 +1011,11 @@ static void adamw_update(Llama *model, const OptConfig *o, double lr, int t) {
 // 5. TVR and statistics
 // ============================================================================
 
-typedef struct {
-    double target;    // 0 = off
-    int every;        // fire on steps every, 2*every, ...
-    double threshold; // rescale when std/target > threshold
-    int depth_scaled; // target/sqrt(l) for block l
-} TvrConfig;
-
 /*
  * TVR in two passes over all L*7 block matrices at once (one launch each):
  *   1. matrix_moments: MOMENT_CHUNKS blocks per matrix sum x and x^2 in double;
  *      the host adds the chunks in order: mean, unbiased std, and the decision.
- *   2. tvr_rescale: W <- (W - mean) * target/std + mean on the matrices whose
+ *   2. tvr_rescale_kernel: W <- (W - mean) * target/std + mean on the matrices whose
  *      std/target is above the threshold; the others are not touched.
  * Mean and variance from the sums of x and x^2 in double: with |mean| << std,
  * as for any weight matrix, the cancellation costs nothing at double precision
@@ -1168,7 +1052,7 @@ __global__ void tvr_rescale_kernel(float *const *ptr, const long *ns, const doub
 }
 
 // mean and unbiased (n-1) standard deviation of every block matrix (into mean[], std[])
-static void weight_stats(Llama *model, double *mean, double *std) {
+static void matrix_stats(Llama *model, double *mean, double *std) {
     MatrixTable *mt = &model->mats;
     matrix_moments_kernel<<<dim3(MOMENT_CHUNKS, mt->count), BLOCK>>>(mt->partial, mt->ptr, mt->n);
     launchCheck();
@@ -1194,58 +1078,42 @@ static void weight_stats(Llama *model, double *mean, double *std) {
 }
 
 /*
- * Target Variance Rescaling (docs/methods.md, paper A): a matrix whose std s is
- * above threshold*target becomes (W - mean) * target/s + mean. The mean is
- * kept, only the spread changes; Adam's moments are left alone. rescaled[j] is
- * set for the matrices it rescaled; mean and std (before) are for the log.
+ * Target Variance Rescaling (docs/methods.md, paper A), as train_llama.c's
+ * weights_pass: the statistics of every block matrix, one weights.csv row each
+ * (mean and std before TVR), and, if due, every matrix whose std s is above
+ * threshold*target becomes (W - mean) * target/s + mean, all in one launch. The
+ * mean is kept, only the spread changes; Adam's moments are left alone. Returns
+ * the number of matrices rescaled.
  */
-static void tvr_rescale(Llama *model, const double *target, double threshold, const double *mean, const double *std,
-                        int *rescaled) {
-    MatrixTable *mt = &model->mats;
-    int any = 0;
-    for (int j = 0; j < mt->count; j++) {
-        rescaled[j] = std[j] / target[j] > threshold;
-        mt->h_coef[2 * j] = mean[j];
-        mt->h_coef[2 * j + 1] = rescaled[j] ? target[j] / std[j] : 0;
-        any |= rescaled[j];
-    }
-    if (!any) return;
-    cudaCheck(cudaMemcpy(mt->coef, mt->h_coef, sizeof(double) * 2 * mt->count, cudaMemcpyHostToDevice));
-    tvr_rescale_kernel<<<dim3(ceil_div(mt->max_n, BLOCK * 8), mt->count), BLOCK>>>(mt->ptr, mt->n, mt->coef);
-    launchCheck();
-}
-
-static double tvr_target_for_layer(const TvrConfig *tvr, int layer /* 1-based */) {
-    return tvr->depth_scaled ? tvr->target / sqrt((double)layer) : tvr->target;
-}
-
-static int tvr_due(const TvrConfig *tvr, int step) { return tvr->target > 0 && step % tvr->every == 0; }
-
-// For every block matrix: statistics (and TVR if due), one weights.csv row each.
-static void weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
+static int weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tvr, FILE *csv) {
     const LlamaConfig *c = &model->config;
-    int count = model->mats.count;
-    double *mean = (double *)malloc_check(sizeof(double) * count), *std = (double *)malloc_check(sizeof(double) * count);
-    double *target = (double *)malloc_check(sizeof(double) * count);
-    int *rescaled = (int *)calloc_check(count, sizeof(int));
-    weight_stats(model, mean, std);
-    int j = 0;
+    MatrixTable *mt = &model->mats;
+    double *mean = (double *)malloc_check(sizeof(double) * mt->count);
+    double *std = (double *)malloc_check(sizeof(double) * mt->count);
+    matrix_stats(model, mean, std);
+    int j = 0, total = 0;
     for (int l = 0; l < c->layers; l++) {
-        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-            if (PARAM_INFO[i].block_matrix) target[j++] = tvr_target_for_layer(tvr, l + 1);
-        }
-    }
-    if (do_tvr) tvr_rescale(model, target, tvr->threshold, mean, std, rescaled);
-    j = 0;
-    for (int l = 0; l < c->layers; l++) {
+        double target = tvr_target_for_layer(tvr, l + 1);
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (!PARAM_INFO[i].block_matrix) continue;
-            if (csv) fprintf(csv, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, PARAM_INFO[i].name, mean[j], std[j], rescaled[j]);
+            int rescaled = do_tvr && std[j] / target > tvr->threshold;
+            mt->h_coef[2 * j] = mean[j];
+            mt->h_coef[2 * j + 1] = rescaled ? target / std[j] : 0; // 0: tvr_rescale_kernel leaves it alone
+            if (csv) {
+                fprintf(csv, "%d,%d,%s,%.9g,%.9g,%d\n", step, l + 1, PARAM_INFO[i].name, mean[j], std[j], rescaled);
+            }
+            total += rescaled;
             j++;
         }
     }
     if (csv) fflush(csv);
-    free(mean), free(std), free(target), free(rescaled);
+    if (total > 0) {
+        cudaCheck(cudaMemcpy(mt->coef, mt->h_coef, sizeof(double) * 2 * mt->count, cudaMemcpyHostToDevice));
+        tvr_rescale_kernel<<<dim3(ceil_div(mt->max_n, BLOCK * 8), mt->count), BLOCK>>>(mt->ptr, mt->n, mt->coef);
+        launchCheck();
+    }
+    free(mean), free(std);
+    return total;
 }
 
 // Per layer, ACT_CHUNKS blocks each: the max |x| and the sum of x^2 (double) of a chunk.
@@ -1295,181 +1163,35 @@ static void activations_log(Llama *model, int step, FILE *csv) {
 #define STATE_MAGIC 20261123
 #define STATE_VERSION 1
 
-// state.bin, exactly train_llama.c's format (so a run moves between the
-// programs): int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard
-// index, int64 at [4] data position, [6] RNG state, [8] parameter count, [10] 1
-// if the data order is shuffled (then [4] counts the batches taken), [11] its seed; then
-// params, m and v, fp32, in the parameter table's order.
-typedef struct {
-    int step;
-    int shard;
-    long pos;
-    uint64_t rng;
-    int shuffle, shuffle_seed;
-} TrainState;
-
+// state.bin, exactly train_llama.c's format (common/train.h), so a run moves
+// between the programs; written and read through the host mirrors.
 static void state_save(Llama *model, const TrainState *st, const char *path) {
-    int32_t header[HEADER_INTS] = {0};
-    header[0] = STATE_MAGIC;
-    header[1] = STATE_VERSION;
-    header[2] = st->step;
-    header[3] = st->shard;
-    int64_t pos = st->pos, np = model->num_params;
-    memcpy(&header[4], &pos, 8);
-    memcpy(&header[6], &st->rng, 8);
-    memcpy(&header[8], &np, 8);
-    header[10] = st->shuffle;
-    header[11] = st->shuffle_seed;
+    long np = model->num_params;
     llama_params_to_host(model);
     cudaCheck(cudaMemcpy(model->h_m, model->m, sizeof(float) * np, cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(model->h_v, model->v, sizeof(float) * np, cudaMemcpyDeviceToHost));
     AtomicFile af;
     atomic_open(&af, path);
-    fwrite_check(header, sizeof(int32_t), HEADER_INTS, af.f, af.tmp);
-    fwrite_check(model->h_params, sizeof(float), np, af.f, af.tmp);
-    fwrite_check(model->h_m, sizeof(float), np, af.f, af.tmp);
-    fwrite_check(model->h_v, sizeof(float), np, af.f, af.tmp);
+    state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
+    write_floats(af.f, model->h_params, sizeof(float), np, af.tmp);
+    write_floats(af.f, model->h_m, sizeof(float), np, af.tmp);
+    write_floats(af.f, model->h_v, sizeof(float), np, af.tmp);
     atomic_commit(&af);
 }
 
 static void state_load(Llama *model, TrainState *st, const char *path) {
-    FILE *f = fopen_check(path, "rb");
-    int32_t header[HEADER_INTS];
-    if (fread(header, sizeof(int32_t), HEADER_INTS, f) != HEADER_INTS) {
-        die("state file %s is truncated: shorter than its 1024-byte header", path);
-    }
-    if (header[0] != STATE_MAGIC) die("state file %s has bad magic %d (want %d)", path, header[0], STATE_MAGIC);
-    if (header[1] != STATE_VERSION) die("state file %s has version %d, want %d", path, header[1], STATE_VERSION);
-    int64_t pos, np;
-    memcpy(&pos, &header[4], 8);
-    memcpy(&st->rng, &header[6], 8);
-    memcpy(&np, &header[8], 8);
-    if (np != model->num_params) {
-        die("state file %s holds %lld parameters, the model has %ld", path, (long long)np, model->num_params);
-    }
-    long want = HEADER_INTS * 4 + 3 * np * 4;
-    if (file_size(path) != want) die("state file %s is %ld bytes, want %ld (truncated?)", path, file_size(path), want);
-    st->step = header[2];
-    st->shard = header[3];
-    st->pos = pos;
-    st->shuffle = header[10];
-    st->shuffle_seed = header[11];
-    fseek(f, HEADER_INTS * 4, SEEK_SET);
-    fread_check(model->h_params, sizeof(float), np, f, path);
-    fread_check(model->h_m, sizeof(float), np, f, path);
-    fread_check(model->h_v, sizeof(float), np, f, path);
+    long np = model->num_params;
+    FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_llama", np, st);
+    read_floats(f, model->h_params, sizeof(float), np, path);
+    read_floats(f, model->h_m, sizeof(float), np, path);
+    read_floats(f, model->h_v, sizeof(float), np, path);
     fclose(f);
     llama_params_to_device(model);
     cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->v, model->h_v, sizeof(float) * np, cudaMemcpyHostToDevice));
 }
 
-// ---------------------------------------------------------------------------
-// CSV logs: csv_open() in common/csvlog.h (a resumed run keeps the rows up to its step).
-
-typedef struct {
-    FILE *train, *val, *weights, *acts;
-} Logs;
-
-// ---------------------------------------------------------------------------
-// the run's settings: train_llama.c's flag table, plus --tf32
-
-typedef struct {
-    const char *train, *val, *init_from, *resume, *out;
-    int layers, dim, heads, kv_heads, ffn, seq_len, vocab;
-    double norm_eps, rope_theta;
-    int batch, steps, warmup;
-    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
-    const char *schedule, *init;
-    double init_std;
-    int seed;
-    int shuffle;
-    double tvr_target, tvr_threshold;
-    int tvr_every, tvr_depth_scaled;
-    int val_every, val_batches, stats_every, checkpoint_every, threads;
-    int tf32;
-    int arch_given; // bit i: ARCH_FLAGS[i] was on the command line
-} Settings;
-
-#define NUM_ARCH_FLAGS 8
-static const char *ARCH_FLAGS[NUM_ARCH_FLAGS] = {"layers", "dim", "heads", "kv-heads", "ffn", "vocab", "norm-eps", "rope-theta"};
-
 #define USAGE "usage: train_llama_cu [flags]   train a LLaMA on one NVIDIA GPU with LIR and TVR (see docs/gpu.md)"
-
-static int settings_parse(Settings *s, int argc, char **argv) {
-    Flag flags[] = {
-        {"train", FLAG_STRING, &s->train, "data/tinyshakespeare/llama2_train_*.bin", 0, 0, NULL, "training shards (glob)", 0},
-        {"val", FLAG_STRING, &s->val, "data/tinyshakespeare/llama2_val_*.bin", 0, 0, NULL, "validation shards (glob); \"\" for none", 0},
-        {"init-from", FLAG_STRING, &s->init_from, NULL, 0, 0, NULL, "start from this model.bin (a fresh run from step 0)", 0},
-        {"resume", FLAG_STRING, &s->resume, NULL, 0, 0, NULL, "continue the run checkpointed in this directory", 0},
-        {"out", FLAG_STRING, &s->out, "out", 0, 0, NULL, "output directory: logs and checkpoints", 0},
-        {"layers", FLAG_INT, &s->layers, "4", 1, 1024, NULL, "decoder blocks L (fresh model)", 0},
-        {"dim", FLAG_INT, &s->dim, "128", 2, 65536, NULL, "width C (fresh model)", 0},
-        {"heads", FLAG_INT, &s->heads, "4", 1, 1024, NULL, "query heads NH (fresh model)", 0},
-        {"kv-heads", FLAG_INT, &s->kv_heads, "2", 1, 1024, NULL, "key/value heads NKV, dividing NH (fresh model)", 0},
-        {"ffn", FLAG_INT, &s->ffn, "0", 0, 1 << 20, NULL, "SwiGLU hidden width F; 0 = 2/3*4C rounded up to 32", 0},
-        {"seq-len", FLAG_INT, &s->seq_len, "128", 1, 1 << 16, NULL, "sequence length T", 0},
-        {"vocab", FLAG_INT, &s->vocab, "32000", 2, 65536, NULL, "vocabulary size V (fresh model)", 0},
-        {"norm-eps", FLAG_FLOAT, &s->norm_eps, "1e-5", 1e-12, 1, NULL, "RMSNorm eps (fresh model)", 0},
-        {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
-        {"batch", FLAG_INT, &s->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
-        {"steps", FLAG_INT, &s->steps, "400", 0, 1 << 30, NULL, "total optimizer steps", 0},
-        {"lr", FLAG_FLOAT, &s->lr, "3e-3", 0, 100, NULL, "peak learning rate", 0},
-        {"min-lr-frac", FLAG_FLOAT, &s->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
-        {"warmup", FLAG_INT, &s->warmup, "40", 0, 1 << 30, NULL, "linear warm-up steps", 0},
-        {"schedule", FLAG_CHOICE, &s->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
-        {"weight-decay", FLAG_FLOAT, &s->weight_decay, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (2-D tensors)", 0},
-        {"beta1", FLAG_FLOAT, &s->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
-        {"beta2", FLAG_FLOAT, &s->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
-        {"eps", FLAG_FLOAT, &s->eps, "1e-8", 0, 1, NULL, "AdamW eps", 0},
-        {"grad-clip", FLAG_FLOAT, &s->grad_clip, "1.0", 0, 1e9, NULL, "global gradient norm limit; 0 = off", 0},
-        {"init", FLAG_CHOICE, &s->init, "plain", 0, 0, "plain|lir|residual", "initialisation scheme", 0},
-        {"init-std", FLAG_FLOAT, &s->init_std, "0.02", 0, 10, NULL, "sigma of the initial weights", 0},
-        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
-        {"shuffle", FLAG_INT, &s->shuffle, "0", 0, 1, NULL, "1: training shards and their windows in a new random order each epoch", 0},
-        {"tvr-target", FLAG_FLOAT, &s->tvr_target, "0", 0, 10, NULL, "TVR target std; 0 = off", 0},
-        {"tvr-every", FLAG_INT, &s->tvr_every, "50", 1, 1 << 30, NULL, "TVR on steps that are multiples of this", 0},
-        {"tvr-threshold", FLAG_FLOAT, &s->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this", 0},
-        {"tvr-depth-scaled", FLAG_INT, &s->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(l) for block l", 0},
-        {"val-every", FLAG_INT, &s->val_every, "100", 0, 1 << 30, NULL, "validate every N steps (and at the end); 0 = never", 0},
-        {"val-batches", FLAG_INT, &s->val_batches, "20", 1, 1 << 20, NULL, "batches per validation", 0},
-        {"stats-every", FLAG_INT, &s->stats_every, "50", 0, 1 << 30, NULL, "weights.csv/activations.csv every N steps; 0 = never", 0},
-        {"checkpoint-every", FLAG_INT, &s->checkpoint_every, "0", 0, 1 << 30, NULL, "checkpoint every N steps (and at the end); 0 = only at the end", 0},
-        {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL, "host threads (accepted for train_llama's command lines; unused here)", 0},
-        {"tf32", FLAG_INT, &s->tf32, "0", 0, 1, NULL, "1: matmuls in TF32 on tensor cores (faster, ~1e-3 relative); 0: full fp32", 0},
-    };
-    int nflags = sizeof(flags) / sizeof(flags[0]);
-    flags_parse(flags, nflags, argc, argv, 1, USAGE);
-    if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
-    if (s->ffn == 0) s->ffn = (2 * 4 * s->dim / 3 + 31) / 32 * 32;
-    if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
-    if (s->heads % s->kv_heads != 0) usage_error("--kv-heads %d does not divide --heads %d", s->kv_heads, s->heads);
-    if ((s->dim / s->heads) % 2 != 0) usage_error("head size --dim/--heads = %d must be even (RoPE)", s->dim / s->heads);
-    s->arch_given = 0;
-    for (int i = 0; i < NUM_ARCH_FLAGS; i++) s->arch_given |= flag_given(flags, nflags, ARCH_FLAGS[i]) << i;
-    return flag_given(flags, nflags, "seq-len");
-}
-
-// With --init-from or --resume the architecture comes from the checkpoint's
-// header. Repeating the run's flags is fine; a flag that disagrees is an error.
-static void check_arch_flags(const Settings *s, const LlamaConfig *c, const char *ckpt) {
-    double file[NUM_ARCH_FLAGS] = {(double)c->layers, (double)c->dim,   (double)c->heads,    (double)c->kv_heads,
-                                   (double)c->ffn,    (double)c->vocab, (double)c->norm_eps, (double)c->rope_theta};
-    double flag[NUM_ARCH_FLAGS] = {(double)s->layers, (double)s->dim,   (double)s->heads, (double)s->kv_heads,
-                                   (double)s->ffn,    (double)s->vocab, (double)(float)s->norm_eps,
-                                   (double)(float)s->rope_theta};
-    for (int i = 0; i < NUM_ARCH_FLAGS; i++) {
-        if ((s->arch_given >> i & 1) && file[i] != flag[i]) {
-            usage_error("--%s %g disagrees with the checkpoint %s, which has %g", ARCH_FLAGS[i], flag[i], ckpt, file[i]);
-        }
-    }
-}
-
-static LlamaConfig config_from_settings(const Settings *s) {
-    LlamaConfig c = {s->seq_len, s->vocab, s->layers, s->heads, s->kv_heads, s->dim, s->ffn,
-                     (float)s->norm_eps, (float)s->rope_theta};
-    return c;
-}
 
 // mean loss over the first val_batches batches of the validation shards
 static double evaluate(Llama *model, DataLoader *val, int batches) {
@@ -1485,52 +1207,25 @@ static double evaluate(Llama *model, DataLoader *val, int batches) {
 
 static void save_checkpoint(Llama *model, const TrainState *st, const char *dir) {
     char path[4200];
-    snprintf(path, sizeof(path), "%s/model.bin", dir);
-    llama_save(model, path);
-    snprintf(path, sizeof(path), "%s/state.bin", dir);
-    state_save(model, st, path);
+    llama_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
-
-static void format_eta(char *buf, size_t n, double seconds) {
-    int s = (int)(seconds + 0.5);
-    if (s >= 3600) {
-        snprintf(buf, n, "%dh%02dm", s / 3600, s / 60 % 60);
-    } else {
-        snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
-    }
-}
-
-static int stats_due(int every, int step) { return every > 0 && step % every == 0; }
 
 static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
-    OptConfig opt = {s->lr, s->min_lr_frac, s->warmup, s->steps, strcmp(s->schedule, "cosine") == 0,
-                     s->weight_decay, s->beta1, s->beta2, s->eps, s->grad_clip};
-    TvrConfig tvr = {s->tvr_target, s->tvr_every, s->tvr_threshold, s->tvr_depth_scaled};
-    int resume_step = s->resume ? st->step : -1;
-    Logs logs = {
-        csv_open(s->out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step),
-        csv_open(s->out, "val.csv", "step,val_loss", resume_step),
-        csv_open(s->out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step),
-        csv_open(s->out, "activations.csv", "step,layer,max_abs,rms", resume_step),
-    };
+    OptConfig opt = opt_config(s);
+    TvrConfig tvr = tvr_config(s);
+    Logs logs = logs_open(s->out, s->resume ? st->step : -1, 0);
     int B = model->B, T = model->T;
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
-        if (val_dl && s->val_every > 0 && s->steps > 0) {
-            double vl = evaluate(model, val_dl, s->val_batches);
-            fprintf(logs.val, "0,%.9g\n", vl);
-            fflush(logs.val);
-            printf("step 0: val loss %.4f\n", vl);
-        }
+        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
     }
-    double total_ms = 0, tvr_ms = 0; // TVR's cost: its passes (statistics + rescale) against all step time
-    int timed = 0, tvr_passes = 0;
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
         dataloader_next(train_dl);
         llama_forward(model, train_dl->inputs, train_dl->targets, B, T, 1);
-        if (s->stats_every > 0 && (step == 1 || step % s->stats_every == 0)) activations_log(model, step, logs.acts);
+        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
         llama_zero_grad(model);
         llama_backward(model);
         double norm = clip_grad_norm(model, opt.grad_clip);
@@ -1541,104 +1236,52 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         double t_tvr = wall_seconds();
         if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
         cudaCheck(cudaDeviceSynchronize()); // the step's time includes its last kernel
-        if (do_tvr) {
-            tvr_ms += 1000 * (wall_seconds() - t_tvr);
-            tvr_passes++;
-        }
-        double ms = 1000 * (wall_seconds() - t0);
+        double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
         st->step = step;
         st->shard = train_dl->shard;
         st->pos = dataloader_position(train_dl);
-        total_ms += ms;
-        timed++;
-        double tok_s = B * T / (ms / 1000);
-        fprintf(logs.train, "%d,%.9g,%.9g,%.9g,%.3f,%.1f\n", step, model->loss, lr, norm, ms, tok_s);
-        fflush(logs.train);
-        char eta[32];
-        format_eta(eta, sizeof(eta), (s->steps - step) * total_ms / timed / 1000);
-        printf("step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | eta %s%s\n", step, s->steps,
-               model->loss, lr, norm, ms, tok_s, eta, do_tvr ? " | tvr" : "");
-        if (val_dl && s->val_every > 0 && (step % s->val_every == 0 || step == s->steps)) {
-            double vl = evaluate(model, val_dl, s->val_batches);
-            fprintf(logs.val, "%d,%.9g\n", step, vl);
-            fflush(logs.val);
-            printf("step %d: val loss %.4f\n", step, vl);
-        }
-        if (s->checkpoint_every > 0 && step % s->checkpoint_every == 0 && step < s->steps) {
-            save_checkpoint(model, st, s->out);
-        }
+        log_step(&logs, step, s->steps, model->loss, lr, norm, 1000 * (wall_seconds() - t0), (long)B * T, tvr_ms);
+        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
-    if (tvr_passes > 0) {
-        printf("tvr: %d passes, %.2f ms each, %.3f%% of the step time\n", tvr_passes, tvr_ms / tvr_passes,
-               100 * tvr_ms / total_ms);
-    }
-    fclose(logs.train);
-    fclose(logs.val);
-    fclose(logs.weights);
-    fclose(logs.acts);
-}
-
-// The GPU, or a clear error when there is none (this program has no CPU fallback).
-static void gpu_setup(int tf32) {
-    int count = 0;
-    cudaError_t err = cudaGetDeviceCount(&count);
-    if (err != cudaSuccess || count == 0) {
-        die("no CUDA GPU available (%s); train_llama runs on the CPU", err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
-    }
-    cudaCheck(cudaSetDevice(0));
-    cublas_setup(tf32);
+    logs_close(&logs);
 }
 
 #ifndef TESTING
 int main(int argc, char **argv) {
     Settings s;
-    int seq_len_given = settings_parse(&s, argc, argv);
-    if (s.resume && !strcmp(s.out, "out")) s.out = s.resume; // resume in place unless told otherwise
+    int arch_given;
+    int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
-    LlamaConfig config;
-    char ckpt[4200] = "";
-    if (s.init_from) snprintf(ckpt, sizeof(ckpt), "%s", s.init_from);
-    if (s.resume) snprintf(ckpt, sizeof(ckpt), "%s/model.bin", s.resume);
-    if (ckpt[0]) {
-        llama_read_header(ckpt, &config);
-        check_arch_flags(&s, &config, ckpt);
-        if (!seq_len_given) s.seq_len = config.max_seq_len;
-        if (s.seq_len > config.max_seq_len) {
-            usage_error("--seq-len %d exceeds the checkpoint's %d (%s)", s.seq_len, config.max_seq_len, ckpt);
-        }
-    } else {
-        config = config_from_settings(&s);
-    }
+    char ckpt[4200];
+    LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)
     DataLoader train_dl, val_dl;
-    dataloader_init(&train_dl, s.train, "--train", s.batch, s.seq_len, config.vocab);
-    int have_val = s.val && s.val[0] && s.val_every > 0;
-    if (have_val) dataloader_init(&val_dl, s.val, "--val", s.batch, s.seq_len, config.vocab);
+    data_open(&s, &train_dl, &val_dl, s.seq_len, config.vocab);
     ensure_dir(s.out);
-    gpu_setup(s.tf32);
+    gpu_setup(s.tf32, "train_llama");
     Llama model;
     llama_build(&model, config);
     llama_alloc_acts(&model, s.batch, s.seq_len);
 
-    if (s.shuffle) dataloader_shuffle(&train_dl, (uint64_t)s.seed);
     TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     if (s.init_from) {
         llama_load_params(&model, ckpt);
     } else if (!s.resume) { // a resumed run reads its parameters from state.bin below
-        InitScheme scheme = !strcmp(s.init, "lir") ? INIT_LIR : !strcmp(s.init, "residual") ? INIT_RESIDUAL : INIT_PLAIN;
+        InitScheme scheme = !strcmp(s.init, "lir")        ? INIT_LIR
+                            : !strcmp(s.init, "residual") ? INIT_RESIDUAL
+                                                          : INIT_PLAIN;
         llama_init(&model, scheme, s.init_std, &rng);
     }
     if (s.resume) {
         char path[4200];
-        snprintf(path, sizeof(path), "%s/state.bin", s.resume);
-        state_load(&model, &st, path);
-        rng.s = st.rng;
-        dataloader_resume(&train_dl, st.shuffle, st.shuffle_seed, st.shard, st.pos, s.seed, s.resume);
+        state_load(&model, &st, run_file(path, sizeof(path), s.resume, "state.bin"));
+        state_resume(&s, &st, &rng, &train_dl);
     }
     st.rng = rng.s;
     cudaDeviceProp prop;
@@ -1649,10 +1292,9 @@ int main(int argc, char **argv) {
     printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
            s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
     double t0 = wall_seconds();
-    train(&model, &s, &train_dl, have_val ? &val_dl : NULL, &st);
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
     printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);
-    dataloader_free(&train_dl);
-    if (have_val) dataloader_free(&val_dl);
+    data_close(&s, &train_dl, &val_dl);
     llama_free(&model);
     cublasCheck(cublasDestroy(cublas_handle));
     return 0;

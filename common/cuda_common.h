@@ -1,7 +1,7 @@
 /*
  * common/cuda_common.h: what both CUDA trainers (train_llama.cu, train_gpt2.cu) do
  * the same way: checked CUDA and cuBLAS calls, zeroed device allocations, launch
- * geometry, warp and block reductions, and gemm(), the one row-major matmul over
+ * geometry, warp and block reductions, and gemm_batched(), the one row-major matmul over
  * cuBLAS that every linear layer and attention product goes through.
  * Include after utils.h, with floatX and CUBLAS_FLOATX defined (the activation type).
  */
@@ -46,7 +46,8 @@ static inline int grid_for(long n) {
     return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
 }
 // a grid-stride loop over i = 0..n-1
-#define GRID_STRIDE(i, n) for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
+#define GRID_STRIDE(i, n)                                                                                              \
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
 
 #include "cuda_reduce.h" // warp_sum, block_sum, block_max, ...
 
@@ -60,7 +61,7 @@ static void cublas_setup(int tf32) {
 }
 
 /*
- * gemm: row-major C (M,N) = op(A) . op(B) (+ C if accumulate), repeated over
+ * gemm_batched: row-major C (M,N) = op(A) . op(B) (+ C if accumulate), repeated over
  * `batch` matrices that are strideA/strideB/strideC elements apart.
  * op(A) is A (M,K) with row stride lda, or with transA the transpose of a
  * stored (K,M). cuBLAS is column-major: a row-major matrix is its transpose
@@ -74,8 +75,9 @@ static void cublas_setup(int tf32) {
 #ifndef GEMM_STRIDED_BATCHED
 #define GEMM_STRIDED_BATCHED cublasGemmStridedBatchedEx
 #endif
-static void gemm(int transA, int transB, int M, int N, int K, const void *A, int lda, long strideA, const void *B,
-                 int ldb, long strideB, void *C, int ldc, long strideC, int batch, int accumulate) {
+static void gemm_batched(int transA, int transB, int M, int N, int K, const void *A, int lda, long strideA,
+                         const void *B, int ldb, long strideB, void *C, int ldc, long strideC, int batch,
+                         int accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     cublasCheck(GEMM_STRIDED_BATCHED(cublas_handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
                                      transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUBLAS_FLOATX, ldb,

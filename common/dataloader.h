@@ -190,7 +190,9 @@ static void dataloader_reset(DataLoader *dl) {
 
 // Continue from a saved position (shard index, token offset), e.g. on --resume.
 static void dataloader_seek(DataLoader *dl, int shard, long pos) {
-    if (shard < 0 || shard >= dl->nshards) die("saved data position names shard %d, but only %d match", shard, dl->nshards);
+    if (shard < 0 || shard >= dl->nshards) {
+        die("saved data position names shard %d, but only %d match", shard, dl->nshards);
+    }
     if (shard != dl->shard) dataloader_load_shard(dl, shard);
     if (pos < 0 || pos > dl->ntok) die("saved data position %ld is outside shard %s", pos, dl->glob.gl_pathv[shard]);
     dl->pos = pos;

@@ -111,7 +111,9 @@ static void ensure_dir(const char *path) {
     for (char *p = buf + 1; *p; p++) { // each parent in turn: a/b/c makes a, then a/b
         if (*p != '/') continue;
         *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) die("cannot create directory %s (for --out %s): %s", buf, path, strerror(errno));
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+            die("cannot create directory %s (for --out %s): %s", buf, path, strerror(errno));
+        }
         *p = '/';
     }
     struct stat st;

@@ -188,7 +188,7 @@ L, C, T = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]); V = 50304
 N = L * 12 * C * C + V * C + T * C
 print(6 * N + 12 * L * C * T)" "${g[1]}" "${g[3]}" "${g[9]}")
     for prec in fp32 tf32; do
-        "$GPT2_GPU" --train 'data/tinyshakespeare/gpt2_train_*.bin' --steps $gpt_steps --warmup 10 "${g[@]}" \
+        "$GPT2_GPU" --train 'data/tinyshakespeare/gpt2_train_*.bin' --val '' --steps $gpt_steps --warmup 10 "${g[@]}" \
             --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) --out "$W/bench_gpt2_$prec" > "$W/bench_gpt2_$prec.log" 2>&1 || return 1
         read -r ms tok n < <(run_speed "$W/bench_gpt2_$prec" $skip) || return 1
         bench_row "$(basename "$GPT2_GPU")" gpt2_124M $prec "${g[11]}" "${g[9]}" "$ms" "$tok" "$gfpt" "$note${note:+ }$( [ "$EMU" = 1 ] && echo '2 x 64 shape')"

@@ -2,7 +2,7 @@
  * test/cublas_host.h: cuBLAS's strided batched GEMM emulated on the host, for the
  * GPU programs' host-side tests (test/test_llama_gpu_host.cu, test/test_gpt2_gpu_host.cu).
  * Include it before the .cu under test: it sets GEMM_STRIDED_BATCHED, the entry point
- * common/cuda_common.h's gemm() calls, so the real index arithmetic runs on host memory.
+ * common/cuda_common.h's gemm_batched() calls, so the real index arithmetic runs on host memory.
  * Also: random inputs and a relative-error check that counts failures.
  */
 #ifndef RESCALE_CUBLAS_HOST_H

@@ -3,8 +3,8 @@
  * (debug_state.bin and debug_state_f64.bin under test/fixtures/llama/; the format is at the top of
  * dev/reference/llama.py). Shared by test/test_reference.c (train_llama.c against
  * the oracle) and test/test_llama_gpu.cu (train_llama.cu against the same fixtures).
- * Include it after train_llama.c / train_llama.cu (it uses their checked I/O and,
- * for the logged values, a `real` type).
+ * Include it after train_llama.c / train_llama.cu and test/compare.h (it uses their
+ * checked I/O and, for the logged values, a `real` type).
  */
 #ifndef LLAMA_FIXTURE_H
 #define LLAMA_FIXTURE_H
@@ -119,6 +119,17 @@ static void read_weights_csv(const char *out, int steps, int *rescaled) {
         if (last && step >= 1 && step <= steps) rescaled[step - 1] += atoi(last + 1);
     }
     fclose(f);
+}
+
+// every parameter tensor, by the name in the trainer's table
+static void compare_tensors(const char *fixture, const char *prefix, const Llama *model, const real *buf,
+                            const double *want, double tol) {
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        long off = model->tensor[i] - model->params;
+        char what[64];
+        snprintf(what, sizeof(what), "%s %s", prefix, PARAM_INFO[i].name);
+        compare(fixture, what, buf + off, want + off, param_count(&model->config, i), tol);
+    }
 }
 
 #endif // LLAMA_FIXTURE_H

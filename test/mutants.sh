@@ -9,7 +9,7 @@
 #   reduce_barrier      the first __syncthreads of block_sum_d (common/cuda_reduce.h) deleted:
 #                       two reductions in a row then overwrite a slot another warp still reads
 #   softmax_off_by_one  the causal softmax sums t2 < t instead of t2 <= t
-#   gemm_transpose      gemm()'s cuBLAS transpose flag for B flipped (common/cuda_common.h)
+#   gemm_transpose      gemm_batched()'s cuBLAS transpose flag for B flipped (common/cuda_common.h)
 set -u
 cd "$(dirname "$0")/.."
 if ! command -v ${NVCC:-nvcc} >/dev/null 2>&1; then

@@ -138,14 +138,13 @@ static void test_fixtures(const char *dir) {
     printf("%d training steps (AdamW, clipping, warm-up + cosine, TVR every %d):\n", ref.steps, ref.tvr_every);
     gpt2_load(&model, model_path);
     dataloader_reset(&dl);
-    TrainConfig tc = {ref.steps, ref.warmup, 0, ref.lr, ref.min_lr_frac, ref.wd, ref.beta1, ref.beta2, ref.eps, ref.clip,
-                      ref.tvr_target, ref.tvr_threshold, ref.tvr_every, 0};
-    int rescaled[64][NUM_BLOCK_MATRICES];
+    OptConfig opt = {ref.lr, ref.min_lr_frac, ref.warmup, ref.steps, 1, ref.wd, ref.beta1, ref.beta2, ref.eps, ref.clip};
+    TvrConfig tvr = {ref.tvr_target, ref.tvr_every, ref.tvr_threshold, 0};
     double wl = 0, wn = 0;
     for (int step = 1; step <= ref.steps; step++) {
         StepResult r;
-        train_step(&model, &tc, &dl, step, &r);
-        if (is_tvr_step(&tc, step)) tvr_apply(&model, &tc, rescaled);
+        train_step(&model, &opt, &dl, step, &r);
+        if (tvr_due(&tvr, step)) weights_pass(&model, &tvr, step, 1, NULL);
         double el = fabs(r.loss - ref.losses[step - 1]) / fabs(ref.losses[step - 1]);
         double en = fabs(r.grad_norm - ref.norms[step - 1]) / fabs(ref.norms[step - 1]);
         printf("    step %2d  loss %.6f (torch %.6f)  grad_norm %.6f (torch %.6f)\n", step, r.loss, ref.losses[step - 1],
@@ -241,40 +240,37 @@ static void test_units(void) {
     for (int l = 0; l < c.layers; l++) {
         for (int k = 0; k < NUM_BLOCK_MATRICES; k++) {
             int p = BLOCK_MATRIX_PARAM[k];
-            mean_std(layer_param(&model, p, l), param_slice_size(&c, p), &mu, &sd);
+            weight_stats(layer_param(&model, p, l), param_slice_size(&c, p), &mu, &sd);
             double e = fabs(sd / (0.02 / sqrt(l + 1.0)) - 1);
             worst = e > worst ? e : worst;
         }
     }
     check("lir std per layer (rel)", worst, 0.03);
-    mean_std(model.p[P_WTE], (size_t)c.vocab * c.channels, &mu, &sd);
+    weight_stats(model.p[P_WTE], (size_t)c.vocab * c.channels, &mu, &sd);
     check("lir wte std (rel)", fabs(sd / 0.02 - 1), 0.03);
     double pad = 0;
     for (size_t i = (size_t)c.vocab * c.channels; i < param_size(&c, P_WTE); i++) pad += fabs(model.p[P_WTE][i]);
     check("padded vocab rows are 0", pad, 0);
     gpt2_init(&model, "e3", 0.02, &rng);
-    mean_std(model.p[P_WTE], (size_t)c.vocab * c.channels, &mu, &sd);
+    weight_stats(model.p[P_WTE], (size_t)c.vocab * c.channels, &mu, &sd);
     check("e3 wte xavier std (rel)", fabs(sd / sqrt(2.0 / (c.vocab + c.channels)) - 1), 0.03);
     gpt2_init(&model, "residual", 0.02, &rng);
-    mean_std(layer_param(&model, P_FCPROJW, 1), param_slice_size(&c, P_FCPROJW), &mu, &sd);
+    weight_stats(layer_param(&model, P_FCPROJW, 1), param_slice_size(&c, P_FCPROJW), &mu, &sd);
     check("residual fc_proj std (rel)", fabs(sd / (0.02 / sqrt(6.0)) - 1), 0.03);
 
     // TVR: everything over the threshold except layer 2's fc (std 0.02 = target: untouched)
     for (size_t i = 0; i < model.num_params; i++) model.params[i] = (real)(0.01 + 0.05 * rng_normal(&rng));
-    TrainConfig tc = {0};
-    tc.tvr_target = 0.02, tc.tvr_threshold = 1.2, tc.tvr_every = 50;
+    TvrConfig tvr = {0.02, 50, 1.2, 0};
     real *under = layer_param(&model, P_FCW, 1);
     size_t nfc = param_slice_size(&c, P_FCW);
     for (size_t i = 0; i < nfc; i++) under[i] = (real)(0.3 + 0.02 * rng_normal(&rng)); // std ~0.02 < 1.2·target
     real *copy = (real *)malloc_check(nfc * sizeof(real));
     memcpy(copy, under, nfc * sizeof(real));
     double mu0, sd0;
-    mean_std(layer_param(&model, P_QKVW, 0), param_slice_size(&c, P_QKVW), &mu0, &sd0);
-    int rescaled[3][NUM_BLOCK_MATRICES], decided[3][NUM_BLOCK_MATRICES];
-    check("is_tvr_step(50), not 49", (double)(!is_tvr_step(&tc, 50) + is_tvr_step(&tc, 49)), 0);
-    tvr_decide(&model, &tc, decided);
-    tvr_apply(&model, &tc, rescaled);
-    mean_std(layer_param(&model, P_QKVW, 0), param_slice_size(&c, P_QKVW), &mu, &sd);
+    weight_stats(layer_param(&model, P_QKVW, 0), param_slice_size(&c, P_QKVW), &mu0, &sd0);
+    check("tvr_due(50), not 49", (double)(!tvr_due(&tvr, 50) + tvr_due(&tvr, 49)), 0);
+    int rescaled = weights_pass(&model, &tvr, 50, 1, NULL);
+    weight_stats(layer_param(&model, P_QKVW, 0), param_slice_size(&c, P_QKVW), &mu, &sd);
     check("tvr: std = target (rel)", fabs(sd / 0.02 - 1), 1e-5);
     check("tvr: mean kept (abs)", fabs(mu - mu0), 1e-7);
     double bias = 0;
@@ -282,13 +278,12 @@ static void test_units(void) {
     check("tvr: rescaled module's bias = 0", bias, 0);
     check("tvr: under threshold untouched", (double)(memcmp(copy, under, nfc * sizeof(real)) != 0), 0);
     check("tvr: its bias untouched", fabs(layer_param(&model, P_FCB, 1)[0]) > 0 ? 0 : 1, 0);
-    check("tvr: flags (fc l2 = 0, qkv l1 = 1)", (double)(rescaled[1][2] != 0) + (rescaled[0][0] != 1), 0);
-    check("tvr: tvr_decide = tvr_apply", (double)(memcmp(decided, rescaled, sizeof(rescaled)) != 0), 0);
+    check("tvr: 11 of 12 matrices rescaled (all but fc l2)", fabs(rescaled - 11.0), 0);
     // depth-scaled: layer 3's target is 0.02/√3
-    tc.tvr_depth_scaled = 1;
+    tvr.depth_scaled = 1;
     for (size_t i = 0; i < model.num_params; i++) model.params[i] = (real)(0.05 * rng_normal(&rng));
-    tvr_apply(&model, &tc, rescaled);
-    mean_std(layer_param(&model, P_ATTPROJW, 2), param_slice_size(&c, P_ATTPROJW), &mu, &sd);
+    weights_pass(&model, &tvr, 50, 1, NULL);
+    weight_stats(layer_param(&model, P_ATTPROJW, 2), param_slice_size(&c, P_ATTPROJW), &mu, &sd);
     check("tvr depth-scaled: std = target/sqrt(3)", fabs(sd / (0.02 / sqrt(3.0)) - 1), 1e-5);
     free(copy);
     gpt2_free(&model);

@@ -16,7 +16,7 @@ bad() { echo "  FAIL $1"; fail=1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 FX=test/fixtures
-TINY="--train $FX/gpt2_tiny_train.bin --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2
+TINY="--train $FX/gpt2_tiny_train.bin --val-every 0 --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2
       --lr 3e-3 --warmup 2 --schedule constant --init lir --tvr-target 0.015 --tvr-every 2 --stats-every 2
       --hist-layer 1 --hist-matrix k"
 
@@ -51,7 +51,7 @@ grep -q '^2,1,qkv,.*,1$' "$tmp/a/weights.csv" && ok "TVR step logged as rescaled
 awk -F, '$1==0 && $2==1 && $3=="q" {a=$5} $1==0 && $2==2 && $3=="q" {b=$5}
   END {exit !(a > 0.018 && a < 0.022 && b > 0.0127 && b < 0.0156)}' "$tmp/a/weights.csv" \
   && ok "weights.csv step 0 std: LIR's 0.02 and 0.02/sqrt(2)" || bad "weights.csv step-0 std values"
-./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from $FX/gpt2_tiny_model.bin --steps 0 --seq-len 12 --batch 4 \
+./train_gpt2 --train $FX/gpt2_tiny_train.bin --val-every 0 --init-from $FX/gpt2_tiny_model.bin --steps 0 --seq-len 12 --batch 4 \
   --out "$tmp/d" >/dev/null || bad "--init-from failed"
 cmp -s "$FX/gpt2_tiny_model.bin" "$tmp/d/model.bin" && ok "llm.c checkpoint round trip (--steps 0)" || bad "checkpoint round trip"
 

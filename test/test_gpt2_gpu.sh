@@ -3,7 +3,7 @@
 # `make test` runs it (part 0 only, without a GPU: then it prints "skipped: no CUDA GPU" and exits 0);
 # `make test-gpu` runs it on a machine with an NVIDIA GPU. Report: out/gpu_report_gpt2/report.md.
 #
-#  0. (no GPU needed) build/test_gpt2_gpu_host: gemm()'s mapping onto cuBLAS (emulated on the host)
+#  0. (no GPU needed) build/test_gpt2_gpu_host: gemm_batched()'s mapping onto cuBLAS (emulated on the host)
 #     for the linear layers, the tied lm_head and attention; token buckets; parameter table; and
 #     the host-side initialisation and checkpoint I/O byte for byte against ./train_gpt2
 #  1. GPU vs CPU on the committed fixtures (test/fixtures/gpt2_tiny_*), TF32 off, 10 steps with
@@ -35,7 +35,7 @@ if [ -x build/test_gpt2_gpu_host ] && [ "${GPU_SKIP_HOST:-0}" != 1 ]; then
         bad "checkpoint round trip on the host"
     if [ -x "$CPU" ]; then
         for s in plain lir residual e3; do
-            "$CPU" --train "$FX/gpt2_tiny_train.bin" --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2 \
+            "$CPU" --train "$FX/gpt2_tiny_train.bin" --val-every 0 --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2 \
                 --init "$s" --steps 0 --out "$tmp/init_$s" >/dev/null 2>&1 || { bad "./train_gpt2 --steps 0 --init $s"; continue; }
             cmp -s "$tmp/init_$s/model.bin" "$tmp/init_$s.bin" && ok "host init --init $s equals ./train_gpt2's, bit for bit" ||
                 bad "host init --init $s differs from ./train_gpt2's"
@@ -124,7 +124,7 @@ fixture_run() { # NAME FLAGS...
 fixture_run fix && ok "fixture model, TVR every 3, clipping 1.0" || bad "fixture model, TVR every 3, clipping 1.0"
 fixture_run fixdepth --tvr-depth-scaled 1 --grad-clip 0 --schedule constant &&
     ok "fixture model, depth-scaled TVR, no clipping, constant lr" || bad "fixture model, depth-scaled TVR, no clipping"
-FRESH=(--train "$FX/gpt2_tiny_train.bin" --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2 --init lir --seed 7)
+FRESH=(--train "$FX/gpt2_tiny_train.bin" --val-every 0 --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2 --init lir --seed 7)
 quiet "$GPU" "${FRESH[@]}" --steps 0 --out "$R/fresh.gpu" && quiet "$CPU" "${FRESH[@]}" --steps 0 --out "$R/fresh.cpu" &&
     cmp -s "$R/fresh.gpu/model.bin" "$R/fresh.cpu/model.bin" && ok "fresh LIR init: model.bin identical" ||
     bad "fresh LIR init differs"
@@ -135,7 +135,7 @@ quiet "$GPU" "${FRESH[@]}" --steps 8 --lr 3e-3 --warmup 2 --stats-every 2 --out 
 
 # ---------------------------------------------------------------------------
 echo "2. checkpoints move between the programs"
-RT=(--train "$FX/gpt2_tiny_train.bin" --batch 2 --seq-len 16 --lr 3e-3 --warmup 2 --schedule constant
+RT=(--train "$FX/gpt2_tiny_train.bin" --val-every 0 --batch 2 --seq-len 16 --lr 3e-3 --warmup 2 --schedule constant
     --tvr-target 0.015 --tvr-every 2 --stats-every 1)
 leg() { # PROGRAM FROM_DIR TO_DIR STEPS
     rm -rf "$3" && cp -r "$2" "$3" && quiet "$1" --resume "$3" "${RT[@]}" --steps "$4" --out "$3"

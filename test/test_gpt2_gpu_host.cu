@@ -6,7 +6,7 @@
  *    op(B) k x n, strides per batch); the real matmul_forward / matmul_backward (also in the
  *    tied lm_head's shape: only the first V of Vp rows of wte) and the three attention
  *    products are called on host memory and compared with plain row-major loops
- *  - encoder_buckets_host, the counting sort behind the deterministic embedding gradient:
+ *  - token_buckets_sort, the counting sort behind the deterministic embedding gradient:
  *    every position once, in its token's bucket, ascending; sums in bucket order equal
  *    train_gpt2.c's serial loop bit for bit
  *  - the parameter table: GPT-2 124M has llm.c's 124,475,904 parameters; the q, k, v
@@ -21,6 +21,7 @@
 #include "cublas_host.h"
 #define TESTING
 #include "../train_gpt2.cu"
+#include "compare.h" // check_token_buckets
 
 static void check_true(const char *what, int ok) {
     printf("  %-48s %s\n", what, ok ? "ok" : "   <-- FAIL");
@@ -119,54 +120,6 @@ static void check_attention(int B, int T, int NH, int hs, Rng *rng) {
     free(x), free(y), free(p), free(s), free(o), free(want);
 }
 
-// the counting sort behind encoder_backward, on a batch with many repeated tokens
-static void check_buckets(int N, int V, int C, Rng *rng) {
-    GPT2 model;
-    memset(&model, 0, sizeof(model));
-    model.config.vocab = V;
-    model.h_count = (int *)calloc_check(V + 1, sizeof(int));
-    model.h_bucket_token = (int *)calloc_check(N, sizeof(int));
-    model.h_bucket_start = (int *)calloc_check(N + 1, sizeof(int));
-    model.h_bucket_pos = (int *)calloc_check(N, sizeof(int));
-    int *tokens = (int *)malloc_check(sizeof(int) * N);
-    for (int i = 0; i < N; i++) tokens[i] = (int)(rng_uniform(rng) * V * rng_uniform(rng)); // skewed: repeats
-    encoder_buckets_host(&model, tokens, N);
-    long bad = 0;
-    int *seen = (int *)calloc_check(N, sizeof(int));
-    for (int b = 0; b < model.nbuckets; b++) {
-        int v = model.h_bucket_token[b], lo = model.h_bucket_start[b], hi = model.h_bucket_start[b + 1];
-        bad += hi <= lo || (b > 0 && v <= model.h_bucket_token[b - 1]);
-        for (int p = lo; p < hi; p++) {
-            int i = model.h_bucket_pos[p];
-            bad += i < 0 || i >= N || tokens[i] != v || (p > lo && i <= model.h_bucket_pos[p - 1]);
-            if (i >= 0 && i < N) seen[i]++;
-        }
-    }
-    for (int i = 0; i < N; i++) bad += seen[i] != 1;
-    bad += model.h_bucket_start[0] != 0 || model.h_bucket_start[model.nbuckets] != N;
-    // the kernel's sums (one bucket at a time, positions in list order) against train_gpt2.c's loop
-    float *dout = random_floats((long)N * C, rng);
-    float *cpu = (float *)calloc_check((long)V * C, sizeof(float)), *gpu = (float *)calloc_check((long)V * C, sizeof(float));
-    for (int i = 0; i < N; i++) {
-        for (int c = 0; c < C; c++) cpu[(long)tokens[i] * C + c] += dout[(long)i * C + c];
-    }
-    for (int b = 0; b < model.nbuckets; b++) {
-        for (int c = 0; c < C; c++) {
-            float *row = gpu + (long)model.h_bucket_token[b] * C;
-            float acc = row[c];
-            for (int p = model.h_bucket_start[b]; p < model.h_bucket_start[b + 1]; p++) acc += dout[(long)model.h_bucket_pos[p] * C + c];
-            row[c] = acc;
-        }
-    }
-    long differ = 0;
-    for (long i = 0; i < (long)V * C; i++) differ += memcmp(&cpu[i], &gpu[i], sizeof(float)) != 0;
-    printf("  encoder buckets: %d positions, %d distinct tokens: %ld faults; sums in bucket order: %ld of %ld differ%s\n",
-           N, model.nbuckets, bad, differ, (long)V * C, bad || differ ? "   <-- FAIL" : "");
-    failures += bad != 0 || differ != 0;
-    free(model.h_count), free(model.h_bucket_token), free(model.h_bucket_start), free(model.h_bucket_pos);
-    free(tokens), free(seen), free(dout), free(cpu), free(gpu);
-}
-
 static void check_table(void) {
     GPT2 model;
     memset(&model, 0, sizeof(model));
@@ -236,8 +189,8 @@ int main(int argc, char **argv) {
     check_attention(2, 5, 3, 4, &rng);
     check_attention(1, 7, 2, 6, &rng);
     check_attention(3, 1, 4, 2, &rng); // T = 1
-    check_buckets(1000, 300, 8, &rng);
-    check_buckets(1, 5, 3, &rng);
+    failures += check_token_buckets(1000, 300, 8, &rng) != 0;
+    failures += check_token_buckets(1, 5, 3, &rng) != 0;
     check_table();
     if (argc > 1) write_files(argv[1], argc > 2 ? argv[2] : NULL);
     if (failures) {

@@ -139,7 +139,7 @@ static void test_lir(void) {
             int nl = PARAM_INFO[i].per_layer ? c.layers : 1;
             long n = param_layer_size(&c, i);
             for (int l = 0; l < nl; l++) {
-                real *w = layer_ptr(m.tensor[i], &c, i, l);
+                real *w = layer_param(&m, i, l);
                 if (i == P_ATTN_NORM || i == P_FFN_NORM || i == P_FINAL_NORM) {
                     for (long j = 0; j < n; j++) gains_ok &= (w[j] == 1);
                     continue;
@@ -182,7 +182,7 @@ static void test_tvr(void) {
     for (int l = 0; l < c.layers; l++) {
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (!PARAM_INFO[i].block_matrix) continue;
-            real *w = layer_ptr(m.tensor[i], &c, i, l);
+            real *w = layer_param(&m, i, l);
             for (long j = 0; j < param_layer_size(&c, i); j++) w[j] += (real)0.003;
         }
     }
@@ -200,7 +200,7 @@ static void test_tvr(void) {
     for (int l = 0; l < c.layers; l++) {
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (!PARAM_INFO[i].block_matrix) continue;
-            long n = param_layer_size(&c, i), off0 = layer_ptr(m.tensor[i], &c, i, l) - m.params;
+            long n = param_layer_size(&c, i), off0 = layer_param(&m, i, l) - m.params;
             double mean0, std0, mean1, std1;
             weight_stats(before + off0, n, &mean0, &std0);
             weight_stats(m.params + off0, n, &mean1, &std1);
@@ -237,7 +237,7 @@ static void test_tvr(void) {
     double worst_deep = 0;
     for (int l = 0; l < c.layers; l++) {
         double mean, std;
-        weight_stats(layer_ptr(m.tensor[P_W2], &c, P_W2, l), param_layer_size(&c, P_W2), &mean, &std);
+        weight_stats(layer_param(&m, P_W2, l), param_layer_size(&c, P_W2), &mean, &std);
         worst_deep = fmax(worst_deep, fabs(std / (0.004 / sqrt(l + 1.0)) - 1));
     }
     check(worst_deep <= std_tol, "depth-scaled: w2 std = target/sqrt(l), max rel error", worst_deep, std_tol);

@@ -36,54 +36,11 @@ static const Tolerances TOL = {1e-5, 1e-5, 1e-4, 1e-5, 1e-6, 1e-5, 1e-3, 1e-6};
 
 // the GPU program keeps parameters in float: that is the `real` llama_fixture.h reads into
 typedef float real;
-#include "llama_fixture.h"
+#include "compare.h"       // record, compare, compare_exact_ints
+#include "llama_fixture.h" // the fixture reader, compare_tensors
 
 // ---------------------------------------------------------------------------
-// comparisons: each prints one line with its worst error
-
-static int g_failures = 0;
-static char g_failed[8192] = "";
-
-static void record(const char *fixture, const char *what, double err, double tol) {
-    if (!(err <= tol)) { // a NaN error fails too
-        g_failures++;
-        size_t len = strlen(g_failed);
-        snprintf(g_failed + len, sizeof(g_failed) - len, "\n  %s: %s (error %.2e > tolerance %.0e)", fixture, what,
-                 err, tol);
-    }
-}
-
-// max |got - want| / max |want| over n numbers
-static void compare(const char *fixture, const char *what, const float *got, const double *want, long n, double tol) {
-    double err = 0, maxabs = 0;
-    long worst = 0;
-    for (long i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - want[i]);
-        if (e > err || isnan(e)) err = e, worst = i;
-        if (fabs(want[i]) > maxabs) maxabs = fabs(want[i]);
-    }
-    double rel = maxabs > 0 ? err / maxabs : err;
-    printf("  %-18s %8ld values, max|ref| %9.3e, worst error %9.3e (relative %8.2e, tolerance %.0e) at [%ld]%s\n",
-           what, n, maxabs, err, rel, tol, worst, rel <= tol ? "" : "   <-- FAIL");
-    record(fixture, what, rel, tol);
-}
-
-static void compare_exact_ints(const char *fixture, const char *what, const int *got, const int *want, long n) {
-    long bad = 0;
-    for (long i = 0; i < n; i++) bad += got[i] != want[i];
-    printf("  %-18s %8ld values, %ld differ%s\n", what, n, bad, bad ? "   <-- FAIL" : "");
-    record(fixture, what, (double)bad, 0);
-}
-
-static void compare_tensors(const char *fixture, const char *prefix, const Llama *model, const float *buf,
-                            const double *want, double tol) {
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-        long off = model->tensor[i] - model->params;
-        char what[64];
-        snprintf(what, sizeof(what), "%s %s", prefix, PARAM_INFO[i].name);
-        compare(fixture, what, buf + off, want + off, param_count(&model->config, i), tol);
-    }
-}
+// the GPU's arrays, read back
 
 static float *device_to_host(const void *src, long n) {
     float *h = (float *)malloc_check(sizeof(float) * n);
@@ -124,7 +81,8 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     argv[argc++] = "--init-from", argv[argc++] = model_path;
     argv[argc++] = "--out", argv[argc++] = out;
     Settings s;
-    settings_parse(&s, argc, (char **)argv);
+    int arch_given;
+    settings_parse(&s, argc, (char **)argv, USAGE, 1, &arch_given);
     TrainState st = {0, 0, 0, 0, 0, 0};
     dataloader_reset(dl);
     llama_load_params(model, model_path);
@@ -157,7 +115,7 @@ static void check_tvr(const char *name, Llama *model, const Fixture *fx) {
     for (int l = 0; l < c->layers; l++) {
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (!PARAM_INFO[i].block_matrix) continue;
-            long off = layer_ptr(model->tensor[i], c, i, l) - model->params, n = param_layer_size(c, i);
+            long off = layer_param(model, i, l) - model->params, n = param_layer_size(c, i);
             float *w = start + off;
             // spread the matrix to about (1 + j%4) * target around a small mean
             double s0 = 0, q0 = 0;
@@ -281,7 +239,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s FIXTURE_DIR...\n", argv[0]);
         return 2;
     }
-    gpu_setup(0); // TF32 off: fp32 tolerances
+    gpu_setup(0, "test_llama"); // TF32 off: fp32 tolerances
     for (int i = 1; i < argc; i++) run_fixture(argv[i]);
     if (g_failures) {
         printf("FAIL: %d checks over tolerance:%s\n", g_failures, g_failed);

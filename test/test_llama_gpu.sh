@@ -3,7 +3,7 @@
 # report in out/gpu_report/report.md. `make test-gpu` runs it; `make test` runs it too, and on a
 # machine without a GPU (CI, the development machines) it prints why it skipped and exits 0.
 #
-#  0. (no GPU needed) build/test_llama_gpu_host: token buckets; gemm()'s mapping onto cuBLAS and attention's
+#  0. (no GPU needed) build/test_llama_gpu_host: token buckets; gemm_batched()'s mapping onto cuBLAS and attention's
 #     grouped-query strides, with cuBLAS emulated on the host
 #
 #  1. fixtures: build/test_llama_gpu against the PyTorch oracle's fixtures (logits, loss, every

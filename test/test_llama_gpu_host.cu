@@ -2,7 +2,7 @@
  * test/test_llama_gpu_host.cu: the parts of train_llama.cu that can be checked WITHOUT a GPU:
  * the matmuls' index arithmetic and the embedding backward's token buckets.
  *
- * cuBLAS is column-major and train_llama.cu's gemm() maps row-major products onto it;
+ * cuBLAS is column-major and train_llama.cu's gemm_batched() maps row-major products onto it;
  * the attention's grouped-query heads add strided batches on top. A wrong transpose flag,
  * leading dimension or stride is the likeliest bug in the GPU program, and it is pure
  * index arithmetic, so it can be checked on the host: this test compiles train_llama.cu
@@ -11,7 +11,7 @@
  * the real matmul_forward, matmul_backward and the five attention products on host
  * memory, and compares them with plain row-major loops.
  *
- * encoder_backward adds each token's positions in the order encoder_buckets_host (a counting
+ * encoder_backward adds each token's positions in the order token_buckets_sort (a counting
  * sort on the host) lists them; that order is what makes the GPU's embedding gradient equal
  * the CPU's bit for bit. Checked: every position in exactly one bucket, its token's, in
  * ascending order; and the sums in bucket order equal train_llama.c's serial loop exactly.
@@ -23,6 +23,7 @@
 #include "cublas_host.h"
 #define TESTING
 #include "../train_llama.cu"
+#include "compare.h" // check_token_buckets
 
 // the nn.Linear uses: out = in.W^T; dW += dout^T.in; dinp (+)= dout.W
 static void check_linear(Rng *rng) {
@@ -119,54 +120,6 @@ static void check_attention(int B, int T, int NH, int NKV, int hs, Rng *rng) {
     free(x), free(kv), free(p), free(s), free(y), free(dkv), free(want);
 }
 
-// the counting sort behind encoder_backward, on a batch with many repeated tokens
-static void check_buckets(int N, int V, int C, Rng *rng) {
-    Llama model;
-    memset(&model, 0, sizeof(model));
-    model.config.vocab = V;
-    model.h_count = (int *)calloc_check(V + 1, sizeof(int));
-    model.h_bucket_token = (int *)calloc_check(N, sizeof(int));
-    model.h_bucket_start = (int *)calloc_check(N + 1, sizeof(int));
-    model.h_bucket_pos = (int *)calloc_check(N, sizeof(int));
-    int *tokens = (int *)malloc_check(sizeof(int) * N);
-    for (int i = 0; i < N; i++) tokens[i] = (int)(rng_uniform(rng) * V * rng_uniform(rng)); // skewed: repeats
-    encoder_buckets_host(&model, tokens, N);
-    long bad = 0;
-    int *seen = (int *)calloc_check(N, sizeof(int));
-    for (int b = 0; b < model.nbuckets; b++) {
-        int v = model.h_bucket_token[b], lo = model.h_bucket_start[b], hi = model.h_bucket_start[b + 1];
-        bad += hi <= lo || (b > 0 && v <= model.h_bucket_token[b - 1]);
-        for (int p = lo; p < hi; p++) {
-            int i = model.h_bucket_pos[p];
-            bad += i < 0 || i >= N || tokens[i] != v || (p > lo && i <= model.h_bucket_pos[p - 1]);
-            if (i >= 0 && i < N) seen[i]++;
-        }
-    }
-    for (int i = 0; i < N; i++) bad += seen[i] != 1;
-    bad += model.h_bucket_start[0] != 0 || model.h_bucket_start[model.nbuckets] != N;
-    // the GPU kernel's sums (one bucket at a time, positions in list order) against the CPU's loop
-    float *dout = random_floats((long)N * C, rng);
-    float *cpu = (float *)calloc_check((long)V * C, sizeof(float)), *gpu = (float *)calloc_check((long)V * C, sizeof(float));
-    for (int i = 0; i < N; i++) {
-        for (int c = 0; c < C; c++) cpu[(long)tokens[i] * C + c] += dout[(long)i * C + c];
-    }
-    for (int b = 0; b < model.nbuckets; b++) {
-        for (int c = 0; c < C; c++) {
-            float *row = gpu + (long)model.h_bucket_token[b] * C;
-            float acc = row[c];
-            for (int p = model.h_bucket_start[b]; p < model.h_bucket_start[b + 1]; p++) acc += dout[(long)model.h_bucket_pos[p] * C + c];
-            row[c] = acc;
-        }
-    }
-    long differ = 0;
-    for (long i = 0; i < (long)V * C; i++) differ += memcmp(&cpu[i], &gpu[i], sizeof(float)) != 0;
-    printf("  encoder buckets: %d positions, %d distinct tokens: %ld faults; sums in bucket order: %ld of %ld differ from "
-           "the serial loop%s\n", N, model.nbuckets, bad, differ, (long)V * C, bad || differ ? "   <-- FAIL" : "");
-    failures += bad != 0 || differ != 0;
-    free(model.h_count), free(model.h_bucket_token), free(model.h_bucket_start), free(model.h_bucket_pos);
-    free(tokens), free(seen), free(dout), free(cpu), free(gpu);
-}
-
 int main(void) {
     Rng rng;
     rng_seed(&rng, 42);
@@ -175,8 +128,8 @@ int main(void) {
     check_attention(2, 5, 6, 2, 4, &rng);  // GQA, group 3
     check_attention(3, 7, 4, 1, 6, &rng);  // MQA
     check_attention(2, 4, 4, 4, 2, &rng);  // MHA
-    check_buckets(1000, 300, 8, &rng);
-    check_buckets(1, 5, 3, &rng);
+    failures += check_token_buckets(1000, 300, 8, &rng) != 0;
+    failures += check_token_buckets(1, 5, 3, &rng) != 0;
     if (failures) {
         printf("FAIL: %d checks\n", failures);
         return 1;

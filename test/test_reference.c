@@ -59,56 +59,8 @@ static const Tolerances TOL_F64 = {1e-11, 1e-12, 1e-10, 1e-8, 1e-8, 1e-8, 1e-9};
 // ---------------------------------------------------------------------------
 // the fixture
 
-#include "llama_fixture.h"
-
-// ---------------------------------------------------------------------------
-// comparisons: each prints one line with its worst error
-
-static int g_failures = 0;
-static char g_failed[4096] = "";
-
-static void record(const char *fixture, const char *what, double err, double tol) {
-    int ok = err <= tol; // a NaN error fails too
-    if (!ok) {
-        g_failures++;
-        size_t len = strlen(g_failed);
-        snprintf(g_failed + len, sizeof(g_failed) - len, "\n  %s: %s (error %.2e > tolerance %.0e)", fixture, what,
-                 err, tol);
-    }
-}
-
-// max |got - want| / max |want| over n numbers; prints the line and records a failure
-static void compare(const char *fixture, const char *what, const real *got, const double *want, long n, double tol) {
-    double err = 0, maxabs = 0;
-    long worst = 0;
-    for (long i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - want[i]);
-        if (e > err || isnan(e)) err = e, worst = i;
-        if (fabs(want[i]) > maxabs) maxabs = fabs(want[i]);
-    }
-    double rel = maxabs > 0 ? err / maxabs : err;
-    printf("  %-16s %7ld values, max|ref| %9.3e, worst error %9.3e (relative %8.2e, tolerance %.0e) at [%ld]%s\n",
-           what, n, maxabs, err, rel, tol, worst, rel <= tol ? "" : "   <-- FAIL");
-    record(fixture, what, rel, tol);
-}
-
-static void compare_exact_ints(const char *fixture, const char *what, const int *got, const int *want, long n) {
-    long bad = 0;
-    for (long i = 0; i < n; i++) bad += got[i] != want[i];
-    printf("  %-16s %7ld values, %ld differ%s\n", what, n, bad, bad ? "   <-- FAIL" : "");
-    record(fixture, what, (double)bad, 0);
-}
-
-// every parameter tensor, by the name in train_llama.c's table
-static void compare_tensors(const char *fixture, const char *prefix, const Llama *model, const real *buf,
-                            const double *want, double tol) {
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-        long off = model->tensor[i] - model->params;
-        char what[64];
-        snprintf(what, sizeof(what), "%s %s", prefix, PARAM_INFO[i].name);
-        compare(fixture, what, buf + off, want + off, param_count(&model->config, i), tol);
-    }
-}
+#include "compare.h"       // record, compare, compare_exact_ints
+#include "llama_fixture.h" // the fixture reader, compare_tensors
 
 // ---------------------------------------------------------------------------
 // the checks
@@ -153,8 +105,9 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     argv[argc++] = "--init-from", argv[argc++] = model_path;
     argv[argc++] = "--out", argv[argc++] = out;
     Settings s;
-    settings_parse(&s, argc, (char **)argv);
-    TrainState st = {0, 0, 0, 0};
+    int arch_given;
+    settings_parse(&s, argc, (char **)argv, USAGE, 0, &arch_given);
+    TrainState st = {0, 0, 0, 0, 0, 0};
     dataloader_reset(dl);
     llama_load_params(model, model_path); // the first-batch check's backward left the params as they were
     memset(model->m, 0, sizeof(real) * model->num_params);

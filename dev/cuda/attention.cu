@@ -131,7 +131,7 @@ __global__ void attention_forward_kernel1(float *out, float *att, const float *q
 
 static cublasHandle_t handle;
 
-static void gemm(int transA, int transB, int M, int N, int K, const float *A, int lda, long strideA, const float *B,
+static void gemm_batched(int transA, int transB, int M, int N, int K, const float *A, int lda, long strideA, const float *B,
                  int ldb, long strideB, float *C, int ldc, long strideC, int batch, int accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     cublasCheck(cublasGemmStridedBatchedEx(handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
@@ -200,12 +200,12 @@ static void attention_forward2(float *out, float *att, const float *q, const flo
     permute_to_heads_kernel<<<grid_for((long)B * T * NKV * hs), 256>>>(w->kp, k, B, T, NKV, hs);
     permute_to_heads_kernel<<<grid_for((long)B * T * NKV * hs), 256>>>(w->vp, v, B, T, NKV, hs);
     for (int g = 0; g < group; g++) {
-        gemm(0, 1, T, T, hs, w->qp + g * th, hs, group * th, w->kp, hs, th, att + g * tt, T, group * tt, B * NKV, 0);
+        gemm_batched(0, 1, T, T, hs, w->qp + g * th, hs, group * th, w->kp, hs, th, att + g * tt, T, group * tt, B * NKV, 0);
     }
     int rows = B * NH * T;
     softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, 256), 256>>>(att, rows, T, 1.0f / sqrtf((float)hs));
     for (int g = 0; g < group; g++) {
-        gemm(0, 0, T, hs, T, att + g * tt, T, group * tt, w->vp, hs, th, w->yp + g * th, hs, group * th, B * NKV, 0);
+        gemm_batched(0, 0, T, hs, T, att + g * tt, T, group * tt, w->vp, hs, th, w->yp + g * th, hs, group * th, B * NKV, 0);
     }
     permute_from_heads_kernel<<<grid_for((long)B * T * NH * hs), 256>>>(out, w->yp, B, T, NH, hs);
 }
@@ -219,14 +219,14 @@ static void attention_backward2(float *dq, float *dk, float *dv, const float *do
     permute_to_heads_kernel<<<grid_for((long)B * T * NKV * hs), 256>>>(w->vp, v, B, T, NKV, hs);
     permute_to_heads_kernel<<<grid_for((long)B * T * NH * hs), 256>>>(w->yp, dout, B, T, NH, hs);
     for (int g = 0; g < group; g++) {
-        gemm(0, 1, T, T, hs, w->yp + g * th, hs, group * th, w->vp, hs, th, w->datt + g * tt, T, group * tt, B * NKV, 0);
-        gemm(1, 0, T, hs, T, att + g * tt, T, group * tt, w->yp + g * th, hs, group * th, w->dvp, hs, th, B * NKV, g > 0);
+        gemm_batched(0, 1, T, T, hs, w->yp + g * th, hs, group * th, w->vp, hs, th, w->datt + g * tt, T, group * tt, B * NKV, 0);
+        gemm_batched(1, 0, T, hs, T, att + g * tt, T, group * tt, w->yp + g * th, hs, group * th, w->dvp, hs, th, B * NKV, g > 0);
     }
     int rows = B * NH * T;
     softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, 256), 256>>>(w->datt, att, rows, T, 1.0f / sqrtf((float)hs));
     for (int g = 0; g < group; g++) {
-        gemm(0, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->kp, hs, th, w->dqp + g * th, hs, group * th, B * NKV, 0);
-        gemm(1, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->qp + g * th, hs, group * th, w->dkp, hs, th, B * NKV, g > 0);
+        gemm_batched(0, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->kp, hs, th, w->dqp + g * th, hs, group * th, B * NKV, 0);
+        gemm_batched(1, 0, T, hs, T, w->datt + g * tt, T, group * tt, w->qp + g * th, hs, group * th, w->dkp, hs, th, B * NKV, g > 0);
     }
     permute_from_heads_kernel<<<grid_for((long)B * T * NH * hs), 256>>>(dq, w->dqp, B, T, NH, hs);
     permute_from_heads_kernel<<<grid_for((long)B * T * NKV * hs), 256>>>(dk, w->dkp, B, T, NKV, hs);

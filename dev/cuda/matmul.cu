@@ -1,5 +1,5 @@
 /*
- * dev/cuda/matmul.cu: train_llama.cu's gemm(), a row-major interface over cuBLAS.
+ * dev/cuda/matmul.cu: train_llama.cu's gemm_batched(), a row-major interface over cuBLAS.
  *
  * cuBLAS is column-major; train_llama.cu asks it for C^T = op(B)^T . op(A)^T, which is
  * the row-major C = op(A) . op(B). Getting one of the four transpose cases or a leading
@@ -17,7 +17,7 @@ static cublasHandle_t handle;
 static cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
 
 // the function as in train_llama.cu
-static void gemm(int transA, int transB, int M, int N, int K, const float *A, int lda, long strideA, const float *B,
+static void gemm_batched(int transA, int transB, int M, int N, int K, const float *A, int lda, long strideA, const float *B,
                  int ldb, long strideB, float *C, int ldc, long strideC, int batch, int accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     cublasCheck(cublasGemmStridedBatchedEx(handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
@@ -48,7 +48,7 @@ static void check_case(int transA, int transB, int M, int N, int K, int accumula
     float *A = make_random_float(na, 1), *B = make_random_float(nb, 1), *C = make_random_float(nc, 1);
     float *dA = to_device(A, na), *dB = to_device(B, nb), *dC = to_device(C, nc);
     gemm_cpu(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
-    gemm(transA, transB, M, N, K, dA, lda, 0, dB, ldb, 0, dC, ldc, 0, 1, accumulate);
+    gemm_batched(transA, transB, M, N, K, dA, lda, 0, dB, ldb, 0, dC, ldc, 0, 1, accumulate);
     char name[64];
     snprintf(name, sizeof(name), "%s%s%s", transA ? "A^T" : "A", transB ? ".B^T" : ".B", accumulate ? "+C" : "");
     validate_result(dC, C, name, nc, tol);
@@ -74,7 +74,7 @@ static void check_gqa(int B, int NH, int NKV, int T, int hs, double tol) {
     }
     float *dq = to_device(q, nq), *dk = to_device(k, nk), *datt = device_zeros<float>(na);
     for (int g = 0; g < group; g++) {
-        gemm(0, 1, T, T, hs, dq + g * th, hs, group * th, dk, hs, th, datt + g * tt, T, group * tt, B * NKV, 0);
+        gemm_batched(0, 1, T, T, hs, dq + g * th, hs, group * th, dk, hs, th, datt + g * tt, T, group * tt, B * NKV, 0);
     }
     validate_result(datt, att, "GQA q.k^T", na, tol);
     free(q), free(k), free(att);
@@ -106,9 +106,9 @@ static void run_version(int version) {
         float *out = device_zeros<float>((long)N * s.Cout), *dW = device_zeros<float>((long)s.Cout * s.Cin);
         float *din = device_zeros<float>((long)N * s.Cin);
         double flop = 2.0 * N * s.Cin * s.Cout;
-        float fwd = benchmark(10, [&] { gemm(0, 1, N, s.Cout, s.Cin, in, s.Cin, 0, W, s.Cin, 0, out, s.Cout, 0, 1, 0); });
-        float bwd_w = benchmark(10, [&] { gemm(1, 0, s.Cout, s.Cin, N, out, s.Cout, 0, in, s.Cin, 0, dW, s.Cin, 0, 1, 1); });
-        float bwd_x = benchmark(10, [&] { gemm(0, 0, N, s.Cin, s.Cout, out, s.Cout, 0, W, s.Cin, 0, din, s.Cin, 0, 1, 0); });
+        float fwd = benchmark(10, [&] { gemm_batched(0, 1, N, s.Cout, s.Cin, in, s.Cin, 0, W, s.Cin, 0, out, s.Cout, 0, 1, 0); });
+        float bwd_w = benchmark(10, [&] { gemm_batched(1, 0, s.Cout, s.Cin, N, out, s.Cout, 0, in, s.Cin, 0, dW, s.Cin, 0, 1, 1); });
+        float bwd_x = benchmark(10, [&] { gemm_batched(0, 0, N, s.Cin, s.Cout, out, s.Cout, 0, W, s.Cin, 0, din, s.Cin, 0, 1, 0); });
         printf("  %-16s forward %7.3f ms (%6.1f TFLOP/s) | dW %7.3f ms (%6.1f) | dIn %7.3f ms (%6.1f)\n", s.what, fwd,
                flop / fwd / 1e9, bwd_w, flop / bwd_w / 1e9, bwd_x, flop / bwd_x / 1e9);
         cudaCheck(cudaFree(in)), cudaCheck(cudaFree(W)), cudaCheck(cudaFree(out)), cudaCheck(cudaFree(dW));

@@ -1,6 +1,6 @@
 /*
  * dev/cuda/tvr.cu: Target Variance Rescaling and the statistics (train_llama.cu's
- * weight_stats, tvr_rescale and activations_log).
+ * matrix_stats, weights_pass and activations_log).
  *
  * TVR (docs/methods.md, paper A): for each block matrix, mean and unbiased std; if
  * std/target > threshold, W <- (W - mean) * target/std + mean; otherwise untouched.

@@ -1,0 +1,82 @@
+/*
+ * common/cuda_train.h: the host plumbing both CUDA trainers share beyond
+ * common/train.h: the GPU's flags and set-up, and the token buckets behind the
+ * deterministic embedding gradient. Include after train.h and cuda_common.h.
+ */
+#ifndef RESCALE_CUDA_TRAIN_H
+#define RESCALE_CUDA_TRAIN_H
+
+#include "cuda_common.h"
+#include "train.h"
+
+// The GPU, or a clear error when there is none (these programs have no CPU
+// fallback: cpu_program is the twin to run instead).
+static void gpu_setup(int tf32, const char *cpu_program) {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        die("no CUDA GPU available (%s); %s runs on the CPU",
+            err != cudaSuccess ? cudaGetErrorString(err) : "0 devices", cpu_program);
+    }
+    cudaCheck(cudaSetDevice(0));
+    cublas_setup(tf32);
+}
+
+/*
+ * The batch's positions grouped by token, for the embedding's backward: one
+ * block owns each distinct token and adds its positions' gradients in list
+ * order, so the sum is the same on every run (no atomics). A counting sort on
+ * the host, O(V + N); within a token the positions stay ascending.
+ */
+typedef struct {
+    int count;                  // distinct tokens in the batch
+    int *h_count;               // (V+1) scratch of the sort
+    int *h_token, *h_start, *h_pos; // token of bucket b; its positions h_pos[h_start[b] .. h_start[b+1])
+    int *token, *start, *pos;   // the same on the GPU
+} TokenBuckets;
+
+static void token_buckets_alloc(TokenBuckets *tb, int V, int N) {
+    tb->count = 0;
+    tb->h_count = (int *)calloc_check(V + 1, sizeof(int));
+    tb->h_token = (int *)calloc_check(N, sizeof(int));
+    tb->h_start = (int *)calloc_check(N + 1, sizeof(int));
+    tb->h_pos = (int *)calloc_check(N, sizeof(int));
+    tb->token = (int *)cuda_calloc(N, sizeof(int));
+    tb->start = (int *)cuda_calloc(N + 1, sizeof(int));
+    tb->pos = (int *)cuda_calloc(N, sizeof(int));
+}
+
+static void token_buckets_free(TokenBuckets *tb) {
+    free(tb->h_count), free(tb->h_token), free(tb->h_start), free(tb->h_pos);
+    cudaCheck(cudaFree(tb->token)), cudaCheck(cudaFree(tb->start)), cudaCheck(cudaFree(tb->pos));
+    memset(tb, 0, sizeof(*tb));
+}
+
+// The sort alone (the tests call it on hosts without a GPU).
+static void token_buckets_sort(TokenBuckets *tb, const int *tokens, int N, int V) {
+    int *count = tb->h_count;
+    memset(count, 0, sizeof(int) * (V + 1));
+    for (int i = 0; i < N; i++) count[tokens[i] + 1]++;
+    int nb = 0;
+    for (int v = 0; v < V; v++) {
+        if (count[v + 1] > 0) {
+            tb->h_token[nb] = v;
+            tb->h_start[nb] = count[v]; // the prefix sum so far: where token v's positions start
+            nb++;
+        }
+        count[v + 1] += count[v]; // count[v + 1] is now where token v+1's positions start
+    }
+    tb->h_start[nb] = N;
+    for (int i = 0; i < N; i++) tb->h_pos[count[tokens[i]]++] = i;
+    tb->count = nb;
+}
+
+static void token_buckets_build(TokenBuckets *tb, const int *tokens, int N, int V) {
+    token_buckets_sort(tb, tokens, N, V);
+    int nb = tb->count;
+    cudaCheck(cudaMemcpy(tb->token, tb->h_token, sizeof(int) * nb, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(tb->start, tb->h_start, sizeof(int) * (nb + 1), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(tb->pos, tb->h_pos, sizeof(int) * N, cudaMemcpyHostToDevice));
+}
+
+#endif // RESCALE_CUDA_TRAIN_H

@@ -1,0 +1,430 @@
+/*
+ * common/train.h: the host side of training that is the same in all four
+ * trainers (train_llama.c/.cu, train_gpt2.c/.cu), so that it is written, and
+ * read, once:
+ *
+ *   1. Settings: the run's flags, one struct and one set of defaults; each
+ *      trainer adds its architecture flags between the data and training ones
+ *   2. the learning-rate schedule (OptConfig, lr_at) and TVR's schedule
+ *      (TvrConfig, tvr_target_for_layer, tvr_due)
+ *   3. state.bin's header and fp32 payloads (docs/formats.md, "state.bin")
+ *   4. the CSV logs, the progress line, validation rows and checkpoint paths
+ *
+ * The mathematics (the layers, AdamW, LIR, TVR's rescaling) stays in each
+ * trainer, readable top to bottom.
+ */
+#ifndef RESCALE_TRAIN_H
+#define RESCALE_TRAIN_H
+
+#include "args.h"
+#include "csvlog.h"
+#include "dataloader.h"
+#include "utils.h"
+
+// ----------------------------------------------------------------------------
+// 1. the settings
+
+typedef struct {
+    // data and checkpoints
+    const char *train, *val, *init_from, *resume, *out;
+    // architecture of a fresh model: each trainer has the flags its model has
+    int layers, dim, heads, kv_heads, ffn, seq_len, vocab;
+    double norm_eps, rope_theta;
+    // optimisation
+    int batch, steps, warmup;
+    double lr, min_lr_frac, weight_decay, beta1, beta2, eps, grad_clip;
+    const char *schedule, *init;
+    double init_std;
+    int seed, shuffle;
+    // TVR
+    double tvr_target, tvr_threshold;
+    int tvr_every, tvr_depth_scaled;
+    // logs and checkpoints
+    int val_every, val_batches, stats_every, checkpoint_every, threads;
+    // train_gpt2's E3 histogram (docs/methods.md, E3)
+    int hist_layer;
+    const char *hist_matrix;
+    double hist_range;
+    // the GPU programs: matmuls in TF32
+    int tf32;
+} Settings;
+
+#define MAX_FLAGS 64
+
+// The data and checkpoint flags; the default shards are the model's tokenisation
+// of the committed Tiny Shakespeare. Returns the number of entries written.
+static int data_flags(Settings *s, Flag *f, const char *train_glob, const char *val_glob) {
+    Flag t[] = {
+        {"train", FLAG_STRING, &s->train, train_glob, 0, 0, NULL, "training shards (glob)", 0},
+        {"val", FLAG_STRING, &s->val, val_glob, 0, 0, NULL, "validation shards (glob); \"\" for none", 0},
+        {"init-from", FLAG_STRING, &s->init_from, NULL, 0, 0, NULL,
+         "start from this model.bin (a fresh run from step 0)", 0},
+        {"resume", FLAG_STRING, &s->resume, NULL, 0, 0, NULL, "continue the run checkpointed in this directory", 0},
+        {"out", FLAG_STRING, &s->out, "out", 0, 0, NULL, "output directory: logs and checkpoints", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+// The training flags, the same in every trainer; inits is the model's "a|b|c" of schemes.
+static int training_flags(Settings *s, Flag *f, const char *inits) {
+    Flag t[] = {
+        {"batch", FLAG_INT, &s->batch, "8", 1, 1 << 16, NULL, "sequences per step B", 0},
+        {"steps", FLAG_INT, &s->steps, "400", 0, 1 << 30, NULL, "total optimizer steps", 0},
+        {"lr", FLAG_FLOAT, &s->lr, "3e-3", 0, 100, NULL, "peak learning rate", 0},
+        {"min-lr-frac", FLAG_FLOAT, &s->min_lr_frac, "0.1", 0, 1, NULL, "final lr as a fraction of --lr (cosine)", 0},
+        {"warmup", FLAG_INT, &s->warmup, "40", 0, 1 << 30, NULL, "linear warm-up steps", 0},
+        {"schedule", FLAG_CHOICE, &s->schedule, "cosine", 0, 0, "cosine|constant", "lr after warm-up", 0},
+        {"weight-decay", FLAG_FLOAT, &s->weight_decay, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (2-D tensors)",
+         0},
+        {"beta1", FLAG_FLOAT, &s->beta1, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
+        {"beta2", FLAG_FLOAT, &s->beta2, "0.95", 0, 0.999999, NULL, "AdamW beta2", 0},
+        {"eps", FLAG_FLOAT, &s->eps, "1e-8", 0, 1, NULL, "AdamW eps", 0},
+        {"grad-clip", FLAG_FLOAT, &s->grad_clip, "1.0", 0, 1e9, NULL, "global gradient norm limit; 0 = off", 0},
+        {"init", FLAG_CHOICE, &s->init, "plain", 0, 0, inits, "initialisation scheme", 0},
+        {"init-std", FLAG_FLOAT, &s->init_std, "0.02", 0, 10, NULL, "sigma of the initial weights", 0},
+        {"seed", FLAG_INT, &s->seed, "1337", 0, INT_MAX, NULL, "random seed (init, and the --shuffle order)", 0},
+        {"shuffle", FLAG_INT, &s->shuffle, "0", 0, 1, NULL,
+         "1: training shards and their windows in a new random order each epoch", 0},
+        {"tvr-target", FLAG_FLOAT, &s->tvr_target, "0", 0, 10, NULL, "TVR target std; 0 = off", 0},
+        {"tvr-every", FLAG_INT, &s->tvr_every, "50", 1, 1 << 30, NULL, "TVR on steps that are multiples of this", 0},
+        {"tvr-threshold", FLAG_FLOAT, &s->tvr_threshold, "1.2", 0, 1e6, NULL, "rescale when std/target exceeds this",
+         0},
+        {"tvr-depth-scaled", FLAG_INT, &s->tvr_depth_scaled, "0", 0, 1, NULL, "1: target/sqrt(l) for block l", 0},
+        {"val-every", FLAG_INT, &s->val_every, "100", 0, 1 << 30, NULL,
+         "validate every N steps (and at the end); 0 = never", 0},
+        {"val-batches", FLAG_INT, &s->val_batches, "20", 1, 1 << 20, NULL, "batches per validation", 0},
+        {"stats-every", FLAG_INT, &s->stats_every, "50", 0, 1 << 30, NULL,
+         "weights.csv/activations.csv every N steps; 0 = never", 0},
+        {"checkpoint-every", FLAG_INT, &s->checkpoint_every, "0", 0, 1 << 30, NULL,
+         "checkpoint every N steps (and at the end); 0 = only at the end", 0},
+        {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL,
+         "CPU threads (OpenMP); 0 = all cores; the GPU programs ignore it", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+// The LLaMA's architecture (train_llama.c/.cu); with a checkpoint they must agree with it.
+#define NUM_ARCH_FLAGS 8
+static const char *ARCH_FLAGS[NUM_ARCH_FLAGS] __attribute__((unused)) = {"layers", "dim",   "heads",    "kv-heads",
+                                                 "ffn",    "vocab", "norm-eps", "rope-theta"};
+
+static int llama_flags(Settings *s, Flag *f) {
+    Flag t[] = {
+        {"layers", FLAG_INT, &s->layers, "4", 1, 1024, NULL, "decoder blocks L (fresh model)", 0},
+        {"dim", FLAG_INT, &s->dim, "128", 2, 65536, NULL, "width C (fresh model)", 0},
+        {"heads", FLAG_INT, &s->heads, "4", 1, 1024, NULL, "query heads NH (fresh model)", 0},
+        {"kv-heads", FLAG_INT, &s->kv_heads, "2", 1, 1024, NULL, "key/value heads NKV, dividing NH (fresh model)", 0},
+        {"ffn", FLAG_INT, &s->ffn, "0", 0, 1 << 20, NULL, "SwiGLU hidden width F; 0 = 2/3*4C rounded up to 32", 0},
+        {"seq-len", FLAG_INT, &s->seq_len, "128", 1, 1 << 16, NULL, "sequence length T", 0},
+        {"vocab", FLAG_INT, &s->vocab, "32000", 2, 65536, NULL, "vocabulary size V (fresh model)", 0},
+        {"norm-eps", FLAG_FLOAT, &s->norm_eps, "1e-5", 1e-12, 1, NULL, "RMSNorm eps (fresh model)", 0},
+        {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+// GPT-2's shape, between the data and the training flags; kv-heads and ffn are
+// there so that a LLaMA command line is answered clearly.
+static int gpt2_flags(Settings *s, Flag *f) {
+    Flag t[] = {
+        {"layers", FLAG_INT, &s->layers, "4", 1, 1000, NULL, "blocks L (fresh model)", 0},
+        {"dim", FLAG_INT, &s->dim, "128", 1, 65536, NULL, "width C (fresh model)", 0},
+        {"heads", FLAG_INT, &s->heads, "4", 1, 1024, NULL, "attention heads NH (fresh model)", 0},
+        {"kv-heads", FLAG_INT, &s->kv_heads, "0", 0, 1024, NULL, "GPT-2 has none: 0 or equal to --heads", 0},
+        {"ffn", FLAG_INT, &s->ffn, "0", 0, 1 << 20, NULL, "GPT-2's MLP is 4C: 0 or 4*dim", 0},
+        {"seq-len", FLAG_INT, &s->seq_len, "64", 1, 1 << 16, NULL, "sequence length T (at most the checkpoint's)", 0},
+        {"vocab", FLAG_INT, &s->vocab, "50257", 2, 65536, NULL,
+         "vocabulary V (fresh model; padded to a multiple of 128)", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+static int hist_flags(Settings *s, Flag *f) {
+    Flag t[] = {
+        {"hist-layer", FLAG_INT, &s->hist_layer, "0", 0, 1000, NULL,
+         "E3: layer whose matrix hist.csv follows (0 = off)", 0},
+        {"hist-matrix", FLAG_CHOICE, &s->hist_matrix, "q", 0, 0, "q|k|v|qkv|attn_proj|fc|fc_proj", "E3: that matrix",
+         0},
+        {"hist-range", FLAG_FLOAT, &s->hist_range, "0.2", 1e-6, 100, NULL,
+         "E3: histogram over [-range, range], 100 bins", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+// The flags only the GPU programs have; their CPU twins' tables are otherwise the same.
+static int gpu_flags(Settings *s, Flag *f) {
+    Flag t[] = {
+        {"tf32", FLAG_INT, &s->tf32, "0", 0, 1, NULL,
+         "1: matmuls in TF32 on tensor cores (faster, ~1e-3 relative); 0: full fp32", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+// Parse argv against the table, then the checks every trainer makes.
+static void settings_parse_flags(Settings *s, Flag *flags, int n, int argc, char **argv, const char *usage) {
+    memset(s, 0, sizeof(*s));
+    flags_parse(flags, n, argc, argv, 1, usage);
+    if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
+    if (s->resume && !flag_given(flags, n, "out")) s->out = s->resume; // resume in place unless told otherwise
+}
+
+// Validation runs when there are shards to read and a schedule to read them on.
+static int have_val(const Settings *s) { return s->val && s->val[0] && s->val_every > 0; }
+
+// The data, before any work is done so that a bad shard is reported first: the
+// training loader (in a seeded random order with --shuffle 1) and, when
+// validating, the validation one. T the sequence length, V the model's vocabulary.
+static void data_open(const Settings *s, DataLoader *train_dl, DataLoader *val_dl, int T, int V) {
+    dataloader_init(train_dl, s->train, "--train", s->batch, T, V);
+    if (have_val(s)) dataloader_init(val_dl, s->val, "--val", s->batch, T, V);
+    if (s->shuffle) dataloader_shuffle(train_dl, (uint64_t)s->seed);
+}
+
+static void data_close(const Settings *s, DataLoader *train_dl, DataLoader *val_dl) {
+    dataloader_free(train_dl);
+    if (have_val(s)) dataloader_free(val_dl);
+}
+
+// ----------------------------------------------------------------------------
+// 2. schedules
+
+typedef struct {
+    double lr, min_lr_frac;
+    int warmup, steps;
+    int cosine; // 0: constant after warm-up
+    double weight_decay, beta1, beta2, eps, grad_clip;
+} OptConfig;
+
+typedef struct {
+    double target;    // 0 = off
+    int every;        // fire on steps every, 2*every, ...
+    double threshold; // rescale when std/target > threshold
+    int depth_scaled; // target/sqrt(l) for block l
+} TvrConfig;
+
+static OptConfig opt_config(const Settings *s) {
+    OptConfig o = {s->lr,           s->min_lr_frac, s->warmup, s->steps, strcmp(s->schedule, "cosine") == 0,
+                   s->weight_decay, s->beta1,       s->beta2,  s->eps,   s->grad_clip};
+    return o;
+}
+
+static TvrConfig tvr_config(const Settings *s) {
+    TvrConfig t = {s->tvr_target, s->tvr_every, s->tvr_threshold, s->tvr_depth_scaled};
+    return t;
+}
+
+// Learning rate at step s (1-based): linear warm-up to lr over `warmup` steps,
+// then cosine from lr to lr*min_lr_frac at the last step (docs/methods.md, "The training loop").
+static double lr_at(const OptConfig *o, int s) {
+    if (o->warmup > 0 && s <= o->warmup) return o->lr * s / o->warmup;
+    if (!o->cosine || o->steps <= o->warmup) return o->lr;
+    double progress = (double)(s - o->warmup) / (o->steps - o->warmup);
+    double min_lr = o->lr * o->min_lr_frac;
+    return min_lr + 0.5 * (o->lr - min_lr) * (1 + cos(M_PI * progress));
+}
+
+static double tvr_target_for_layer(const TvrConfig *tvr, int layer /* 1-based */) {
+    return tvr->depth_scaled ? tvr->target / sqrt((double)layer) : tvr->target;
+}
+
+static int tvr_due(const TvrConfig *tvr, int step) { return tvr->target > 0 && step % tvr->every == 0; }
+
+static int stats_due(int every, int step) { return every > 0 && step % every == 0; }
+
+// ----------------------------------------------------------------------------
+// 3. state.bin: everything --resume needs, in one file written by one atomic
+// rename. int32 header[256]: [0] magic, [1] version, [2] step, [3] data shard
+// index, int64 at [4] data position, [6] RNG state, [8] parameter count, [10] 1
+// if the data order is shuffled (then [4] counts the batches taken), [11] its
+// seed; then params, AdamW's m and v, fp32, in the model's parameter order. The
+// parameters are here as well as in model.bin so that a crash between the two
+// renames can never pair one step's weights with another step's moments.
+
+#define STATE_HEADER_INTS 256
+
+typedef struct {
+    int step;
+    int shard;
+    long pos;
+    uint64_t rng;
+    int shuffle, shuffle_seed;
+} TrainState;
+
+// After state_load has filled *st: the RNG and the training loader continue where
+// the checkpoint left them (the loader checks the data order is the one it was).
+static void state_resume(const Settings *s, const TrainState *st, Rng *rng, DataLoader *train_dl) {
+    rng->s = st->rng;
+    dataloader_resume(train_dl, st->shuffle, st->shuffle_seed, st->shard, st->pos, s->seed, s->resume);
+}
+
+static void state_write_header(FILE *f, const char *path, int magic, int version, const TrainState *st,
+                               long num_params) {
+    int32_t header[STATE_HEADER_INTS] = {0};
+    header[0] = magic;
+    header[1] = version;
+    header[2] = st->step;
+    header[3] = st->shard;
+    int64_t pos = st->pos, np = num_params;
+    memcpy(&header[4], &pos, 8);
+    memcpy(&header[6], &st->rng, 8);
+    memcpy(&header[8], &np, 8);
+    header[10] = st->shuffle;
+    header[11] = st->shuffle_seed;
+    fwrite_check(header, sizeof(int32_t), STATE_HEADER_INTS, f, path);
+}
+
+// Open a state.bin, check its header against this program and model, fill *st;
+// returns the file positioned at the first payload (params, then m, then v).
+static FILE *state_open(const char *path, int magic, int version, const char *program, long num_params,
+                        TrainState *st) {
+    FILE *f = fopen_check(path, "rb");
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) die("state file %s is not a regular file", path);
+    int32_t header[STATE_HEADER_INTS];
+    if (fread(header, sizeof(int32_t), STATE_HEADER_INTS, f) != STATE_HEADER_INTS) {
+        die("state file %s is truncated: shorter than its 1024-byte header", path);
+    }
+    if (header[0] != magic) {
+        die("state file %s has bad magic %d (want %d, a %s state)", path, header[0], magic, program);
+    }
+    if (header[1] != version) die("state file %s has version %d, want %d", path, header[1], version);
+    int64_t pos, np;
+    memcpy(&pos, &header[4], 8);
+    memcpy(&st->rng, &header[6], 8);
+    memcpy(&np, &header[8], 8);
+    if (np != num_params) {
+        die("state file %s holds %lld parameters, the model has %ld", path, (long long)np, num_params);
+    }
+    long want = STATE_HEADER_INTS * 4 + 3 * np * 4;
+    if (file_size(path) != want) die("state file %s is %ld bytes, want %ld (truncated?)", path, file_size(path), want);
+    if (header[2] < 0) die("state file %s has a negative step %d", path, header[2]);
+    st->step = header[2];
+    st->shard = header[3];
+    st->pos = pos;
+    st->shuffle = header[10];
+    st->shuffle_seed = header[11];
+    return f;
+}
+
+// fp32 payloads of n values held as float (elem 4) or double (elem 8, the
+// trainers' -DREAL_DOUBLE test builds), converted through a small buffer. x NULL
+// writes zeros (optimizer moments that do not exist yet).
+static void write_floats(FILE *f, const void *x, size_t elem, long n, const char *path) {
+    if (elem == sizeof(float) && x) {
+        fwrite_check(x, sizeof(float), n, f, path);
+        return;
+    }
+    float buf[4096];
+    for (long i = 0; i < n; i += 4096) {
+        long m = n - i < 4096 ? n - i : 4096;
+        for (long j = 0; j < m; j++) {
+            buf[j] = !x ? 0.0f : elem == sizeof(float) ? ((const float *)x)[i + j] : (float)((const double *)x)[i + j];
+        }
+        fwrite_check(buf, sizeof(float), m, f, path);
+    }
+}
+
+static void read_floats(FILE *f, void *x, size_t elem, long n, const char *path) {
+    if (elem == sizeof(float)) {
+        fread_check(x, sizeof(float), n, f, path);
+        return;
+    }
+    float buf[4096];
+    for (long i = 0; i < n; i += 4096) {
+        long m = n - i < 4096 ? n - i : 4096;
+        fread_check(buf, sizeof(float), m, f, path);
+        for (long j = 0; j < m; j++) ((double *)x)[i + j] = buf[j];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 4. logs and progress (docs/formats.md, "The logs")
+
+typedef struct {
+    FILE *train, *val, *weights, *acts;
+    FILE *hist, *hist_summary; // train_gpt2 with --hist-layer; else NULL
+    double total_ms, tvr_ms;   // TVR's cost: its passes (statistics + rescale) against all step time
+    int timed, tvr_passes;
+} Logs;
+
+// resume_step < 0: a fresh run; hist: also hist.csv and hist_summary.csv
+static Logs logs_open(const char *out, int resume_step, int hist) {
+    Logs lg;
+    memset(&lg, 0, sizeof(lg));
+    lg.train = csv_open(out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step);
+    lg.val = csv_open(out, "val.csv", "step,val_loss", resume_step);
+    lg.weights = csv_open(out, "weights.csv", "step,layer,matrix,mean,std,rescaled", resume_step);
+    lg.acts = csv_open(out, "activations.csv", "step,layer,max_abs,rms", resume_step);
+    if (hist) {
+        lg.hist = csv_open(out, "hist.csv", "step,layer,matrix,bin,lo,hi,count", resume_step);
+        lg.hist_summary = csv_open(out, "hist_summary.csv",
+                                   "step,layer,matrix,mean,std,near_zero,large,excess_kurtosis", resume_step);
+    }
+    return lg;
+}
+
+static void format_eta(char *buf, size_t n, double seconds) {
+    int s = (int)(seconds + 0.5);
+    if (s >= 3600) {
+        snprintf(buf, n, "%dh%02dm", s / 3600, s / 60 % 60);
+    } else {
+        snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
+    }
+}
+
+// One train.csv row and one progress line; tvr_ms >= 0 when TVR ran this step.
+static void log_step(Logs *lg, int step, int steps, double loss, double lr, double norm, double ms, long tokens,
+                     double tvr_ms) {
+    lg->total_ms += ms;
+    lg->timed++;
+    if (tvr_ms >= 0) {
+        lg->tvr_ms += tvr_ms;
+        lg->tvr_passes++;
+    }
+    double tok_s = tokens / (ms / 1000);
+    fprintf(lg->train, "%d,%.9g,%.9g,%.9g,%.3f,%.1f\n", step, loss, lr, norm, ms, tok_s);
+    fflush(lg->train);
+    char eta[32];
+    format_eta(eta, sizeof(eta), (steps - step) * lg->total_ms / lg->timed / 1000);
+    printf("step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | eta %s%s\n", step, steps, loss, lr,
+           norm, ms, tok_s, eta, tvr_ms >= 0 ? " | tvr" : "");
+}
+
+static void log_val(Logs *lg, int step, double val_loss) {
+    fprintf(lg->val, "%d,%.9g\n", step, val_loss);
+    fflush(lg->val);
+    printf("step %d: val loss %.4f\n", step, val_loss);
+}
+
+// The validation schedule: every val_every steps, and at the last step.
+static int val_due(const Settings *s, int step) { return step % s->val_every == 0 || step == s->steps; }
+
+// An intermediate checkpoint (the final one is always written).
+static int checkpoint_due(const Settings *s, int step) {
+    return s->checkpoint_every > 0 && step % s->checkpoint_every == 0 && step < s->steps;
+}
+
+static void logs_close(Logs *lg) {
+    if (lg->tvr_passes > 0) {
+        printf("tvr: %d passes, %.2f ms each, %.3f%% of the step time\n", lg->tvr_passes, lg->tvr_ms / lg->tvr_passes,
+               100 * lg->tvr_ms / lg->total_ms);
+    }
+    FILE *fs[] = {lg->train, lg->val, lg->weights, lg->acts, lg->hist, lg->hist_summary};
+    for (int i = 0; i < 6; i++) {
+        if (fs[i]) fclose(fs[i]);
+    }
+}
+
+// "<dir>/<name>" into buf (the checkpoint files: model.bin, state.bin)
+static const char *run_file(char *buf, size_t n, const char *dir, const char *name) {
+    if ((size_t)snprintf(buf, n, "%s/%s", dir, name) >= n) die("path too long: %s/%s", dir, name);
+    return buf;
+}
+
+#endif // RESCALE_TRAIN_H
