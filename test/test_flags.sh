@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One set of flags: the twins (train_llama.c / .cu, train_gpt2.c / .cu) print the same --help
+# but for the usage line and the GPU's own --tf32, and the two models' training flags (from
+# --batch to --threads, common/train.h) are the same lines, defaults and ranges included
+# (--init lists each model's schemes). The GPU programs print their help without a GPU; the
+# emulated builds (make train_llama_emu train_gpt2_emu) stand in where nvcc did not build them.
+# Needs: make train_llama train_gpt2 train_llama_emu train_gpt2_emu (make test builds them).
+set -u
+cd "$(dirname "$0")/.."
+fail=0
+ok() { echo "  ok   $1"; }
+bad() { echo "  FAIL $1"; fail=1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+help_of() { # PROGRAM OUT: its --help, minus the usage line(s) before "flags"
+    "$1" --help > "$tmp/raw" 2>&1 || return 1
+    sed -n '/^flags (default in brackets):/,$p' "$tmp/raw" > "$2"
+}
+
+for m in llama gpt2; do
+    help_of ./train_$m "$tmp/$m.c" || { bad "./train_$m --help failed"; continue; }
+    for gpu in ./train_${m}_emu ./train_${m}_cu; do
+        [ -x "$gpu" ] || continue
+        if ! help_of "$gpu" "$tmp/$m.gpu"; then
+            [ "$gpu" = ./train_${m}_cu ] && { echo "  skip $gpu --help (it does not start here)"; continue; }
+            bad "$gpu --help failed"; continue
+        fi
+        if diff <(cat "$tmp/$m.c") <(grep -v '^  --tf32 ' "$tmp/$m.gpu") > "$tmp/diff"; then
+            grep -q '^  --tf32 ' "$tmp/$m.gpu" && ok "$gpu --help = ./train_$m --help, plus --tf32" ||
+                bad "$gpu --help has no --tf32"
+        else
+            bad "$gpu --help differs from ./train_$m --help: $(head -c 400 "$tmp/diff")"
+        fi
+    done
+done
+training() { sed -n '/^  --batch /,/^  --threads /p' "$1" | grep -v '^  --init '; }
+n=$(training "$tmp/llama.c" | wc -l)
+if [ "$n" -ge 20 ] && diff <(training "$tmp/llama.c") <(training "$tmp/gpt2.c") > "$tmp/diff"; then
+    ok "train_llama and train_gpt2: the same $n training flags, defaults and ranges"
+else
+    bad "training flags differ between the models ($n lines): $(head -c 400 "$tmp/diff")"
+fi
+exit $fail
