@@ -18,7 +18,7 @@ NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-fun
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/cuda_common.h common/cuda_reduce.h
+COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/cuda_common.h common/cuda_train.h common/cuda_reduce.h
 
 .PHONY: all run test test-asan clean venv data help
 
@@ -91,7 +91,12 @@ build/test_mlp_f64: test/test_mlp.c mlp_sweep.c $(COMMON)
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(MLP_FLAGS) -DREAL_DOUBLE -o $@ $< $(LDLIBS) -lz
 
-MLP_TEST_BINS = mlp_sweep build/test_mlp build/test_mlp_f64
+# the sanitizer build the fuzz test runs (test/test_fuzz_mlp.sh), with float-to-int overflow checks
+build/mlp_sweep_asan: mlp_sweep.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(MLP_FLAGS) $(DEBUG_FLAGS) -fsanitize=float-cast-overflow -o $@ $< $(LDLIBS) -lz
+
+MLP_TEST_BINS = mlp_sweep build/test_mlp build/test_mlp_f64 build/mlp_sweep_asan
 
 # The experiments (docs/mlp_sweep.md shows their tables and plots)
 e1: mlp_sweep
@@ -310,8 +315,15 @@ build/ptxas_report.txt: train_llama.cu train_gpt2.cu $(COMMON)
 .PHONY: emu
 
 # ---------------------------------------------------------------------------
+# common/tokenizer.h against tiktoken and sentencepiece (test/test_tokenizer.sh)
+build/test_tokenizer: test/test_tokenizer.c common/tokenizer.h $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+# ---------------------------------------------------------------------------
 # tests
 TEST_BINS = $(LLAMA_TEST_BINS) $(MLP_TEST_BINS)
+TEST_BINS += build/test_tokenizer
 TEST_BINS += $(GPT2_TEST_BINS)
 TEST_BINS += $(GPU_TEST_BINS)
 TEST_BINS += $(REF_TEST_BINS)

@@ -13,19 +13,10 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# The sanitizer build: build/mlp_sweep_asan if it is newer than its sources, else made
-# here (the Makefile's CFLAGS and DEBUG_FLAGS, plus float-to-int overflow checks).
-# FUZZ_BIN=path runs another build instead (e.g. an older one, to see what it missed).
+# The sanitizer build (make build/mlp_sweep_asan; make test builds it), with float-to-int
+# overflow checks. FUZZ_BIN=path runs another build instead (e.g. an older one, to see what it missed).
 bin=${FUZZ_BIN:-build/mlp_sweep_asan}
-if [ -z "${FUZZ_BIN:-}" ] && { [ ! -x "$bin" ] || [ mlp_sweep.c -nt "$bin" ] ||
-  [ -n "$(find common -name '*.h' -newer "$bin")" ]; }; then
-  mkdir -p build
-  echo "building $bin"
-  ${CC:-gcc} -march=native -mprefer-vector-width=512 -std=gnu11 -fopenmp -Wall -Wextra -Wno-unused-function \
-    -Wno-format-truncation -Icommon -fno-math-errno -O1 -g -fno-omit-frame-pointer \
-    -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
-    -o "$bin.tmp" mlp_sweep.c -lm -lz && mv "$bin.tmp" "$bin" || { echo "FAIL cannot build $bin"; exit 1; }
-fi
+[ -x "$bin" ] || { echo "FAIL $bin is missing: make build/mlp_sweep_asan"; exit 1; }
 # a report must be told from a clean exit 1: sanitizers exit 99/98 and print their name
 export ASAN_OPTIONS=detect_leaks=0:exitcode=99 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=98
 
