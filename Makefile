@@ -18,7 +18,7 @@ NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-fun
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/cuda_common.h common/cuda_train.h common/cuda_reduce.h
+COMMON = common/utils.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/cuda_common.h common/cuda_train.h common/cuda_reduce.h
 
 .PHONY: all run test test-asan clean venv data help
 
@@ -66,12 +66,13 @@ build/test_llama_asan: test/test_llama.c train_llama.c $(COMMON)
 
 LLAMA_TEST_BINS = train_llama build/test_llama build/test_llama_f64 build/train_llama_asan build/test_llama_asan
 
-# The default run: a small LLaMA on Tiny Shakespeare, sigma 0.006 + LIR + TVR target 0.01.
+# The default run: a small LLaMA on Tiny Shakespeare, sigma 0.006 + LIR + TVR target 0.01,
+# with a text sample every 200 steps and at the end.
 RUN_FLAGS = --train 'data/tinyshakespeare/llama2_train_*.bin' --val 'data/tinyshakespeare/llama2_val_*.bin' \
 	--layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --seq-len 128 --vocab 32000 \
 	--batch 8 --steps 400 --lr 3e-3 --warmup 40 --init lir --init-std 0.006 \
 	--tvr-target 0.01 --tvr-every 50 --val-every 100 --val-batches 20 --stats-every 50 \
-	--checkpoint-every 100 --out out/run
+	--checkpoint-every 100 --sample-every 200 --sample-tokens 64 --out out/run
 run: train_llama
 	./train_llama $(RUN_FLAGS)
 

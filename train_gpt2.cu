@@ -1267,6 +1267,7 @@ int main(int argc, char **argv) {
     Settings s;
     int shape_given[4];
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, shape_given);
+    gpu_samples_check(&s, "train_gpt2");
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;

@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include "llama_run.h" // LlamaConfig, model.bin's header, the command line
+#include "sample.h"    // the sampler and samples.txt (with common/tokenizer.h)
 #include "train.h"     // settings, schedules, state.bin, logs
 #include "utils.h"
 
@@ -577,6 +578,7 @@ typedef struct {
     int *tokens;  // (B,T) the last forward's inputs, for encoder_backward
     int *targets; // (B,T)
     real loss;    // mean loss of the last forward
+    struct Decoder *dec; // generation's KV cache and buffers (llama_decode), NULL until used
 } Llama;
 
 // Layer l's (0-based) copy of per-layer tensor i, and of its gradient.
@@ -644,6 +646,29 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     model->targets = (int *)calloc_check(N, sizeof(int));
 }
 
+/*
+ * Generation one token at a time (llama_decode, below): every layer's keys and
+ * values of the positions so far, and buffers for one position. Its own memory:
+ * a sample during training never touches the activations of the training step.
+ */
+typedef struct Decoder {
+    real *kc, *vc; // (L, max_seq_len, KVD) RoPE'd keys, values
+    real *x, *ln, *q, *att, *atty, *tmp, *h, *fc1, *fc3, *swi, *logits, rstd;
+    float *flogits; // (V) the logits as the sampler reads them
+    int len;        // positions in the cache
+    int kv_cache;   // 0: llama_next_logits recomputes the prefix with llama_forward (a check)
+    int *window;    // (T) that prefix, padded (kv_cache 0)
+} Decoder;
+
+static void llama_decoder_free(Llama *model) {
+    Decoder *d = model->dec;
+    if (!d) return;
+    real *bufs[] = {d->kc, d->vc, d->x, d->ln, d->q, d->att, d->atty, d->tmp, d->h, d->fc1, d->fc3, d->swi, d->logits};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
+    free(d->flogits), free(d->window), free(d);
+    model->dec = NULL;
+}
+
 static void llama_free(Llama *model) {
     free(model->params);
     free(model->grads);
@@ -657,6 +682,7 @@ static void llama_free(Llama *model) {
     for (size_t s = 0; s < sizeof(Scratch) / sizeof(real *); s++) free(scr[s]);
     free(model->tokens);
     free(model->targets);
+    llama_decoder_free(model);
 }
 
 /*
@@ -812,6 +838,125 @@ static void llama_load_params(Llama *model, const char *path) {
     fseek(f, HEADER_INTS * 4, SEEK_SET);
     read_floats(f, model->params, sizeof(real), model->num_params, path);
     fclose(f);
+}
+
+// ---------------------------------------------------------------------------
+// generation: one position at a time with a KV cache (docs/formats.md, "Text samples")
+
+static Decoder *llama_decoder(Llama *model) {
+    if (model->dec) return model->dec;
+    const LlamaConfig *c = &model->config;
+    long T = c->max_seq_len, C = c->dim, F = c->ffn, KVD = (long)c->kv_heads * (C / c->heads);
+    Decoder *d = (Decoder *)calloc_check(1, sizeof(Decoder));
+    d->kc = (real *)calloc_check(c->layers * T * KVD, sizeof(real));
+    d->vc = (real *)calloc_check(c->layers * T * KVD, sizeof(real));
+    real **bufs[] = {&d->x, &d->ln, &d->q, &d->atty, &d->tmp, &d->h};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) *bufs[i] = (real *)calloc_check(C, sizeof(real));
+    d->att = (real *)calloc_check(T, sizeof(real));
+    d->fc1 = (real *)calloc_check(F, sizeof(real));
+    d->fc3 = (real *)calloc_check(F, sizeof(real));
+    d->swi = (real *)calloc_check(F, sizeof(real));
+    d->logits = (real *)calloc_check(c->vocab, sizeof(real));
+    d->flogits = (float *)calloc_check(c->vocab, sizeof(float));
+    d->kv_cache = 1;
+    model->dec = d;
+    return d;
+}
+
+/*
+ * The logits after `token` at position pos, given the cache holds positions
+ * 0..pos-1: llama_forward for one row, with the same layer functions and the
+ * attention's loops in attention_forward's order, so it computes what the batch
+ * forward computes at that position (test/test_llama.c measures how close).
+ */
+static const float *llama_decode(Llama *model, int token, int pos) {
+    const LlamaConfig *c = &model->config;
+    Decoder *d = llama_decoder(model);
+    int L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads, NKV = c->kv_heads;
+    int hs = C / NH, KVD = NKV * hs, group = NH / NKV, half = hs / 2;
+    long T = c->max_seq_len;
+    if (pos >= T) die("internal: decode at position %d, the model's maximum is %ld", pos, T);
+    real scale = (real)(1.0 / sqrt((double)hs));
+    memcpy(d->x, model->tensor[P_TOK_EMB] + (long)token * C, sizeof(real) * C);
+    for (int l = 0; l < L; l++) {
+        real *kc = d->kc + (long)l * T * KVD, *vc = d->vc + (long)l * T * KVD;
+        rmsnorm_forward(d->ln, &d->rstd, d->x, layer_param(model, P_ATTN_NORM, l), 1, C, c->norm_eps);
+        matmul_forward(d->q, d->ln, layer_param(model, P_WQ, l), 1, C, C);
+        matmul_forward(kc + (long)pos * KVD, d->ln, layer_param(model, P_WK, l), 1, C, KVD);
+        matmul_forward(vc + (long)pos * KVD, d->ln, layer_param(model, P_WV, l), 1, C, KVD);
+        const real *cs = model->rope_cos + (long)pos * half, *sn = model->rope_sin + (long)pos * half;
+        rope_forward(d->q, cs, sn, 1, 1, NH, hs);
+        rope_forward(kc + (long)pos * KVD, cs, sn, 1, 1, NKV, hs);
+        for (int h = 0; h < NH; h++) {
+            const real *qh = d->q + h * hs;
+            int kvh = h / group;
+            real maxv = -INFINITY;
+            for (int t2 = 0; t2 <= pos; t2++) {
+                d->att[t2] = dot(qh, kc + (long)t2 * KVD + kvh * hs, hs) * scale;
+                if (d->att[t2] > maxv) maxv = d->att[t2];
+            }
+            double sum = 0;
+            for (int t2 = 0; t2 <= pos; t2++) {
+                d->att[t2] = rexp(d->att[t2] - maxv);
+                sum += d->att[t2];
+            }
+            real inv = (real)(1.0 / sum);
+            real *o = d->atty + h * hs;
+            memset(o, 0, sizeof(real) * hs);
+            for (int t2 = 0; t2 <= pos; t2++) axpy(o, d->att[t2] * inv, vc + (long)t2 * KVD + kvh * hs, hs);
+        }
+        matmul_forward(d->tmp, d->atty, layer_param(model, P_WO, l), 1, C, C);
+        residual_forward(d->h, d->x, d->tmp, C);
+        rmsnorm_forward(d->ln, &d->rstd, d->h, layer_param(model, P_FFN_NORM, l), 1, C, c->norm_eps);
+        matmul_forward(d->fc1, d->ln, layer_param(model, P_W1, l), 1, C, F);
+        matmul_forward(d->fc3, d->ln, layer_param(model, P_W3, l), 1, C, F);
+        swiglu_forward(d->swi, d->fc1, d->fc3, F);
+        matmul_forward(d->tmp, d->swi, layer_param(model, P_W2, l), 1, F, C);
+        residual_forward(d->x, d->h, d->tmp, C);
+    }
+    rmsnorm_forward(d->ln, &d->rstd, d->x, model->tensor[P_FINAL_NORM], 1, C, c->norm_eps);
+    matmul_forward(d->logits, d->ln, model->tensor[P_LM_HEAD], 1, C, V);
+    for (int i = 0; i < V; i++) d->flogits[i] = (float)d->logits[i];
+    d->len = pos + 1;
+    return d->flogits;
+}
+
+// NextLogits (common/sample.h) for generate(): with the cache, only the positions
+// not yet in it are decoded; without (kv_cache 0), the whole prefix goes through
+// llama_forward (activations allocated for one sequence of the model's length),
+// an independent path the tests compare with.
+static const float *llama_next_logits(void *m, const int *tokens, int n) {
+    Llama *model = (Llama *)m;
+    Decoder *d = llama_decoder(model);
+    if (n == 1 || n <= d->len) d->len = 0; // a new sequence
+    if (d->kv_cache) {
+        const float *logits = NULL;
+        for (int pos = d->len; pos < n; pos++) logits = llama_decode(model, tokens[pos], pos);
+        return logits;
+    }
+    int T = model->T, V = model->config.vocab;
+    if (model->B != 1 || n > T) die("internal: recompute needs activations of 1 x %d, have %d x %d", n, model->B, T);
+    if (!d->window) d->window = (int *)calloc_check(2 * T, sizeof(int)); // tokens, then zero targets
+    memset(d->window, 0, sizeof(int) * 2 * T);
+    memcpy(d->window, tokens, sizeof(int) * n); // causal: the padding after n changes nothing before it
+    llama_forward(model, d->window, d->window + T, 1, T);
+    for (int i = 0; i < V; i++) d->flogits[i] = (float)model->acts.logits[(long)(n - 1) * V + i];
+    return d->flogits;
+}
+
+// A sample from the document-start token (BOS), printed and appended to samples.txt.
+static void llama_sample(Llama *model, const Settings *s, const Tokenizer *tok, int step) {
+    int n = s->sample_tokens + 1 <= model->config.max_seq_len ? s->sample_tokens + 1 : model->config.max_seq_len;
+    int *tokens = (int *)malloc_check(sizeof(int) * n);
+    tokens[0] = tok->bos_id;
+    Sampler sm;
+    sampler_init(&sm, model->config.vocab, s->temperature, s->top_p);
+    Rng rng;
+    sample_rng(&rng, s->sample_seed, step);
+    generate(model, llama_next_logits, &sm, &rng, tokens, 1, n - 1);
+    sample_print(tok, tokens, n, 1, step, s->out);
+    sampler_free(&sm);
+    free(tokens);
 }
 
 // ============================================================================
@@ -1000,7 +1145,9 @@ static void save_checkpoint(const Llama *model, const TrainState *st, const char
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 
-static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+// tok: the vocabulary for text samples, NULL for none.
+static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
+                  const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
     Logs logs = logs_open(s->out, s->resume ? st->step : -1, 0);
@@ -1029,11 +1176,67 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         st->pos = dataloader_position(train_dl);
         log_step(&logs, step, s->steps, model->loss, lr, norm, 1000 * (wall_seconds() - t0), (long)B * T, tvr_ms);
         if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (tok && sample_due(s, step)) llama_sample(model, s, tok, step);
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
     logs_close(&logs);
+}
+
+// --generate N: continue --prompt (after BOS) with the --init-from model, print
+// the text and the speed (docs/formats.md, "Text samples and generation").
+static void generate_run(Llama *model, const Settings *s, const Tokenizer *tok) {
+    int T = model->config.max_seq_len;
+    size_t plen = strlen(s->prompt);
+    int *tokens = (int *)malloc_check(sizeof(int) * (plen + 2 + T));
+    tokens[0] = tok->bos_id;
+    int n0 = 1 + tokenizer_encode(tok, s->prompt, plen, tokens + 1);
+    if (n0 >= T) usage_error("--prompt is %d tokens; the model's sequence length is %d", n0 - 1, T);
+    int n_new = s->generate;
+    if (n0 + n_new > T) {
+        printf("note: %d prompt + %d new tokens exceed the model's %d positions: generating %d\n", n0, n_new, T,
+               T - n0);
+        n_new = T - n0;
+    }
+    llama_decoder(model)->kv_cache = s->kv_cache;
+    if (!s->kv_cache) llama_alloc_acts(model, 1, T);
+    Sampler sm;
+    sampler_init(&sm, model->config.vocab, s->temperature, s->top_p);
+    Rng rng;
+    sample_rng(&rng, s->sample_seed, 0);
+    double t0 = wall_seconds();
+    int n = generate(model, llama_next_logits, &sm, &rng, tokens, n0, n_new);
+    double dt = wall_seconds() - t0;
+    sample_print(tok, tokens, n, n0, 0, NULL);
+    printf("generate: %d tokens in %.3f s, %.1f tokens/s (%s)\n", n - n0, dt, (n - n0) / dt,
+           s->kv_cache ? "with the KV cache" : "no cache: the prefix recomputed for every token");
+    sampler_free(&sm);
+    free(tokens);
+}
+
+// The vocabulary for samples and --generate, or NULL (said why) when the run has
+// no use for one or it does not fit the model; with --generate a misfit is an error.
+static Tokenizer *load_tokenizer(const Settings *s, int vocab, Tokenizer *tok) {
+    if (s->generate == 0 && s->sample_tokens == 0) return NULL;
+    const char *why = NULL;
+    char msg[4400];
+    if (file_size(s->tokenizer) < 0) {
+        snprintf(msg, sizeof(msg), "--tokenizer %s: cannot read it", s->tokenizer);
+        why = msg;
+    } else {
+        tokenizer_load(tok, s->tokenizer, 0);
+        if (tok->vocab_size != vocab || tok->bos_id < 0) {
+            snprintf(msg, sizeof(msg), "--tokenizer %s has %d tokens, the model %d", s->tokenizer, tok->vocab_size,
+                     vocab);
+            why = msg;
+            tokenizer_free(tok);
+        }
+    }
+    if (!why) return tok;
+    if (s->generate > 0) die("%s", why);
+    printf("note: no text samples: %s\n", why);
+    return NULL;
 }
 
 #ifndef TESTING
@@ -1048,6 +1251,14 @@ int main(int argc, char **argv) {
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
     Llama model;
     llama_build(&model, config);
+    Tokenizer tok_store, *tok = load_tokenizer(&s, config.vocab, &tok_store);
+    if (s.generate > 0) {
+        llama_load_params(&model, ckpt);
+        generate_run(&model, &s, tok);
+        tokenizer_free(tok);
+        llama_free(&model);
+        return 0;
+    }
     // data first: a bad shard is reported before any work is done
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, s.seq_len, config.vocab);
@@ -1077,9 +1288,10 @@ int main(int argc, char **argv) {
     printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
            s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
     double t0 = wall_seconds();
-    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st, tok);
     printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);
     data_close(&s, &train_dl, &val_dl);
+    if (tok) tokenizer_free(tok);
     llama_free(&model);
     return 0;
 }

@@ -1254,6 +1254,7 @@ int main(int argc, char **argv) {
     Settings s;
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
+    gpu_samples_check(&s, "train_llama");
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];

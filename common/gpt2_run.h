@@ -76,6 +76,7 @@ static int settings_parse(Settings *s, int argc, char **argv, const char *usage,
     n += gpt2_flags(s, flags + n);
     n += training_flags(s, flags + n, "plain|lir|residual|e3");
     n += hist_flags(s, flags + n);
+    n += sample_flags(s, flags + n, "data/tokenizers/gpt2/gpt2_tokenizer.bin");
     if (gpu) n += gpu_flags(s, flags + n);
     settings_parse_flags(s, flags, n, argc, argv, usage);
     if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);

@@ -87,6 +87,7 @@ static int settings_parse(Settings *s, int argc, char **argv, const char *usage,
     int n = data_flags(s, flags, "data/tinyshakespeare/llama2_train_*.bin", "data/tinyshakespeare/llama2_val_*.bin");
     n += llama_flags(s, flags + n);
     n += training_flags(s, flags + n, "plain|lir|residual");
+    n += sample_flags(s, flags + n, "data/tokenizers/llama2/tokenizer.bin");
     if (gpu) n += gpu_flags(s, flags + n);
     settings_parse_flags(s, flags, n, argc, argv, usage);
     if (s->ffn == 0) s->ffn = (2 * 4 * s->dim / 3 + 31) / 32 * 32;

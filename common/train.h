@@ -47,6 +47,10 @@ typedef struct {
     double hist_range;
     // the GPU programs: matmuls in TF32
     int tf32;
+    // text samples and generation (common/sample.h)
+    int sample_every, sample_tokens, sample_seed, generate, kv_cache;
+    double temperature, top_p;
+    const char *tokenizer, *prompt;
 } Settings;
 
 #define MAX_FLAGS 64
@@ -156,6 +160,29 @@ static int hist_flags(Settings *s, Flag *f) {
     return (int)(sizeof(t) / sizeof(t[0]));
 }
 
+// Text samples during training and --generate (common/sample.h); vocab_file is the
+// model's committed vocabulary.
+static int sample_flags(Settings *s, Flag *f, const char *vocab_file) {
+    Flag t[] = {
+        {"sample-every", FLAG_INT, &s->sample_every, "0", 0, 1 << 30, NULL,
+         "a text sample every N steps (and at the end); 0 = only at the end", 0},
+        {"sample-tokens", FLAG_INT, &s->sample_tokens, "0", 0, 1 << 16, NULL, "tokens per sample; 0 = no samples", 0},
+        {"temperature", FLAG_FLOAT, &s->temperature, "1.0", 0, 100, NULL, "sampling temperature; 0 = greedy", 0},
+        {"top-p", FLAG_FLOAT, &s->top_p, "0.9", 1e-6, 1, NULL, "nucleus sampling: the most likely tokens up to this mass",
+         0},
+        {"sample-seed", FLAG_INT, &s->sample_seed, "42", 0, INT_MAX, NULL,
+         "seed of the samples' own random stream (never the training one)", 0},
+        {"tokenizer", FLAG_STRING, &s->tokenizer, vocab_file, 0, 0, NULL, "vocabulary file for samples and prompts", 0},
+        {"generate", FLAG_INT, &s->generate, "0", 0, 1 << 16, NULL,
+         "generate N tokens from --init-from (after --prompt) and exit; 0 = train", 0},
+        {"prompt", FLAG_STRING, &s->prompt, "", 0, 0, NULL, "text that --generate continues", 0},
+        {"kv-cache", FLAG_INT, &s->kv_cache, "1", 0, 1, NULL,
+         "1: decode with a KV cache; 0: recompute the whole prefix for every token (a check)", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
 // The flags only the GPU programs have; their CPU twins' tables are otherwise the same.
 static int gpu_flags(Settings *s, Flag *f) {
     Flag t[] = {
@@ -171,6 +198,7 @@ static void settings_parse_flags(Settings *s, Flag *flags, int n, int argc, char
     memset(s, 0, sizeof(*s));
     flags_parse(flags, n, argc, argv, 1, usage);
     if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
+    if (s->generate > 0 && !s->init_from) usage_error("--generate needs a model: --init-from MODEL.bin");
     if (s->resume && !flag_given(flags, n, "out")) s->out = s->resume; // resume in place unless told otherwise
 }
 
@@ -404,6 +432,11 @@ static void log_val(Logs *lg, int step, double val_loss) {
 
 // The validation schedule: every val_every steps, and at the last step.
 static int val_due(const Settings *s, int step) { return step % s->val_every == 0 || step == s->steps; }
+
+// A text sample: every sample_every steps and after the last step (common/sample.h).
+static int sample_due(const Settings *s, int step) {
+    return s->sample_tokens > 0 && ((s->sample_every > 0 && step % s->sample_every == 0) || step == s->steps);
+}
 
 // An intermediate checkpoint (the final one is always written).
 static int checkpoint_due(const Settings *s, int step) {

@@ -494,6 +494,60 @@ static int write_shard(int argc, char **argv) {
     return 0;
 }
 
+// ---------------------------------------------------------------------------
+// Generation: llama_decode (one position at a time, KV cache) computes what the batch
+// forward computes at each position; the sampler's greedy and nucleus choices.
+static void test_decode(void) {
+    printf("decode (%s):\n", PRECISION);
+    LlamaConfig c = {12, 50, 2, 4, 2, 16, 48, 1e-5f, 10000.0f};
+    Llama m;
+    tiny_model(&m, c, 1, 12, 0.3, 11);
+    Rng rng;
+    rng_seed(&rng, 12);
+    int tok[24];
+    random_tokens(tok, 12, c.vocab, &rng);
+    llama_forward(&m, tok, tok + 12, 1, 12); // targets: any ids
+    double err = 0, ref = 0;
+    for (int t = 0; t < 12; t++) {
+        const float *lg = llama_decode(&m, tok[t], t);
+        for (int j = 0; j < c.vocab; j++) {
+            real want = m.acts.logits[(long)t * c.vocab + j];
+            err = fmax(err, fabs((double)lg[j] - (double)(float)want));
+            ref = fmax(ref, fabs((double)want));
+        }
+    }
+    // the same layer functions in the same order: equal up to the logits' float rounding
+    double tol = sizeof(real) == 8 ? 1e-7 : 1e-5;
+    check(err / ref <= tol, "decode logits vs llama_forward, 12 positions (rel)", err / ref, tol);
+    // greedy generation: the cache and the recompute path choose the same tokens
+    Sampler sm;
+    sampler_init(&sm, c.vocab, 0, 0.9);
+    int a[12] = {tok[0]}, b[12] = {tok[0]};
+    m.dec->kv_cache = 1;
+    generate(&m, llama_next_logits, &sm, &rng, a, 1, 11);
+    m.dec->kv_cache = 0;
+    generate(&m, llama_next_logits, &sm, &rng, b, 1, 11);
+    check(!memcmp(a, b, sizeof(a)), "greedy: KV cache = recomputed prefix, 11 tokens (1 = differ)",
+          memcmp(a, b, sizeof(a)) != 0, 0);
+    sampler_free(&sm);
+    // the sampler: greedy takes the argmax; top-p 0.5 of {0.6, 0.3, 0.1} always the first;
+    // temperature 1, top-p 1: frequencies near the probabilities
+    float logits[3] = {(float)log(0.3), (float)log(0.6), (float)log(0.1)};
+    sampler_init(&sm, 3, 0, 1);
+    check(sample_token(&sm, logits, &rng) == 1, "greedy picks the argmax (1 = wrong)", 0, 0);
+    sm.temperature = 1, sm.top_p = 0.5;
+    int other = 0;
+    for (int i = 0; i < 1000; i++) other += sample_token(&sm, logits, &rng) != 1;
+    check(other == 0, "top-p 0.5 keeps only the 0.6 token (draws of others)", other, 0);
+    sm.top_p = 1;
+    int count[3] = {0};
+    for (int i = 0; i < 20000; i++) count[sample_token(&sm, logits, &rng)]++;
+    double dev = fmax(fabs(count[1] / 20000.0 - 0.6), fmax(fabs(count[0] / 20000.0 - 0.3), fabs(count[2] / 20000.0 - 0.1)));
+    check(dev < 0.02, "temperature 1: frequencies vs 0.3/0.6/0.1 (max abs dev; 5 sigma ~0.017)", dev, 0.02);
+    sampler_free(&sm);
+    llama_free(&m);
+}
+
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "all";
     if (!strcmp(which, "write-shard")) return write_shard(argc, argv);
@@ -503,7 +557,7 @@ int main(int argc, char **argv) {
     } tests[] = {{"gemm", test_gemm},         {"gradcheck", test_gradcheck}, {"overfit", test_overfit},
                  {"lir", test_lir},           {"tvr", test_tvr},             {"schedule", test_schedule},
                  {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint},
-                 {"shuffle", test_shuffle}};
+                 {"shuffle", test_shuffle},   {"decode", test_decode}};
     int ran = 0;
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!strcmp(which, "all") || !strcmp(which, tests[i].name)) {

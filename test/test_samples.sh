@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Text samples and --generate (common/sample.h): samples leave training bitwise as it was,
+# samples.txt gets one entry per sample step, greedy generation with the KV cache picks the
+# same tokens as recomputing the whole prefix, and a vocabulary that does not fit is said
+# clearly. train_llama on the committed Tiny Shakespeare shards with its committed vocabulary.
+# Needs: make train_llama build/test_llama (make test builds them).
+set -u
+cd "$(dirname "$0")/.."
+fail=0
+ok() { echo "  ok   $*"; }
+bad() { echo "  FAIL $*"; fail=1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+RUN="./train_llama --layers 2 --dim 32 --heads 4 --kv-heads 2 --seq-len 32 --batch 2 --steps 6 --warmup 2
+     --val-every 3 --val-batches 1 --stats-every 2 --tvr-target 0.02 --tvr-every 2 --threads 2"
+
+$RUN --out "$tmp/a" > /dev/null || bad "run without samples failed"
+$RUN --sample-every 2 --sample-tokens 8 --out "$tmp/b" > "$tmp/b.out" || bad "run with samples failed"
+same=1
+for f in model.bin state.bin weights.csv val.csv activations.csv; do cmp -s "$tmp/a/$f" "$tmp/b/$f" || same=0; done
+diff <(cut -d, -f1-4 "$tmp/a/train.csv") <(cut -d, -f1-4 "$tmp/b/train.csv") > /dev/null || same=0
+[ $same = 1 ] && ok "samples every 2 steps: model.bin, state.bin and the logs are those of the run without" ||
+    bad "samples changed the training run"
+n=$(grep -c '^step [0-9]*$' "$tmp/b/samples.txt" 2>/dev/null)
+[ "$n" = 3 ] && [ "$(grep -c '^--- sample at step' "$tmp/b.out")" = 3 ] &&
+    ok "samples.txt and the progress output: samples at steps 2, 4, 6" || bad "samples.txt has ${n:-no} samples, want 3"
+
+for kv in 1 0; do
+    ./train_llama --init-from "$tmp/a/model.bin" --generate 24 --prompt "ROMEO:" --temperature 0 --kv-cache $kv \
+        --threads 2 > "$tmp/g$kv.out" || bad "--generate --kv-cache $kv failed"
+done
+if [ -s "$tmp/g1.out" ] && diff <(grep -v '^generate:' "$tmp/g1.out") <(grep -v '^generate:' "$tmp/g0.out") > /dev/null &&
+    grep -q '^ROMEO:' "$tmp/g1.out"; then
+    ok "greedy --generate 24 after 'ROMEO:': KV cache and recomputed prefix write the same text"
+else
+    bad "greedy generation differs with and without the KV cache"
+fi
+./train_llama --init-from "$tmp/a/model.bin" --generate 8 --prompt "To be" --threads 2 | grep -q '^generate: 8 tokens' &&
+    ok "--generate 8 (temperature 1, top-p 0.9) prints its speed" || bad "--generate 8 printed no speed line"
+
+./build/test_llama write-shard "$tmp/v64.bin" 2000 64 > /dev/null
+./train_llama --layers 1 --dim 16 --heads 2 --kv-heads 1 --vocab 64 --seq-len 16 --steps 0 --train "$tmp/v64.bin" \
+    --val "" --out "$tmp/v64" > /dev/null || bad "could not make a model of 64 tokens"
+./train_llama --layers 1 --dim 16 --heads 2 --kv-heads 1 --vocab 32000 --seq-len 16 --steps 1 --val-every 0 \
+    --train "data/tinyshakespeare/llama2_val_000.bin" --sample-tokens 4 --tokenizer "$tmp/missing.bin" \
+    --out "$tmp/m" > "$tmp/m.out" && grep -q '^note: no text samples: --tokenizer .*missing.bin' "$tmp/m.out" &&
+    ok "a missing --tokenizer: one note, training goes on" || bad "a missing --tokenizer during training"
+expect_error() { # status what command...
+    local want=$1 what=$2; shift 2
+    "$@" > /dev/null 2> "$tmp/err"; local rc=$?
+    if [ $rc = "$want" ] && [ "$(wc -l < "$tmp/err")" = 1 ] && grep -q '^error: ' "$tmp/err"; then
+        ok "$what: $(cat "$tmp/err")"
+    else
+        bad "$what: exit $rc, $(head -c 300 "$tmp/err")"
+    fi
+}
+expect_error 1 "--generate, a model of 64 tokens with the 32000 vocabulary" \
+    ./train_llama --init-from "$tmp/v64/model.bin" --generate 4
+grep -q 'has 32000 tokens, the model 64' "$tmp/err" || bad "the vocabulary misfit is not what the message says"
+expect_error 2 "--generate without a model" ./train_llama --generate 4
+[ $fail = 0 ] && echo "all sample and generation checks passed"
+exit $fail
