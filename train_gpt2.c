@@ -15,9 +15,10 @@
  *   4. initialisation: plain, LIR, residual, E3
  *   5. checkpoints in llm.c's GPT-2 format
  *   6. forward and backward through the whole model
- *   7. training: schedule, clipping, AdamW, TVR
- *   8. the E3 statistics
- *   9. state.bin, the command line, main
+ *   7. generation: one position at a time with a KV cache, samples, --generate
+ *   8. training: schedule, clipping, AdamW, TVR
+ *   9. the E3 statistics
+ *   10. state.bin, the command line, main
  *
  * Build and run:
  *
@@ -31,6 +32,7 @@
 #include <omp.h>
 
 #include "gpt2_run.h" // GPT2Config, the checkpoint header, the command line, E3 histograms
+#include "sample.h"   // the sampler and samples.txt (with common/tokenizer.h)
 #include "train.h"    // settings, schedules, state.bin, logs
 #include "utils.h"
 
@@ -132,8 +134,9 @@ static void transpose(real *dst, const real *src, int rows, int cols) {
     }
 }
 
-// Scratch space for the transposes of the linear layers (sized once by the model).
+// Scratch space for the transposes of the linear layers (scratch_reserve, below).
 static real *g_scratch;
+static size_t g_scratch_len;
 
 // ----------------------------------------------------------------------------
 // Layers: forward and backward pairs. Backward functions add (+=) into the
@@ -474,6 +477,7 @@ typedef struct {
     size_t num_dacts;           // length of dacts
     double mean_loss;           // of the last forward with targets
     real *m, *v;                // AdamW moments (allocated on the first update or a resume)
+    struct GPT2Decoder *dec;    // generation's KV cache and buffers (gpt2_decode), NULL until used
 } GPT2;
 
 static void gpt2_alloc_params(GPT2 *model) {
@@ -594,10 +598,19 @@ static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
     model->da[A_LOGITS] = model->a[A_PROBS];
     model->inputs = (int *)malloc_check((size_t)B * T * sizeof(int));
     model->targets = (int *)malloc_check((size_t)B * T * sizeof(int));
-    // scratch for the transposes of the linear layers: the largest weight or output
+}
+
+// Scratch for the transposes of the linear layers: the largest weight or output of
+// this shape. Checked on every forward, and only grown: another model (generation's
+// recompute check) may have freed or sized it since.
+static void scratch_reserve(const GPT2Config *c, int B, int T) {
     size_t BT = (size_t)B * T, C = c->channels, widest = c->vocab > 4 * (int)C ? (size_t)c->vocab : 4 * C;
     size_t s = BT * widest > widest * C ? BT * widest : widest * C;
-    g_scratch = (real *)malloc_check(s * sizeof(real));
+    if (s > g_scratch_len) {
+        free(g_scratch);
+        g_scratch = (real *)malloc_check(s * sizeof(real));
+        g_scratch_len = s;
+    }
 }
 
 // Layer l's slice of a per-layer activation.
@@ -612,6 +625,7 @@ static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int
     if (B != model->B || T != model->T) {
         die("gpt2_forward: batch shape (%d, %d) != allocated (%d, %d)", B, T, model->B, model->T);
     }
+    scratch_reserve(c, B, T);
     int C = c->channels, NH = c->heads, V = c->vocab, BT = B * T;
     memcpy(model->inputs, inputs, (size_t)BT * sizeof(int));
     if (targets) memcpy(model->targets, targets, (size_t)BT * sizeof(int));
@@ -689,12 +703,196 @@ static void gpt2_backward(GPT2 *model) {
     encoder_backward(model->g[P_WTE], model->g[P_WPE], da[A_ENCODED], model->inputs, B, T, C);
 }
 
+// ----------------------------------------------------------------------------
+// Generation: one position at a time with a KV cache (gpt2_decode) and the NextLogits
+// of common/sample.h's generate(), which common/train.h's sample_run (samples during
+// training) and generate_run (--generate) drive.
+
+/*
+ * The decoder's own memory (a sample during training never touches the training
+ * activations): every layer's keys and values of the positions so far, buffers for
+ * one position, and the block matrices and wte transposed, as linear_forward hands
+ * them to matmul, once per sequence rather than once per token.
+ */
+typedef struct GPT2Decoder {
+    real *kc, *vc; // (L, max T, C) keys and values of the positions so far
+    real *wT;      // per layer qkvw, attprojw, fcw, fcprojw transposed (12·C·C), then wte's V rows (C, V)
+    real *x, *ln, *qkv, *atty, *att, *proj, *res2, *fch, *fch_gelu, *logits, mean, rstd;
+    float *flogits; // (V) the logits as the sampler reads them
+    int len;        // positions in the cache
+    int kv_cache;   // 0: gpt2_next_logits recomputes the prefix with gpt2_forward (a check)
+    GPT2 *full;     // kv_cache 0: the same parameters with activations of its own (1 x max T)
+    int *window;    // (max T) the prefix, padded, that `full` reads
+} GPT2Decoder;
+
+static void gpt2_decoder_free(GPT2 *model) {
+    GPT2Decoder *d = model->dec;
+    if (!d) return;
+    real *bufs[] = {d->kc, d->vc, d->wT, d->x, d->ln, d->qkv, d->atty, d->att, d->proj, d->res2, d->fch,
+                    d->fch_gelu, d->logits};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
+    if (d->full) { // shares the parameters: only its activations are its own
+        free(d->full->acts), free(d->full->dacts), free(d->full->inputs), free(d->full->targets), free(d->full);
+    }
+    free(d->flogits), free(d->window), free(d);
+    model->dec = NULL;
+}
+
 static void gpt2_free(GPT2 *model) {
+    gpt2_decoder_free(model);
     free(model->params), free(model->grads), free(model->acts), free(model->dacts);
     free(model->inputs), free(model->targets), free(model->m), free(model->v);
     free(g_scratch);
-    g_scratch = NULL;
+    g_scratch = NULL, g_scratch_len = 0;
     memset(model, 0, sizeof(*model));
+}
+
+static GPT2Decoder *gpt2_decoder(GPT2 *model) {
+    if (model->dec) return model->dec;
+    const GPT2Config *c = &model->config;
+    size_t T = c->max_seq_len, C = c->channels, L = c->layers, V = c->vocab;
+    GPT2Decoder *d = (GPT2Decoder *)calloc_check(1, sizeof(GPT2Decoder));
+    d->kc = (real *)calloc_check(L * T * C, sizeof(real));
+    d->vc = (real *)calloc_check(L * T * C, sizeof(real));
+    d->wT = (real *)calloc_check(L * 12 * C * C + C * V, sizeof(real));
+    real **bufs[] = {&d->x, &d->ln, &d->atty, &d->proj, &d->res2};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) *bufs[i] = (real *)calloc_check(C, sizeof(real));
+    d->qkv = (real *)calloc_check(3 * C, sizeof(real));
+    d->att = (real *)calloc_check(T, sizeof(real));
+    d->fch = (real *)calloc_check(4 * C, sizeof(real));
+    d->fch_gelu = (real *)calloc_check(4 * C, sizeof(real));
+    d->logits = (real *)calloc_check(V, sizeof(real));
+    d->flogits = (float *)calloc_check(V, sizeof(float));
+    d->kv_cache = 1;
+    model->dec = d;
+    return d;
+}
+
+// The transposed weights of the parameters as they are now (training changes them between samples).
+static void decoder_take_weights(GPT2 *model, GPT2Decoder *d) {
+    const GPT2Config *c = &model->config;
+    int C = c->channels;
+    size_t CC = (size_t)C * C;
+    for (int l = 0; l < c->layers; l++) {
+        real *w = d->wT + (size_t)l * 12 * CC;
+        transpose(w, layer_param(model, P_QKVW, l), 3 * C, C);
+        transpose(w + 3 * CC, layer_param(model, P_ATTPROJW, l), C, C);
+        transpose(w + 4 * CC, layer_param(model, P_FCW, l), 4 * C, C);
+        transpose(w + 8 * CC, layer_param(model, P_FCPROJW, l), C, 4 * C);
+    }
+    transpose(d->wT + (size_t)c->layers * 12 * CC, model->p[P_WTE], c->vocab, C);
+}
+
+// attention_forward for the one query at position t (q: the packed qkv row's first C),
+// over the cached keys and values of positions 0..t (rows of C): the same loops in the same order.
+static void attention_decode(real *out, real *a, const real *qkv, const real *kc, const real *vc, int t, int C,
+                             int NH) {
+    int hs = C / NH;
+    double scale = 1.0 / sqrt((double)hs);
+    for (int h = 0; h < NH; h++) {
+        const real *q = qkv + h * hs;
+        double mx = -INFINITY;
+        for (int t2 = 0; t2 <= t; t2++) {
+            const real *k = kc + (size_t)t2 * C + h * hs;
+            double s = 0;
+            for (int i = 0; i < hs; i++) s += q[i] * k[i];
+            a[t2] = (real)(s * scale);
+            if (a[t2] > mx) mx = a[t2];
+        }
+        double sum = 0;
+        for (int t2 = 0; t2 <= t; t2++) {
+            double e = exp(a[t2] - mx);
+            a[t2] = (real)e;
+            sum += e;
+        }
+        for (int t2 = 0; t2 <= t; t2++) a[t2] = (real)(a[t2] / sum);
+        real *o = out + h * hs;
+        for (int i = 0; i < hs; i++) o[i] = 0;
+        for (int t2 = 0; t2 <= t; t2++) {
+            const real *v = vc + (size_t)t2 * C + h * hs;
+            for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
+        }
+    }
+}
+
+/*
+ * The V logits after `token` at position pos, the cache holding positions 0..pos-1
+ * (pos 0 starts a sequence and takes the weights as they are): gpt2_forward for one
+ * row, with its layer functions, so it computes what the batch forward computes at
+ * that position (test/test_gpt2.c, units, measures how close).
+ */
+static const float *gpt2_decode(GPT2 *model, int token, int pos) {
+    const GPT2Config *c = &model->config;
+    GPT2Decoder *d = gpt2_decoder(model);
+    int C = c->channels, NH = c->heads, V = c->vocab, T = c->max_seq_len;
+    if (pos < 0 || pos > d->len || pos >= T) {
+        die("internal: decode at position %d with %d cached, the model's maximum is %d", pos, d->len, T);
+    }
+    if (token < 0 || token >= V) die("internal: decode of token %d, outside the model's %d", token, V);
+    if (pos == 0) decoder_take_weights(model, d);
+    size_t CC = (size_t)C * C;
+    encoder_forward(d->x, &token, model->p[P_WTE], model->p[P_WPE] + (size_t)pos * C, 1, 1, C);
+    for (int l = 0; l < c->layers; l++) {
+        real *kc = d->kc + (size_t)l * T * C, *vc = d->vc + (size_t)l * T * C, *w = d->wT + (size_t)l * 12 * CC;
+#define PAR(name) layer_param(model, name, l)
+        layernorm_forward(d->ln, &d->mean, &d->rstd, d->x, PAR(P_LN1W), PAR(P_LN1B), 1, C);
+        matmul(d->qkv, d->ln, w, PAR(P_QKVB), 1, C, 3 * C, 0);
+        memcpy(kc + (size_t)pos * C, d->qkv + C, C * sizeof(real));
+        memcpy(vc + (size_t)pos * C, d->qkv + 2 * C, C * sizeof(real));
+        attention_decode(d->atty, d->att, d->qkv, kc, vc, pos, C, NH);
+        matmul(d->proj, d->atty, w + 3 * CC, PAR(P_ATTPROJB), 1, C, C, 0);
+        residual_forward(d->res2, d->x, d->proj, C);
+        layernorm_forward(d->ln, &d->mean, &d->rstd, d->res2, PAR(P_LN2W), PAR(P_LN2B), 1, C);
+        matmul(d->fch, d->ln, w + 4 * CC, PAR(P_FCB), 1, C, 4 * C, 0);
+        gelu_forward(d->fch_gelu, d->fch, 4 * (size_t)C);
+        matmul(d->proj, d->fch_gelu, w + 8 * CC, PAR(P_FCPROJB), 1, 4 * C, C, 0);
+        residual_forward(d->x, d->res2, d->proj, C);
+#undef PAR
+    }
+    layernorm_forward(d->ln, &d->mean, &d->rstd, d->x, model->p[P_LNFW], model->p[P_LNFB], 1, C);
+    matmul(d->logits, d->ln, d->wT + (size_t)c->layers * 12 * CC, NULL, 1, C, V, 0);
+    for (int i = 0; i < V; i++) d->flogits[i] = (float)d->logits[i];
+    d->len = pos + 1;
+    return d->flogits;
+}
+
+// kv_cache 0: a model over the same parameters whose activations (1 x max T) are its own.
+static GPT2 *decoder_full(GPT2 *model, GPT2Decoder *d) {
+    if (d->full) return d->full;
+    GPT2 *f = (GPT2 *)calloc_check(1, sizeof(GPT2));
+    f->config = model->config;
+    f->num_params = model->num_params;
+    f->params = model->params;
+    memcpy(f->p, model->p, sizeof(f->p));
+    int T = model->config.max_seq_len;
+    gpt2_alloc_acts(f, 1, T);
+    d->window = (int *)calloc_check(T, sizeof(int));
+    d->full = f;
+    return f;
+}
+
+// NextLogits (common/sample.h) for generate(): with the cache, only the positions not
+// yet in it are decoded; without (kv_cache 0), the whole prefix, padded to max T, goes
+// through gpt2_forward (causal: the padding changes nothing before it), an independent
+// path the tests compare with.
+static const float *gpt2_next_logits(void *m, const int *tokens, int n) {
+    GPT2 *model = (GPT2 *)m;
+    GPT2Decoder *d = gpt2_decoder(model);
+    if (n == 1 || n <= d->len) d->len = 0; // a new sequence
+    if (d->kv_cache) {
+        const float *logits = NULL;
+        for (int pos = d->len; pos < n; pos++) logits = gpt2_decode(model, tokens[pos], pos);
+        return logits;
+    }
+    GPT2 *f = decoder_full(model, d);
+    int T = f->T, V = model->config.vocab;
+    if (n > T) die("internal: recompute of %d positions, the model's maximum is %d", n, T);
+    memset(d->window, 0, sizeof(int) * T);
+    memcpy(d->window, tokens, sizeof(int) * n);
+    gpt2_forward(f, d->window, NULL, 1, T);
+    const real *z = f->a[A_LOGITS] + (size_t)(n - 1) * V;
+    for (int i = 0; i < V; i++) d->flogits[i] = (float)z[i];
+    return d->flogits;
 }
 
 // ----------------------------------------------------------------------------
@@ -944,7 +1142,9 @@ static void stats_pass(GPT2 *model, const Settings *s, const TvrConfig *tvr, Log
     weights_pass(model, tvr, step, do_tvr, lg->weights);
 }
 
-static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+// tok: the vocabulary for text samples, NULL for none.
+static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
+                  const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
     Logs logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
@@ -968,6 +1168,7 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
         log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
                  (long)train_dl->B * train_dl->T, tvr_ms);
         if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (tok && sample_due(s, step)) sample_run(model, gpt2_next_logits, model->config.max_seq_len, s, tok, step);
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
     }
     save_checkpoint(model, st, s->out);
@@ -985,7 +1186,27 @@ int main(int argc, char **argv) {
     rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;
     memset(&model, 0, sizeof(model));
+    if (s.generate > 0) { // --init-from's model, no data, no training
+        gpt2_load(&model, s.init_from);
+        Tokenizer tok;
+        load_tokenizer(&s, model.config.vocab, &tok); // a misfit is an error here
+        gpt2_decoder(&model)->kv_cache = s.kv_cache;
+        char how[128];
+        snprintf(how, sizeof(how), "%s; %d threads",
+                 s.kv_cache ? "with the KV cache" : "no cache: the prefix recomputed for every token",
+                 omp_get_max_threads());
+        generate_run(&model, gpt2_next_logits, model.config.max_seq_len, &s, &tok, how);
+        tokenizer_free(&tok);
+        gpt2_free(&model);
+        return 0;
+    }
     int T = build_model(&model, &s, seq_len_given, shape_given, &rng);
+    Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
+    if (tok && s.sample_tokens + 1 > model.config.max_seq_len) {
+        printf("note: samples of %d tokens after EOT, not %d: the model has %d positions\n",
+               model.config.max_seq_len - 1, s.sample_tokens, model.config.max_seq_len);
+    }
+    gpt2_decoder(&model)->kv_cache = s.kv_cache;
     // data first: a bad shard is reported before any work is done
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
@@ -1002,8 +1223,9 @@ int main(int argc, char **argv) {
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %d threads\n", c->layers,
            c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, s.batch, T,
            omp_get_max_threads());
-    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st, tok);
     data_close(&s, &train_dl, &val_dl);
+    if (tok) tokenizer_free(tok);
     gpt2_free(&model);
     return 0;
 }

@@ -5,7 +5,9 @@
  *                           every gradient, 10 steps of losses and grad norms, final params
  *   test_gpt2 gradcheck     every gradient against central finite differences
  *                           (meaningful in the double build, build/test_gpt2_f64)
- *   test_gpt2 units         TVR and the initialisation schemes on their own
+ *   test_gpt2 units         TVR and the initialisation schemes on their own; generation's
+ *                           decoder (KV cache) and recompute path against gpt2_forward
+ *                           (also on the fixture model after its training steps, in fixtures)
  *
  * Each prints the worst error per tensor and exits non-zero naming every tensor
  * over its tolerance.
@@ -112,6 +114,46 @@ static void check_tensors(const char *kind, GPT2 *model, const real *ours, const
     }
 }
 
+// ----------------------------------------------------------------------------
+// Generation against the batch forward: the logits of gpt2_decode (KV cache) and of
+// the recompute path (kv_cache 0) after tokens[0..n), for every n up to the model's
+// max T, against gpt2_forward on a copy of the model over all T positions. Tolerance
+// 1e-5 relative to the largest |logit|: the decoder runs the forward's kernels in the
+// forward's order, so 0 is expected in the fp32 build (in the double build the
+// decoder's logits are rounded to float for the sampler, ~1e-8).
+static void check_decode(GPT2 *model, const int *tokens, const char *what) {
+    const GPT2Config *c = &model->config;
+    int T = c->max_seq_len, V = c->vocab;
+    GPT2 f;
+    memset(&f, 0, sizeof(f));
+    f.config = *c;
+    gpt2_alloc_params(&f);
+    memcpy(f.params, model->params, model->num_params * sizeof(real));
+    gpt2_forward(&f, tokens, NULL, 1, T);
+    double *ref = (double *)malloc_check((size_t)T * V * sizeof(double)), mx = 0;
+    for (size_t i = 0; i < (size_t)T * V; i++) {
+        ref[i] = f.a[A_LOGITS][i];
+        mx = fabs(ref[i]) > mx ? fabs(ref[i]) : mx;
+    }
+    gpt2_free(&f);
+    for (int kv = 1; kv >= 0; kv--) {
+        gpt2_decoder(model)->kv_cache = kv;
+        double err = 0;
+        for (int n = 1; n <= T; n++) {
+            const float *z = gpt2_next_logits(model, tokens, n);
+            for (int i = 0; i < V; i++) {
+                double e = fabs(z[i] - ref[(size_t)(n - 1) * V + i]);
+                err = e > err ? e : err;
+            }
+        }
+        char name[128];
+        snprintf(name, sizeof(name), "%s: %s vs forward, %d pos", what, kv ? "KV-cache decode" : "recompute", T);
+        check(name, err / mx, 1e-5);
+    }
+    gpt2_decoder(model)->kv_cache = 1;
+    free(ref);
+}
+
 static void test_fixtures(const char *dir) {
     char path[1024];
     Reference ref;
@@ -155,6 +197,12 @@ static void test_fixtures(const char *dir) {
     check("step losses", wl, 1e-5);
     check("step grad norms", wn, 1e-4);
     check_tensors("param", &model, model.params, ref.final, 1e-4);
+    printf("generation on the trained fixture model:\n");
+    dataloader_reset(&dl);
+    dataloader_next(&dl); // the batch's rows are consecutive text: its first max T tokens
+    int maxT = model.config.max_seq_len;
+    if (ref.B * ref.T < maxT) die("fixture batch under the model's %d tokens", maxT);
+    check_decode(&model, dl.inputs, "fixture");
     gpt2_free(&model);
     dataloader_free(&dl);
     free(ref.logits), free(ref.grads), free(ref.final), free(ref.losses), free(ref.norms);
@@ -286,6 +334,19 @@ static void test_units(void) {
     weight_stats(layer_param(&model, P_ATTPROJW, 2), param_slice_size(&c, P_ATTPROJW), &mu, &sd);
     check("tvr depth-scaled: std = target/sqrt(3)", fabs(sd / (0.02 / sqrt(3.0)) - 1), 1e-5);
     free(copy);
+    gpt2_free(&model);
+
+    // generation on a shape with matmul edge columns everywhere (3C 120, C 40, V 100: not multiples of 16)
+    printf("generation (decoder and recompute against gpt2_forward):\n");
+    GPT2Config cd = {16, 100, 128, 2, 4, 40};
+    model.config = cd;
+    gpt2_alloc_params(&model);
+    gpt2_init(&model, "plain", 0.3, &rng); // large weights: peaked attention and logits
+    int tokens[16];
+    for (int i = 0; i < 16; i++) tokens[i] = (int)(rng_uniform(&rng) * cd.vocab);
+    check_decode(&model, tokens, "random");
+    gpt2_init(&model, "plain", 0.2, &rng); // new weights: a new sequence must take them
+    check_decode(&model, tokens, "new weights");
     gpt2_free(&model);
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# train_gpt2.c: PyTorch fixtures, finite differences, TVR/init units, determinism,
+# train_gpt2.c: PyTorch fixtures, finite differences, TVR/init units, generation (decoder vs
+# forward, KV cache vs recompute, samples leave training bitwise unchanged), determinism,
 # resume bit for bit, and bad inputs (one-line errors, exit status != 0).
 # Needs: make train_gpt2 build/test_gpt2 build/test_gpt2_f64 (make test builds them).
 set -u
@@ -55,6 +56,52 @@ awk -F, '$1==0 && $2==1 && $3=="q" {a=$5} $1==0 && $2==2 && $3=="q" {b=$5}
   --out "$tmp/d" >/dev/null || bad "--init-from failed"
 cmp -s "$FX/gpt2_tiny_model.bin" "$tmp/d/model.bin" && ok "llm.c checkpoint round trip (--steps 0)" || bad "checkpoint round trip"
 
+echo "text samples and --generate:"
+# a fresh tiny model on the real vocabulary (the fixture model's 250 fit no tokenizer)
+SH="--train data/tinyshakespeare/gpt2_train_000.bin --val-every 0 --vocab 50257 --layers 2 --dim 32 --heads 4
+    --seq-len 32 --batch 2 --steps 4 --lr 3e-3 --warmup 1 --stats-every 2"
+./train_gpt2 $SH --out "$tmp/s0" >/dev/null || bad "run without samples failed"
+./train_gpt2 $SH --out "$tmp/s1" --sample-every 2 --sample-tokens 8 >/dev/null || bad "run with samples failed"
+./train_gpt2 $SH --out "$tmp/s2" --sample-every 2 --sample-tokens 8 --kv-cache 0 >/dev/null ||
+  bad "kv-cache 0 run failed"
+same_run() { # dir dir: checkpoint and logs bitwise, train.csv but for its two timing columns
+  cmp -s "$1/model.bin" "$2/model.bin" && cmp -s "$1/state.bin" "$2/state.bin" &&
+    cmp -s "$1/weights.csv" "$2/weights.csv" && cmp -s "$1/activations.csv" "$2/activations.csv" &&
+    diff <(cut -d, -f1-4 "$1/train.csv") <(cut -d, -f1-4 "$2/train.csv") >/dev/null
+}
+n=$(grep -c '^step ' "$tmp/s1/samples.txt" 2>/dev/null)
+if same_run "$tmp/s0" "$tmp/s1" && same_run "$tmp/s0" "$tmp/s2" && [ "$n" = 2 ]; then
+  ok "samples at steps 2 and 4 (samples.txt) leave model.bin, state.bin and the CSVs bitwise unchanged"
+else
+  bad "samples changed the run, or samples.txt has ${n:-no} samples (want 2)"
+fi
+cmp -s "$tmp/s1/samples.txt" "$tmp/s2/samples.txt" && ok "samples with --kv-cache 1 and 0 identical" ||
+  bad "samples differ between --kv-cache 1 and 0"
+./train_gpt2 $TINY --steps 2 --out "$tmp/n0" >/dev/null
+./train_gpt2 $TINY --steps 2 --out "$tmp/n1" --sample-tokens 8 >"$tmp/n1.log" ||
+  bad "run with a misfit vocabulary failed"
+if grep -q '^note: no text samples: --tokenizer .* has 50257 tokens, the model 250$' "$tmp/n1.log" &&
+   cmp -s "$tmp/n0/model.bin" "$tmp/n1/model.bin"; then
+  ok "vocabulary misfit during training: one note, no samples, the same run"
+else
+  bad "vocabulary misfit during training: $(grep note "$tmp/n1.log")"
+fi
+GEN="./train_gpt2 --init-from $tmp/s0/model.bin --temperature 0 --prompt ROMEO:"
+$GEN --generate 20 --kv-cache 1 >"$tmp/g1" || bad "--generate (kv-cache 1) failed"
+$GEN --generate 20 --kv-cache 0 >"$tmp/g0" || bad "--generate (kv-cache 0) failed"
+if diff <(grep -v '^generate:' "$tmp/g1") <(grep -v '^generate:' "$tmp/g0") >/dev/null &&
+   grep -q '^--- sample at step 0 (20 tokens after 4 of prompt):' "$tmp/g1"; then
+  rate() { grep -o '[0-9.]* tokens/s' "$1"; }
+  ok "greedy --generate 20: the same tokens with --kv-cache 1 and 0 ($(rate "$tmp/g1") vs $(rate "$tmp/g0"))"
+else
+  bad "greedy --generate differs between --kv-cache 1 and 0"
+fi
+$GEN --generate 100 >"$tmp/g2" || bad "--generate 100 failed"
+grep -q '^note: 4 prompt + 100 new tokens exceed the model.s 32 positions: generating 28$' "$tmp/g2" &&
+  grep -q '(28 tokens after 4 of prompt)' "$tmp/g2" &&
+  ok "--generate past max T: said, and cut to 28 (EOT + ROMEO: as 3 tokens + 28 = 32)" ||
+  bad "--generate past max T: $(head -c 300 "$tmp/g2")"
+
 echo "bad inputs (one line on stderr, exit status != 0):"
 expect_error() { # expected status, what, command...
   local want=$1 what=$2; shift 2
@@ -87,6 +134,11 @@ expect_error 1 "token id >= vocab" ./train_gpt2 --train "$tmp/bigtok.bin" --voca
 expect_error 1 "checkpoint bad magic" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from $FX/gpt2_tiny_train.bin --out "$tmp/e"
 expect_error 1 "truncated checkpoint" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from "$tmp/trunc_model.bin" --out "$tmp/e"
 expect_error 2 "resume a shuffled run unshuffled" ./train_gpt2 $TINY --steps 8 --resume "$tmp/h3"
+expect_error 1 "--generate, model vocab 250 vs the tokenizer's" ./train_gpt2 --init-from $FX/gpt2_tiny_model.bin \
+  --generate 4
+expect_error 2 "--generate without --init-from" ./train_gpt2 --generate 4
+expect_error 2 "--prompt filling the model" ./train_gpt2 --init-from "$tmp/s0/model.bin" --generate 4 \
+  --prompt "$(printf 'a %.0s' {1..40})"
 expect_error 1 "resume without state" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --resume "$tmp/d/nonexistent" --out "$tmp/e"
 
 exit $fail
