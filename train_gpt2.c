@@ -250,6 +250,33 @@ static void layernorm_backward(real *dinp, real *dw, real *dbias, const real *do
 // Causal self-attention on the packed qkv (B, T, 3C): for head h, q, k and v are
 // the columns [h·hs, (h+1)·hs) of the first, second and third C columns.
 // att (B, NH, T, T) keeps the softmax probabilities (zero above the diagonal).
+// One query row q over keys k and values v at positions 0..t (their rows `stride`
+// apart): a[0..t] the softmax of q.k*scale, o = sum a*v. attention_forward's rows
+// and gpt2_decode's one position both go through it.
+static void attention_row(real *o, real *a, const real *q, const real *k, const real *v, size_t stride, int t, int hs,
+                          double scale) {
+    double mx = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) {
+        const real *kt = k + (size_t)t2 * stride;
+        double s = 0;
+        for (int i = 0; i < hs; i++) s += q[i] * kt[i];
+        a[t2] = (real)(s * scale);
+        if (a[t2] > mx) mx = a[t2];
+    }
+    double sum = 0;
+    for (int t2 = 0; t2 <= t; t2++) {
+        double e = exp(a[t2] - mx);
+        a[t2] = (real)e;
+        sum += e;
+    }
+    for (int t2 = 0; t2 <= t; t2++) a[t2] = (real)(a[t2] / sum);
+    for (int i = 0; i < hs; i++) o[i] = 0;
+    for (int t2 = 0; t2 <= t; t2++) {
+        const real *vt = v + (size_t)t2 * stride;
+        for (int i = 0; i < hs; i++) o[i] += a[t2] * vt[i];
+    }
+}
+
 static void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH) {
     int hs = C / NH, C3 = 3 * C;
     double scale = 1.0 / sqrt((double)hs);
@@ -257,30 +284,11 @@ static void attention_forward(real *out, real *att, const real *qkv, int B, int 
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             for (int t = 0; t < T; t++) {
-                const real *q = qkv + ((size_t)b * T + t) * C3 + h * hs;
+                const real *row0 = qkv + (size_t)b * T * C3 + h * hs; // position 0's q of head h
                 real *a = att + (((size_t)b * NH + h) * T + t) * T;
-                double mx = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const real *k = qkv + ((size_t)b * T + t2) * C3 + C + h * hs;
-                    double s = 0;
-                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                    a[t2] = (real)(s * scale);
-                    if (a[t2] > mx) mx = a[t2];
-                }
-                double sum = 0;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    double e = exp(a[t2] - mx);
-                    a[t2] = (real)e;
-                    sum += e;
-                }
-                for (int t2 = 0; t2 <= t; t2++) a[t2] = (real)(a[t2] / sum);
+                attention_row(out + ((size_t)b * T + t) * C + h * hs, a, row0 + (size_t)t * C3, row0 + C,
+                              row0 + 2 * C, C3, t, hs, scale);
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0;
-                real *o = out + ((size_t)b * T + t) * C + h * hs;
-                for (int i = 0; i < hs; i++) o[i] = 0;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const real *v = qkv + ((size_t)b * T + t2) * C3 + 2 * C + h * hs;
-                    for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
-                }
             }
         }
     }
@@ -790,28 +798,7 @@ static void attention_decode(real *out, real *a, const real *qkv, const real *kc
     int hs = C / NH;
     double scale = 1.0 / sqrt((double)hs);
     for (int h = 0; h < NH; h++) {
-        const real *q = qkv + h * hs;
-        double mx = -INFINITY;
-        for (int t2 = 0; t2 <= t; t2++) {
-            const real *k = kc + (size_t)t2 * C + h * hs;
-            double s = 0;
-            for (int i = 0; i < hs; i++) s += q[i] * k[i];
-            a[t2] = (real)(s * scale);
-            if (a[t2] > mx) mx = a[t2];
-        }
-        double sum = 0;
-        for (int t2 = 0; t2 <= t; t2++) {
-            double e = exp(a[t2] - mx);
-            a[t2] = (real)e;
-            sum += e;
-        }
-        for (int t2 = 0; t2 <= t; t2++) a[t2] = (real)(a[t2] / sum);
-        real *o = out + h * hs;
-        for (int i = 0; i < hs; i++) o[i] = 0;
-        for (int t2 = 0; t2 <= t; t2++) {
-            const real *v = vc + (size_t)t2 * C + h * hs;
-            for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
-        }
+        attention_row(out + h * hs, a, qkv + h * hs, kc + h * hs, vc + h * hs, C, t, hs, scale);
     }
 }
 
@@ -957,8 +944,8 @@ static int tvr_rescale(real *w, size_t n, double target, double threshold, doubl
     return 1;
 }
 
-// One optimizer step on the loader's next batch: forward, backward, clip, AdamW.
-// (TVR, when due, follows in the caller, after the statistics are logged.)
+// One step on the loader's next batch up to the update: forward, backward, clip, lr.
+// The caller checks the numbers are finite, then runs AdamW and TVR.
 typedef struct {
     double loss, grad_norm, lr;
 } StepResult;
@@ -970,7 +957,6 @@ static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int st
     res->loss = model->mean_loss;
     res->grad_norm = clip_grad_norm(model, opt->grad_clip);
     res->lr = lr_at(opt, step);
-    adamw_update(model, opt, res->lr, step);
 }
 
 // ----------------------------------------------------------------------------
@@ -1128,6 +1114,7 @@ static int build_model(GPT2 *model, const Settings *s, int seq_len_given, const 
 }
 
 static void save_checkpoint(const GPT2 *model, const TrainState *st, const char *dir) {
+    check_finite_params(model->params, sizeof(real), (long)model->num_params, dir);
     char path[4200];
     gpt2_save(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
@@ -1158,9 +1145,11 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
         StepResult r;
         train_step(model, &opt, train_dl, step, &r);
         if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
-        int do_tvr = tvr_due(&tvr, step);
+        int skip = nonfinite_step(s, &logs, step, r.loss, r.grad_norm); // stops the run unless --skip-nonfinite 1
+        if (!skip) adamw_update(model, &opt, r.lr, step);
+        int do_tvr = !skip && tvr_due(&tvr, step);
         double t_tvr = wall_seconds();
-        if (do_tvr || stats_due(s->stats_every, step)) stats_pass(model, s, &tvr, &logs, step, do_tvr);
+        if (do_tvr || (!skip && stats_due(s->stats_every, step))) stats_pass(model, s, &tvr, &logs, step, do_tvr);
         double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
         st->step = step;
         st->shard = train_dl->shard;

@@ -879,20 +879,63 @@ static void gpt2_backward(GPT2 *model) {
     encoder_backward(layer_grad(model, P_WTE, 0), layer_grad(model, P_WPE, 0), s->dres, &model->buckets, B, T, C);
 }
 
-static void gpt2_free(GPT2 *model) {
-    void *dev[] = {model->params, model->grads, model->m, model->v, model->row_max, model->row_sum, model->d_inputs,
-                   model->d_targets, model->norm_partial,
-                   model->act_partial, model->st.ptr, model->st.n, model->st.mu, model->st.partial, model->s.partial,
-                   model->s.dres, model->s.dln, model->s.datty, model->s.dqkv, model->s.dfch, model->s.dfch_gelu,
-                   model->s.attn.q, model->s.attn.k, model->s.attn.v, model->s.attn.y, model->s.attn.dq,
-                   model->s.attn.dk, model->s.attn.dv, model->s.attn.dy, model->s.attn.datt};
+// What gpt2_alloc_acts allocated.
+static void gpt2_free_acts(GPT2 *model) {
+    void *dev[] = {model->row_max,   model->row_sum,   model->d_inputs,  model->d_targets, model->s.partial,
+                   model->s.dres,    model->s.dln,     model->s.datty,   model->s.dqkv,    model->s.dfch,
+                   model->s.dfch_gelu, model->s.attn.q, model->s.attn.k, model->s.attn.v,  model->s.attn.y,
+                   model->s.attn.dq, model->s.attn.dk, model->s.attn.dv, model->s.attn.dy, model->s.attn.datt};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
     for (int a = 0; a < NUM_ACTS; a++) cudaCheck(cudaFree(model->a[a]));
-    void *host[] = {model->h_params, model->h_m, model->h_v, model->inputs, model->targets, model->h_losses,
-                    model->h_norm_partial, model->h_act_partial, model->st.h_partial};
-    for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++) free(host[i]);
+    free(model->inputs), free(model->targets), free(model->h_losses);
     token_buckets_free(&model->buckets);
+}
+
+static void gpt2_free(GPT2 *model) {
+    void *dev[] = {model->params,       model->grads,  model->m,    model->v,    model->norm_partial,
+                   model->act_partial,  model->st.ptr, model->st.n, model->st.mu, model->st.partial};
+    for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
+    void *host[] = {model->h_params, model->h_m, model->h_v, model->h_norm_partial, model->h_act_partial,
+                    model->st.h_partial};
+    for (size_t i = 0; i < sizeof(host) / sizeof(host[0]); i++) free(host[i]);
+    gpt2_free_acts(model);
     memset(model, 0, sizeof(*model));
+}
+
+// ---------------------------------------------------------------------------
+// Generation on the GPU: the forward above over one sequence of the model's length,
+// once per new token (causal: the padding after the prefix changes nothing). No KV
+// cache yet; train_gpt2.c's gpt2_decode is the cached path the tests compare with.
+
+typedef struct {
+    GPT2 gen;      // the model's parameters, with activations for 1 x max_seq_len of its own
+    int *window;   // (2T) the prefix padded with 0, then zero targets
+    float *logits; // (V) the last position's logits, on the host
+} Generator;
+
+static void generator_open(Generator *g, const GPT2 *model) {
+    g->gen = *model; // shares the parameters; gpt2_alloc_acts replaces only the copy's buffers
+    int T = model->config.max_seq_len;
+    gpt2_alloc_acts(&g->gen, 1, T);
+    g->window = (int *)calloc_check(2 * T, sizeof(int));
+    g->logits = (float *)malloc_check(sizeof(float) * model->config.vocab);
+}
+
+static void generator_close(Generator *g) {
+    gpt2_free_acts(&g->gen);
+    free(g->window), free(g->logits);
+}
+
+// NextLogits (common/sample.h)
+static const float *gpt2_next_logits(void *p, const int *tokens, int n) {
+    Generator *g = (Generator *)p;
+    int T = g->gen.T, V = g->gen.config.vocab;
+    if (n > T) die("internal: generation at position %d, the model's maximum is %d", n, T);
+    memset(g->window, 0, sizeof(int) * 2 * T);
+    memcpy(g->window, tokens, sizeof(int) * n);
+    gpt2_forward(&g->gen, g->window, g->window + T, 1, T);
+    cudaCheck(cudaMemcpy(g->logits, g->gen.a[A_LOGITS] + (long)(n - 1) * V, sizeof(float) * V, cudaMemcpyDeviceToHost));
+    return g->logits;
 }
 
 // ============================================================================
@@ -1060,8 +1103,8 @@ static int weights_pass(GPT2 *model, const TvrConfig *tvr, int step, int do_tvr,
     return total;
 }
 
-// One optimizer step on the loader's next batch: forward, backward, clip, AdamW.
-// (TVR, when due, follows in the caller, after the statistics are logged.)
+// One step on the loader's next batch up to the update: forward, backward, clip, lr.
+// The caller checks the numbers are finite, then runs AdamW and TVR.
 typedef struct {
     double loss, grad_norm, lr;
 } StepResult;
@@ -1073,7 +1116,6 @@ static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int st
     res->loss = model->mean_loss;
     res->grad_norm = clip_grad_norm(model, opt->grad_clip);
     res->lr = lr_at(opt, step);
-    adamw_update(model, opt, res->lr, step);
 }
 
 // ============================================================================
@@ -1215,6 +1257,8 @@ static int build_model_host(GPT2 *model, const Settings *s, int seq_len_given, c
 }
 
 static void save_checkpoint(GPT2 *model, const TrainState *st, const char *dir) {
+    gpt2_params_to_host(model);
+    check_finite_params(model->h_params, sizeof(float), (long)model->num_params, dir);
     char path[4200];
     gpt2_save(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
@@ -1229,7 +1273,9 @@ static void stats_pass(GPT2 *model, const Settings *s, const TvrConfig *tvr, Log
     weights_pass(model, tvr, step, do_tvr, lg->weights);
 }
 
-static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+// tok: the vocabulary for text samples, NULL for none.
+static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
+                  const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
     Logs logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
@@ -1243,10 +1289,12 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
         StepResult r;
         train_step(model, &opt, train_dl, step, &r);
         if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
-        int do_tvr = tvr_due(&tvr, step);
+        int skip = nonfinite_step(s, &logs, step, r.loss, r.grad_norm); // stops the run unless --skip-nonfinite 1
+        if (!skip) adamw_update(model, &opt, r.lr, step);
+        int do_tvr = !skip && tvr_due(&tvr, step);
         if (do_tvr) cudaCheck(cudaDeviceSynchronize()); // time TVR's pass alone
         double t_tvr = wall_seconds();
-        if (do_tvr || stats_due(s->stats_every, step)) stats_pass(model, s, &tvr, &logs, step, do_tvr);
+        if (do_tvr || (!skip && stats_due(s->stats_every, step))) stats_pass(model, s, &tvr, &logs, step, do_tvr);
         cudaCheck(cudaDeviceSynchronize()); // the step's time includes its last kernel
         double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
         st->step = step;
@@ -1255,6 +1303,12 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
         log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
                  (long)train_dl->B * train_dl->T, tvr_ms);
         if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (tok && sample_due(s, step)) {
+            Generator g;
+            generator_open(&g, model);
+            sample_run(&g, gpt2_next_logits, model->config.max_seq_len, s, tok, step);
+            generator_close(&g);
+        }
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
     }
     save_checkpoint(model, st, s->out);
@@ -1267,12 +1321,29 @@ int main(int argc, char **argv) {
     Settings s;
     int shape_given[4];
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, shape_given);
-    gpu_samples_check(&s, "train_gpt2");
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;
     memset(&model, 0, sizeof(model));
+    if (s.generate > 0) { // --init-from's model, no data, no training
+        gpt2_load_host(&model, s.init_from);
+        Tokenizer tok;
+        load_tokenizer(&s, model.config.vocab, &tok); // a misfit is an error here
+        gpu_setup(s.tf32, "train_gpt2");
+        gpt2_alloc_device(&model);
+        gpt2_params_to_device(&model);
+        if (s.kv_cache) printf("note: the GPU program has no KV cache yet: each token recomputes the prefix\n");
+        Generator g;
+        generator_open(&g, &model);
+        generate_run(&g, gpt2_next_logits, model.config.max_seq_len, &s, &tok,
+                     "on the GPU, the prefix recomputed per token");
+        generator_close(&g);
+        tokenizer_free(&tok);
+        gpt2_free(&model);
+        return 0;
+    }
     int T = build_model_host(&model, &s, seq_len_given, shape_given, &rng);
+    Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
@@ -1295,8 +1366,9 @@ int main(int argc, char **argv) {
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %s, %s\n", c->layers,
            c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, s.batch, T, prop.name,
            s.tf32 ? "tf32" : "fp32");
-    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st, tok);
     data_close(&s, &train_dl, &val_dl);
+    if (tok) tokenizer_free(tok);
     gpt2_free(&model);
     cublasCheck(cublasDestroy(cublas_handle));
     return 0;

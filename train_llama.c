@@ -23,7 +23,6 @@
 #include <omp.h>
 
 #include "llama_run.h" // LlamaConfig, model.bin's header, the command line
-#include "sample.h"    // the sampler and samples.txt (with common/tokenizer.h)
 #include "train.h"     // settings, schedules, state.bin, logs
 #include "utils.h"
 
@@ -50,7 +49,8 @@ typedef float real;
 static inline float rexp(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f; // round to nearest via 1.5*2^23
+    float xn = x == x ? x : 0.0f; // a NaN x makes n 0 (no undefined int conversion) and r, so the result, NaN
+    float n = (xn * 1.44269504f + 12582912.0f) - 12582912.0f; // round to nearest via 1.5*2^23
     float r = x - n * 0.693145751953125f;                    // ln2 split in two: the high part
     r = r - n * 1.42860677e-6f;                              // times n is exact
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 +
@@ -324,6 +324,27 @@ static void rope_backward(real *dx, const real *cos_t, const real *sin_t, int B,
  * (B,T,NKV,hs); query head h reads kv head h / (NH/NKV). att (B,NH,T,T) keeps
  * the softmax probabilities for the backward; out is (B,T,NH,hs).
  */
+// One query row qt over keys k and values v at positions 0..t (rows `stride` apart):
+// a[0..t] the softmax of qt.k*scale, o = sum a*v. attention_forward's rows and
+// llama_decode's one position both go through it.
+static void attention_row(real *o, real *a, const real *qt, const real *k, const real *v, long stride, int t, int hs,
+                          real scale) {
+    real maxv = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) {
+        a[t2] = dot(qt, k + (long)t2 * stride, hs) * scale;
+        if (a[t2] > maxv) maxv = a[t2];
+    }
+    double sum = 0;
+    for (int t2 = 0; t2 <= t; t2++) {
+        a[t2] = rexp(a[t2] - maxv);
+        sum += a[t2];
+    }
+    real inv = (real)(1.0 / sum);
+    for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+    memset(o, 0, sizeof(real) * hs);
+    for (int t2 = 0; t2 <= t; t2++) axpy(o, a[t2], v + (long)t2 * stride, hs);
+}
+
 static void attention_forward(real *out, real *att, const real *q, const real *k, const real *v, int B, int T,
                               int NH, int NKV, int hs) {
     int group = NH / NKV;
@@ -334,24 +355,11 @@ static void attention_forward(real *out, real *att, const real *q, const real *k
         for (int h = 0; h < NH; h++) {
             for (int t = 0; t < T; t++) {
                 int kvh = h / group;
-                const real *qt = q + ((long)b * T + t) * qs + h * hs;
+                long kv0 = (long)b * T * ks + kvh * hs; // position 0 of kv head kvh
                 real *a = att + (((long)b * NH + h) * T + t) * T;
-                real maxv = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    a[t2] = dot(qt, k + ((long)b * T + t2) * ks + kvh * hs, hs) * scale;
-                    if (a[t2] > maxv) maxv = a[t2];
-                }
-                double sum = 0;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    a[t2] = rexp(a[t2] - maxv);
-                    sum += a[t2];
-                }
-                real inv = (real)(1.0 / sum);
-                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                attention_row(out + ((long)b * T + t) * qs + h * hs, a, q + ((long)b * T + t) * qs + h * hs, k + kv0,
+                              v + kv0, ks, t, hs, scale);
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0;
-                real *o = out + ((long)b * T + t) * qs + h * hs;
-                memset(o, 0, sizeof(real) * hs);
-                for (int t2 = 0; t2 <= t; t2++) axpy(o, a[t2], v + ((long)b * T + t2) * ks + kvh * hs, hs);
             }
         }
     }
@@ -888,22 +896,8 @@ static const float *llama_decode(Llama *model, int token, int pos) {
         rope_forward(d->q, cs, sn, 1, 1, NH, hs);
         rope_forward(kc + (long)pos * KVD, cs, sn, 1, 1, NKV, hs);
         for (int h = 0; h < NH; h++) {
-            const real *qh = d->q + h * hs;
             int kvh = h / group;
-            real maxv = -INFINITY;
-            for (int t2 = 0; t2 <= pos; t2++) {
-                d->att[t2] = dot(qh, kc + (long)t2 * KVD + kvh * hs, hs) * scale;
-                if (d->att[t2] > maxv) maxv = d->att[t2];
-            }
-            double sum = 0;
-            for (int t2 = 0; t2 <= pos; t2++) {
-                d->att[t2] = rexp(d->att[t2] - maxv);
-                sum += d->att[t2];
-            }
-            real inv = (real)(1.0 / sum);
-            real *o = d->atty + h * hs;
-            memset(o, 0, sizeof(real) * hs);
-            for (int t2 = 0; t2 <= pos; t2++) axpy(o, d->att[t2] * inv, vc + (long)t2 * KVD + kvh * hs, hs);
+            attention_row(d->atty + h * hs, d->att, d->q + h * hs, kc + kvh * hs, vc + kvh * hs, KVD, pos, hs, scale);
         }
         matmul_forward(d->tmp, d->atty, layer_param(model, P_WO, l), 1, C, C);
         residual_forward(d->h, d->x, d->tmp, C);
@@ -942,21 +936,6 @@ static const float *llama_next_logits(void *m, const int *tokens, int n) {
     llama_forward(model, d->window, d->window + T, 1, T);
     for (int i = 0; i < V; i++) d->flogits[i] = (float)model->acts.logits[(long)(n - 1) * V + i];
     return d->flogits;
-}
-
-// A sample from the document-start token (BOS), printed and appended to samples.txt.
-static void llama_sample(Llama *model, const Settings *s, const Tokenizer *tok, int step) {
-    int n = s->sample_tokens + 1 <= model->config.max_seq_len ? s->sample_tokens + 1 : model->config.max_seq_len;
-    int *tokens = (int *)malloc_check(sizeof(int) * n);
-    tokens[0] = tok->bos_id;
-    Sampler sm;
-    sampler_init(&sm, model->config.vocab, s->temperature, s->top_p);
-    Rng rng;
-    sample_rng(&rng, s->sample_seed, step);
-    generate(model, llama_next_logits, &sm, &rng, tokens, 1, n - 1);
-    sample_print(tok, tokens, n, 1, step, s->out);
-    sampler_free(&sm);
-    free(tokens);
 }
 
 // ============================================================================
@@ -1140,6 +1119,7 @@ static double evaluate(Llama *model, DataLoader *val, int batches) {
 }
 
 static void save_checkpoint(const Llama *model, const TrainState *st, const char *dir) {
+    check_finite_params(model->params, sizeof(real), model->num_params, dir);
     char path[4200];
     llama_save(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
@@ -1166,77 +1146,23 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         llama_backward(model);
         double norm = clip_grad_norm(model, opt.grad_clip);
         double lr = lr_at(&opt, step);
-        adamw_update(model, &opt, lr, step);
-        int do_tvr = tvr_due(&tvr, step);
+        int skip = nonfinite_step(s, &logs, step, model->loss, norm); // stops the run unless --skip-nonfinite 1
+        if (!skip) adamw_update(model, &opt, lr, step);
+        int do_tvr = !skip && tvr_due(&tvr, step);
         double t_tvr = wall_seconds();
-        if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
+        if (do_tvr || (!skip && stats_due(s->stats_every, step))) weights_pass(model, &tvr, step, do_tvr, logs.weights);
         double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
         st->step = step;
         st->shard = train_dl->shard;
         st->pos = dataloader_position(train_dl);
         log_step(&logs, step, s->steps, model->loss, lr, norm, 1000 * (wall_seconds() - t0), (long)B * T, tvr_ms);
         if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
-        if (tok && sample_due(s, step)) llama_sample(model, s, tok, step);
+        if (tok && sample_due(s, step)) sample_run(model, llama_next_logits, model->config.max_seq_len, s, tok, step);
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
     logs_close(&logs);
-}
-
-// --generate N: continue --prompt (after BOS) with the --init-from model, print
-// the text and the speed (docs/formats.md, "Text samples and generation").
-static void generate_run(Llama *model, const Settings *s, const Tokenizer *tok) {
-    int T = model->config.max_seq_len;
-    size_t plen = strlen(s->prompt);
-    int *tokens = (int *)malloc_check(sizeof(int) * (plen + 2 + T));
-    tokens[0] = tok->bos_id;
-    int n0 = 1 + tokenizer_encode(tok, s->prompt, plen, tokens + 1);
-    if (n0 >= T) usage_error("--prompt is %d tokens; the model's sequence length is %d", n0 - 1, T);
-    int n_new = s->generate;
-    if (n0 + n_new > T) {
-        printf("note: %d prompt + %d new tokens exceed the model's %d positions: generating %d\n", n0, n_new, T,
-               T - n0);
-        n_new = T - n0;
-    }
-    llama_decoder(model)->kv_cache = s->kv_cache;
-    if (!s->kv_cache) llama_alloc_acts(model, 1, T);
-    Sampler sm;
-    sampler_init(&sm, model->config.vocab, s->temperature, s->top_p);
-    Rng rng;
-    sample_rng(&rng, s->sample_seed, 0);
-    double t0 = wall_seconds();
-    int n = generate(model, llama_next_logits, &sm, &rng, tokens, n0, n_new);
-    double dt = wall_seconds() - t0;
-    sample_print(tok, tokens, n, n0, 0, NULL);
-    printf("generate: %d tokens in %.3f s, %.1f tokens/s (%s)\n", n - n0, dt, (n - n0) / dt,
-           s->kv_cache ? "with the KV cache" : "no cache: the prefix recomputed for every token");
-    sampler_free(&sm);
-    free(tokens);
-}
-
-// The vocabulary for samples and --generate, or NULL (said why) when the run has
-// no use for one or it does not fit the model; with --generate a misfit is an error.
-static Tokenizer *load_tokenizer(const Settings *s, int vocab, Tokenizer *tok) {
-    if (s->generate == 0 && s->sample_tokens == 0) return NULL;
-    const char *why = NULL;
-    char msg[4400];
-    if (file_size(s->tokenizer) < 0) {
-        snprintf(msg, sizeof(msg), "--tokenizer %s: cannot read it", s->tokenizer);
-        why = msg;
-    } else {
-        tokenizer_load(tok, s->tokenizer, 0);
-        if (tok->vocab_size != vocab || tok->bos_id < 0) {
-            snprintf(msg, sizeof(msg), "--tokenizer %s has %d tokens, the model %d", s->tokenizer, tok->vocab_size,
-                     vocab);
-            why = msg;
-            tokenizer_free(tok);
-        }
-    }
-    if (!why) return tok;
-    if (s->generate > 0) die("%s", why);
-    printf("note: no text samples: %s\n", why);
-    return NULL;
 }
 
 #ifndef TESTING
@@ -1252,9 +1178,15 @@ int main(int argc, char **argv) {
     Llama model;
     llama_build(&model, config);
     Tokenizer tok_store, *tok = load_tokenizer(&s, config.vocab, &tok_store);
+    if (tok && !s.generate && !s.kv_cache) {
+        printf("note: samples during training use the KV cache (--kv-cache 0 is for --generate)\n");
+    }
     if (s.generate > 0) {
         llama_load_params(&model, ckpt);
-        generate_run(&model, &s, tok);
+        llama_decoder(&model)->kv_cache = s.kv_cache;
+        if (!s.kv_cache) llama_alloc_acts(&model, 1, config.max_seq_len);
+        generate_run(&model, llama_next_logits, config.max_seq_len, &s, tok,
+                     s.kv_cache ? "with the KV cache" : "no cache: the prefix recomputed for every token");
         tokenizer_free(tok);
         llama_free(&model);
         return 0;

@@ -732,22 +732,28 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     model->h_losses = (float *)calloc_check(N, sizeof(float));
 }
 
-static void llama_free(Llama *model) {
-    void *dev[] = {model->params, model->grads, model->m, model->v, model->rope_cos, model->rope_sin,
-                   model->d_tokens, model->d_targets,
-                   model->norm_partial, model->act_partial, model->mats.ptr, model->mats.n, model->mats.partial,
-                   model->mats.coef, model->scratch.dgain_partial};
-    for (size_t s = 0; s < sizeof(dev) / sizeof(dev[0]); s++) cudaCheck(cudaFree(dev[s]));
+// What llama_alloc_acts allocated.
+static void llama_free_acts(Llama *model) {
     void **acts = (void **)&model->acts;
     for (size_t s = 0; s < sizeof(Acts) / sizeof(void *); s++) cudaCheck(cudaFree(acts[s]));
     Scratch *g = &model->scratch;
     floatX *gs[] = {g->dres, g->dln, g->dq, g->dk, g->dv, g->datty, g->dfc1, g->dfc3, g->dswi, g->attn.qp,
                     g->attn.kp, g->attn.vp, g->attn.yp, g->attn.dqp, g->attn.dkp, g->attn.dvp, g->attn.datt};
     for (size_t s = 0; s < sizeof(gs) / sizeof(gs[0]); s++) cudaCheck(cudaFree(gs[s]));
-    void *host[] = {model->h_params, model->h_m, model->h_v, model->tokens, model->targets, model->h_losses,
-                    model->h_norm_partial, model->h_act_partial, model->mats.h_partial, model->mats.h_coef};
-    for (size_t s = 0; s < sizeof(host) / sizeof(host[0]); s++) free(host[s]);
+    cudaCheck(cudaFree(g->dgain_partial)), cudaCheck(cudaFree(model->d_tokens)), cudaCheck(cudaFree(model->d_targets));
+    free(model->tokens), free(model->targets), free(model->h_losses);
     token_buckets_free(&model->buckets);
+}
+
+static void llama_free(Llama *model) {
+    void *dev[] = {model->params,       model->grads,       model->m,           model->v,
+                   model->rope_cos,     model->rope_sin,    model->norm_partial, model->act_partial,
+                   model->mats.ptr,     model->mats.n,      model->mats.partial, model->mats.coef};
+    for (size_t s = 0; s < sizeof(dev) / sizeof(dev[0]); s++) cudaCheck(cudaFree(dev[s]));
+    void *host[] = {model->h_params, model->h_m, model->h_v, model->h_norm_partial, model->h_act_partial,
+                    model->mats.h_partial, model->mats.h_coef};
+    for (size_t s = 0; s < sizeof(host) / sizeof(host[0]); s++) free(host[s]);
+    llama_free_acts(model);
 }
 
 /*
@@ -929,6 +935,44 @@ static void llama_load_params(Llama *model, const char *path) {
     fread_check(model->h_params, sizeof(float), model->num_params, f, path);
     fclose(f);
     llama_params_to_device(model);
+}
+
+// ---------------------------------------------------------------------------
+// generation on the GPU: the forward above (its kernels verified against
+// train_llama.c) over one sequence of the model's length, once per new token.
+// Causal attention makes the padding after the prefix irrelevant. No KV cache
+// yet: a token costs a forward of T positions (train_llama.c's llama_decode is the
+// cached path; the tests compare the two token for token).
+
+typedef struct {
+    Llama gen;     // the model's parameters, with activations for 1 x max_seq_len of its own
+    int *window;   // (2T) the prefix padded with 0, then zero targets
+    float *logits; // (V) the last position's logits, on the host
+} Generator;
+
+static void generator_open(Generator *g, const Llama *model) {
+    g->gen = *model; // shares the parameters and tables; llama_alloc_acts replaces only the copy's buffers
+    int T = model->config.max_seq_len;
+    llama_alloc_acts(&g->gen, 1, T);
+    g->window = (int *)calloc_check(2 * T, sizeof(int));
+    g->logits = (float *)malloc_check(sizeof(float) * model->config.vocab);
+}
+
+static void generator_close(Generator *g) {
+    llama_free_acts(&g->gen);
+    free(g->window), free(g->logits);
+}
+
+// NextLogits (common/sample.h)
+static const float *llama_next_logits(void *p, const int *tokens, int n) {
+    Generator *g = (Generator *)p;
+    int T = g->gen.T, V = g->gen.config.vocab;
+    if (n > T) die("internal: generation at position %d, the model's maximum is %d", n, T);
+    memset(g->window, 0, sizeof(int) * 2 * T);
+    memcpy(g->window, tokens, sizeof(int) * n);
+    llama_forward(&g->gen, g->window, g->window + T, 1, T, 0);
+    cudaCheck(cudaMemcpy(g->logits, g->gen.acts.logits + (long)(n - 1) * V, sizeof(float) * V, cudaMemcpyDeviceToHost));
+    return g->logits;
 }
 
 // ============================================================================
@@ -1206,12 +1250,16 @@ static double evaluate(Llama *model, DataLoader *val, int batches) {
 }
 
 static void save_checkpoint(Llama *model, const TrainState *st, const char *dir) {
+    llama_params_to_host(model);
+    check_finite_params(model->h_params, sizeof(float), model->num_params, dir);
     char path[4200];
     llama_save(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 
-static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st) {
+// tok: the vocabulary for text samples, NULL for none.
+static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
+                  const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
     Logs logs = logs_open(s->out, s->resume ? st->step : -1, 0);
@@ -1230,11 +1278,12 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         llama_backward(model);
         double norm = clip_grad_norm(model, opt.grad_clip);
         double lr = lr_at(&opt, step);
-        adamw_update(model, &opt, lr, step);
-        int do_tvr = tvr_due(&tvr, step);
+        int skip = nonfinite_step(s, &logs, step, model->loss, norm); // stops the run unless --skip-nonfinite 1
+        if (!skip) adamw_update(model, &opt, lr, step);
+        int do_tvr = !skip && tvr_due(&tvr, step);
         if (do_tvr) cudaCheck(cudaDeviceSynchronize()); // time TVR's pass alone
         double t_tvr = wall_seconds();
-        if (do_tvr || stats_due(s->stats_every, step)) weights_pass(model, &tvr, step, do_tvr, logs.weights);
+        if (do_tvr || (!skip && stats_due(s->stats_every, step))) weights_pass(model, &tvr, step, do_tvr, logs.weights);
         cudaCheck(cudaDeviceSynchronize()); // the step's time includes its last kernel
         double tvr_ms = do_tvr ? 1000 * (wall_seconds() - t_tvr) : -1;
         st->step = step;
@@ -1242,6 +1291,12 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         st->pos = dataloader_position(train_dl);
         log_step(&logs, step, s->steps, model->loss, lr, norm, 1000 * (wall_seconds() - t0), (long)B * T, tvr_ms);
         if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
+        if (tok && sample_due(s, step)) {
+            Generator g;
+            generator_open(&g, model);
+            sample_run(&g, llama_next_logits, model->config.max_seq_len, s, tok, step);
+            generator_close(&g);
+        }
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
         fflush(stdout);
     }
@@ -1254,11 +1309,25 @@ int main(int argc, char **argv) {
     Settings s;
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
-    gpu_samples_check(&s, "train_llama");
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
+    Tokenizer tok_store, *tok = load_tokenizer(&s, config.vocab, &tok_store);
+    if (s.generate > 0) {
+        gpu_setup(s.tf32, "train_llama");
+        Llama model;
+        llama_build(&model, config);
+        llama_load_params(&model, ckpt);
+        if (s.kv_cache) printf("note: the GPU program has no KV cache yet: each token recomputes the prefix\n");
+        Generator g;
+        generator_open(&g, &model);
+        generate_run(&g, llama_next_logits, config.max_seq_len, &s, tok, "on the GPU, the prefix recomputed per token");
+        generator_close(&g);
+        tokenizer_free(tok);
+        llama_free(&model);
+        return 0;
+    }
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, s.seq_len, config.vocab);
@@ -1293,9 +1362,10 @@ int main(int argc, char **argv) {
     printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
            s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
     double t0 = wall_seconds();
-    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st);
+    train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st, tok);
     printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);
     data_close(&s, &train_dl, &val_dl);
+    if (tok) tokenizer_free(tok);
     llama_free(&model);
     cublasCheck(cublasDestroy(cublas_handle));
     return 0;

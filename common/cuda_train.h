@@ -22,12 +22,6 @@ static void gpu_setup(int tf32, const char *cpu_program) {
     cublas_setup(tf32);
 }
 
-// Text samples and --generate are the CPU programs' for now: said, not ignored.
-static void gpu_samples_check(const Settings *s, const char *cpu_program) {
-    if (s->generate > 0) usage_error("--generate: not in the GPU program yet; %s --generate does it", cpu_program);
-    if (s->sample_tokens > 0) printf("note: no text samples: not in the GPU program yet (%s has them)\n", cpu_program);
-}
-
 /*
  * The batch's positions grouped by token, for the embedding's backward: one
  * block owns each distinct token and adds its positions' gradients in list

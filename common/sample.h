@@ -95,7 +95,9 @@ static int generate(void *model, NextLogits next, Sampler *s, Rng *rng, int *tok
 }
 
 // The sampler's random stream for the sample at `step` (never the training one).
-static void sample_rng(Rng *r, int seed, int step) { rng_seed(r, (uint64_t)seed * 0x9E3779B97F4A7C15ULL + (uint64_t)step); }
+static void sample_rng(Rng *r, int seed, int step) {
+    rng_seed(r, (uint64_t)seed * 0x9E3779B97F4A7C15ULL + (uint64_t)step);
+}
 
 // Prints a sample and appends it to <out>/samples.txt (out NULL: print only).
 // tokens[0..n): the document-start token and what followed.

@@ -9,6 +9,7 @@
  *      (TvrConfig, tvr_target_for_layer, tvr_due)
  *   3. state.bin's header and fp32 payloads (docs/formats.md, "state.bin")
  *   4. the CSV logs, the progress line, validation rows and checkpoint paths
+ *   5. text samples and --generate, over a model's NextLogits (common/sample.h)
  *
  * The mathematics (the layers, AdamW, LIR, TVR's rescaling) stays in each
  * trainer, readable top to bottom.
@@ -19,6 +20,7 @@
 #include "args.h"
 #include "csvlog.h"
 #include "dataloader.h"
+#include "sample.h" // the sampler, generate(), samples.txt (and common/tokenizer.h)
 #include "utils.h"
 
 // ----------------------------------------------------------------------------
@@ -41,6 +43,7 @@ typedef struct {
     int tvr_every, tvr_depth_scaled;
     // logs and checkpoints
     int val_every, val_batches, stats_every, checkpoint_every, threads;
+    int skip_nonfinite; // 1: a step whose loss or gradient norm is not finite is skipped, not fatal
     // train_gpt2's E3 histogram (docs/methods.md, E3)
     int hist_layer;
     const char *hist_matrix;
@@ -102,6 +105,8 @@ static int training_flags(Settings *s, Flag *f, const char *inits) {
          "weights.csv/activations.csv every N steps; 0 = never", 0},
         {"checkpoint-every", FLAG_INT, &s->checkpoint_every, "0", 0, 1 << 30, NULL,
          "checkpoint every N steps (and at the end); 0 = only at the end", 0},
+        {"skip-nonfinite", FLAG_INT, &s->skip_nonfinite, "0", 0, 1, NULL,
+         "1: skip a step whose loss or gradient norm is not finite (counted); 0: stop there", 0},
         {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL,
          "CPU threads (OpenMP); 0 = all cores; the GPU programs ignore it", 0},
     };
@@ -168,8 +173,8 @@ static int sample_flags(Settings *s, Flag *f, const char *vocab_file) {
          "a text sample every N steps (and at the end); 0 = only at the end", 0},
         {"sample-tokens", FLAG_INT, &s->sample_tokens, "0", 0, 1 << 16, NULL, "tokens per sample; 0 = no samples", 0},
         {"temperature", FLAG_FLOAT, &s->temperature, "1.0", 0, 100, NULL, "sampling temperature; 0 = greedy", 0},
-        {"top-p", FLAG_FLOAT, &s->top_p, "0.9", 1e-6, 1, NULL, "nucleus sampling: the most likely tokens up to this mass",
-         0},
+        {"top-p", FLAG_FLOAT, &s->top_p, "0.9", 1e-6, 1, NULL,
+         "nucleus sampling: the most likely tokens up to this mass", 0},
         {"sample-seed", FLAG_INT, &s->sample_seed, "42", 0, INT_MAX, NULL,
          "seed of the samples' own random stream (never the training one)", 0},
         {"tokenizer", FLAG_STRING, &s->tokenizer, vocab_file, 0, 0, NULL, "vocabulary file for samples and prompts", 0},
@@ -379,6 +384,7 @@ typedef struct {
     FILE *hist, *hist_summary; // train_gpt2 with --hist-layer; else NULL
     double total_ms, tvr_ms;   // TVR's cost: its passes (statistics + rescale) against all step time
     int timed, tvr_passes;
+    int skipped;               // steps skipped for a non-finite loss or gradient norm (--skip-nonfinite 1)
 } Logs;
 
 // resume_step < 0: a fresh run; hist: also hist.csv and hist_summary.csv
@@ -443,7 +449,48 @@ static int checkpoint_due(const Settings *s, int step) {
     return s->checkpoint_every > 0 && step % s->checkpoint_every == 0 && step < s->steps;
 }
 
+/*
+ * A step whose loss or gradient norm is not finite, seen before its update: by
+ * default the run stops with one line naming the step, exit status 1, and the last
+ * checkpoint left as it was (nothing is written after it); with --skip-nonfinite 1
+ * the step is skipped (no update, its batch consumed, counted) and 1 returned.
+ * Returns 0 for a finite step.
+ */
+static int nonfinite_step(const Settings *s, Logs *lg, int step, double loss, double norm) {
+    if (isfinite(loss) && isfinite(norm)) return 0;
+    if (s->skip_nonfinite) { // its train.csv row and progress line follow, with the non-finite numbers
+        lg->skipped++;
+        printf("step %d: loss %g, gradient norm %g: not finite, update skipped (%d so far)\n", step, loss, norm,
+               lg->skipped);
+        return 1;
+    }
+    fflush(stdout);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/model.bin", s->out);
+    die("step %d: the loss is %g and the gradient norm %g; stopped before the update, %s (--skip-nonfinite 1 "
+        "skips such steps)", step, loss, norm,
+        file_size(path) >= 0 ? "the last checkpoint in --out is as it was" : "no checkpoint was written");
+}
+
+// Before a checkpoint is written: parameters that are not finite (an update that
+// went wrong with a finite loss) stop the run and leave the previous checkpoint.
+static void check_finite_params(const void *p, size_t elem, long n, const char *out) {
+    long bad = 0, first = -1;
+    for (long i = 0; i < n; i++) {
+        double x = elem == sizeof(double) ? ((const double *)p)[i] : (double)((const float *)p)[i];
+        if (!isfinite(x)) {
+            if (first < 0) first = i;
+            bad++;
+        }
+    }
+    if (bad) {
+        die("%ld of %ld parameters are not finite (the first at index %ld); the checkpoint in %s was not "
+            "overwritten", bad, n, first, out);
+    }
+}
+
 static void logs_close(Logs *lg) {
+    if (lg->skipped > 0) printf("skipped %d steps with a non-finite loss or gradient norm\n", lg->skipped);
     if (lg->tvr_passes > 0) {
         printf("tvr: %d passes, %.2f ms each, %.3f%% of the step time\n", lg->tvr_passes, lg->tvr_ms / lg->tvr_passes,
                100 * lg->tvr_ms / lg->total_ms);
@@ -452,6 +499,77 @@ static void logs_close(Logs *lg) {
     for (int i = 0; i < 6; i++) {
         if (fs[i]) fclose(fs[i]);
     }
+}
+
+// ----------------------------------------------------------------------------
+// 5. text samples and --generate (common/sample.h; docs/formats.md, "Text samples and generation")
+
+// The vocabulary for samples and --generate, or NULL (said why) when the run has
+// no use for one or it does not fit the model; with --generate a misfit is an error.
+static Tokenizer *load_tokenizer(const Settings *s, int vocab, Tokenizer *tok) {
+    if (s->generate == 0 && s->sample_tokens == 0) return NULL;
+    const char *why = NULL;
+    char msg[4400];
+    if (file_size(s->tokenizer) < 0) {
+        snprintf(msg, sizeof(msg), "--tokenizer %s: cannot read it", s->tokenizer);
+        why = msg;
+    } else {
+        tokenizer_load(tok, s->tokenizer, 0);
+        if (tok->vocab_size != vocab || tok->bos_id < 0) {
+            snprintf(msg, sizeof(msg), "--tokenizer %s has %d tokens, the model %d", s->tokenizer, tok->vocab_size,
+                     vocab);
+            why = msg;
+            tokenizer_free(tok);
+        }
+    }
+    if (!why) return tok;
+    if (s->generate > 0) die("%s", why);
+    printf("note: no text samples: %s\n", why);
+    return NULL;
+}
+
+// A sample during training: from the document-start token, --sample-tokens tokens
+// (as many as the model's T positions hold), printed and appended to samples.txt.
+static void sample_run(void *model, NextLogits next, int T, const Settings *s, const Tokenizer *tok, int step) {
+    int n = s->sample_tokens + 1 <= T ? s->sample_tokens + 1 : T;
+    int *tokens = (int *)malloc_check(sizeof(int) * n);
+    tokens[0] = tok->bos_id;
+    Sampler sm;
+    sampler_init(&sm, tok->vocab_size, s->temperature, s->top_p);
+    Rng rng;
+    sample_rng(&rng, s->sample_seed, step);
+    generate(model, next, &sm, &rng, tokens, 1, n - 1);
+    sample_print(tok, tokens, n, 1, step, s->out);
+    sampler_free(&sm);
+    free(tokens);
+}
+
+// --generate N: continue --prompt (after the document-start token) with the
+// --init-from model, print the text and the speed; how says how the logits are made.
+static void generate_run(void *model, NextLogits next, int T, const Settings *s, const Tokenizer *tok,
+                         const char *how) {
+    size_t plen = strlen(s->prompt);
+    int *tokens = (int *)malloc_check(sizeof(int) * (plen + 2 + T));
+    tokens[0] = tok->bos_id;
+    int n0 = 1 + tokenizer_encode(tok, s->prompt, plen, tokens + 1);
+    if (n0 >= T) usage_error("--prompt is %d tokens; the model's sequence length is %d", n0 - 1, T);
+    int n_new = s->generate;
+    if (n0 + n_new > T) {
+        printf("note: %d prompt + %d new tokens exceed the model's %d positions: generating %d\n", n0, n_new, T,
+               T - n0);
+        n_new = T - n0;
+    }
+    Sampler sm;
+    sampler_init(&sm, tok->vocab_size, s->temperature, s->top_p);
+    Rng rng;
+    sample_rng(&rng, s->sample_seed, 0);
+    double t0 = wall_seconds();
+    int n = generate(model, next, &sm, &rng, tokens, n0, n_new);
+    double dt = wall_seconds() - t0;
+    sample_print(tok, tokens, n, n0, 0, NULL);
+    printf("generate: %d tokens in %.3f s, %.1f tokens/s (%s)\n", n - n0, dt, (n - n0) / dt, how);
+    sampler_free(&sm);
+    free(tokens);
 }
 
 // "<dir>/<name>" into buf (the checkpoint files: model.bin, state.bin)

@@ -93,9 +93,9 @@ step() {
 # ---------------------------------------------------------------------------
 # 1. build
 if [ "$EMU" = 1 ]; then
-    step build 900 make -j"$JOBS" train_llama train_gpt2 emu build/test_llama_gpu_host build/test_gpt2_gpu_host
+    step build 900 make -j"$JOBS" train_llama train_gpt2 build/test_llama emu build/test_llama_gpu_host build/test_gpt2_gpu_host
 else
-    step build 300 make -j"$JOBS" train_llama train_gpt2 cuda
+    step build 300 make -j"$JOBS" train_llama train_gpt2 build/test_llama cuda
 fi
 
 # ---------------------------------------------------------------------------
@@ -107,6 +107,10 @@ else
     step llama_tests 420 env GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
     step gpt2_tests 240 env GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
 fi
+# text samples and greedy generation on the GPU against train_llama's KV cache, token for token
+step samples 120 env GPU_PROGRAM=$([ "$EMU" = 1 ] && echo ./train_llama_emu || echo ./train_llama_cu) \
+    GPU2_PROGRAM=$([ "$EMU" = 1 ] && echo ./train_gpt2_emu || echo ./train_gpt2_cu) \
+    bash test/test_samples.sh
 cp "$W/llama/report.md" "$OUT"/llama_report.md 2>/dev/null
 cp "$W/gpt2/report.md" "$OUT"/gpt2_report.md 2>/dev/null
 

@@ -186,6 +186,7 @@ static void test_fixtures(const char *dir) {
     for (int step = 1; step <= ref.steps; step++) {
         StepResult r;
         train_step(&model, &opt, &dl, step, &r);
+        adamw_update(&model, &opt, r.lr, step);
         if (tvr_due(&tvr, step)) weights_pass(&model, &tvr, step, 1, NULL);
         double el = fabs(r.loss - ref.losses[step - 1]) / fabs(ref.losses[step - 1]);
         double en = fabs(r.grad_norm - ref.norms[step - 1]) / fabs(ref.norms[step - 1]);

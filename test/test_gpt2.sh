@@ -141,4 +141,22 @@ expect_error 2 "--prompt filling the model" ./train_gpt2 --init-from "$tmp/s0/mo
   --prompt "$(printf 'a %.0s' {1..40})"
 expect_error 1 "resume without state" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --resume "$tmp/d/nonexistent" --out "$tmp/e"
 
+echo "non-finite numbers (one error line, exit 1, the last checkpoint kept):"
+# --eps 0: AdamW divides 0 by 0 where a gradient is exactly 0 (wte's padded rows, every step),
+# so step 1's update leaves non-finite parameters that the checkpoint check refuses
+BLOW="$TINY --eps 0 --steps 4"
+./train_gpt2 $TINY --steps 2 --out "$tmp/nan" > /dev/null && cp "$tmp/nan/model.bin" "$tmp/nan_good.bin"
+./train_gpt2 $BLOW --checkpoint-every 1 --out "$tmp/nan" > /dev/null 2> "$tmp/err"; rc=$?
+if [ $rc = 1 ] && [ "$(wc -l < "$tmp/err")" = 1 ] && grep -q 'parameters are not finite.*was not overwritten' "$tmp/err" &&
+   cmp -s "$tmp/nan/model.bin" "$tmp/nan_good.bin"; then
+  ok "a run whose update goes non-finite stops, the earlier model.bin kept: $(cat "$tmp/err")"
+else
+  bad "divergence: exit $rc, $(head -c 300 "$tmp/err")"
+fi
+python3 -c "
+import array, math, sys
+a = array.array('f'); a.frombytes(open(sys.argv[1], 'rb').read()[1024:])
+sys.exit(0 if all(math.isfinite(x) for x in a) else 1)" "$tmp/nan/model.bin" &&
+  ok "the checkpoint left in --out has only finite parameters" || bad "a non-finite checkpoint was written"
+
 exit $fail

@@ -138,5 +138,21 @@ rm -rf "$D/new"
 $RUN --steps 1 --out "$D/new/a/b" > /dev/null 2>&1 && [ -f "$D/new/a/b/model.bin" ] &&
   ok "--out $D/new/a/b: missing parents created, model.bin written" || bad "--out with missing parents"
 
+
+echo "non-finite numbers: the run stops, the last good checkpoint stays"
+# --eps 0 divides 0 by 0 in AdamW: step 1's update makes NaN weights, step 2's loss is NaN
+NAN="$BIN $MODEL $DATA --eps 0 --val-every 0"
+rm -rf $D/nan && expect 1 "step 2: the loss is -*nan and the gradient norm -*nan; stopped before the update, no checkpoint was written" -- $NAN --steps 4 --out $D/nan
+[ ! -e $D/nan/model.bin ] && ok "no model.bin written by the NaN run" || bad "the NaN run wrote model.bin"
+rm -rf $D/good && $BIN $MODEL $DATA --val-every 0 --steps 2 --out $D/good > /dev/null && cp $D/good/model.bin $D/good.bin
+expect 1 "parameters are not finite .*; the checkpoint in $D/good was not overwritten" -- \
+  $NAN --steps 4 --checkpoint-every 1 --out $D/good
+cmp -s $D/good/model.bin $D/good.bin && ok "the good run's checkpoint intact after a NaN update in the same --out" ||
+  bad "the NaN run overwrote the checkpoint"
+rm -rf $D/skip && $NAN --steps 4 --skip-nonfinite 1 --out $D/skip > $D/skip.out 2>&1
+grep -q '^step 3: loss -*nan, gradient norm -*nan: not finite, update skipped (2 so far)' $D/skip.out &&
+  grep -q 'parameters are not finite' $D/skip.out && [ "$(grep -c . $D/skip/train.csv)" = 5 ] &&
+  ok "--skip-nonfinite 1: steps 2-4 skipped and counted, their train.csv rows kept, the final checkpoint refused" ||
+  bad "--skip-nonfinite 1: $(tail -2 $D/skip.out)"
 [ $fail -eq 0 ] && echo "all command-line checks passed"
 exit $fail

@@ -92,7 +92,7 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     int saved = dup(STDOUT_FILENO); // train() prints a line per step: keep this test's output to the point
     FILE *devnull = fopen_check("/dev/null", "w");
     dup2(fileno(devnull), STDOUT_FILENO);
-    train(model, &s, dl, NULL, &st);
+    train(model, &s, dl, NULL, &st, NULL);
     fflush(stdout);
     dup2(saved, STDOUT_FILENO);
     close(saved);

@@ -3,7 +3,7 @@
 # samples.txt gets one entry per sample step, greedy generation with the KV cache picks the
 # same tokens as recomputing the whole prefix, and a vocabulary that does not fit is said
 # clearly. train_llama on the committed Tiny Shakespeare shards with its committed vocabulary.
-# Needs: make train_llama build/test_llama (make test builds them).
+# Needs: make train_llama train_gpt2 build/test_llama train_llama_emu train_gpt2_emu (make test builds them).
 set -u
 cd "$(dirname "$0")/.."
 fail=0
@@ -37,6 +37,48 @@ else
 fi
 ./train_llama --init-from "$tmp/a/model.bin" --generate 8 --prompt "To be" --threads 2 | grep -q '^generate: 8 tokens' &&
     ok "--generate 8 (temperature 1, top-p 0.9) prints its speed" || bad "--generate 8 printed no speed line"
+
+# the GPU program (its emulated build, or GPU_PROGRAM): greedy generation token for token as
+# train_llama's KV cache, and samples during training
+GPU=${GPU_PROGRAM:-./train_llama_emu}
+if [ -x "$GPU" ]; then
+    export EMU_SCHED=${EMU_SCHED:-inorder}
+    "$GPU" --init-from "$tmp/a/model.bin" --generate 24 --prompt "ROMEO:" --temperature 0 > "$tmp/gpu.out" ||
+        bad "$GPU --generate failed"
+    if diff <(grep -v '^generate:' "$tmp/g1.out") <(grep -v '^generate:\|^note:' "$tmp/gpu.out") > /dev/null; then
+        ok "$GPU greedy --generate 24: the same tokens as train_llama's KV cache"
+    else
+        bad "$GPU greedy generation differs from train_llama's"
+    fi
+    "$GPU" --layers 2 --dim 32 --heads 4 --kv-heads 2 --seq-len 32 --batch 2 --steps 2 --val-every 0 --stats-every 0 \
+        --sample-every 1 --sample-tokens 6 --out "$tmp/gpu_run" > /dev/null &&
+        [ "$(grep -c '^step [0-9]*$' "$tmp/gpu_run/samples.txt")" = 2 ] &&
+        ok "$GPU: a sample after each of 2 steps in samples.txt" || bad "$GPU: samples during training"
+else
+    echo "  skip $GPU: not built (make train_llama_emu)"
+fi
+
+# the same for GPT-2: train_gpt2's KV cache against the GPU program's full-window forward
+GPU2=${GPU2_PROGRAM:-./train_gpt2_emu}
+if [ -x "$GPU2" ]; then
+    ./train_gpt2 --layers 2 --dim 32 --heads 4 --seq-len 32 --batch 2 --steps 4 --warmup 1 --val-every 0 \
+        --stats-every 0 --threads 2 --out "$tmp/g2" > /dev/null || bad "train_gpt2 run failed"
+    ./train_gpt2 --init-from "$tmp/g2/model.bin" --generate 20 --prompt "ROMEO:" --temperature 0 --threads 2 \
+        > "$tmp/g2c.out" || bad "train_gpt2 --generate failed"
+    "$GPU2" --init-from "$tmp/g2/model.bin" --generate 20 --prompt "ROMEO:" --temperature 0 > "$tmp/g2g.out" ||
+        bad "$GPU2 --generate failed"
+    if [ -s "$tmp/g2c.out" ] &&
+        diff <(grep -v '^generate:\|^note:' "$tmp/g2c.out") <(grep -v '^generate:\|^note:' "$tmp/g2g.out") > /dev/null; then
+        ok "$GPU2 greedy --generate 20: the same tokens as train_gpt2's KV cache"
+    else
+        bad "$GPU2 greedy generation differs from train_gpt2's"
+    fi
+    "$GPU2" --init-from "$tmp/g2/model.bin" --steps 2 --val-every 0 --stats-every 0 --sample-every 1 --sample-tokens 6 \
+        --out "$tmp/g2run" > /dev/null && [ "$(grep -c '^step [0-9]*$' "$tmp/g2run/samples.txt")" = 2 ] &&
+        ok "$GPU2: a sample after each of 2 steps in samples.txt" || bad "$GPU2: samples during training"
+else
+    echo "  skip $GPU2: not built (make train_gpt2_emu)"
+fi
 
 ./build/test_llama write-shard "$tmp/v64.bin" 2000 64 > /dev/null
 ./train_llama --layers 1 --dim 16 --heads 2 --kv-heads 1 --vocab 64 --seq-len 16 --steps 0 --train "$tmp/v64.bin" \
