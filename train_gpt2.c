@@ -402,52 +402,7 @@ static void softmax_crossentropy_backward(real *probs_to_dlogits, const int *tar
 
 // GPT2Config (the shape): common/gpt2_run.h.
 
-// Parameter tensors in llm.c's checkpoint order; row-major, nn.Linear's (out, in).
-enum {
-    P_WTE, P_WPE, P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW, P_ATTPROJB,
-    P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW, P_FCPROJB, P_LNFW, P_LNFB, NUM_PARAMS
-};
-
-// Name, shape and role of each tensor. per_layer: the tensor is L stacked copies.
-// block_matrix: a block's linear weight (LIR, TVR and the statistics act on these).
-typedef struct {
-    const char *name;
-    int per_layer;
-    int decay;        // AdamW weight decay: 2-D tensors (embeddings and projections)
-    int block_matrix; // index into the names of the statistics below, -1 if not one
-} ParamInfo;
-
-static const ParamInfo PARAM_INFO[NUM_PARAMS] = {
-    {"wte", 0, 1, -1},      {"wpe", 0, 1, -1},      {"ln1w", 1, 0, -1},    {"ln1b", 1, 0, -1},
-    {"qkvw", 1, 1, 0},      {"qkvb", 1, 0, -1},     {"attprojw", 1, 1, 1}, {"attprojb", 1, 0, -1},
-    {"ln2w", 1, 0, -1},     {"ln2b", 1, 0, -1},     {"fcw", 1, 1, 2},      {"fcb", 1, 0, -1},
-    {"fcprojw", 1, 1, 3},   {"fcprojb", 1, 0, -1},  {"lnfw", 0, 0, -1},    {"lnfb", 0, 0, -1},
-};
-
-// The four block matrices as the model stores them (TVR's units) and their biases.
-#define NUM_BLOCK_MATRICES 4
-static const int BLOCK_MATRIX_PARAM[NUM_BLOCK_MATRICES] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
-static const int BLOCK_MATRIX_BIAS[NUM_BLOCK_MATRICES] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
-
-// Elements of one layer's slice (per_layer tensors) or of the whole tensor.
-static size_t param_slice_size(const GPT2Config *c, int p) {
-    size_t C = c->channels;
-    switch (p) {
-    case P_WTE: return (size_t)c->padded_vocab * C;
-    case P_WPE: return (size_t)c->max_seq_len * C;
-    case P_QKVW: return 3 * C * C;
-    case P_QKVB: return 3 * C;
-    case P_ATTPROJW: return C * C;
-    case P_FCW: return 4 * C * C;
-    case P_FCB: return 4 * C;
-    case P_FCPROJW: return 4 * C * C;
-    default: return C; // norms and the C-wide biases
-    }
-}
-
-static size_t param_size(const GPT2Config *c, int p) {
-    return param_slice_size(c, p) * (PARAM_INFO[p].per_layer ? (size_t)c->layers : 1);
-}
+// The parameter tensors in llm.c's checkpoint order (P_*, PARAM_INFO, param_size): common/gpt2_run.h.
 
 // Activations kept for the backward pass, sizes derived from (B, T) and the config.
 enum {
@@ -552,10 +507,12 @@ static void gpt2_load(GPT2 *model, const char *path) {
     memset(model, 0, sizeof(*model));
     long bytes;
     FILE *f = gpt2_read_header(path, &model->config, &bytes);
+    long n = 0; // the file's size against its header before any allocation the header sizes
+    for (int p = 0; p < NUM_PARAMS; p++) n += (long)param_size(&model->config, p);
+    gpt2_check_size(path, bytes, n);
     gpt2_alloc_params(model);
-    gpt2_check_size(path, bytes, (long)model->num_params);
     float *buf = (float *)malloc_check(model->num_params * sizeof(float));
-    fread_check(buf, sizeof(float), model->num_params, f, path);
+    read_payload(f, buf, sizeof(float), model->num_params, path, "parameters");
     fclose(f);
     for (size_t i = 0; i < model->num_params; i++) model->params[i] = buf[i];
     free(buf);
@@ -581,6 +538,15 @@ static void gpt2_save(const GPT2 *model, const char *path) {
 
 // ----------------------------------------------------------------------------
 // Forward and backward through the whole model.
+
+// What training on B x T batches needs: parameters, gradients, AdamW's m and v, the
+// activations and their gradients (the transpose scratch aside).
+static double gpt2_memory(const GPT2Config *c, int B, int T) {
+    double n = 0;
+    for (int p = 0; p < NUM_PARAMS; p++) n += 4.0 * param_size(c, p);
+    for (int a = 0; a < NUM_ACTS; a++) n += (a != A_LOGITS && a != A_PROBS ? 2.0 : 1.0) * act_size(c, a, B, T);
+    return n * sizeof(real);
+}
 
 static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
     const GPT2Config *c = &model->config;
@@ -1084,9 +1050,9 @@ static void state_load(GPT2 *model, TrainState *st, const char *path) {
         model->m = (real *)calloc_check(np, sizeof(real));
         model->v = (real *)calloc_check(np, sizeof(real));
     }
-    read_floats(f, model->params, sizeof(real), np, path);
-    read_floats(f, model->m, sizeof(real), np, path);
-    read_floats(f, model->v, sizeof(real), np, path);
+    read_payload(f, model->params, sizeof(real), np, path, "parameters");
+    read_payload(f, model->m, sizeof(real), np, path, "AdamW's m");
+    read_payload(f, model->v, sizeof(real), np, path, "AdamW's v");
     fclose(f);
 }
 
@@ -1189,7 +1155,10 @@ int main(int argc, char **argv) {
         gpt2_free(&model);
         return 0;
     }
+    if (s.resume) seq_len_given = gpt2_resume_settings(&s, seq_len_given, STATE_MAGIC);
     int T = build_model(&model, &s, seq_len_given, shape_given, &rng);
+    s.seq_len = T; // what the run uses (at most the checkpoint's), as state.bin records it
+    memory_check(&s, gpt2_memory(&model.config, s.batch, T));
     Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
     if (tok && s.sample_tokens + 1 > model.config.max_seq_len) {
         printf("note: samples of %d tokens after EOT, not %d: the model has %d positions\n",
@@ -1200,7 +1169,8 @@ int main(int argc, char **argv) {
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
     ensure_dir(s.out);
-    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
+    int32_t shape[STATE_CONFIG_INTS];
+    TrainState st = state_new(&s, shape, gpt2_config_ints(&model.config, shape));
     if (s.resume) {
         char path[4200];
         state_load(&model, &st, run_file(path, sizeof(path), s.resume, "state.bin"));

@@ -488,50 +488,7 @@ static void crossentropy_backward(floatX *logits, const float *row_max, const do
 
 // GPT2Config (the shape): common/gpt2_run.h.
 
-// Parameter tensors in llm.c's checkpoint order; row-major, nn.Linear's (out, in).
-enum {
-    P_WTE, P_WPE, P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW, P_ATTPROJB,
-    P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW, P_FCPROJB, P_LNFW, P_LNFB, NUM_PARAMS
-};
-
-typedef struct {
-    const char *name;
-    int per_layer;
-    int decay;        // AdamW weight decay: 2-D tensors (embeddings and projections)
-    int block_matrix; // index into BLOCK_MATRIX_PARAM, -1 if not one
-} ParamInfo;
-
-static const ParamInfo PARAM_INFO[NUM_PARAMS] = {
-    {"wte", 0, 1, -1},      {"wpe", 0, 1, -1},      {"ln1w", 1, 0, -1},    {"ln1b", 1, 0, -1},
-    {"qkvw", 1, 1, 0},      {"qkvb", 1, 0, -1},     {"attprojw", 1, 1, 1}, {"attprojb", 1, 0, -1},
-    {"ln2w", 1, 0, -1},     {"ln2b", 1, 0, -1},     {"fcw", 1, 1, 2},      {"fcb", 1, 0, -1},
-    {"fcprojw", 1, 1, 3},   {"fcprojb", 1, 0, -1},  {"lnfw", 0, 0, -1},    {"lnfb", 0, 0, -1},
-};
-
-// The four block matrices as the model stores them (TVR's units) and their biases.
-#define NUM_BLOCK_MATRICES 4
-static const int BLOCK_MATRIX_PARAM[NUM_BLOCK_MATRICES] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
-static const int BLOCK_MATRIX_BIAS[NUM_BLOCK_MATRICES] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
-
-// Elements of one layer's slice (per_layer tensors) or of the whole tensor.
-static size_t param_slice_size(const GPT2Config *c, int p) {
-    size_t C = c->channels;
-    switch (p) {
-    case P_WTE: return (size_t)c->padded_vocab * C;
-    case P_WPE: return (size_t)c->max_seq_len * C;
-    case P_QKVW: return 3 * C * C;
-    case P_QKVB: return 3 * C;
-    case P_ATTPROJW: return C * C;
-    case P_FCW: return 4 * C * C;
-    case P_FCB: return 4 * C;
-    case P_FCPROJW: return 4 * C * C;
-    default: return C; // norms and the C-wide biases
-    }
-}
-
-static size_t param_size(const GPT2Config *c, int p) {
-    return param_slice_size(c, p) * (PARAM_INFO[p].per_layer ? (size_t)c->layers : 1);
-}
+// The parameter tensors in llm.c's checkpoint order (P_*, PARAM_INFO, param_size): common/gpt2_run.h.
 
 // Activations kept for the backward pass (on the GPU), as train_gpt2.c's table.
 // A_LOGITS holds d loss / d logits after the backward (no separate probabilities).
@@ -739,9 +696,11 @@ static void gpt2_load_host(GPT2 *model, const char *path) {
     memset(model, 0, sizeof(*model));
     long bytes;
     FILE *f = gpt2_read_header(path, &model->config, &bytes);
+    long n = 0; // the file's size against its header before any allocation the header sizes
+    for (int p = 0; p < NUM_PARAMS; p++) n += (long)param_size(&model->config, p);
+    gpt2_check_size(path, bytes, n);
     gpt2_alloc_host(model);
-    gpt2_check_size(path, bytes, (long)model->num_params);
-    fread_check(model->h_params, sizeof(float), model->num_params, f, path);
+    read_payload(f, model->h_params, sizeof(float), model->num_params, path, "parameters");
     fclose(f);
 }
 
@@ -1224,9 +1183,9 @@ static void state_save(GPT2 *model, const TrainState *st, const char *path) {
 static void state_load(GPT2 *model, TrainState *st, const char *path) {
     long np = (long)model->num_params;
     FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_gpt2", np, st);
-    read_floats(f, model->h_params, sizeof(float), np, path);
-    read_floats(f, model->h_m, sizeof(float), np, path);
-    read_floats(f, model->h_v, sizeof(float), np, path);
+    read_payload(f, model->h_params, sizeof(float), np, path, "parameters");
+    read_payload(f, model->h_m, sizeof(float), np, path, "AdamW's m");
+    read_payload(f, model->h_v, sizeof(float), np, path, "AdamW's v");
     fclose(f);
     gpt2_params_to_device(model);
     cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
@@ -1342,7 +1301,9 @@ int main(int argc, char **argv) {
         gpt2_free(&model);
         return 0;
     }
+    if (s.resume) seq_len_given = gpt2_resume_settings(&s, seq_len_given, STATE_MAGIC);
     int T = build_model_host(&model, &s, seq_len_given, shape_given, &rng);
+    s.seq_len = T; // what the run uses (at most the checkpoint's), as state.bin records it
     Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)
     DataLoader train_dl, val_dl;
@@ -1352,7 +1313,8 @@ int main(int argc, char **argv) {
     gpt2_alloc_device(&model);
     gpt2_params_to_device(&model);
     gpt2_alloc_acts(&model, s.batch, T);
-    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
+    int32_t shape[STATE_CONFIG_INTS];
+    TrainState st = state_new(&s, shape, gpt2_config_ints(&model.config, shape));
     if (s.resume) {
         char path[4200];
         state_load(&model, &st, run_file(path, sizeof(path), s.resume, "state.bin"));

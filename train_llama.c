@@ -628,28 +628,49 @@ static void llama_build(Llama *model, LlamaConfig config) {
 }
 
 // Allocate activations for batches of B sequences of length T (T <= max_seq_len).
+// The sizes (in reals) of the Acts slots, then of the Scratch slots, in their order;
+// llama_alloc_acts allocates them and llama_memory counts them.
+#define NUM_ACT_SLOTS 20
+#define NUM_SCRATCH_SLOTS 9
+static void acts_sizes(const LlamaConfig *c, int B, int T, long *sizes, long *gsizes) {
+    long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
+    long KVD = c->kv_heads * (C / NH), N = (long)B * T;
+    long a[NUM_ACT_SLOTS] = {N * C,     L * N * C, L * N,     L * N * C, L * N * KVD, L * N * KVD, L * B * NH * T * T,
+                             L * N * C, L * N * C, L * N * C, L * N,     L * N * F,   L * N * F,   L * N * F,
+                             L * N * C, N * C,     N,         N * V,     N,           N};
+    long g[NUM_SCRATCH_SLOTS] = {N * C, N * C, N * C, N * KVD, N * KVD, N * C, N * F, N * F, N * F};
+    memcpy(sizes, a, sizeof(a));
+    memcpy(gsizes, g, sizeof(g));
+}
+
+// What training this model on B x T batches needs: parameters, gradients, AdamW's
+// m and v, the activations and the backward's scratch (the matmul buffers aside).
+static double llama_memory(const LlamaConfig *c, int B, int T) {
+    long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
+    acts_sizes(c, B, T, sizes, gsizes);
+    double n = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += 4.0 * param_count(c, i);
+    for (int i = 0; i < NUM_ACT_SLOTS; i++) n += sizes[i];
+    for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) n += gsizes[i];
+    return n * sizeof(real);
+}
+
 static void llama_alloc_acts(Llama *model, int B, int T) {
     const LlamaConfig *c = &model->config;
     if (T > c->max_seq_len) die("seq-len %d exceeds the model's maximum %d", T, c->max_seq_len);
-    long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
-    long KVD = c->kv_heads * (C / NH), N = (long)B * T;
     model->B = B;
     model->T = T;
+    long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS], N = (long)B * T;
+    acts_sizes(c, B, T, sizes, gsizes);
     Acts *a = &model->acts;
-    real **slots[] = {&a->x0, &a->ln1, &a->ln1_rstd, &a->q, &a->k, &a->v, &a->att, &a->atty, &a->h, &a->ln2,
-                      &a->ln2_rstd, &a->fc1, &a->fc3, &a->swi, &a->xout, &a->lnf, &a->lnf_rstd, &a->logits,
-                      &a->lse, &a->losses};
-    long sizes[] = {N * C, L * N * C, L * N, L * N * C, L * N * KVD, L * N * KVD, L * B * NH * T * T, L * N * C,
-                    L * N * C, L * N * C, L * N, L * N * F, L * N * F, L * N * F, L * N * C, N * C, N, N * V, N, N};
-    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
-        *slots[s] = (real *)calloc_check(sizes[s], sizeof(real));
-    }
+    real **slots[NUM_ACT_SLOTS] = {&a->x0,   &a->ln1, &a->ln1_rstd, &a->q,        &a->k,   &a->v,   &a->att,
+                                   &a->atty, &a->h,   &a->ln2,      &a->ln2_rstd, &a->fc1, &a->fc3, &a->swi,
+                                   &a->xout, &a->lnf, &a->lnf_rstd, &a->logits,   &a->lse, &a->losses};
+    for (int s = 0; s < NUM_ACT_SLOTS; s++) *slots[s] = (real *)calloc_check(sizes[s], sizeof(real));
     Scratch *g = &model->scratch;
-    real **gslots[] = {&g->dres, &g->dln, &g->dq, &g->dk, &g->dv, &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
-    long gsizes[] = {N * C, N * C, N * C, N * KVD, N * KVD, N * C, N * F, N * F, N * F};
-    for (size_t s = 0; s < sizeof(gsizes) / sizeof(gsizes[0]); s++) {
-        *gslots[s] = (real *)calloc_check(gsizes[s], sizeof(real));
-    }
+    real **gslots[NUM_SCRATCH_SLOTS] = {&g->dres,  &g->dln,  &g->dq,   &g->dk,  &g->dv,
+                                        &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
+    for (int s = 0; s < NUM_SCRATCH_SLOTS; s++) *gslots[s] = (real *)calloc_check(gsizes[s], sizeof(real));
     model->tokens = (int *)calloc_check(N, sizeof(int));
     model->targets = (int *)calloc_check(N, sizeof(int));
 }
@@ -836,15 +857,10 @@ static void llama_save(const Llama *model, const char *path) {
 
 // Load parameters from a model.bin whose config equals the model's.
 static void llama_load_params(Llama *model, const char *path) {
-    long want = HEADER_INTS * 4 + model->num_params * 4;
-    long have = file_size(path);
-    if (have != want) {
-        die("checkpoint %s is %ld bytes; its header describes %ld parameters, %ld bytes (truncated?)", path, have,
-            model->num_params, want);
-    }
+    llama_check_size(path, model->num_params);
     FILE *f = fopen_check(path, "rb");
     fseek(f, HEADER_INTS * 4, SEEK_SET);
-    read_floats(f, model->params, sizeof(real), model->num_params, path);
+    read_payload(f, model->params, sizeof(real), model->num_params, path, "parameters");
     fclose(f);
 }
 
@@ -1098,9 +1114,9 @@ static void state_save(const Llama *model, const TrainState *st, const char *pat
 
 static void state_load(Llama *model, TrainState *st, const char *path) {
     FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_llama", model->num_params, st);
-    read_floats(f, model->params, sizeof(real), model->num_params, path);
-    read_floats(f, model->m, sizeof(real), model->num_params, path);
-    read_floats(f, model->v, sizeof(real), model->num_params, path);
+    read_payload(f, model->params, sizeof(real), model->num_params, path, "parameters");
+    read_payload(f, model->m, sizeof(real), model->num_params, path, "AdamW's m");
+    read_payload(f, model->v, sizeof(real), model->num_params, path, "AdamW's v");
     fclose(f);
 }
 
@@ -1175,6 +1191,15 @@ int main(int argc, char **argv) {
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
+    if (ckpt[0]) { // the file's size against its header before any allocation the header sizes
+        long n = 0;
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);
+        llama_check_size(ckpt, n);
+    }
+    int32_t shape[STATE_CONFIG_INTS];
+    int nshape = llama_config_ints(&config, shape);
+    if (s.resume) resume_settings(&s, seq_len_given, s.resume, STATE_MAGIC, "train_llama", shape, nshape);
+    if (!s.generate) memory_check(&s, llama_memory(&config, s.batch, s.seq_len));
     Llama model;
     llama_build(&model, config);
     Tokenizer tok_store, *tok = load_tokenizer(&s, config.vocab, &tok_store);
@@ -1197,7 +1222,7 @@ int main(int argc, char **argv) {
     ensure_dir(s.out);
     llama_alloc_acts(&model, s.batch, s.seq_len);
 
-    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
+    TrainState st = state_new(&s, shape, nshape);
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     if (s.init_from) {

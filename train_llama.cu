@@ -924,15 +924,10 @@ static void llama_save(Llama *model, const char *path) {
 
 // Load parameters from a model.bin whose config equals the model's.
 static void llama_load_params(Llama *model, const char *path) {
-    long want = HEADER_INTS * 4 + model->num_params * 4;
-    long have = file_size(path);
-    if (have != want) {
-        die("checkpoint %s is %ld bytes; its header describes %ld parameters, %ld bytes (truncated?)", path, have,
-            model->num_params, want);
-    }
+    llama_check_size(path, model->num_params);
     FILE *f = fopen_check(path, "rb");
     fseek(f, HEADER_INTS * 4, SEEK_SET);
-    fread_check(model->h_params, sizeof(float), model->num_params, f, path);
+    read_payload(f, model->h_params, sizeof(float), model->num_params, path, "parameters");
     fclose(f);
     llama_params_to_device(model);
 }
@@ -1226,9 +1221,9 @@ static void state_save(Llama *model, const TrainState *st, const char *path) {
 static void state_load(Llama *model, TrainState *st, const char *path) {
     long np = model->num_params;
     FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_llama", np, st);
-    read_floats(f, model->h_params, sizeof(float), np, path);
-    read_floats(f, model->h_m, sizeof(float), np, path);
-    read_floats(f, model->h_v, sizeof(float), np, path);
+    read_payload(f, model->h_params, sizeof(float), np, path, "parameters");
+    read_payload(f, model->h_m, sizeof(float), np, path, "AdamW's m");
+    read_payload(f, model->h_v, sizeof(float), np, path, "AdamW's v");
     fclose(f);
     llama_params_to_device(model);
     cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
@@ -1313,6 +1308,14 @@ int main(int argc, char **argv) {
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
+    if (ckpt[0]) { // the file's size against its header before any allocation the header sizes
+        long n = 0;
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);
+        llama_check_size(ckpt, n);
+    }
+    int32_t shape[STATE_CONFIG_INTS];
+    int nshape = llama_config_ints(&config, shape);
+    if (s.resume) resume_settings(&s, seq_len_given, s.resume, STATE_MAGIC, "train_llama", shape, nshape);
     Tokenizer tok_store, *tok = load_tokenizer(&s, config.vocab, &tok_store);
     if (s.generate > 0) {
         gpu_setup(s.tf32, "train_llama");
@@ -1337,7 +1340,7 @@ int main(int argc, char **argv) {
     llama_build(&model, config);
     llama_alloc_acts(&model, s.batch, s.seq_len);
 
-    TrainState st = {0, 0, 0, 0, s.shuffle, s.seed};
+    TrainState st = state_new(&s, shape, nshape);
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     if (s.init_from) {

@@ -60,6 +60,8 @@ typedef struct {
 static long shard_read(const char *path, long min_tokens, int vocab, uint16_t **tokens) {
     long bytes = file_size(path);
     if (bytes < 0) die("cannot read data shard %s: %s", path, strerror(errno));
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) die("data shard %s is not a file (a directory?)", path);
     if (bytes < (long)(SHARD_HEADER_INTS * sizeof(int32_t))) {
         die("data shard %s is truncated: %ld bytes, shorter than its 1024-byte header", path, bytes);
     }
@@ -189,12 +191,16 @@ static void dataloader_reset(DataLoader *dl) {
 }
 
 // Continue from a saved position (shard index, token offset), e.g. on --resume.
-static void dataloader_seek(DataLoader *dl, int shard, long pos) {
+// dir: the run whose state.bin gave the position, for the messages
+static void dataloader_seek(DataLoader *dl, int shard, long pos, const char *dir) {
     if (shard < 0 || shard >= dl->nshards) {
-        die("saved data position names shard %d, but only %d match", shard, dl->nshards);
+        die("%s/state.bin: its data position names shard %d, but --train matches %d", dir, shard, dl->nshards);
     }
     if (shard != dl->shard) dataloader_load_shard(dl, shard);
-    if (pos < 0 || pos > dl->ntok) die("saved data position %ld is outside shard %s", pos, dl->glob.gl_pathv[shard]);
+    if (pos < 0 || pos > dl->ntok) {
+        die("%s/state.bin: its data position %ld is outside shard %s (%ld tokens)", dir, pos,
+            dl->glob.gl_pathv[shard], dl->ntok);
+    }
     dl->pos = pos;
 }
 
@@ -236,7 +242,7 @@ static void dataloader_resume(DataLoader *dl, int saved_shuffle, int saved_seed,
     if (dl->shuffle) {
         dataloader_seek_batch(dl, pos);
     } else {
-        dataloader_seek(dl, shard, pos);
+        dataloader_seek(dl, shard, pos, dir);
     }
 }
 

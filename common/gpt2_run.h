@@ -18,11 +18,65 @@ typedef struct {
 } GPT2Config;
 
 static void config_check(const GPT2Config *c, const char *where) {
+    const char *name[6] = {"max seq-len", "vocab", "padded vocab", "layers", "heads", "channels"};
+    int value[6] = {c->max_seq_len, c->vocab, c->padded_vocab, c->layers, c->heads, c->channels};
+    int hi[6] = {1 << 16, 65536, 65536 + 127, 1000, 1024, 65536};
+    for (int i = 0; i < 6; i++) {
+        if (value[i] < 1 || value[i] > hi[i]) die("%s: %s %d is outside [1, %d]", where, name[i], value[i], hi[i]);
+    }
     if (c->max_seq_len < 1 || c->vocab < 1 || c->padded_vocab < c->vocab || c->layers < 1 || c->heads < 1 ||
         c->channels < 1 || c->channels % c->heads != 0) {
         die("%s: bad GPT-2 shape (T %d, V %d, Vp %d, L %d, NH %d, C %d)", where, c->max_seq_len, c->vocab,
             c->padded_vocab, c->layers, c->heads, c->channels);
     }
+}
+
+// The parameter tensors, in llm.c's checkpoint order (the file's body); row-major, nn.Linear's
+// (out, in). Both twins allocate, initialise and log by this table.
+enum {
+    P_WTE, P_WPE, P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW, P_ATTPROJB,
+    P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPROJW, P_FCPROJB, P_LNFW, P_LNFB, NUM_PARAMS
+};
+
+// Name, shape and role of each tensor. per_layer: the tensor is L stacked copies.
+// block_matrix: a block's linear weight (LIR, TVR and the statistics act on these).
+typedef struct {
+    const char *name;
+    int per_layer;
+    int decay;        // AdamW weight decay: 2-D tensors (embeddings and projections)
+    int block_matrix; // index into the names of the statistics below, -1 if not one
+} ParamInfo;
+
+static const ParamInfo PARAM_INFO[NUM_PARAMS] = {
+    {"wte", 0, 1, -1},      {"wpe", 0, 1, -1},      {"ln1w", 1, 0, -1},    {"ln1b", 1, 0, -1},
+    {"qkvw", 1, 1, 0},      {"qkvb", 1, 0, -1},     {"attprojw", 1, 1, 1}, {"attprojb", 1, 0, -1},
+    {"ln2w", 1, 0, -1},     {"ln2b", 1, 0, -1},     {"fcw", 1, 1, 2},      {"fcb", 1, 0, -1},
+    {"fcprojw", 1, 1, 3},   {"fcprojb", 1, 0, -1},  {"lnfw", 0, 0, -1},    {"lnfb", 0, 0, -1},
+};
+
+// The four block matrices as the model stores them (TVR's units) and their biases.
+#define NUM_BLOCK_MATRICES 4
+static const int BLOCK_MATRIX_PARAM[NUM_BLOCK_MATRICES] = {P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW};
+static const int BLOCK_MATRIX_BIAS[NUM_BLOCK_MATRICES] = {P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB};
+
+// Elements of one layer's slice (per_layer tensors) or of the whole tensor.
+static size_t param_slice_size(const GPT2Config *c, int p) {
+    size_t C = c->channels;
+    switch (p) {
+    case P_WTE: return (size_t)c->padded_vocab * C;
+    case P_WPE: return (size_t)c->max_seq_len * C;
+    case P_QKVW: return 3 * C * C;
+    case P_QKVB: return 3 * C;
+    case P_ATTPROJW: return C * C;
+    case P_FCW: return 4 * C * C;
+    case P_FCB: return 4 * C;
+    case P_FCPROJW: return 4 * C * C;
+    default: return C; // norms and the C-wide biases
+    }
+}
+
+static size_t param_size(const GPT2Config *c, int p) {
+    return param_slice_size(c, p) * (PARAM_INFO[p].per_layer ? (size_t)c->layers : 1);
 }
 
 // llm.c's GPT-2 checkpoint: int32 header[256]: [0] 20240326, [1] 3 (fp32, padded
@@ -58,6 +112,13 @@ static FILE *gpt2_read_header(const char *path, GPT2Config *c, long *bytes) {
     c->padded_vocab = h[7];
     config_check(c, path);
     return f;
+}
+
+// The shape as int32s (the checkpoint header's fields), for state.bin to record; returns the count.
+static int gpt2_config_ints(const GPT2Config *c, int32_t *out) {
+    int32_t v[6] = {c->max_seq_len, c->vocab, c->padded_vocab, c->layers, c->heads, c->channels};
+    memcpy(out, v, sizeof(v));
+    return 6;
 }
 
 static void gpt2_check_size(const char *path, long bytes, long num_params) {
@@ -106,6 +167,18 @@ static int checkpoint_seq_len(const Settings *s, int seq_len_given, const int sh
         usage_error("--hist-layer %d > the checkpoint's %d layers", s->hist_layer, c->layers);
     }
     return s->seq_len < maxT ? s->seq_len : maxT;
+}
+
+// --resume: the run's recorded settings (resume_settings in common/train.h), checked
+// against model.bin's shape before anything is built; returns seq_len_given.
+static int gpt2_resume_settings(Settings *s, int seq_len_given, int state_magic) {
+    char path[4200];
+    GPT2Config rc;
+    long bytes;
+    fclose(gpt2_read_header(run_file(path, sizeof(path), s->resume, "model.bin"), &rc, &bytes));
+    int32_t shape[STATE_CONFIG_INTS];
+    int n = gpt2_config_ints(&rc, shape);
+    return resume_settings(s, seq_len_given, s->resume, state_magic, "train_gpt2", shape, n);
 }
 
 static GPT2Config config_from_settings(const Settings *s) {

@@ -27,14 +27,21 @@ typedef struct {
 } LlamaConfig;
 
 static void config_check(const LlamaConfig *c, const char *where) {
-    if (c->vocab < 1 || c->layers < 1 || c->heads < 1 || c->kv_heads < 1 || c->dim < 1 || c->ffn < 1 ||
-        c->max_seq_len < 1) {
-        die("%s: every size must be >= 1", where);
+    // each size within its flag's range (llama_flags), named: a header of huge sizes is refused
+    // here, not as an allocation that fails or fills the machine
+    const char *name[7] = {"max seq-len", "vocab", "layers", "heads", "kv-heads", "dim", "ffn"};
+    int value[7] = {c->max_seq_len, c->vocab, c->layers, c->heads, c->kv_heads, c->dim, c->ffn};
+    int hi[7] = {1 << 16, 65536, 1024, 1024, 1024, 65536, 1 << 20};
+    for (int i = 0; i < 7; i++) {
+        if (value[i] < 1 || value[i] > hi[i]) die("%s: %s %d is outside [1, %d]", where, name[i], value[i], hi[i]);
     }
     if (c->dim % c->heads != 0) die("%s: heads (%d) do not divide dim (%d)", where, c->heads, c->dim);
     if (c->heads % c->kv_heads != 0) die("%s: kv-heads (%d) do not divide heads (%d)", where, c->kv_heads, c->heads);
     if ((c->dim / c->heads) % 2 != 0) die("%s: head size %d must be even for RoPE", where, c->dim / c->heads);
-    if (!(c->norm_eps > 0) || !(c->rope_theta > 0)) die("%s: norm eps and rope theta must be > 0", where);
+    if (!(c->norm_eps >= 1e-12f && c->norm_eps <= 1)) die("%s: norm eps %g is outside [1e-12, 1]", where, c->norm_eps);
+    if (!(c->rope_theta >= 1 && c->rope_theta <= 1e9f)) {
+        die("%s: rope theta %g is outside [1, 1e9]", where, c->rope_theta);
+    }
 }
 
 // model.bin: int32 header[256] ([0] magic, [1] version, [2] max T, [3] V, [4] L,
@@ -54,6 +61,15 @@ static void llama_header_write(FILE *f, const char *path, const LlamaConfig *c) 
     memcpy(&header[16], &c->norm_eps, sizeof(float));
     memcpy(&header[17], &c->rope_theta, sizeof(float));
     fwrite_check(header, sizeof(int32_t), HEADER_INTS, f, path);
+}
+
+// The shape as int32s (model.bin's header fields), for state.bin to record; returns the count.
+static int llama_config_ints(const LlamaConfig *c, int32_t *out) {
+    int32_t v[9] = {c->max_seq_len, c->vocab, c->layers, c->heads, c->kv_heads, c->dim, c->ffn, 0, 0};
+    memcpy(&v[7], &c->norm_eps, 4);
+    memcpy(&v[8], &c->rope_theta, 4);
+    memcpy(out, v, sizeof(v));
+    return 9;
 }
 
 // Read a model.bin header into *c, checking magic, version and sizes.
@@ -78,6 +94,16 @@ static void llama_read_header(const char *path, LlamaConfig *c) {
     char where[4200];
     snprintf(where, sizeof(where), "checkpoint %s", path);
     config_check(c, where);
+}
+
+// model.bin's size against the parameter count its header gives (a truncated or
+// appended body is an error, also on --resume, which reads the parameters from state.bin).
+static void llama_check_size(const char *path, long num_params) {
+    long want = HEADER_INTS * 4 + num_params * 4, have = file_size(path);
+    if (have != want) {
+        die("checkpoint %s is %ld bytes; its header describes %ld parameters, %ld bytes (truncated?)", path, have,
+            num_params, want);
+    }
 }
 
 // The flags (common/train.h's, with the LLaMA's architecture; gpu: and --tf32).

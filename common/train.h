@@ -44,6 +44,9 @@ typedef struct {
     // logs and checkpoints
     int val_every, val_batches, stats_every, checkpoint_every, threads;
     int skip_nonfinite; // 1: a step whose loss or gradient norm is not finite is skipped, not fatal
+    int memory_check;   // 1: refuse a configuration that needs more memory than the machine has
+    int allow_resume_change; // 1: --resume may change the settings state.bin records (RUN_FLAGS)
+    int run_given;           // bit i: RUN_FLAGS[i] was on the command line
     // train_gpt2's E3 histogram (docs/methods.md, E3)
     int hist_layer;
     const char *hist_matrix;
@@ -105,6 +108,10 @@ static int training_flags(Settings *s, Flag *f, const char *inits) {
          "weights.csv/activations.csv every N steps; 0 = never", 0},
         {"checkpoint-every", FLAG_INT, &s->checkpoint_every, "0", 0, 1 << 30, NULL,
          "checkpoint every N steps (and at the end); 0 = only at the end", 0},
+        {"allow-resume-change", FLAG_INT, &s->allow_resume_change, "0", 0, 1, NULL,
+         "1: --resume may change --seed --batch --seq-len --lr --warmup --schedule (else an error)", 0},
+        {"memory-check", FLAG_INT, &s->memory_check, "1", 0, 1, NULL,
+         "1: the CPU programs refuse what needs more memory than the machine has; 0: try anyway", 0},
         {"skip-nonfinite", FLAG_INT, &s->skip_nonfinite, "0", 0, 1, NULL,
          "1: skip a step whose loss or gradient norm is not finite (counted); 0: stop there", 0},
         {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL,
@@ -198,13 +205,30 @@ static int gpu_flags(Settings *s, Flag *f) {
     return (int)(sizeof(t) / sizeof(t[0]));
 }
 
+// The settings state.bin records and --resume holds to (resume_settings).
+#define NUM_RUN_FLAGS 6
+static const char *RUN_FLAGS[NUM_RUN_FLAGS] = {"seed", "batch", "seq-len", "lr", "warmup", "schedule"};
+
 // Parse argv against the table, then the checks every trainer makes.
 static void settings_parse_flags(Settings *s, Flag *flags, int n, int argc, char **argv, const char *usage) {
     memset(s, 0, sizeof(*s));
     flags_parse(flags, n, argc, argv, 1, usage);
+    for (int i = 0; i < NUM_RUN_FLAGS; i++) s->run_given |= flag_given(flags, n, RUN_FLAGS[i]) << i;
     if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
     if (s->generate > 0 && !s->init_from) usage_error("--generate needs a model: --init-from MODEL.bin");
     if (s->resume && !flag_given(flags, n, "out")) s->out = s->resume; // resume in place unless told otherwise
+}
+
+// Before anything is allocated: what the run needs (bytes, the trainer's count), said,
+// and refused when it is more than the machine's memory (--memory-check 0 tries anyway).
+static void memory_check(const Settings *s, double bytes) {
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE), gib = 1024.0 * 1024 * 1024;
+    printf("memory: about %.3f GiB for parameters, AdamW's moments and activations (%.1f GiB here)\n", bytes / gib,
+           have / gib);
+    if (s->memory_check && have > 0 && bytes > have) {
+        usage_error("this configuration needs about %.1f GiB, more than the %.1f GiB of memory here "
+                    "(--memory-check 0 tries anyway)", bytes / gib, have / gib);
+    }
 }
 
 // Validation runs when there are shards to read and a schedule to read them on.
@@ -281,13 +305,31 @@ static int stats_due(int every, int step) { return every > 0 && step % every == 
 
 #define STATE_HEADER_INTS 256
 
+#define STATE_CONFIG_INTS 16
+
 typedef struct {
     int step;
     int shard;
     long pos;
     uint64_t rng;
     int shuffle, shuffle_seed;
+    // the run it continues (header [12] = 1; files written before had 0 there)
+    int recorded, seed, batch, seq_len, warmup, cosine;
+    double lr;
+    int nconfig;
+    int32_t config[STATE_CONFIG_INTS]; // the model's shape, as its checkpoint header has it
 } TrainState;
+
+// A run's state before its first step: the settings and model shape to record.
+static TrainState state_new(const Settings *s, const int32_t *config, int nconfig) {
+    TrainState st;
+    memset(&st, 0, sizeof(st));
+    st.shuffle = s->shuffle, st.shuffle_seed = s->seed;
+    st.recorded = 1, st.seed = s->seed, st.batch = s->batch, st.seq_len = s->seq_len, st.warmup = s->warmup;
+    st.cosine = strcmp(s->schedule, "cosine") == 0, st.lr = s->lr, st.nconfig = nconfig;
+    memcpy(st.config, config, sizeof(int32_t) * nconfig);
+    return st;
+}
 
 // After state_load has filled *st: the RNG and the training loader continue where
 // the checkpoint left them (the loader checks the data order is the one it was).
@@ -309,7 +351,92 @@ static void state_write_header(FILE *f, const char *path, int magic, int version
     memcpy(&header[8], &np, 8);
     header[10] = st->shuffle;
     header[11] = st->shuffle_seed;
+    header[12] = 1;
+    header[13] = st->seed, header[14] = st->batch, header[15] = st->seq_len, header[16] = st->warmup;
+    header[17] = st->cosine;
+    memcpy(&header[18], &st->lr, 8);
+    header[20] = st->nconfig;
+    memcpy(&header[24], st->config, sizeof(int32_t) * st->nconfig);
     fwrite_check(header, sizeof(int32_t), STATE_HEADER_INTS, f, path);
+}
+
+// The header's fields into *st, each range-checked, the file and field named; the
+// recorded run (seed, batch, ... and the model's shape) only with run (resume_settings
+// reads them; a resumed run records its own settings, which it has checked).
+static void state_fields(const int32_t *header, const char *path, TrainState *st, int run) {
+    if (header[2] < 0 || header[2] > (1 << 30)) die("state file %s: step %d is outside [0, 2^30]", path, header[2]);
+    if (header[3] < 0) die("state file %s: shard index %d is negative", path, header[3]);
+    if (header[10] != 0 && header[10] != 1) die("state file %s: shuffle flag %d is not 0 or 1", path, header[10]);
+    if (header[12] != 0 && header[12] != 1) die("state file %s: field [12] is %d, not 0 or 1", path, header[12]);
+    st->step = header[2];
+    st->shard = header[3];
+    st->shuffle = header[10];
+    st->shuffle_seed = header[11];
+    if (!run) return;
+    st->recorded = header[12];
+    st->seed = header[13], st->batch = header[14], st->seq_len = header[15], st->warmup = header[16];
+    st->cosine = header[17];
+    memcpy(&st->lr, &header[18], 8);
+    st->nconfig = header[20];
+    if (st->recorded && (st->nconfig < 0 || st->nconfig > STATE_CONFIG_INTS)) {
+        die("state file %s: model-shape count %d is outside [0, %d]", path, st->nconfig, STATE_CONFIG_INTS);
+    }
+    if (st->recorded) memcpy(st->config, &header[24], sizeof(int32_t) * st->nconfig);
+}
+
+/*
+ * --resume continues the run it names: read state.bin's header before anything is
+ * built, check it was written for this model (config: the checkpoint header's
+ * shape), and take the recorded settings (RUN_FLAGS) the command line leaves out.
+ * A flag given with another value is an error naming it, unless
+ * --allow-resume-change 1. Returns seq_len_given, true also when taken from the file.
+ */
+static int resume_settings(Settings *s, int seq_len_given, const char *dir, int magic, const char *program,
+                           const int32_t *config, int nconfig) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/state.bin", dir);
+    FILE *f = fopen_check(path, "rb");
+    int32_t header[STATE_HEADER_INTS];
+    if (fread(header, sizeof(int32_t), STATE_HEADER_INTS, f) != STATE_HEADER_INTS) {
+        die("state file %s is truncated: shorter than its 1024-byte header", path);
+    }
+    fclose(f);
+    if (header[0] != magic) {
+        die("state file %s has bad magic %d (want %d, a %s state)", path, header[0], magic, program);
+    }
+    TrainState st;
+    memset(&st, 0, sizeof(st));
+    state_fields(header, path, &st, 1);
+    if (!st.recorded) {
+        printf("note: %s predates recorded settings: --resume cannot check them\n", path);
+        return seq_len_given;
+    }
+    if (st.nconfig != nconfig || memcmp(st.config, config, sizeof(int32_t) * nconfig) != 0) {
+        die("state file %s was written for another model than %s/model.bin (their shapes differ)", path, dir);
+    }
+    if (st.batch < 1 || st.seq_len < 1 || st.warmup < 0 || !isfinite(st.lr) || st.lr < 0 || st.seed < 0 ||
+        (st.cosine != 0 && st.cosine != 1)) {
+        die("state file %s: a recorded setting is out of range (batch %d, seq-len %d, warmup %d, lr %g)", path,
+            st.batch, st.seq_len, st.warmup, st.lr);
+    }
+    double saved[NUM_RUN_FLAGS] = {(double)st.seed, (double)st.batch, (double)st.seq_len, st.lr, (double)st.warmup,
+                                   (double)st.cosine};
+    double now[NUM_RUN_FLAGS] = {(double)s->seed, (double)s->batch, (double)s->seq_len, s->lr, (double)s->warmup,
+                                 (double)(strcmp(s->schedule, "cosine") == 0)};
+    for (int i = 0; i < NUM_RUN_FLAGS; i++) {
+        if (!(s->run_given >> i & 1)) continue;
+        if (now[i] != saved[i] && !s->allow_resume_change) {
+            usage_error("--%s %g differs from the run in %s (%g); --allow-resume-change 1 continues with it",
+                        RUN_FLAGS[i], now[i], dir, saved[i]);
+        }
+    }
+    if (!(s->run_given >> 0 & 1)) s->seed = st.seed;
+    if (!(s->run_given >> 1 & 1)) s->batch = st.batch;
+    if (!(s->run_given >> 2 & 1)) s->seq_len = st.seq_len, seq_len_given = 1;
+    if (!(s->run_given >> 3 & 1)) s->lr = st.lr;
+    if (!(s->run_given >> 4 & 1)) s->warmup = st.warmup;
+    if (!(s->run_given >> 5 & 1)) s->schedule = st.cosine ? "cosine" : "constant";
+    return seq_len_given;
 }
 
 // Open a state.bin, check its header against this program and model, fill *st;
@@ -336,12 +463,9 @@ static FILE *state_open(const char *path, int magic, int version, const char *pr
     }
     long want = STATE_HEADER_INTS * 4 + 3 * np * 4;
     if (file_size(path) != want) die("state file %s is %ld bytes, want %ld (truncated?)", path, file_size(path), want);
-    if (header[2] < 0) die("state file %s has a negative step %d", path, header[2]);
-    st->step = header[2];
-    st->shard = header[3];
+    state_fields(header, path, st, 0);
+    if (pos < 0) die("state file %s: data position %lld is negative", path, (long long)pos);
     st->pos = pos;
-    st->shuffle = header[10];
-    st->shuffle_seed = header[11];
     return f;
 }
 
@@ -374,6 +498,15 @@ static void read_floats(FILE *f, void *x, size_t elem, long n, const char *path)
         fread_check(buf, sizeof(float), m, f, path);
         for (long j = 0; j < m; j++) ((double *)x)[i + j] = buf[j];
     }
+}
+
+static long count_nonfinite(const void *p, size_t elem, long n, long *first);
+static void check_finite_read(const void *p, size_t elem, long n, const char *path, const char *what);
+
+// read_floats, then every value checked finite: a checkpoint's payload (what: its name).
+static void read_payload(FILE *f, void *x, size_t elem, long n, const char *path, const char *what) {
+    read_floats(f, x, elem, n, path);
+    check_finite_read(x, elem, n, path, what);
 }
 
 // ----------------------------------------------------------------------------
@@ -472,17 +605,30 @@ static int nonfinite_step(const Settings *s, Logs *lg, int step, double loss, do
         file_size(path) >= 0 ? "the last checkpoint in --out is as it was" : "no checkpoint was written");
 }
 
-// Before a checkpoint is written: parameters that are not finite (an update that
-// went wrong with a finite loss) stop the run and leave the previous checkpoint.
-static void check_finite_params(const void *p, size_t elem, long n, const char *out) {
-    long bad = 0, first = -1;
+// How many of n values (float or double: elem) are not finite; *first the first's index.
+static long count_nonfinite(const void *p, size_t elem, long n, long *first) {
+    long bad = 0;
+    *first = -1;
     for (long i = 0; i < n; i++) {
         double x = elem == sizeof(double) ? ((const double *)p)[i] : (double)((const float *)p)[i];
         if (!isfinite(x)) {
-            if (first < 0) first = i;
+            if (*first < 0) *first = i;
             bad++;
         }
     }
+    return bad;
+}
+
+// A payload just read (what: "parameters", "AdamW's m", ...) must be finite.
+static void check_finite_read(const void *p, size_t elem, long n, const char *path, const char *what) {
+    long first, bad = count_nonfinite(p, elem, n, &first);
+    if (bad) die("%s: %ld of its %ld %s are not finite (the first at index %ld)", path, bad, n, what, first);
+}
+
+// Before a checkpoint is written: parameters that are not finite (an update that
+// went wrong with a finite loss) stop the run and leave the previous checkpoint.
+static void check_finite_params(const void *p, size_t elem, long n, const char *out) {
+    long first, bad = count_nonfinite(p, elem, n, &first);
     if (bad) {
         die("%ld of %ld parameters are not finite (the first at index %ld); the checkpoint in %s was not "
             "overwritten", bad, n, first, out);

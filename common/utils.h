@@ -136,17 +136,28 @@ typedef struct {
     char tmp[4096 + 8];
 } AtomicFile;
 
+// The temporary file being written, if any: a run that dies before its rename (a full
+// disk, a bad number found mid-write) removes it on the way out instead of leaving it.
+static char atomic_pending[4096 + 8];
+static void atomic_cleanup(void) {
+    if (atomic_pending[0]) unlink(atomic_pending);
+}
+
 static void atomic_open(AtomicFile *af, const char *path) {
     if (strlen(path) + 5 > sizeof(af->path)) die("path too long: %s", path);
     snprintf(af->path, sizeof(af->path), "%s", path);
     snprintf(af->tmp, sizeof(af->tmp), "%s.tmp", path);
+    static int registered = 0;
+    if (!registered) atexit(atomic_cleanup), registered = 1;
     af->f = fopen_check(af->tmp, "wb");
+    snprintf(atomic_pending, sizeof(atomic_pending), "%s", af->tmp);
 }
 
 static void atomic_commit(AtomicFile *af) {
     if (fflush(af->f) != 0 || fsync(fileno(af->f)) != 0) die("cannot flush %s: %s", af->tmp, strerror(errno));
     fclose_check(af->f, af->tmp);
     if (rename(af->tmp, af->path) != 0) die("cannot rename %s to %s: %s", af->tmp, af->path, strerror(errno));
+    atomic_pending[0] = 0;
 }
 
 // ----------------------------------------------------------------------------

@@ -141,6 +141,16 @@ expect_error 2 "--prompt filling the model" ./train_gpt2 --init-from "$tmp/s0/mo
   --prompt "$(printf 'a %.0s' {1..40})"
 expect_error 1 "resume without state" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --resume "$tmp/d/nonexistent" --out "$tmp/e"
 
+echo "checkpoints and state.bin: payloads finite, numbers in range, the run the same:"
+poke() { python3 -c "import struct, sys; f = open(sys.argv[1], 'r+b'); f.seek(int(sys.argv[2])); f.write(struct.pack(sys.argv[3], float(sys.argv[4]) if sys.argv[3] == 'f' else int(sys.argv[4])))" "$@"; }
+cp $FX/gpt2_tiny_model.bin "$tmp/nanm.bin" && poke "$tmp/nanm.bin" 1100 f nan
+expect_error 1 "a NaN in model.bin" ./train_gpt2 --train $FX/gpt2_tiny_train.bin --init-from "$tmp/nanm.bin" --out "$tmp/e"
+grep -q "nanm.bin: 1 of its .* parameters are not finite" "$tmp/err" || bad "the NaN message names neither file nor payload"
+rm -rf "$tmp/st" && cp -r "$tmp/c" "$tmp/st" && poke "$tmp/st/state.bin" 8 i 2147483647
+expect_error 1 "state.bin step INT_MAX" ./train_gpt2 $TINY --steps 8 --resume "$tmp/st"
+rm -rf "$tmp/lr" && cp -r "$tmp/c" "$tmp/lr"
+expect_error 2 "--resume with another --lr" ./train_gpt2 $TINY --steps 8 --lr 0.5 --resume "$tmp/lr"
+
 echo "non-finite numbers (one error line, exit 1, the last checkpoint kept):"
 # --eps 0: AdamW divides 0 by 0 where a gradient is exactly 0 (wte's padded rows, every step),
 # so step 1's update leaves non-finite parameters that the checkpoint check refuses

@@ -330,7 +330,14 @@ static void test_checkpoint(void) {
     for (long j = 0; j < a.num_params; j++) a.m[j] = (real)(j * 1e-3), a.v[j] = (real)(j * 2e-3);
     ensure_dir("build/tmp_ckpt");
     llama_save(&a, "build/tmp_ckpt/model.bin");
-    TrainState st = {17, 0, 1234, 0xDEADBEEFCAFEULL, 1, 4242}, st2;
+    Settings run;
+    memset(&run, 0, sizeof(run));
+    run.seed = 4242, run.batch = 3, run.seq_len = 7, run.warmup = 5, run.lr = 0.0125, run.schedule = "constant";
+    run.shuffle = 1;
+    int32_t shape[STATE_CONFIG_INTS];
+    int nshape = llama_config_ints(&c, shape);
+    TrainState st = state_new(&run, shape, nshape), st2;
+    st.step = 17, st.pos = 1234, st.rng = 0xDEADBEEFCAFEULL;
     state_save(&a, &st, "build/tmp_ckpt/state.bin");
     LlamaConfig c2;
     llama_read_header("build/tmp_ckpt/model.bin", &c2);
@@ -346,6 +353,14 @@ static void test_checkpoint(void) {
     check(worst == 0, "params, m, v equal after save/load (fp32 on disk)", worst, 0);
     check(st2.step == 17 && st2.pos == 1234 && st2.rng == 0xDEADBEEFCAFEULL && st2.shuffle == 1 && st2.shuffle_seed == 4242,
           "step, data position, rng, shuffle and its seed restored", 0, 0);
+    // --resume with none of the recorded flags given takes them from state.bin
+    Settings back;
+    memset(&back, 0, sizeof(back));
+    back.schedule = "cosine";
+    resume_settings(&back, 0, "build/tmp_ckpt", STATE_MAGIC, "train_llama", shape, nshape);
+    check(back.seed == 4242 && back.batch == 3 && back.seq_len == 7 && back.warmup == 5 && back.lr == 0.0125 &&
+              !strcmp(back.schedule, "constant"),
+          "seed, batch, seq-len, warmup, lr, schedule recorded and taken back", 0, 0);
     struct stat sb;
     check(stat("build/tmp_ckpt/model.bin.tmp", &sb) != 0, "no temporary file left behind", 0, 0);
     llama_free(&a);

@@ -130,7 +130,7 @@ expect nz "cannot open $D/nowhere/model.bin" -- $BIN $DATA --init-from $D/nowher
 expect nz "cannot open $D/nostate/state.bin" -- $BIN $DATA --resume $D/nostate
 expect 2 "--shuffle must be in" -- $B --shuffle 2
 expect 2 "--shuffle 0: the run in $D/h5 was started with --shuffle 1" -- $RUN --steps 12 --resume $D/h5
-expect 2 "--seed 7: the shuffled run in $D/h5 was started with --seed 1337" -- $RUN --steps 12 --shuffle 1 --seed 7 --resume $D/h5
+expect 2 "--seed 7 differs from the run in $D/h5 (1337)" -- $RUN --steps 12 --shuffle 1 --seed 7 --resume $D/h5
 expect nz "cannot create output directory $D/train_000.bin/out" -- $B --out $D/train_000.bin/out
 
 # --out creates missing parents, as mkdir -p (a fresh clone has no out/)
@@ -138,6 +138,55 @@ rm -rf "$D/new"
 $RUN --steps 1 --out "$D/new/a/b" > /dev/null 2>&1 && [ -f "$D/new/a/b/model.bin" ] &&
   ok "--out $D/new/a/b: missing parents created, model.bin written" || bad "--out with missing parents"
 
+
+echo "state.bin records the run: --resume holds to it"
+rm -rf $D/r5 && $RUN --schedule constant --warmup 3 --steps 5 --out $D/r5 >/dev/null
+expect 2 "--lr 0.5 differs from the run in $D/r5 (0.003)" -- $RUN --schedule constant --warmup 3 --steps 10 --lr 0.5 --resume $D/r5 --out $D/chg
+expect 2 "--batch 2 differs from the run in $D/r5 (4)" -- $RUN --schedule constant --warmup 3 --steps 10 --batch 2 --resume $D/r5 --out $D/chg
+rm -rf $D/chg && $RUN --schedule constant --warmup 3 --steps 10 --lr 0.5 --allow-resume-change 1 --resume $D/r5 --out $D/chg \
+  >/dev/null && awk -F, '$1 == 6 {found = 1; ok = ($3 == 0.5)} END {exit !(found && ok)}' $D/chg/train.csv &&
+  ok "--allow-resume-change 1: the resumed run's step 6 has the new --lr 0.5" || bad "--allow-resume-change 1 failed"
+# the flags left out come from state.bin (the model's shape from model.bin): the same run as the straight one
+rm -rf $D/bare && cp -r $D/r5 $D/bare && $BIN --train "$D/train_*.bin" --val "$D/val_*.bin" --val-every 5 \
+  --val-batches 2 --stats-every 2 --threads 2 --init lir --init-std 0.05 --tvr-target 0.02 --tvr-every 3 \
+  --steps 10 --resume $D/bare >/dev/null && same $D/s10 $D/bare "--resume without --batch --seq-len --lr --warmup --schedule"
+# another shape with the same parameter count (4 heads / 4 kv-heads against 4 / 2 has more; use layers x width)
+rm -rf $D/shape && $BIN --layers 2 --dim 32 --heads 4 --kv-heads 4 --seq-len 16 --vocab 64 $DATA --steps 1 --out $D/shape >/dev/null
+rm -rf $D/mix && mkdir -p $D/mix && cp $D/shape/model.bin $D/mix/ && cp $D/r5/state.bin $D/mix/
+expect 1 "state file $D/mix/state.bin\( holds\| was written for another model\)" -- $BIN $DATA --steps 10 --resume $D/mix
+cp $D/r5/state.bin $D/badstep.bin && printf '\xff\xff\xff\x7f' | dd of=$D/badstep.bin bs=1 seek=8 conv=notrunc 2>/dev/null
+rm -rf $D/bs && cp -r $D/r5 $D/bs && cp $D/badstep.bin $D/bs/state.bin
+expect 1 "state file $D/bs/state.bin: step 2147483647 is outside" -- $RUN --steps 10 --resume $D/bs
+printf '\xff\xff\xff\xff' | dd of=$D/bs/state.bin bs=1 seek=8 conv=notrunc 2>/dev/null
+expect 1 "state file $D/bs/state.bin: step -1 is outside" -- $RUN --steps 10 --resume $D/bs
+
+# payloads: a NaN in state.bin's parameters or in model.bin, and a model.bin with bytes appended
+poke_nan() { python3 -c "import struct, sys; f = open(sys.argv[1], 'r+b'); f.seek(1024 + 4 * int(sys.argv[2])); f.write(struct.pack('f', float('nan')))" "$@"; }
+rm -rf $D/pn && cp -r $D/r5 $D/pn && poke_nan $D/pn/state.bin 10
+expect 1 "$D/pn/state.bin: 1 of its 28832 parameters are not finite (the first at index 10)" -- $RUN --steps 10 --resume $D/pn
+rm -rf $D/pm && cp -r $D/r5 $D/pm && poke_nan $D/pm/state.bin $((28832 + 7))
+expect 1 "$D/pm/state.bin: 1 of its 28832 AdamW's m are not finite (the first at index 7)" -- $RUN --steps 10 --resume $D/pm
+rm -rf $D/pa && cp -r $D/r5 $D/pa && printf 'xxxx' >> $D/pa/model.bin
+expect 1 "checkpoint $D/pa/model.bin is 116356 bytes; its header describes 28832 parameters" -- $RUN --steps 10 --resume $D/pa
+cp $D/r5/model.bin $D/nanmodel.bin && poke_nan $D/nanmodel.bin 3
+expect 1 "$D/nanmodel.bin: 1 of its 28832 parameters are not finite (the first at index 3)" -- $BIN $DATA --init-from $D/nanmodel.bin --steps 1 --out $D/nm
+
+poke_int() { python3 -c "import struct, sys; f = open(sys.argv[1], 'r+b'); f.seek(4 * int(sys.argv[2])); f.write(struct.pack('i', int(sys.argv[3])))" "$@"; }
+cp $D/r5/model.bin $D/huge.bin && poke_int $D/huge.bin 7 16777216
+expect 1 "checkpoint $D/huge.bin: dim 16777216 is outside \[1, 65536\]" -- $BIN $DATA --init-from $D/huge.bin --steps 1 --out $D/hg
+cp $D/r5/model.bin $D/theta.bin && python3 -c "import struct, sys; f = open(sys.argv[1], 'r+b'); f.seek(68); f.write(struct.pack('f', float('inf')))" $D/theta.bin
+expect 1 "checkpoint $D/theta.bin: rope theta inf is outside \[1, 1e9\]" -- $BIN $DATA --init-from $D/theta.bin --steps 1 --out $D/th
+
+mkdir -p $D/adir.bin
+expect 1 "data shard $D/adir.bin is not a file" -- $BIN $MODEL --train $D/adir.bin --val "" --steps 1 --out $D/ad
+rm -rf $D/sp && cp -r $D/r5 $D/sp && poke_int $D/sp/state.bin 3 9
+expect 1 "$D/sp/state.bin: its data position names shard 9, but --train matches 2" -- $RUN --steps 10 --resume $D/sp
+# a write that fails (here the file-size limit, as a full disk would) leaves no model.bin.tmp behind
+rm -rf $D/full && (trap '' XFSZ; ulimit -f 60; $RUN --steps 1 --out $D/full > /dev/null 2> $D/full.err); rc=$?
+[ $rc = 1 ] && grep -q "cannot write $D/full/model.bin.tmp" $D/full.err && [ ! -e $D/full/model.bin.tmp ] &&
+  ok "a failed checkpoint write: one error line, no model.bin.tmp left" || bad "failed write: exit $rc, $(cat $D/full.err)"
+
+expect 2 "this configuration needs about [0-9.]* GiB, more than the" -- $BIN --layers 64 --dim 16384 --heads 16 --kv-heads 16 --vocab 64 $DATA --steps 1 --out $D/mem
 
 echo "non-finite numbers: the run stops, the last good checkpoint stays"
 # --eps 0 divides 0 by 0 in AdamW: step 1's update makes NaN weights, step 2's loss is NaN

@@ -83,7 +83,8 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     Settings s;
     int arch_given;
     settings_parse(&s, argc, (char **)argv, USAGE, 1, &arch_given);
-    TrainState st = {0, 0, 0, 0, 0, 0};
+    TrainState st;
+    memset(&st, 0, sizeof(st));
     dataloader_reset(dl);
     llama_load_params(model, model_path);
     cudaCheck(cudaMemset(model->m, 0, sizeof(float) * model->num_params));

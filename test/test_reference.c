@@ -107,7 +107,8 @@ static void run_training(Llama *model, DataLoader *dl, const Fixture *fx, const 
     Settings s;
     int arch_given;
     settings_parse(&s, argc, (char **)argv, USAGE, 0, &arch_given);
-    TrainState st = {0, 0, 0, 0, 0, 0};
+    TrainState st;
+    memset(&st, 0, sizeof(st));
     dataloader_reset(dl);
     llama_load_params(model, model_path); // the first-batch check's backward left the params as they were
     memset(model->m, 0, sizeof(real) * model->num_params);
