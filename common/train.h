@@ -7,8 +7,10 @@
  *      trainer adds its architecture flags between the data and training ones
  *   2. the learning-rate schedule (OptConfig, lr_at) and TVR's schedule
  *      (TvrConfig, tvr_target_for_layer, tvr_due)
- *   3. state.bin's header and fp32 payloads (docs/formats.md, "state.bin")
- *   4. the CSV logs, the progress line, validation rows and checkpoint paths
+ *   3. state.bin's header and fp32 payloads (docs/formats.md, "state.bin"), and
+ *      what --resume holds to (resume_settings)
+ *   4. the CSV logs, the progress line, validation rows and checkpoint paths, and
+ *      the checks on bad numbers (non-finite steps and parameters, memory)
  *   5. text samples and --generate, over a model's NextLogits (common/sample.h)
  *
  * The mathematics (the layers, AdamW, LIR, TVR's rescaling) stays in each
