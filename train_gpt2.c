@@ -1074,6 +1074,7 @@ static int build_model(GPT2 *model, const Settings *s, int seq_len_given, const 
         return checkpoint_seq_len(s, seq_len_given, shape_given, &model->config);
     }
     model->config = config_from_settings(s);
+    memory_check(s, gpt2_memory(&model->config, s->batch, s->seq_len)); // before anything is allocated
     gpt2_alloc_params(model);
     gpt2_init(model, s->init, s->init_std, rng);
     return s->seq_len;
@@ -1158,7 +1159,7 @@ int main(int argc, char **argv) {
     if (s.resume) seq_len_given = gpt2_resume_settings(&s, seq_len_given, STATE_MAGIC);
     int T = build_model(&model, &s, seq_len_given, shape_given, &rng);
     s.seq_len = T; // what the run uses (at most the checkpoint's), as state.bin records it
-    memory_check(&s, gpt2_memory(&model.config, s.batch, T));
+    if (s.resume || s.init_from) memory_check(&s, gpt2_memory(&model.config, s.batch, T));
     Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
     if (tok && s.sample_tokens + 1 > model.config.max_seq_len) {
         printf("note: samples of %d tokens after EOT, not %d: the model has %d positions\n",

@@ -721,22 +721,41 @@ static void gpt2_save(GPT2 *model, const char *path) {
 // ---------------------------------------------------------------------------
 // Forward and backward through the whole model.
 
+// The backward's and attention's scratch slots (gpt2_alloc_acts; gpt2_memory counts them).
+#define NUM_SCRATCH_SLOTS 15
+static void scratch_sizes(const GPT2Config *c, int B, int T, long *sizes) {
+    long BT = (long)B * T, C = c->channels, NH = c->heads;
+    long s[NUM_SCRATCH_SLOTS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C, BT * C,
+                                 BT * C, BT * C, BT * C, BT * C, BT * C, BT * C, (long)B * NH * T * T};
+    memcpy(sizes, s, sizeof(s));
+}
+
+// What training on B x T batches needs on the GPU: parameters, gradients, AdamW's m and
+// v, the activations and the scratch (cuBLAS's workspace aside).
+static double gpt2_memory(const GPT2Config *c, int B, int T) {
+    long sizes[NUM_SCRATCH_SLOTS];
+    scratch_sizes(c, B, T, sizes);
+    double n = 0;
+    for (int p = 0; p < NUM_PARAMS; p++) n += 4.0 * param_size(c, p);
+    for (int a = 0; a < NUM_ACTS; a++) n += act_size(c, a, B, T);
+    for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) n += sizes[i];
+    return n * sizeof(float) + 12.0 * B * T + 16.0 * COL_CHUNKS * 4 * c->channels; // + row stats, partial sums
+}
+
 static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
     const GPT2Config *c = &model->config;
     if (T > c->max_seq_len) die("seq-len %d exceeds the model's maximum %d", T, c->max_seq_len);
     model->B = B, model->T = T;
     for (int a = 0; a < NUM_ACTS; a++) model->a[a] = (floatX *)cuda_calloc(act_size(c, a, B, T), sizeof(floatX));
-    long BT = (long)B * T, C = c->channels, NH = c->heads;
+    long BT = (long)B * T, C = c->channels;
     model->row_max = (float *)cuda_calloc(BT, sizeof(float));
     model->row_sum = (double *)cuda_calloc(BT, sizeof(double));
     Scratch *s = &model->s;
     floatX **slots[] = {&s->dres, &s->dln, &s->datty, &s->dqkv, &s->dfch, &s->dfch_gelu, &s->attn.q, &s->attn.k,
                         &s->attn.v, &s->attn.y, &s->attn.dq, &s->attn.dk, &s->attn.dv, &s->attn.dy, &s->attn.datt};
-    long sizes[] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C, BT * C,
-                    BT * C, BT * C, BT * C, BT * C, BT * C, BT * C, (long)B * NH * T * T};
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-        *slots[i] = (floatX *)cuda_calloc(sizes[i], sizeof(floatX));
-    }
+    long sizes[NUM_SCRATCH_SLOTS];
+    scratch_sizes(c, B, T, sizes);
+    for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) *slots[i] = (floatX *)cuda_calloc(sizes[i], sizeof(floatX));
     s->partial = (double *)cuda_calloc(2L * COL_CHUNKS * 4 * C, sizeof(double));
     int V = c->vocab;
     model->inputs = (int *)calloc_check(BT, sizeof(int));
@@ -1310,6 +1329,7 @@ int main(int argc, char **argv) {
     data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
     ensure_dir(s.out);
     gpu_setup(s.tf32, "train_gpt2");
+    gpu_memory_check(&s, gpt2_memory(&model.config, s.batch, T));
     gpt2_alloc_device(&model);
     gpt2_params_to_device(&model);
     gpt2_alloc_acts(&model, s.batch, T);

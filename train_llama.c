@@ -628,21 +628,6 @@ static void llama_build(Llama *model, LlamaConfig config) {
 }
 
 // Allocate activations for batches of B sequences of length T (T <= max_seq_len).
-// The sizes (in reals) of the Acts slots, then of the Scratch slots, in their order;
-// llama_alloc_acts allocates them and llama_memory counts them.
-#define NUM_ACT_SLOTS 20
-#define NUM_SCRATCH_SLOTS 9
-static void acts_sizes(const LlamaConfig *c, int B, int T, long *sizes, long *gsizes) {
-    long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
-    long KVD = c->kv_heads * (C / NH), N = (long)B * T;
-    long a[NUM_ACT_SLOTS] = {N * C,     L * N * C, L * N,     L * N * C, L * N * KVD, L * N * KVD, L * B * NH * T * T,
-                             L * N * C, L * N * C, L * N * C, L * N,     L * N * F,   L * N * F,   L * N * F,
-                             L * N * C, N * C,     N,         N * V,     N,           N};
-    long g[NUM_SCRATCH_SLOTS] = {N * C, N * C, N * C, N * KVD, N * KVD, N * C, N * F, N * F, N * F};
-    memcpy(sizes, a, sizeof(a));
-    memcpy(gsizes, g, sizeof(g));
-}
-
 // What training this model on B x T batches needs: parameters, gradients, AdamW's
 // m and v, the activations and the backward's scratch (the matmul buffers aside).
 static double llama_memory(const LlamaConfig *c, int B, int T) {

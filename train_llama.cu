@@ -690,10 +690,24 @@ static void llama_params_to_host(Llama *model) {
 }
 
 // Allocate activations for batches of B sequences of length T (T <= max_seq_len).
+// What training this model on B x T batches needs on the GPU: parameters, gradients,
+// AdamW's m and v, the activations, the backward's and attention's scratch (4-byte
+// values; cuBLAS's workspace aside).
+static double llama_memory(const LlamaConfig *c, int B, int T) {
+    long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
+    acts_sizes(c, B, T, sizes, gsizes);
+    double n = 0, N = (double)B * T, C = c->dim, KVD = (double)c->kv_heads * (c->dim / c->heads);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += 4.0 * param_count(c, i);
+    for (int i = 0; i < NUM_ACT_SLOTS; i++) n += sizes[i];
+    for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) n += gsizes[i];
+    n += GAIN_CHUNKS * C + 3 * N * C + 4 * N * KVD + (double)B * c->heads * T * T; // AttnScratch, dgain_partial
+    return n * 4;
+}
+
 static void llama_alloc_acts(Llama *model, int B, int T) {
     const LlamaConfig *c = &model->config;
     if (T > c->max_seq_len) die("seq-len %d exceeds the model's maximum %d", T, c->max_seq_len);
-    long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
+    long C = c->dim, V = c->vocab, NH = c->heads;
     long KVD = c->kv_heads * (C / NH), N = (long)B * T;
     model->B = B;
     model->T = T;
@@ -705,18 +719,15 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
                       (void **)&a->h,   (void **)&a->ln2,  (void **)&a->ln2_rstd, (void **)&a->fc1,
                       (void **)&a->fc3, (void **)&a->swi,  (void **)&a->xout,     (void **)&a->lnf,
                       (void **)&a->lnf_rstd, (void **)&a->logits, (void **)&a->lse, (void **)&a->losses};
-    long sizes[] = {N * C, L * N * C, L * N, L * N * C, L * N * KVD, L * N * KVD, L * B * NH * T * T, L * N * C,
-                    L * N * C, L * N * C, L * N, L * N * F, L * N * F, L * N * F, L * N * C, N * C, N, N * V, N, N};
-    int is_float[] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 1};
-    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+    long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
+    acts_sizes(c, B, T, sizes, gsizes); // common/llama_run.h, train_llama.c's slots in the same order
+    int is_float[NUM_ACT_SLOTS] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 1};
+    for (int s = 0; s < NUM_ACT_SLOTS; s++) {
         *slots[s] = cuda_calloc(sizes[s], is_float[s] ? sizeof(float) : sizeof(floatX));
     }
     Scratch *g = &model->scratch;
     floatX **gslots[] = {&g->dres, &g->dln, &g->dq, &g->dk, &g->dv, &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
-    long gsizes[] = {N * C, N * C, N * C, N * KVD, N * KVD, N * C, N * F, N * F, N * F};
-    for (size_t s = 0; s < sizeof(gsizes) / sizeof(gsizes[0]); s++) {
-        *gslots[s] = (floatX *)cuda_calloc(gsizes[s], sizeof(floatX));
-    }
+    for (int s = 0; s < NUM_SCRATCH_SLOTS; s++) *gslots[s] = (floatX *)cuda_calloc(gsizes[s], sizeof(floatX));
     g->dgain_partial = (float *)cuda_calloc((long)GAIN_CHUNKS * C, sizeof(float));
     AttnScratch *w = &g->attn;
     floatX **wslots[] = {&w->qp, &w->kp, &w->vp, &w->yp, &w->dqp, &w->dkp, &w->dvp, &w->datt};
@@ -1336,6 +1347,7 @@ int main(int argc, char **argv) {
     data_open(&s, &train_dl, &val_dl, s.seq_len, config.vocab);
     ensure_dir(s.out);
     gpu_setup(s.tf32, "train_llama");
+    gpu_memory_check(&s, llama_memory(&config, s.batch, s.seq_len));
     Llama model;
     llama_build(&model, config);
     llama_alloc_acts(&model, s.batch, s.seq_len);

@@ -22,6 +22,20 @@ static void gpu_setup(int tf32, const char *cpu_program) {
     cublas_setup(tf32);
 }
 
+// memory_check's twin for the GPU programs: the run's device memory (bytes, the
+// trainer's count) against the device's, said before anything is allocated.
+static void gpu_memory_check(const Settings *s, double bytes) {
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    double have = (double)prop.totalGlobalMem, gib = 1024.0 * 1024 * 1024;
+    printf("GPU memory: about %.3f GiB for parameters, AdamW's moments and activations (%.1f GiB on the device)\n",
+           bytes / gib, have / gib);
+    if (s->memory_check && bytes > have) {
+        usage_error("this configuration needs about %.1f GiB of GPU memory, more than the device's %.1f GiB "
+                    "(--memory-check 0 tries anyway)", bytes / gib, have / gib);
+    }
+}
+
 /*
  * The batch's positions grouped by token, for the embedding's backward: one
  * block owns each distinct token and adds its positions' gradients in list

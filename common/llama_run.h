@@ -106,6 +106,21 @@ static void llama_check_size(const char *path, long num_params) {
     }
 }
 
+// The sizes (in values) of the trainers' Acts slots, then of their Scratch slots, in
+// their order: each trainer's llama_alloc_acts allocates them, its llama_memory counts them.
+#define NUM_ACT_SLOTS 20
+#define NUM_SCRATCH_SLOTS 9
+static void acts_sizes(const LlamaConfig *c, int B, int T, long *sizes, long *gsizes) {
+    long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
+    long KVD = c->kv_heads * (C / NH), N = (long)B * T;
+    long a[NUM_ACT_SLOTS] = {N * C,     L * N * C, L * N,     L * N * C, L * N * KVD, L * N * KVD, L * B * NH * T * T,
+                             L * N * C, L * N * C, L * N * C, L * N,     L * N * F,   L * N * F,   L * N * F,
+                             L * N * C, N * C,     N,         N * V,     N,           N};
+    long g[NUM_SCRATCH_SLOTS] = {N * C, N * C, N * C, N * KVD, N * KVD, N * C, N * F, N * F, N * F};
+    memcpy(sizes, a, sizeof(a));
+    memcpy(gsizes, g, sizeof(g));
+}
+
 // The flags (common/train.h's, with the LLaMA's architecture; gpu: and --tf32).
 // Returns whether --seq-len was given; *arch_given gets bit i for ARCH_FLAGS[i] given.
 static int settings_parse(Settings *s, int argc, char **argv, const char *usage, int gpu, int *arch_given) {

@@ -113,7 +113,7 @@ static int training_flags(Settings *s, Flag *f, const char *inits) {
         {"allow-resume-change", FLAG_INT, &s->allow_resume_change, "0", 0, 1, NULL,
          "1: --resume may change --seed --batch --seq-len --lr --warmup --schedule (else an error)", 0},
         {"memory-check", FLAG_INT, &s->memory_check, "1", 0, 1, NULL,
-         "1: the CPU programs refuse what needs more memory than the machine has; 0: try anyway", 0},
+         "1: refuse what needs more memory than the machine (a GPU program: the device) has; 0: try anyway", 0},
         {"skip-nonfinite", FLAG_INT, &s->skip_nonfinite, "0", 0, 1, NULL,
          "1: skip a step whose loss or gradient norm is not finite (counted); 0: stop there", 0},
         {"threads", FLAG_INT, &s->threads, "0", 0, 1024, NULL,
