@@ -522,8 +522,41 @@ typedef struct {
     int skipped;               // steps skipped for a non-finite loss or gradient norm (--skip-nonfinite 1)
 } Logs;
 
+// samples.txt (sample_print appends "step N", the text, a blank line): a fresh run
+// starts it empty, a resumed run keeps the samples up to its step, as csv_open does
+// for the CSV logs (a crash after the last checkpoint logged samples that come again).
+static void samples_open(const char *out, int resume_step) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/samples.txt", out);
+    long n = file_size(path);
+    if (n < 0) return;
+    if (resume_step < 0) {
+        if (unlink(path) != 0) die("cannot remove %s: %s", path, strerror(errno));
+        return;
+    }
+    char *buf = (char *)malloc_check(n + 1);
+    FILE *f = fopen_check(path, "rb");
+    fread_check(buf, 1, n, f, path);
+    fclose(f);
+    buf[n] = 0;
+    long keep = n;
+    for (long p = 0; p < n; p++) { // an entry: "step N" alone on a line, at the start or after a blank line
+        if (p > 0 && !(p >= 2 && buf[p - 1] == '\n' && buf[p - 2] == '\n')) continue;
+        if (strncmp(buf + p, "step ", 5) != 0) continue;
+        char *end;
+        long step = strtol(buf + p + 5, &end, 10);
+        if (end > buf + p + 5 && *end == '\n' && step > resume_step) {
+            keep = p;
+            break;
+        }
+    }
+    free(buf);
+    if (keep < n && truncate(path, keep) != 0) die("cannot truncate %s: %s", path, strerror(errno));
+}
+
 // resume_step < 0: a fresh run; hist: also hist.csv and hist_summary.csv
 static Logs logs_open(const char *out, int resume_step, int hist) {
+    samples_open(out, resume_step);
     Logs lg;
     memset(&lg, 0, sizeof(lg));
     lg.train = csv_open(out, "train.csv", "step,loss,lr,grad_norm,ms,tokens_per_s", resume_step);

@@ -25,6 +25,19 @@ n=$(grep -c '^step [0-9]*$' "$tmp/b/samples.txt" 2>/dev/null)
 [ "$n" = 3 ] && [ "$(grep -c '^--- sample at step' "$tmp/b.out")" = 3 ] &&
     ok "samples.txt and the progress output: samples at steps 2, 4, 6" || bad "samples.txt has ${n:-no} samples, want 3"
 
+# samples.txt after a crash: the samples past the checkpoint's step are dropped on --resume (then
+# written again), and a fresh run into the same --out starts it empty
+$RUN --steps 2 --sample-every 2 --sample-tokens 4 --out "$tmp/cr" > /dev/null &&
+    printf 'step 4\nlost after the checkpoint\n\n' >> "$tmp/cr/samples.txt" &&
+    $RUN --steps 4 --sample-every 2 --sample-tokens 4 --resume "$tmp/cr" > /dev/null &&
+    [ "$(grep '^step [0-9]*$' "$tmp/cr/samples.txt" | tr '\n' ' ')" = "step 2 step 4 " ] &&
+    ! grep -q 'lost after the checkpoint' "$tmp/cr/samples.txt" &&
+    ok "--resume drops the samples past the checkpoint's step and writes them again" ||
+    bad "samples.txt after a resume: $(grep -c . "$tmp/cr/samples.txt") lines"
+$RUN --steps 2 --sample-every 2 --sample-tokens 4 --out "$tmp/cr" > /dev/null &&
+    [ "$(grep -c '^step [0-9]*$' "$tmp/cr/samples.txt")" = 1 ] && ok "a fresh run into the same --out starts samples.txt empty" ||
+    bad "a fresh run appended to the old samples.txt"
+
 for kv in 1 0; do
     ./train_llama --init-from "$tmp/a/model.bin" --generate 24 --prompt "ROMEO:" --temperature 0 --kv-cache $kv \
         --threads 2 > "$tmp/g$kv.out" || bad "--generate --kv-cache $kv failed"
