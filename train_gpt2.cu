@@ -713,11 +713,6 @@ static void gpt2_save_host(const GPT2 *model, const char *path) {
     atomic_commit(&af);
 }
 
-static void gpt2_save(GPT2 *model, const char *path) {
-    gpt2_params_to_host(model);
-    gpt2_save_host(model, path);
-}
-
 // ---------------------------------------------------------------------------
 // Forward and backward through the whole model.
 
@@ -1238,7 +1233,7 @@ static void save_checkpoint(GPT2 *model, const TrainState *st, const char *dir) 
     gpt2_params_to_host(model);
     check_finite_params(model->h_params, sizeof(float), (long)model->num_params, dir);
     char path[4200];
-    gpt2_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    gpt2_save_host(model, run_file(path, sizeof(path), dir, "model.bin")); // the mirror copied just above
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 

@@ -922,10 +922,10 @@ static void llama_backward(Llama *model) {
 
 // ---------------------------------------------------------------------------
 // model.bin (docs/formats.md): int32 header[256], then every tensor as fp32 in table order.
-// The files are written and read through the host mirror.
+// The files are written and read through the host mirror: llama_save_host writes it as it is
+// (save_checkpoint copies the parameters there first, once, and checks them).
 
-static void llama_save(Llama *model, const char *path) {
-    llama_params_to_host(model);
+static void llama_save_host(const Llama *model, const char *path) {
     AtomicFile af;
     atomic_open(&af, path);
     llama_header_write(af.f, af.tmp, &model->config);
@@ -1259,7 +1259,7 @@ static void save_checkpoint(Llama *model, const TrainState *st, const char *dir)
     llama_params_to_host(model);
     check_finite_params(model->h_params, sizeof(float), model->num_params, dir);
     char path[4200];
-    llama_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    llama_save_host(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 

@@ -362,6 +362,21 @@ static void state_write_header(FILE *f, const char *path, int magic, int version
     fwrite_check(header, sizeof(int32_t), STATE_HEADER_INTS, f, path);
 }
 
+// Open a state.bin and read its header, checking it is a whole header of this
+// program's (the magic); returns the file positioned after it.
+static FILE *state_header(const char *path, int magic, const char *program, int32_t *header) {
+    FILE *f = fopen_check(path, "rb");
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) die("state file %s is not a regular file", path);
+    if (fread(header, sizeof(int32_t), STATE_HEADER_INTS, f) != STATE_HEADER_INTS) {
+        die("state file %s is truncated: shorter than its 1024-byte header", path);
+    }
+    if (header[0] != magic) {
+        die("state file %s has bad magic %d (want %d, a %s state)", path, header[0], magic, program);
+    }
+    return f;
+}
+
 // The header's fields into *st, each range-checked, the file and field named; the
 // recorded run (seed, batch, ... and the model's shape) only with run (resume_settings
 // reads them; a resumed run records its own settings, which it has checked).
@@ -397,15 +412,8 @@ static int resume_settings(Settings *s, int seq_len_given, const char *dir, int 
                            const int32_t *config, int nconfig) {
     char path[4200];
     snprintf(path, sizeof(path), "%s/state.bin", dir);
-    FILE *f = fopen_check(path, "rb");
     int32_t header[STATE_HEADER_INTS];
-    if (fread(header, sizeof(int32_t), STATE_HEADER_INTS, f) != STATE_HEADER_INTS) {
-        die("state file %s is truncated: shorter than its 1024-byte header", path);
-    }
-    fclose(f);
-    if (header[0] != magic) {
-        die("state file %s has bad magic %d (want %d, a %s state)", path, header[0], magic, program);
-    }
+    fclose(state_header(path, magic, program, header));
     TrainState st;
     memset(&st, 0, sizeof(st));
     state_fields(header, path, &st, 1);
@@ -445,16 +453,8 @@ static int resume_settings(Settings *s, int seq_len_given, const char *dir, int 
 // returns the file positioned at the first payload (params, then m, then v).
 static FILE *state_open(const char *path, int magic, int version, const char *program, long num_params,
                         TrainState *st) {
-    FILE *f = fopen_check(path, "rb");
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) die("state file %s is not a regular file", path);
     int32_t header[STATE_HEADER_INTS];
-    if (fread(header, sizeof(int32_t), STATE_HEADER_INTS, f) != STATE_HEADER_INTS) {
-        die("state file %s is truncated: shorter than its 1024-byte header", path);
-    }
-    if (header[0] != magic) {
-        die("state file %s has bad magic %d (want %d, a %s state)", path, header[0], magic, program);
-    }
+    FILE *f = state_header(path, magic, program, header);
     if (header[1] != version) die("state file %s has version %d, want %d", path, header[1], version);
     int64_t pos, np;
     memcpy(&pos, &header[4], 8);
@@ -502,8 +502,25 @@ static void read_floats(FILE *f, void *x, size_t elem, long n, const char *path)
     }
 }
 
-static long count_nonfinite(const void *p, size_t elem, long n, long *first);
-static void check_finite_read(const void *p, size_t elem, long n, const char *path, const char *what);
+// How many of n values (float or double: elem) are not finite; *first the first's index.
+static long count_nonfinite(const void *p, size_t elem, long n, long *first) {
+    long bad = 0;
+    *first = -1;
+    for (long i = 0; i < n; i++) {
+        double x = elem == sizeof(double) ? ((const double *)p)[i] : (double)((const float *)p)[i];
+        if (!isfinite(x)) {
+            if (*first < 0) *first = i;
+            bad++;
+        }
+    }
+    return bad;
+}
+
+// A payload just read (what: "parameters", "AdamW's m", ...) must be finite.
+static void check_finite_read(const void *p, size_t elem, long n, const char *path, const char *what) {
+    long first, bad = count_nonfinite(p, elem, n, &first);
+    if (bad) die("%s: %ld of its %ld %s are not finite (the first at index %ld)", path, bad, n, what, first);
+}
 
 // read_floats, then every value checked finite: a checkpoint's payload (what: its name).
 static void read_payload(FILE *f, void *x, size_t elem, long n, const char *path, const char *what) {
@@ -638,26 +655,6 @@ static int nonfinite_step(const Settings *s, Logs *lg, int step, double loss, do
     die("step %d: the loss is %g and the gradient norm %g; stopped before the update, %s (--skip-nonfinite 1 "
         "skips such steps)", step, loss, norm,
         file_size(path) >= 0 ? "the last checkpoint in --out is as it was" : "no checkpoint was written");
-}
-
-// How many of n values (float or double: elem) are not finite; *first the first's index.
-static long count_nonfinite(const void *p, size_t elem, long n, long *first) {
-    long bad = 0;
-    *first = -1;
-    for (long i = 0; i < n; i++) {
-        double x = elem == sizeof(double) ? ((const double *)p)[i] : (double)((const float *)p)[i];
-        if (!isfinite(x)) {
-            if (*first < 0) *first = i;
-            bad++;
-        }
-    }
-    return bad;
-}
-
-// A payload just read (what: "parameters", "AdamW's m", ...) must be finite.
-static void check_finite_read(const void *p, size_t elem, long n, const char *path, const char *what) {
-    long first, bad = count_nonfinite(p, elem, n, &first);
-    if (bad) die("%s: %ld of its %ld %s are not finite (the first at index %ld)", path, bad, n, what, first);
 }
 
 // Before a checkpoint is written: parameters that are not finite (an update that
