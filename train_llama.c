@@ -23,6 +23,9 @@
 #include <omp.h>
 
 #include "llama_run.h" // LlamaConfig, model.bin's header, the command line
+#ifndef REAL_DOUBLE
+#include "gemm_bf16.h" // --precision bf16: the AMX and AVX512-BF16 matmul kernels
+#endif
 #include "train.h"     // settings, schedules, state.bin, logs
 #include "utils.h"
 
@@ -92,32 +95,57 @@ static inline void axpy(real *restrict y, real alpha, const real *restrict x, in
  * with A(m,k) = A[m*a_rs + k*a_cs] and B(k,n) = B[k*b_rs + n*b_cs], so one
  * routine serves out = in.W^T, dIn = dOut.W and dW = dOut^T.in by strides.
  *
- * The classic blocking (as in BLIS/GotoBLAS): B is copied ("packed") KC rows x
- * NC columns at a time into NR-wide strips, A into MR-tall strips, so that the
+ * The classic blocking (as in BLIS/GotoBLAS): B is copied ("packed") kc rows x
+ * NC columns at a time into nr-wide strips, A into mr-tall strips, so that the
  * innermost kernel streams both from cache in the order it reads them. The
- * micro-kernel keeps an MR x NR tile of C in registers (8 x 32 floats = 16
- * AVX-512 registers) and does MR*NR multiply-adds per k. Threads split the
- * rows of C; every element of C is summed over k in the same order whatever the
- * thread count, so results do not depend on --threads.
+ * micro-kernel keeps an mr x nr tile of C in registers and does mr*nr
+ * multiply-adds per k. Threads split the rows of C; every element of C is
+ * summed over k in the same order whatever the thread count, so results do not
+ * depend on --threads.
+ *
+ * What is packed, and how the tile is multiplied, is a GemmKernel: the fp32 one
+ * below (8 x 32 floats = 16 AVX-512 registers), or with --precision bf16 one of
+ * common/gemm_bf16.h's, which round A and B to bf16 as they pack them and sum
+ * the products in fp32 (AMX tiles, AVX512-BF16, or this fp32 kernel on rounded
+ * inputs where the CPU has neither).
  */
+typedef struct {
+    const char *name;
+    int mr, nr;    // the register tile of C
+    int kc;        // depth of one packed block of k
+    int k_align;   // k is zero-padded to a multiple of this
+    int elem;      // bytes per packed element
+    // pack a strip of w (<= mr or nr) rows of A / columns of B, kc deep, padded to kc_pad
+    void (*pack_a)(void *dst, const real *src, long s_m, long s_k, int w, int kc, int kc_pad);
+    void (*pack_b)(void *dst, const real *src, long s_n, long s_k, int w, int kc, int kc_pad);
+    // C (mr x nr corner of the tile) = or += packed A strip . packed B strip
+    void (*kernel)(int kc_pad, const void *a, const void *b, real *c, long ldc, int mr, int nr, int add);
+    void (*begin)(void); // once per thread, before its first kernel (AMX's tile configuration), or NULL
+} GemmKernel;
+
 #define MR 8
 #define NR (128 / (int)sizeof(real)) // 32 floats or 16 doubles: two 512-bit registers per row
 #define KC 256
 #define MC_MAX 128
 #define NC 2048
+#define GEMM_BPACK_BYTES (KC * NC * (long)sizeof(real)) // 2 MB: fp32's KC x NC, or bf16's 2*KC x NC
+#define GEMM_APACK_BYTES (MC_MAX * KC * (long)sizeof(real))
 
-static real *gemm_bpack = NULL;  // KC x NC, shared by the threads
-static real **gemm_apack = NULL; // one MC_MAX x KC block per thread
+static char *gemm_bpack = NULL;   // one block of B, shared by the threads
+static char **gemm_apack = NULL;  // one block of A's rows per thread
+static char **gemm_bpack_t = NULL; // one block of B per thread, for gemm_serial
 
 static void gemm_buffers(void) {
     if (gemm_bpack) return;
     int nt = omp_get_max_threads();
-    gemm_bpack = (real *)aligned_alloc(64, sizeof(real) * KC * NC);
-    gemm_apack = (real **)malloc_check(sizeof(real *) * nt);
-    for (int t = 0; t < nt; t++) gemm_apack[t] = (real *)aligned_alloc(64, sizeof(real) * MC_MAX * KC);
+    gemm_bpack = (char *)aligned_alloc(64, GEMM_BPACK_BYTES);
+    gemm_apack = (char **)malloc_check(sizeof(char *) * nt);
+    gemm_bpack_t = (char **)malloc_check(sizeof(char *) * nt);
     if (!gemm_bpack) die("out of memory for matmul buffers");
     for (int t = 0; t < nt; t++) {
-        if (!gemm_apack[t]) die("out of memory for matmul buffers");
+        gemm_apack[t] = (char *)aligned_alloc(64, GEMM_APACK_BYTES);
+        gemm_bpack_t[t] = (char *)aligned_alloc(64, GEMM_BPACK_BYTES);
+        if (!gemm_apack[t] || !gemm_bpack_t[t]) die("out of memory for matmul buffers");
     }
 }
 
@@ -147,24 +175,84 @@ static inline void micro_kernel(int kc, const real *restrict a, const real *rest
 // Copy a strip of `w` (<= width) rows or columns, kc deep, into dst laid out
 // k-major: dst[k*width + i] = src[i*s_i + k*s_k], zero-padded to width. The
 // loop order follows whichever stride is 1, so the reads are contiguous.
-static void pack_strip(real *restrict dst, int width, const real *restrict src, long s_i, long s_k, int w, int kc) {
+// With `round`, each value is rounded to bf16 (the ref kernel).
+static inline void pack_strip(real *restrict dst, int width, const real *restrict src, long s_i, long s_k, int w,
+                              int kc, int round) {
+#ifdef REAL_DOUBLE
+    (void)round;
+#define PACK_VALUE(x) (x)
+#else
+#define PACK_VALUE(x) (round ? bf16_rounded(x) : (x))
+#endif
     if (s_i == 1) {
         for (int k = 0; k < kc; k++) {
-            for (int i = 0; i < w; i++) dst[k * width + i] = src[k * s_k + i];
+            for (int i = 0; i < w; i++) dst[k * width + i] = PACK_VALUE(src[k * s_k + i]);
             for (int i = w; i < width; i++) dst[k * width + i] = 0;
         }
     } else {
         for (int i = 0; i < w; i++) {
-            for (int k = 0; k < kc; k++) dst[k * width + i] = src[i * s_i + k * s_k];
+            for (int k = 0; k < kc; k++) dst[k * width + i] = PACK_VALUE(src[i * s_i + k * s_k]);
         }
         for (int i = w; i < width; i++) {
             for (int k = 0; k < kc; k++) dst[k * width + i] = 0;
         }
     }
+#undef PACK_VALUE
 }
 
-static void gemm(int M, int N, int K, const real *A, long a_rs, long a_cs, const real *B, long b_rs, long b_cs,
-                 real *C, long ldc, int accumulate) {
+static void fp32_pack_a(void *dst, const real *src, long s_m, long s_k, int w, int kc, int kc_pad) {
+    (void)kc_pad;
+    pack_strip((real *)dst, MR, src, s_m, s_k, w, kc, 0);
+}
+static void fp32_pack_b(void *dst, const real *src, long s_n, long s_k, int w, int kc, int kc_pad) {
+    (void)kc_pad;
+    pack_strip((real *)dst, NR, src, s_n, s_k, w, kc, 0);
+}
+static void fp32_kernel(int kc, const void *a, const void *b, real *c, long ldc, int mr, int nr, int add) {
+    micro_kernel(kc, (const real *)a, (const real *)b, c, ldc, mr, nr, add);
+}
+static const GemmKernel FP32_KERNEL = {"fp32", MR, NR, KC, 1, sizeof(real), fp32_pack_a, fp32_pack_b, fp32_kernel,
+                                       NULL};
+
+#ifndef REAL_DOUBLE
+static void ref_pack_a(void *dst, const real *src, long s_m, long s_k, int w, int kc, int kc_pad) {
+    (void)kc_pad;
+    pack_strip((real *)dst, MR, src, s_m, s_k, w, kc, 1);
+}
+static void ref_pack_b(void *dst, const real *src, long s_n, long s_k, int w, int kc, int kc_pad) {
+    (void)kc_pad;
+    pack_strip((real *)dst, NR, src, s_n, s_k, w, kc, 1);
+}
+// indexed by Bf16Kernel (common/gemm_bf16.h)
+static const GemmKernel BF16_KERNELS[] = {
+    [BF16_REF] = {"bf16 (ref: fp32 kernel on rounded inputs)", MR, NR, KC, 1, sizeof(real), ref_pack_a, ref_pack_b,
+                  fp32_kernel, NULL},
+    [BF16_AVX512] = {"bf16 (AVX512-BF16)", 8, 32, 2 * KC, 2, 2, avx512_pack_a, bf16_pack_b, avx512bf16_kernel, NULL},
+    [BF16_AMX] = {"bf16 (AMX)", 32, 32, 2 * KC, BF16_KB, 2, amx_pack_a, bf16_pack_b, amx_kernel, amx_begin},
+};
+#endif
+
+static const GemmKernel *gemm_kernel = &FP32_KERNEL; // --precision bf16 switches it (set_precision)
+
+// --precision: fp32 (the default), or bf16 matmul inputs on the fastest kernel this CPU has
+static void set_precision(const char *precision) {
+    if (!strcmp(precision, "fp32")) {
+        gemm_kernel = &FP32_KERNEL;
+        return;
+    }
+#ifndef REAL_DOUBLE
+    if (!strcmp(precision, "bf16")) {
+        gemm_kernel = &BF16_KERNELS[bf16_pick()];
+        return;
+    }
+#endif
+    usage_error("--precision %s: this build has fp32 only", precision);
+}
+
+// serial: the caller is one thread of a parallel loop (attention's heads), so this
+// product runs on that thread alone, with that thread's buffers
+static void gemm_run(int M, int N, int K, const real *A, long a_rs, long a_cs, const real *B, long b_rs, long b_cs,
+                     real *C, long ldc, int accumulate, int serial) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate) {
@@ -172,54 +260,69 @@ static void gemm(int M, int N, int K, const real *A, long a_rs, long a_cs, const
         }
         return;
     }
-    gemm_buffers();
-    int nt = omp_get_max_threads();
+    if (!serial) gemm_buffers(); // (a serial caller made them before its parallel loop)
+    const GemmKernel *kn = gemm_kernel;
+    int mr_ = kn->mr, nr_ = kn->nr, elem = kn->elem;
+    int caller = omp_get_thread_num(), nt = serial ? 1 : omp_get_max_threads();
+    char *bpack = serial ? gemm_bpack_t[caller] : gemm_bpack;
     // rows of C per thread block: enough blocks for every thread, at most MC_MAX
     int mc = (M + nt - 1) / nt;
-    mc = (mc + MR - 1) / MR * MR;
+    mc = (mc + mr_ - 1) / mr_ * mr_;
     if (mc > MC_MAX) mc = MC_MAX;
     int nblocks = (M + mc - 1) / mc;
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
-        int npanels = (nc + NR - 1) / NR;
-        for (int pc = 0; pc < K; pc += KC) {
-            int kc = K - pc < KC ? K - pc : KC;
+        int npanels = (nc + nr_ - 1) / nr_;
+        for (int pc = 0; pc < K; pc += kn->kc) {
+            int kc = K - pc < kn->kc ? K - pc : kn->kc;
+            int kc_pad = (kc + kn->k_align - 1) / kn->k_align * kn->k_align;
             int add = accumulate || pc > 0;
-#pragma omp parallel
+#pragma omp parallel if (!serial)
             {
-                // pack B(pc:pc+kc, jc:jc+nc) into NR-wide strips, zero-padded
+                if (kn->begin) kn->begin();
+                // pack B(pc:pc+kc, jc:jc+nc) into nr-wide strips, zero-padded
 #pragma omp for schedule(static)
                 for (int p = 0; p < npanels; p++) {
-                    int j0 = jc + p * NR;
-                    int nr = N - j0 < NR ? N - j0 : NR;
-                    pack_strip(gemm_bpack + (long)p * kc * NR, NR, B + (long)pc * b_rs + (long)j0 * b_cs, b_cs,
-                               b_rs, nr, kc);
+                    int j0 = jc + p * nr_;
+                    int nr = N - j0 < nr_ ? N - j0 : nr_;
+                    kn->pack_b(bpack + (long)p * kc_pad * nr_ * elem, B + (long)pc * b_rs + (long)j0 * b_cs,
+                               b_cs, b_rs, nr, kc, kc_pad);
                 }
-                // each thread packs a block of A's rows into MR-tall strips and
+                // each thread packs a block of A's rows into mr-tall strips and
                 // runs the micro-kernel over it
-                real *apack = gemm_apack[omp_get_thread_num()];
+                char *apack = gemm_apack[serial ? caller : omp_get_thread_num()];
 #pragma omp for schedule(static)
                 for (int blk = 0; blk < nblocks; blk++) {
                     int i0 = blk * mc;
                     int mcb = M - i0 < mc ? M - i0 : mc;
-                    for (int ir = 0; ir < mcb; ir += MR) {
-                        int mr = mcb - ir < MR ? mcb - ir : MR;
-                        pack_strip(apack + (long)ir * kc, MR, A + (long)(i0 + ir) * a_rs + (long)pc * a_cs, a_rs,
-                                   a_cs, mr, kc);
+                    for (int ir = 0; ir < mcb; ir += mr_) {
+                        int mr = mcb - ir < mr_ ? mcb - ir : mr_;
+                        kn->pack_a(apack + (long)ir * kc_pad * elem, A + (long)(i0 + ir) * a_rs + (long)pc * a_cs,
+                                   a_rs, a_cs, mr, kc, kc_pad);
                     }
                     for (int p = 0; p < npanels; p++) {
-                        int j0 = jc + p * NR;
-                        int nr = N - j0 < NR ? N - j0 : NR;
-                        for (int ir = 0; ir < mcb; ir += MR) {
-                            int mr = mcb - ir < MR ? mcb - ir : MR;
-                            micro_kernel(kc, apack + (long)ir * kc, gemm_bpack + (long)p * kc * NR,
-                                         C + (long)(i0 + ir) * ldc + j0, ldc, mr, nr, add);
+                        int j0 = jc + p * nr_;
+                        int nr = N - j0 < nr_ ? N - j0 : nr_;
+                        for (int ir = 0; ir < mcb; ir += mr_) {
+                            int mr = mcb - ir < mr_ ? mcb - ir : mr_;
+                            kn->kernel(kc_pad, apack + (long)ir * kc_pad * elem,
+                                       bpack + (long)p * kc_pad * nr_ * elem, C + (long)(i0 + ir) * ldc + j0, ldc,
+                                       mr, nr, add);
                         }
                     }
                 }
             }
         }
     }
+}
+
+static void gemm(int M, int N, int K, const real *A, long a_rs, long a_cs, const real *B, long b_rs, long b_cs,
+                 real *C, long ldc, int accumulate) {
+    gemm_run(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate, 0);
+}
+static void gemm_serial(int M, int N, int K, const real *A, long a_rs, long a_cs, const real *B, long b_rs,
+                        long b_cs, real *C, long ldc, int accumulate) {
+    gemm_run(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate, 1);
 }
 
 // ============================================================================
@@ -322,16 +425,18 @@ static void rope_backward(real *dx, const real *cos_t, const real *sin_t, int B,
 /*
  * Causal self-attention with grouped-query heads: q (B,T,NH,hs), k and v
  * (B,T,NKV,hs); query head h reads kv head h / (NH/NKV). att (B,NH,T,T) keeps
- * the softmax probabilities for the backward; out is (B,T,NH,hs).
+ * the softmax probabilities for the backward (0 above the diagonal); out is
+ * (B,T,NH,hs). Each head's products are matmuls on the gemm above (so with
+ * --precision bf16 their inputs are bf16 too), one head per thread at a time:
+ *   S = Q.K^T (T x T; the masked half is computed and discarded), P = softmax,
+ *   O = P.V  (the zeros above the diagonal add nothing).
  */
-// One query row qt over keys k and values v at positions 0..t (rows `stride` apart):
-// a[0..t] the softmax of qt.k*scale, o = sum a*v. attention_forward's rows and
-// llama_decode's one position both go through it.
-static void attention_row(real *o, real *a, const real *qt, const real *k, const real *v, long stride, int t, int hs,
-                          real scale) {
+// Row t of the softmax in place: a[0..t] = softmax(a[0..t] * scale), a[t+1..n) = 0.
+// The batch forward's rows and llama_decode's one position both go through it.
+static void softmax_row(real *a, int t, int n, real scale) {
     real maxv = -INFINITY;
     for (int t2 = 0; t2 <= t; t2++) {
-        a[t2] = dot(qt, k + (long)t2 * stride, hs) * scale;
+        a[t2] *= scale;
         if (a[t2] > maxv) maxv = a[t2];
     }
     double sum = 0;
@@ -341,66 +446,84 @@ static void attention_row(real *o, real *a, const real *qt, const real *k, const
     }
     real inv = (real)(1.0 / sum);
     for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
-    memset(o, 0, sizeof(real) * hs);
-    for (int t2 = 0; t2 <= t; t2++) axpy(o, a[t2], v + (long)t2 * stride, hs);
+    for (int t2 = t + 1; t2 < n; t2++) a[t2] = 0;
+}
+
+// One head: queries q (rows `qs` apart) against keys k and values v (rows `ks`
+// apart) at positions 0..n-1; att (n x n) the probabilities, out (rows qs apart).
+// llama_decode calls it for one query row (m = 1, at position n-1).
+static void attention_head(real *out, real *att, const real *q, const real *k, const real *v, int m, int n, long qs,
+                           long ks, int hs, int serial) {
+    real scale = (real)(1.0 / sqrt((double)hs));
+    gemm_run(m, n, hs, q, qs, 1, k, 1, ks, att, n, 0, serial);
+    for (int t = 0; t < m; t++) softmax_row(att + (long)t * n, n - m + t, n, scale);
+    gemm_run(m, hs, n, att, n, 1, v, ks, 1, out, qs, 0, serial);
 }
 
 static void attention_forward(real *out, real *att, const real *q, const real *k, const real *v, int B, int T,
                               int NH, int NKV, int hs) {
     int group = NH / NKV;
-    real scale = (real)(1.0 / sqrt((double)hs));
     long qs = (long)NH * hs, ks = (long)NKV * hs; // row strides
-#pragma omp parallel for collapse(3)
+    gemm_buffers();
+#pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
-            for (int t = 0; t < T; t++) {
-                int kvh = h / group;
-                long kv0 = (long)b * T * ks + kvh * hs; // position 0 of kv head kvh
-                real *a = att + (((long)b * NH + h) * T + t) * T;
-                attention_row(out + ((long)b * T + t) * qs + h * hs, a, q + ((long)b * T + t) * qs + h * hs, k + kv0,
-                              v + kv0, ks, t, hs, scale);
-                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0;
-            }
+            long q0 = (long)b * T * qs + h * hs, kv0 = (long)b * T * ks + (h / group) * hs;
+            attention_head(out + q0, att + ((long)b * NH + h) * T * T, q + q0, k + kv0, v + kv0, T, T, qs, ks, hs, 1);
         }
     }
 }
 
-// Overwrites dq, dk, dv. Threads split (batch, kv head): the query heads of a
-// group all add into the same dk/dv rows, so they stay on one thread.
+// Per-thread T x T scratch for the backward's d(probabilities), kept between calls.
+static real **attn_scratch = NULL;
+static long attn_scratch_n = 0;
+static void attention_scratch(long n) {
+    if (n > attn_scratch_n) {
+        int nt = omp_get_max_threads();
+        if (!attn_scratch) attn_scratch = (real **)calloc_check(nt, sizeof(real *));
+        for (int t = 0; t < nt; t++) {
+            free(attn_scratch[t]);
+            attn_scratch[t] = (real *)malloc_check(sizeof(real) * n);
+        }
+        attn_scratch_n = n;
+    }
+}
+
+/*
+ * Overwrites dq, dk, dv. Per head, with P = att and dO = dout:
+ *   dP = dO.V^T;  dS = P * (dP - rowsum(P * dP)) * scale   (the softmax's Jacobian)
+ *   dQ = dS.K;  dK += dS^T.Q;  dV += P^T.dO
+ * Threads split (batch, kv head): the query heads of a group add into the same
+ * dk/dv rows, in head order, on one thread.
+ */
 static void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *q, const real *k,
                                const real *v, const real *att, int B, int T, int NH, int NKV, int hs) {
     int group = NH / NKV;
     real scale = (real)(1.0 / sqrt((double)hs));
     long qs = (long)NH * hs, ks = (long)NKV * hs;
-#pragma omp parallel for collapse(2)
+    gemm_buffers();
+    attention_scratch((long)T * T);
+#pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++) {
         for (int kvh = 0; kvh < NKV; kvh++) {
-            real datt[T];
-            for (int t = 0; t < T; t++) {
-                memset(dk + ((long)b * T + t) * ks + kvh * hs, 0, sizeof(real) * hs);
-                memset(dv + ((long)b * T + t) * ks + kvh * hs, 0, sizeof(real) * hs);
-            }
+            real *ds = attn_scratch[omp_get_thread_num()];
+            long kv0 = (long)b * T * ks + kvh * hs;
             for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                long q0 = (long)b * T * qs + h * hs;
+                const real *p = att + ((long)b * NH + h) * T * T;
+                int first = h == kvh * group; // the group's first head overwrites dk and dv
+                gemm_serial(T, T, hs, dout + q0, qs, 1, v + kv0, 1, ks, ds, T, 0);                 // dP
+                gemm_serial(T, hs, T, p, 1, T, dout + q0, qs, 1, dv + kv0, ks, !first);            // dV
                 for (int t = 0; t < T; t++) {
-                    const real *a = att + (((long)b * NH + h) * T + t) * T;
-                    const real *dy = dout + ((long)b * T + t) * qs + h * hs;
-                    const real *qt = q + ((long)b * T + t) * qs + h * hs;
-                    real *dqt = dq + ((long)b * T + t) * qs + h * hs;
-                    // through out = att . v
-                    double s = 0;
-                    for (int t2 = 0; t2 <= t; t2++) {
-                        datt[t2] = dot(dy, v + ((long)b * T + t2) * ks + kvh * hs, hs);
-                        axpy(dv + ((long)b * T + t2) * ks + kvh * hs, a[t2], dy, hs);
-                        s += a[t2] * datt[t2];
-                    }
-                    // through the softmax: dpre = a * (datt - sum(a * datt)), then the scaled q.k
-                    memset(dqt, 0, sizeof(real) * hs);
-                    for (int t2 = 0; t2 <= t; t2++) {
-                        real dpre = a[t2] * (datt[t2] - (real)s) * scale;
-                        axpy(dqt, dpre, k + ((long)b * T + t2) * ks + kvh * hs, hs);
-                        axpy(dk + ((long)b * T + t2) * ks + kvh * hs, dpre, qt, hs);
-                    }
+                    const real *pt = p + (long)t * T;
+                    real *dst = ds + (long)t * T;
+                    double sum = 0;
+                    for (int t2 = 0; t2 <= t; t2++) sum += (double)pt[t2] * dst[t2];
+                    for (int t2 = 0; t2 <= t; t2++) dst[t2] = pt[t2] * (dst[t2] - (real)sum) * scale;
+                    for (int t2 = t + 1; t2 < T; t2++) dst[t2] = 0;
                 }
+                gemm_serial(T, hs, T, ds, T, 1, k + kv0, ks, 1, dq + q0, qs, 0);                  // dQ
+                gemm_serial(T, hs, T, ds, 1, T, q + q0, qs, 1, dk + kv0, ks, !first);              // dK
             }
         }
     }
@@ -885,7 +1008,6 @@ static const float *llama_decode(Llama *model, int token, int pos) {
     int hs = C / NH, KVD = NKV * hs, group = NH / NKV, half = hs / 2;
     long T = c->max_seq_len;
     if (pos >= T) die("internal: decode at position %d, the model's maximum is %ld", pos, T);
-    real scale = (real)(1.0 / sqrt((double)hs));
     memcpy(d->x, model->tensor[P_TOK_EMB] + (long)token * C, sizeof(real) * C);
     for (int l = 0; l < L; l++) {
         real *kc = d->kc + (long)l * T * KVD, *vc = d->vc + (long)l * T * KVD;
@@ -898,7 +1020,8 @@ static const float *llama_decode(Llama *model, int token, int pos) {
         rope_forward(kc + (long)pos * KVD, cs, sn, 1, 1, NKV, hs);
         for (int h = 0; h < NH; h++) {
             int kvh = h / group;
-            attention_row(d->atty + h * hs, d->att, d->q + h * hs, kc + kvh * hs, vc + kvh * hs, KVD, pos, hs, scale);
+            attention_head(d->atty + h * hs, d->att, d->q + h * hs, kc + kvh * hs, vc + kvh * hs, 1, pos + 1, C, KVD,
+                           hs, 0);
         }
         matmul_forward(d->tmp, d->atty, layer_param(model, P_WO, l), 1, C, C);
         residual_forward(d->h, d->x, d->tmp, C);
@@ -1172,6 +1295,7 @@ int main(int argc, char **argv) {
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 0, &arch_given);
     if (s.threads > 0) omp_set_num_threads(s.threads);
+    set_precision(s.precision);
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];
@@ -1229,6 +1353,7 @@ int main(int argc, char **argv) {
            omp_get_max_threads());
     printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
            s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
+    printf("matmuls: %s\n", gemm_kernel->name);
     double t0 = wall_seconds();
     train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st, tok);
     printf("done: %d steps in %.1f s; checkpoint in %s\n", st.step, wall_seconds() - t0, s.out);

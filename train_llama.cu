@@ -1315,6 +1315,7 @@ int main(int argc, char **argv) {
     Settings s;
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
+    if (strcmp(s.precision, "fp32") != 0) usage_error("--precision %s: this program has fp32 only, yet", s.precision);
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];

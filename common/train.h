@@ -55,6 +55,8 @@ typedef struct {
     double hist_range;
     // the GPU programs: matmuls in TF32
     int tf32;
+    // train_llama: the matmuls' inputs in fp32 or bf16 (docs/perf.md, "bf16 on the CPU")
+    const char *precision;
     // text samples and generation (common/sample.h)
     int sample_every, sample_tokens, sample_seed, generate, kv_cache;
     double temperature, top_p;
@@ -139,6 +141,8 @@ static int llama_flags(Settings *s, Flag *f) {
         {"vocab", FLAG_INT, &s->vocab, "32000", 2, 65536, NULL, "vocabulary size V (fresh model)", 0},
         {"norm-eps", FLAG_FLOAT, &s->norm_eps, "1e-5", 1e-12, 1, NULL, "RMSNorm eps (fresh model)", 0},
         {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
+        {"precision", FLAG_CHOICE, &s->precision, "fp32", 0, 0, "fp32|bf16",
+         "matmul inputs; bf16: rounded to bf16, fp32 sums, weights and state (the CPU only, yet)", 0},
     };
     memcpy(f, t, sizeof(t));
     return (int)(sizeof(t) / sizeof(t[0]));

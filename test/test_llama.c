@@ -4,7 +4,7 @@
  * (the program as it ships) and with -DREAL_DOUBLE, where the gradient check
  * against finite differences can be tight.
  *
- *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|shuffle|all]
+ *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|shuffle|decode|bf16|all]
  *   build/test_llama write-shard PATH NTOK VOCAB [MAGIC VERSION]   (a synthetic shard for the CLI tests)
  *
  * Every check prints the number it measured and the tolerance; the exit status
@@ -406,6 +406,113 @@ static void test_gemm(void) {
 }
 
 // ---------------------------------------------------------------------------
+// --precision bf16 (common/gemm_bf16.h): the rounding against hand-computed bits, and
+// every bf16 kernel this CPU has against a double-precision sum of the same rounded
+// inputs, within the bound of an fp32 sum: |C - exact| <= gamma_K * sum_k |a*b| (gamma_K =
+// K*u/(1-K*u), u = 2^-24), for all transposes, = and +=, partial tiles and k blocks.
+#ifndef REAL_DOUBLE
+static void test_bf16(void) {
+    printf("bf16 matmul inputs (float)\n");
+    struct {
+        uint32_t in;
+        uint16_t want;
+        const char *what;
+    } cases[] = {
+        {0x3f800000, 0x3f80, "1.0"},
+        {0x3f808000, 0x3f80, "1 + 2^-8: a tie, to the even 1.0"},
+        {0x3f818000, 0x3f82, "1 + 3*2^-8: a tie, to the even 1 + 2^-6"},
+        {0x3f808001, 0x3f81, "just above the tie: up"},
+        {0x3f807fff, 0x3f80, "just below the tie: down"},
+        {0xc0200000, 0xc020, "-2.5"},
+        {0x7f7fffff, 0x7f80, "FLT_MAX rounds to +inf"},
+        {0xff800000, 0xff80, "-inf"},
+        {0x00000001, 0x0000, "the smallest subnormal rounds to +0"},
+        {0x7fc00001, 0x7fc0, "a NaN stays a (quiet) NaN"},
+        {0x7f800001, 0x7fc0, "a signalling NaN becomes quiet, not inf"},
+    };
+    int wrong = 0;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        float f;
+        memcpy(&f, &cases[i].in, sizeof(f));
+        uint16_t got = bf16_round(f);
+        if (got != cases[i].want) {
+            printf("       %s: %08x -> %04x, want %04x\n", cases[i].what, cases[i].in, got, cases[i].want);
+            wrong++;
+        }
+    }
+    check(wrong == 0, "bf16_round: 11 hand-computed cases (ties, inf, NaN) wrong", wrong, 0);
+
+    Bf16Kernel kinds[3] = {BF16_REF};
+    int nk = 1;
+    if (cpu_has_avx512bf16()) kinds[nk++] = BF16_AVX512;
+    if (cpu_has_amx_bf16()) kinds[nk++] = BF16_AMX;
+    int sizes[][3] = {{1, 1, 1}, {7, 33, 5}, {37, 70, 45}, {129, 65, 600}, {64, 2050, 33}, {300, 40, 520}};
+    Rng rng;
+    rng_seed(&rng, 4);
+    for (int kk = 0; kk < nk; kk++) {
+        const GemmKernel *kn = &BF16_KERNELS[kinds[kk]];
+        double worst = 0, unrounded = 0;
+        for (int sz = 0; sz < 6; sz++) {
+            int M = sizes[sz][0], N = sizes[sz][1], K = sizes[sz][2];
+            real *A = (real *)malloc_check(sizeof(real) * M * K), *B = (real *)malloc_check(sizeof(real) * K * N);
+            real *C = (real *)malloc_check(sizeof(real) * M * N), *F = (real *)malloc_check(sizeof(real) * M * N);
+            for (long i = 0; i < (long)M * K; i++) A[i] = (real)rng_normal(&rng);
+            for (long i = 0; i < (long)K * N; i++) B[i] = (real)rng_normal(&rng);
+            double gamma = K * ldexp(1.0, -24) / (1 - K * ldexp(1.0, -24));
+            for (int tr = 0; tr < 4; tr++) {
+                long a_rs = tr & 1 ? 1 : K, a_cs = tr & 1 ? M : 1, b_rs = tr & 2 ? 1 : N, b_cs = tr & 2 ? K : 1;
+                for (int acc = 0; acc < 2; acc++) {
+                    for (long i = 0; i < (long)M * N; i++) C[i] = F[i] = (real)(acc ? 1.5 : 99);
+                    gemm_kernel = kn;
+                    gemm(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, N, acc);
+                    gemm_kernel = &FP32_KERNEL;
+                    gemm(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, F, N, acc);
+                    for (int i = 0; i < M; i++) {
+                        for (int j = 0; j < N; j++) {
+                            double sum = acc ? 1.5 : 0, mag = acc ? 1.5 : 0;
+                            for (int k = 0; k < K; k++) {
+                                double p = (double)bf16_rounded(A[i * a_rs + k * a_cs]) *
+                                           bf16_rounded(B[k * b_rs + j * b_cs]);
+                                sum += p, mag += fabs(p);
+                            }
+                            double bound = gamma * mag + 1e-30;
+                            worst = fmax(worst, fabs(sum - C[i * N + j]) / bound);
+                            unrounded = fmax(unrounded, fabs(sum - F[i * N + j]) / bound);
+                        }
+                    }
+                }
+            }
+            free(A), free(B), free(C), free(F);
+        }
+        char what[120];
+        snprintf(what, sizeof(what), "%s: max |C - exact| / (gamma_K sum|ab|)", kn->name);
+        check(worst <= 1, what, worst, 1);
+        // and the inputs were rounded: the fp32 product misses the same bound by far
+        snprintf(what, sizeof(what), "  the fp32 kernel on unrounded inputs, same measure (> 100)");
+        check(unrounded > 100, what, unrounded, 100);
+    }
+    // results do not depend on the thread count (2 threads, then 1: the buffers fit both)
+    int M = 200, N = 300, K = 100;
+    real *A = (real *)malloc_check(sizeof(real) * M * K), *B = (real *)malloc_check(sizeof(real) * K * N);
+    real *C1 = (real *)malloc_check(sizeof(real) * M * N), *C2 = (real *)malloc_check(sizeof(real) * M * N);
+    for (long i = 0; i < (long)M * K; i++) A[i] = (real)rng_normal(&rng);
+    for (long i = 0; i < (long)K * N; i++) B[i] = (real)rng_normal(&rng);
+    gemm_kernel = &BF16_KERNELS[kinds[nk - 1]];
+    int nt = omp_get_max_threads();
+    gemm(M, N, K, A, K, 1, B, 1, K, C1, N, 0);
+    omp_set_num_threads(1);
+    gemm(M, N, K, A, K, 1, B, 1, K, C2, N, 0);
+    omp_set_num_threads(nt);
+    gemm_kernel = &FP32_KERNEL;
+    check(!memcmp(C1, C2, sizeof(real) * M * N), "fastest bf16 kernel: 1 thread = all threads, bitwise (1 = differ)",
+          memcmp(C1, C2, sizeof(real) * M * N) != 0, 0);
+    free(A), free(B), free(C1), free(C2);
+}
+#else
+static void test_bf16(void) { printf("bf16 matmul inputs: the float build tests them\n"); }
+#endif
+
+// ---------------------------------------------------------------------------
 // --shuffle: every epoch reads each whole-batch window of every shard exactly once,
 // rows are real windows (contiguous, aligned to T, targets shifted by one), epochs
 // differ, and seeking to batch k gives what k calls of next() give.
@@ -572,7 +679,7 @@ int main(int argc, char **argv) {
     } tests[] = {{"gemm", test_gemm},         {"gradcheck", test_gradcheck}, {"overfit", test_overfit},
                  {"lir", test_lir},           {"tvr", test_tvr},             {"schedule", test_schedule},
                  {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint},
-                 {"shuffle", test_shuffle},   {"decode", test_decode}};
+                 {"shuffle", test_shuffle},   {"decode", test_decode},       {"bf16", test_bf16}};
     int ran = 0;
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!strcmp(which, "all") || !strcmp(which, tests[i].name)) {

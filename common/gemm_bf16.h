@@ -1,0 +1,362 @@
+/*
+ * common/gemm_bf16.h: the bf16 pieces of train_llama.c's matmul (`--precision bf16`).
+ *
+ * train_llama.c's gemm() is one blocked loop (pack B, pack A, run a micro-kernel over
+ * register tiles) that takes its packing and its micro-kernel from a GemmKernel. This
+ * header supplies the bf16 ones; the fp32 one lives in train_llama.c beside the loop.
+ *
+ * What bf16 means here (docs/perf.md, "bf16 on the CPU"): every matmul INPUT is rounded
+ * to bf16 (round to nearest even) as it is packed, the products of two bf16 numbers are
+ * exact in fp32 and are summed in fp32; the output is fp32, and nothing stored is bf16.
+ * Three kernels compute that same function and differ only in the order of the sums:
+ *   amx      Intel AMX tiles: a 32 x 32 block of C in four 16 x 16 fp32 tiles,
+ *            _tile_dpbf16ps on 16 x 32 bf16 tiles of A and 32 x 16 of B
+ *   avx512   AVX512-BF16 (vdpbf16ps): an 8 x 32 block of C in sixteen zmm registers,
+ *            each instruction adding the products of two consecutive k
+ *   ref      the fp32 micro-kernel on bf16-rounded inputs: any x86-64, slow, and the
+ *            workbench's and the tests' reference for the other two
+ * bf16_pick() chooses the fastest the CPU and the kernel allow (CPUID, then Linux's
+ * permission to use AMX tiles); RESCALE_BF16_KERNEL=amx|avx512|ref forces one.
+ *
+ * Packed layouts (both kernels read B the same way; k is padded to 32 with zeros):
+ *   B  per 32-deep block of k: [16 k-pairs][32 columns][2], the "VNNI" pairs of
+ *      consecutive k side by side, so one 64-byte row is 16 columns x 2 k
+ *   A  amx:    per 32-deep block: [32 rows][32 k], a tile row is one row's 32 k
+ *      avx512: per k-pair: [8 rows][2], the pair one row broadcasts
+ */
+#ifndef RESCALE_GEMM_BF16_H
+#define RESCALE_GEMM_BF16_H
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "utils.h"
+
+// fp32 -> bf16, round to nearest even (a NaN stays a NaN, quiet)
+static inline uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+// f rounded to the nearest bf16, as a float (the ref kernel's inputs)
+static inline float bf16_rounded(float f) { return bf16_to_float(bf16_round(f)); }
+
+#define BF16_KB 32 // k per packed block: one AMX tile row of bf16
+
+// bf16_round's bits without a branch, so that gcc vectorises the packing loops
+static inline uint32_t bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1)) >> 16, nan = (u >> 16) | 0x40;
+    return (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
+}
+
+// src(i, k) = src[i*s_i + k*s_k] for i < w, k < kc; zero outside (a partial strip)
+static inline uint16_t bf16_at(const float *src, long s_i, long s_k, int i, int k, int w, int kc) {
+    return i < w && k < kc ? (uint16_t)bf16_bits(src[i * s_i + k * s_k]) : 0;
+}
+
+/*
+ * The packing loops for full strips, 16 values at a time in AVX-512 registers (a scalar
+ * loop that transposes costs more than the AMX products it feeds). Rounding is bf16_bits'
+ * integer rule, not vcvtneps2bf16, which flushes subnormal inputs to zero: every path
+ * rounds every value the same way.
+ */
+#define V16 __attribute__((target("avx512f,avx512bw"))) static inline
+
+// 16 floats -> 16 words holding their bf16 in the low half
+V16 __m512i bf16_bits16(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+}
+// rows a and b (16 floats each) -> 16 words: bf16(a[i]) low, bf16(b[i]) high
+V16 __m512i bf16_pair_rows(const float *a, const float *b) {
+    return _mm512_or_si512(bf16_bits16(_mm512_loadu_ps(a)), _mm512_slli_epi32(bf16_bits16(_mm512_loadu_ps(b)), 16));
+}
+// 32 consecutive floats -> 16 words: the pairs (x[2i], x[2i+1])
+V16 __m512i bf16_pair_run(const float *x) {
+    const __m512i even = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26,
+                                          24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutex2var_epi16(bf16_bits16(_mm512_loadu_ps(x)), even, bf16_bits16(_mm512_loadu_ps(x + 16)));
+}
+// r[i][j] -> r[j][i] for a 16 x 16 block of 32-bit words
+V16 void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { // lane j of r[i + c]: column 4j + c of rows i..i+3
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        t[c] = _mm512_shuffle_i32x4(r[c], r[c + 4], 0x88);
+        t[c + 4] = _mm512_shuffle_i32x4(r[c], r[c + 4], 0xdd);
+        t[c + 8] = _mm512_shuffle_i32x4(r[c + 8], r[c + 12], 0x88);
+        t[c + 12] = _mm512_shuffle_i32x4(r[c + 8], r[c + 12], 0xdd);
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm512_shuffle_i32x4(t[c], t[c + 8], 0x88);
+        r[c + 8] = _mm512_shuffle_i32x4(t[c], t[c + 8], 0xdd);
+        r[c + 4] = _mm512_shuffle_i32x4(t[c + 4], t[c + 12], 0x88);
+        r[c + 12] = _mm512_shuffle_i32x4(t[c + 4], t[c + 12], 0xdd);
+    }
+}
+/*
+ * 32 values of k x 16 of i, src(i, k) = src[i*s_i + k*s_k] with one of the strides 1,
+ * to 16 words per i: word kp of row i pairs k = 2kp and 2kp+1, stored at dst + i*ld.
+ * (The AMX A strip's tile rows; with the transpose's roles read the other way, B's.)
+ */
+V16 void bf16_pairs_by_i(uint32_t *dst, long ld, const float *src, long s_i, long s_k) {
+    __m512i r[16];
+    if (s_k == 1) { // each i's 32 k are consecutive
+        for (int i = 0; i < 16; i++) r[i] = bf16_pair_run(src + i * s_i);
+    } else { // s_i == 1: each k's 16 i are consecutive; pair rows then transpose
+        for (int kp = 0; kp < 16; kp++) r[kp] = bf16_pair_rows(src + 2 * kp * s_k, src + (2 * kp + 1) * s_k);
+        transpose16(r);
+    }
+    for (int i = 0; i < 16; i++) _mm512_storeu_si512(dst + i * ld, r[i]);
+}
+// The same block to 16 words per kp: word i of row kp pairs k = 2kp and 2kp+1 (B's layout)
+V16 void bf16_pairs_by_k(uint32_t *dst, long ld, const float *src, long s_i, long s_k) {
+    __m512i r[16];
+    if (s_i == 1) {
+        for (int kp = 0; kp < 16; kp++) r[kp] = bf16_pair_rows(src + 2 * kp * s_k, src + (2 * kp + 1) * s_k);
+    } else { // s_k == 1
+        for (int i = 0; i < 16; i++) r[i] = bf16_pair_run(src + i * s_i);
+        transpose16(r);
+    }
+    for (int kp = 0; kp < 16; kp++) _mm512_storeu_si512(dst + kp * ld, r[kp]);
+}
+
+/*
+ * B panel (kc_pad x 32 columns) as 32-bit words: word [k/2][n] holds the bf16 of B(k, n) in
+ * its low half and of B(k+1, n) in its high half. Full 32-deep blocks of a full panel go 16
+ * columns at a time through the registers; the edges take the general loop.
+ */
+static void bf16_pack_b(void *dst_, const float *src, long s_n, long s_k, int w, int kc, int kc_pad) {
+    uint32_t *dst = (uint32_t *)dst_;
+    int kfull = w == 32 && (s_n == 1 || s_k == 1) ? kc / BF16_KB * BF16_KB : 0;
+    for (int kb = 0; kb < kfull; kb += BF16_KB) {
+        for (int n0 = 0; n0 < 32; n0 += 16) {
+            bf16_pairs_by_k(dst + (kb / 2) * 32 + n0, 32, src + n0 * s_n + kb * s_k, s_n, s_k);
+        }
+    }
+    for (int kp = kfull / 2; kp < kc_pad / 2; kp++) {
+        for (int n = 0; n < 32; n++) {
+            dst[kp * 32 + n] = bf16_at(src, s_n, s_k, n, 2 * kp, w, kc) |
+                               (uint32_t)bf16_at(src, s_n, s_k, n, 2 * kp + 1, w, kc) << 16;
+        }
+    }
+}
+
+// A strip for AMX (32 rows x kc_pad): per 32-deep block [32 rows][32 k], as 16 words a row
+static void amx_pack_a(void *dst_, const float *src, long s_m, long s_k, int w, int kc, int kc_pad) {
+    uint32_t *dst = (uint32_t *)dst_;
+    int kfull = w == 32 && (s_m == 1 || s_k == 1) ? kc / BF16_KB * BF16_KB : 0;
+    for (int kb = 0; kb < kc_pad; kb += BF16_KB) {
+        uint32_t *blk = dst + (long)kb * 16; // 32 rows x 16 words
+        if (kb < kfull) {
+            for (int m0 = 0; m0 < 32; m0 += 16) bf16_pairs_by_i(blk + m0 * 16, 16, src + m0 * s_m + kb * s_k, s_m, s_k);
+            continue;
+        }
+        for (int m = 0; m < 32; m++) {
+            for (int kp = 0; kp < BF16_KB / 2; kp++) {
+                blk[m * 16 + kp] = bf16_at(src, s_m, s_k, m, kb + 2 * kp, w, kc) |
+                                   (uint32_t)bf16_at(src, s_m, s_k, m, kb + 2 * kp + 1, w, kc) << 16;
+            }
+        }
+    }
+}
+
+// A strip for AVX512-BF16 (8 rows x kc_pad): 32-bit words [k/2][m], B's pairing
+static void avx512_pack_a(void *dst_, const float *src, long s_m, long s_k, int w, int kc, int kc_pad) {
+    uint32_t *dst = (uint32_t *)dst_;
+    for (int kp = 0; kp < kc_pad / 2; kp++) {
+        for (int m = 0; m < 8; m++) {
+            dst[kp * 8 + m] = bf16_at(src, s_m, s_k, m, 2 * kp, w, kc) |
+                              (uint32_t)bf16_at(src, s_m, s_k, m, 2 * kp + 1, w, kc) << 16;
+        }
+    }
+}
+
+// Write (or add) an mr x nr corner of a 32-wide fp32 tile buffer into C.
+static inline void tile_to_c(float *c, long ldc, const float *t, int mr, int nr, int add) {
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        const float *ti = t + i * 32;
+        if (add) {
+            for (int j = 0; j < nr; j++) ci[j] += ti[j];
+        } else {
+            memcpy(ci, ti, sizeof(float) * nr);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// AMX
+
+// Linux hands out AMX's 8 KB of tile registers only to a process that asks
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+// tiles 0-3: C (16 rows x 16 fp32); 4, 5: A (16 rows x 32 bf16); 6, 7: B (16 k-pairs x 16 columns x 2)
+__attribute__((target("amx-tile"))) static void amx_begin(void) {
+    static __thread int configured = 0;
+    if (configured) return;
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    // not _tile_loadconfig: gcc 12 does not see that the builtin reads all 64 bytes and drops
+    // part of the memset above (an invalid configuration, then SIGSEGV); the asm's input does
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+    configured = 1;
+}
+
+/*
+ * C (mr x nr, at most 32 x 32) = or += A (32 x kc_pad) . B (kc_pad x 32). Each step of 32 k
+ * loads two tiles of A and two of B and issues four tile products (16 x 16 x 32 multiply-adds
+ * each), so every element of C is summed over k in the same order whatever the thread count.
+ */
+__attribute__((target("amx-tile,amx-bf16"))) static void amx_kernel(int kc_pad, const void *a_, const void *b_,
+                                                                      float *c, long ldc, int mr, int nr, int add) {
+    const char *a = (const char *)a_, *b = (const char *)b_;
+    // a full tile of C is loaded and stored in place; a partial one goes through t
+    float t[32 * 32] __attribute__((aligned(64)));
+    int full = mr == 32 && nr == 32;
+    float *cc = full ? c : t;
+    long ld = full ? ldc : 32;
+    if (full && add) {
+        _tile_loadd(0, cc, ld * 4);
+        _tile_loadd(1, cc + 16, ld * 4);
+        _tile_loadd(2, cc + 16 * ld, ld * 4);
+        _tile_loadd(3, cc + 16 * ld + 16, ld * 4);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int k = 0; k < kc_pad; k += BF16_KB) {
+        const char *ak = a + (long)k * 32 * 2, *bk = b + (long)k * 32 * 2; // 2 KB blocks
+        _tile_loadd(4, ak, 64);
+        _tile_loadd(5, ak + 16 * 64, 64);
+        _tile_loadd(6, bk, 128);
+        _tile_loadd(7, bk + 64, 128);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, cc, ld * 4);
+    _tile_stored(1, cc + 16, ld * 4);
+    _tile_stored(2, cc + 16 * ld, ld * 4);
+    _tile_stored(3, cc + 16 * ld + 16, ld * 4);
+    if (!full) tile_to_c(c, ldc, t, mr, nr, add);
+}
+
+// ---------------------------------------------------------------------------
+// AVX512-BF16
+
+__attribute__((target("avx512f,avx512bf16"))) static void avx512bf16_kernel(int kc_pad, const void *a_, const void *b_,
+                                                                              float *c, long ldc, int mr, int nr,
+                                                                              int add) {
+    const uint32_t *a = (const uint32_t *)a_; // one bf16 pair per (k-pair, row)
+    const char *b = (const char *)b_;
+    __m512 acc[8][2];
+    for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int kp = 0; kp < kc_pad / 2; kp++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (long)kp * 128);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (long)kp * 128 + 64);
+        for (int i = 0; i < 8; i++) {
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[kp * 8 + i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+        }
+    }
+    float t[8 * 32] __attribute__((aligned(64)));
+    for (int i = 0; i < 8; i++) {
+        _mm512_store_ps(t + i * 32, acc[i][0]);
+        _mm512_store_ps(t + i * 32 + 16, acc[i][1]);
+    }
+    tile_to_c(c, ldc, t, mr, nr, add);
+}
+
+// ---------------------------------------------------------------------------
+// which one this CPU runs
+
+typedef enum { BF16_NONE, BF16_REF, BF16_AVX512, BF16_AMX } Bf16Kernel;
+static const char *const BF16_KERNEL_NAMES[] = {"none", "ref", "avx512", "amx"};
+
+static int cpu_has_amx_bf16(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) return 0; // AMX-BF16, AMX-TILE
+    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d) || !(c & (1u << 27))) return 0; // OSXSAVE
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return 0; // the OS saves XTILECFG and XTILEDATA
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+
+static int cpu_has_avx512bf16(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+    return (a & (1u << 5)) && __builtin_cpu_supports("avx512f");
+}
+
+// The kernel to run: RESCALE_BF16_KERNEL if set (an error names it when this CPU
+// lacks it), else the fastest this CPU has. Says on stderr which, once.
+static Bf16Kernel bf16_pick(void) {
+    int amx = cpu_has_amx_bf16(), avx = cpu_has_avx512bf16();
+    Bf16Kernel k = amx ? BF16_AMX : avx ? BF16_AVX512 : BF16_REF;
+    const char *env = getenv("RESCALE_BF16_KERNEL");
+    if (env && *env) {
+        if (!strcmp(env, "amx")) {
+            if (!amx) die("RESCALE_BF16_KERNEL=amx, but this CPU (or the kernel) offers no AMX bf16 tiles");
+            k = BF16_AMX;
+        } else if (!strcmp(env, "avx512")) {
+            if (!avx) die("RESCALE_BF16_KERNEL=avx512, but this CPU has no AVX512-BF16");
+            k = BF16_AVX512;
+        } else if (!strcmp(env, "ref")) {
+            k = BF16_REF;
+        } else {
+            die("RESCALE_BF16_KERNEL=%s: expected amx, avx512 or ref", env);
+        }
+    } else if (k == BF16_REF) {
+        fprintf(stderr, "note: this CPU has neither AMX nor AVX512-BF16: bf16 matmuls run on the fp32 "
+                        "micro-kernel with bf16-rounded inputs (the same numbers, slowly)\n");
+    }
+    return k;
+}
+
+#endif
