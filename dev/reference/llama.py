@@ -344,8 +344,10 @@ def train(a, cfg, params, dtype):
             t_bench = time.perf_counter()  # the first step warms caches and allocators
         t0 = time.perf_counter()
         x, y = loader.next_batch()
-        logits = forward(params, cfg, x, rope, fast=a.bench)
-        loss = F.cross_entropy(logits.view(-1, cfg["V"]), y.reshape(-1))
+        # --autocast bf16: PyTorch's mixed precision as its docs give it, around forward and loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+            logits = forward(params, cfg, x, rope, fast=a.bench)
+            loss = F.cross_entropy(logits.view(-1, cfg["V"]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step == 1 and not a.bench:
@@ -469,6 +471,8 @@ def parse_args(argv=None):
     p.add_argument("--bench", type=int, default=0, choices=[0, 1],
                    help="1: time steps 2..N with today's fast torch ops (sdpa, foreach AdamW)")
     p.add_argument("--quiet", type=int, default=0, choices=[0, 1])
+    p.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                   help="bf16: torch.autocast('cpu', bfloat16) around forward and loss (the bf16 race)")
     a = p.parse_args(argv)
     if a.steps < 0 or a.batch < 1 or a.seq_len < 1 or a.lr < 0 or a.tvr_every < 1:
         p.error("--steps >= 0, --batch >= 1, --seq-len >= 1, --lr >= 0 and --tvr-every >= 1")
