@@ -115,7 +115,8 @@ typedef struct {
     int kc;        // depth of one packed block of k
     int k_align;   // k is zero-padded to a multiple of this
     int elem;      // bytes per packed element
-    // pack a strip of w (<= mr or nr) rows of A / columns of B, kc deep, padded to kc_pad
+    // pack A's w (<= MC_MAX) rows into ceil(w/mr) strips, one after the other, and a strip
+    // of w (<= nr) columns of B; kc deep, padded to kc_pad
     void (*pack_a)(void *dst, const real *src, long s_m, long s_k, int w, int kc, int kc_pad);
     void (*pack_b)(void *dst, const real *src, long s_n, long s_k, int w, int kc, int kc_pad);
     // C (mr x nr corner of the tile) = or += packed A strip . packed B strip
@@ -172,18 +173,19 @@ static inline void micro_kernel(int kc, const real *restrict a, const real *rest
     }
 }
 
+#ifdef REAL_DOUBLE
+#define BF16_ROUNDED(x) (x) // (no bf16 in the double build)
+#else
+#define BF16_ROUNDED(x) bf16_rounded(x)
+#endif
+
 // Copy a strip of `w` (<= width) rows or columns, kc deep, into dst laid out
 // k-major: dst[k*width + i] = src[i*s_i + k*s_k], zero-padded to width. The
 // loop order follows whichever stride is 1, so the reads are contiguous.
 // With `round`, each value is rounded to bf16 (the ref kernel).
 static inline void pack_strip(real *restrict dst, int width, const real *restrict src, long s_i, long s_k, int w,
                               int kc, int round) {
-#ifdef REAL_DOUBLE
-    (void)round;
-#define PACK_VALUE(x) (x)
-#else
-#define PACK_VALUE(x) (round ? bf16_rounded(x) : (x))
-#endif
+#define PACK_VALUE(x) (round ? BF16_ROUNDED(x) : (x))
     if (s_i == 1) {
         for (int k = 0; k < kc; k++) {
             for (int i = 0; i < w; i++) dst[k * width + i] = PACK_VALUE(src[k * s_k + i]);
@@ -200,9 +202,32 @@ static inline void pack_strip(real *restrict dst, int width, const real *restric
 #undef PACK_VALUE
 }
 
+// A's block of w rows as MR-tall strips. When A is stored transposed (s_m == 1: the
+// dW products, whose A is a gradient read down its columns), each k's w values are
+// one run in memory: read k by k for the whole block, not strip by strip, which would
+// touch every row of k once per strip.
+static void pack_a_block(real *restrict dst, const real *restrict src, long s_m, long s_k, int w, int kc,
+                         int round) {
+    int strips = (w + MR - 1) / MR;
+    if (s_m == 1 && w == strips * MR) {
+        for (int k = 0; k < kc; k++) {
+            const real *sk = src + k * s_k;
+            for (int j = 0; j < strips; j++) {
+                real *d = dst + (long)j * kc * MR + k * MR;
+                for (int i = 0; i < MR; i++) d[i] = round ? BF16_ROUNDED(sk[j * MR + i]) : sk[j * MR + i];
+            }
+        }
+        return;
+    }
+    for (int j = 0; j < strips; j++) {
+        int wj = w - j * MR < MR ? w - j * MR : MR;
+        pack_strip(dst + (long)j * kc * MR, MR, src + (long)j * MR * s_m, s_m, s_k, wj, kc, round);
+    }
+}
+
 static void fp32_pack_a(void *dst, const real *src, long s_m, long s_k, int w, int kc, int kc_pad) {
     (void)kc_pad;
-    pack_strip((real *)dst, MR, src, s_m, s_k, w, kc, 0);
+    pack_a_block((real *)dst, src, s_m, s_k, w, kc, 0);
 }
 static void fp32_pack_b(void *dst, const real *src, long s_n, long s_k, int w, int kc, int kc_pad) {
     (void)kc_pad;
@@ -217,7 +242,7 @@ static const GemmKernel FP32_KERNEL = {"fp32", MR, NR, KC, 1, sizeof(real), fp32
 #ifndef REAL_DOUBLE
 static void ref_pack_a(void *dst, const real *src, long s_m, long s_k, int w, int kc, int kc_pad) {
     (void)kc_pad;
-    pack_strip((real *)dst, MR, src, s_m, s_k, w, kc, 1);
+    pack_a_block((real *)dst, src, s_m, s_k, w, kc, 1);
 }
 static void ref_pack_b(void *dst, const real *src, long s_n, long s_k, int w, int kc, int kc_pad) {
     (void)kc_pad;
@@ -289,17 +314,13 @@ static void gemm_run(int M, int N, int K, const real *A, long a_rs, long a_cs, c
                                b_cs, b_rs, nr, kc, kc_pad);
                 }
                 // each thread packs a block of A's rows into mr-tall strips and
-                // runs the micro-kernel over it
+                // runs the micro-kernel over them
                 char *apack = gemm_apack[serial ? caller : omp_get_thread_num()];
 #pragma omp for schedule(static)
                 for (int blk = 0; blk < nblocks; blk++) {
                     int i0 = blk * mc;
                     int mcb = M - i0 < mc ? M - i0 : mc;
-                    for (int ir = 0; ir < mcb; ir += mr_) {
-                        int mr = mcb - ir < mr_ ? mcb - ir : mr_;
-                        kn->pack_a(apack + (long)ir * kc_pad * elem, A + (long)(i0 + ir) * a_rs + (long)pc * a_cs,
-                                   a_rs, a_cs, mr, kc, kc_pad);
-                    }
+                    kn->pack_a(apack, A + (long)i0 * a_rs + (long)pc * a_cs, a_rs, a_cs, mcb, kc, kc_pad);
                     for (int p = 0; p < npanels; p++) {
                         int j0 = jc + p * nr_;
                         int nr = N - j0 < nr_ ? N - j0 : nr_;
@@ -597,9 +618,35 @@ static void crossentropy_forward(real *losses, real *lse, const real *logits, co
     }
 }
 
+// The training step's classifier (as llm.c's fused classifier): the loss of each row and,
+// written over its logits, d(mean loss)/d logits = (softmax - onehot) / N, in one visit
+// to the row while it is in cache: the exps of the sum are kept and scaled, not computed
+// again. (The (N, V) logits are the largest activation; nothing needs them after this.)
+static void crossentropy_fused(real *losses, real *lse, real *logits, const int *targets, int N, int V) {
+    real inv_n = (real)(1.0 / N);
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        real *l = logits + (long)i * V;
+        real maxv = row_max(l, V), target = l[targets[i]];
+        double sm[16] = {0};
+        int j = 0;
+        for (; j + 16 <= V; j += 16) {
+            for (int u = 0; u < 16; u++) l[j + u] = rexp(l[j + u] - maxv);
+            for (int u = 0; u < 16; u++) sm[u] += l[j + u];
+        }
+        double sum = 0;
+        for (int u = 0; u < 16; u++) sum += sm[u];
+        for (; j < V; j++) sum += l[j] = rexp(l[j] - maxv);
+        lse[i] = maxv + (real)log(sum);
+        losses[i] = lse[i] - target;
+        real scale = (real)(inv_n / sum);
+        for (j = 0; j < V; j++) l[j] *= scale;
+        l[targets[i]] -= inv_n;
+    }
+}
+
 // d(mean loss)/d logits = (softmax - onehot) / N, written over the logits in
-// place (as llm.c's fused classifier does): the (N, V) logits are the largest
-// activation, and nothing needs them after this.
+// place, for a forward that kept them (the tests' and evaluation's).
 static void crossentropy_backward_inplace(real *logits, const real *lse, const int *targets, int N, int V) {
     real inv_n = (real)(1.0 / N);
 #pragma omp parallel for
@@ -709,6 +756,8 @@ typedef struct {
     int *tokens;  // (B,T) the last forward's inputs, for encoder_backward
     int *targets; // (B,T)
     real loss;    // mean loss of the last forward
+    int fuse_classifier; // 1: the forward writes d loss / d logits over the logits (training steps)
+    int logits_are_grad; // the forward did (or the backward has): acts.logits holds the gradient
     struct Decoder *dec; // generation's KV cache and buffers (llama_decode), NULL until used
 } Llama;
 
@@ -896,7 +945,12 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
     const real *xlast = a->xout + (long)(L - 1) * N * C;
     rmsnorm_forward(a->lnf, a->lnf_rstd, xlast, model->tensor[P_FINAL_NORM], N, C, c->norm_eps);
     matmul_forward(a->logits, a->lnf, model->tensor[P_LM_HEAD], N, C, V);
-    crossentropy_forward(a->losses, a->lse, a->logits, targets, N, V);
+    model->logits_are_grad = model->fuse_classifier;
+    if (model->fuse_classifier) {
+        crossentropy_fused(a->losses, a->lse, a->logits, targets, N, V);
+    } else {
+        crossentropy_forward(a->losses, a->lse, a->logits, targets, N, V);
+    }
     double sum = 0;
     for (int i = 0; i < N; i++) sum += a->losses[i];
     model->loss = (real)(sum / N);
@@ -913,7 +967,8 @@ static void llama_backward(Llama *model) {
     Acts *a = &model->acts;
     Scratch *s = &model->scratch;
 
-    crossentropy_backward_inplace(a->logits, a->lse, model->targets, N, V);
+    if (!model->logits_are_grad) crossentropy_backward_inplace(a->logits, a->lse, model->targets, N, V);
+    model->logits_are_grad = 1;
     const real *dlogits = a->logits;
     matmul_backward(s->dln, model->gtensor[P_LM_HEAD], dlogits, a->lnf, model->tensor[P_LM_HEAD], N, C, V, 0);
     memset(s->dres, 0, sizeof(real) * N * C);
@@ -1264,7 +1319,9 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         int step = st->step + 1;
         double t0 = wall_seconds();
         dataloader_next(train_dl);
+        model->fuse_classifier = 1; // the step's backward follows at once
         llama_forward(model, train_dl->inputs, train_dl->targets, B, T);
+        model->fuse_classifier = 0;
         if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
         llama_zero_grad(model);
         llama_backward(model);

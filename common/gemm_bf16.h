@@ -169,32 +169,44 @@ static void bf16_pack_b(void *dst_, const float *src, long s_n, long s_k, int w,
     }
 }
 
-// A strip for AMX (32 rows x kc_pad): per 32-deep block [32 rows][32 k], as 16 words a row
+// A's block of w rows for AMX: strips of 32 rows x kc_pad, each per 32-deep block of k
+// [32 rows][32 k] (16 words a row). Block of k by block of k, all strips in each, so a
+// transposed A (s_m == 1) is read in runs of w values.
 static void amx_pack_a(void *dst_, const float *src, long s_m, long s_k, int w, int kc, int kc_pad) {
     uint32_t *dst = (uint32_t *)dst_;
-    int kfull = w == 32 && (s_m == 1 || s_k == 1) ? kc / BF16_KB * BF16_KB : 0;
+    int strips = (w + 31) / 32;
+    int kfull = s_m == 1 || s_k == 1 ? kc / BF16_KB * BF16_KB : 0;
     for (int kb = 0; kb < kc_pad; kb += BF16_KB) {
-        uint32_t *blk = dst + (long)kb * 16; // 32 rows x 16 words
-        if (kb < kfull) {
-            for (int m0 = 0; m0 < 32; m0 += 16) bf16_pairs_by_i(blk + m0 * 16, 16, src + m0 * s_m + kb * s_k, s_m, s_k);
-            continue;
-        }
-        for (int m = 0; m < 32; m++) {
-            for (int kp = 0; kp < BF16_KB / 2; kp++) {
-                blk[m * 16 + kp] = bf16_at(src, s_m, s_k, m, kb + 2 * kp, w, kc) |
-                                   (uint32_t)bf16_at(src, s_m, s_k, m, kb + 2 * kp + 1, w, kc) << 16;
+        for (int j = 0; j < strips; j++) {
+            uint32_t *blk = dst + (long)j * 16 * kc_pad + (long)kb * 16; // 32 rows x 16 words
+            const float *sj = src + (long)j * 32 * s_m;
+            int wj = w - j * 32 < 32 ? w - j * 32 : 32;
+            if (kb < kfull && wj == 32) {
+                for (int m0 = 0; m0 < 32; m0 += 16) bf16_pairs_by_i(blk + m0 * 16, 16, sj + m0 * s_m + kb * s_k, s_m, s_k);
+                continue;
+            }
+            for (int m = 0; m < 32; m++) {
+                for (int kp = 0; kp < BF16_KB / 2; kp++) {
+                    blk[m * 16 + kp] = bf16_at(sj, s_m, s_k, m, kb + 2 * kp, wj, kc) |
+                                       (uint32_t)bf16_at(sj, s_m, s_k, m, kb + 2 * kp + 1, wj, kc) << 16;
+                }
             }
         }
     }
 }
 
-// A strip for AVX512-BF16 (8 rows x kc_pad): 32-bit words [k/2][m], B's pairing
+// A's block of w rows for AVX512-BF16: strips of 8 rows, 32-bit words [k/2][m], B's pairing
 static void avx512_pack_a(void *dst_, const float *src, long s_m, long s_k, int w, int kc, int kc_pad) {
     uint32_t *dst = (uint32_t *)dst_;
-    for (int kp = 0; kp < kc_pad / 2; kp++) {
-        for (int m = 0; m < 8; m++) {
-            dst[kp * 8 + m] = bf16_at(src, s_m, s_k, m, 2 * kp, w, kc) |
-                              (uint32_t)bf16_at(src, s_m, s_k, m, 2 * kp + 1, w, kc) << 16;
+    for (int j = 0; j < (w + 7) / 8; j++) {
+        const float *sj = src + (long)j * 8 * s_m;
+        uint32_t *d = dst + (long)j * 4 * kc_pad;
+        int wj = w - j * 8 < 8 ? w - j * 8 : 8;
+        for (int kp = 0; kp < kc_pad / 2; kp++) {
+            for (int m = 0; m < 8; m++) {
+                d[kp * 8 + m] = bf16_at(sj, s_m, s_k, m, 2 * kp, wj, kc) |
+                                (uint32_t)bf16_at(sj, s_m, s_k, m, 2 * kp + 1, wj, kc) << 16;
+            }
         }
     }
 }

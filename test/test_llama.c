@@ -4,7 +4,7 @@
  * (the program as it ships) and with -DREAL_DOUBLE, where the gradient check
  * against finite differences can be tight.
  *
- *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|shuffle|decode|bf16|all]
+ *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|shuffle|decode|bf16|classifier|all]
  *   build/test_llama write-shard PATH NTOK VOCAB [MAGIC VERSION]   (a synthetic shard for the CLI tests)
  *
  * Every check prints the number it measured and the tolerance; the exit status
@@ -405,6 +405,30 @@ static void test_gemm(void) {
     check(worst <= tol, "max |C - reference| / sqrt(K+1), all transposes, = and +=", worst, tol);
 }
 
+// The training step's fused classifier against the forward-then-backward pair the
+// gradient check covers: the same losses and d loss / d logits up to float rounding.
+static void test_classifier(void) {
+    printf("fused classifier vs crossentropy_forward + crossentropy_backward_inplace (%s)\n", PRECISION);
+    int N = 37, V = 1003;
+    Rng rng;
+    rng_seed(&rng, 5);
+    real *a = (real *)malloc_check(sizeof(real) * N * V), *b = (real *)malloc_check(sizeof(real) * N * V);
+    real la[37], lb[37], sa[37], sb[37];
+    int tg[37];
+    for (long i = 0; i < (long)N * V; i++) a[i] = b[i] = (real)(3 * rng_normal(&rng));
+    for (int i = 0; i < N; i++) tg[i] = (int)(rng_uniform(&rng) * V) % V;
+    crossentropy_forward(la, sa, a, tg, N, V);
+    crossentropy_backward_inplace(a, sa, tg, N, V);
+    crossentropy_fused(lb, sb, b, tg, N, V);
+    double dl = 0, dg = 0, gmax = 0;
+    for (int i = 0; i < N; i++) dl = fmax(dl, fabs((double)la[i] - lb[i]) / fabs((double)la[i]));
+    for (long i = 0; i < (long)N * V; i++) dg = fmax(dg, fabs((double)a[i] - b[i])), gmax = fmax(gmax, fabs((double)a[i]));
+    double tol = sizeof(real) == 8 ? 1e-13 : 1e-5;
+    check(dl <= tol, "losses: max relative difference", dl, tol);
+    check(dg / gmax <= tol, "gradients: max |difference| / max |gradient|", dg / gmax, tol);
+    free(a), free(b);
+}
+
 // ---------------------------------------------------------------------------
 // --precision bf16 (common/gemm_bf16.h): the rounding against hand-computed bits, and
 // every bf16 kernel this CPU has against a double-precision sum of the same rounded
@@ -679,7 +703,8 @@ int main(int argc, char **argv) {
     } tests[] = {{"gemm", test_gemm},         {"gradcheck", test_gradcheck}, {"overfit", test_overfit},
                  {"lir", test_lir},           {"tvr", test_tvr},             {"schedule", test_schedule},
                  {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint},
-                 {"shuffle", test_shuffle},   {"decode", test_decode},       {"bf16", test_bf16}};
+                 {"shuffle", test_shuffle},   {"decode", test_decode},       {"bf16", test_bf16},
+                 {"classifier", test_classifier}};
     int ran = 0;
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!strcmp(which, "all") || !strcmp(which, tests[i].name)) {
