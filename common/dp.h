@@ -29,6 +29,13 @@
 #include <mpi.h>
 #endif
 
+// the elementwise loops on every thread, where there is OpenMP (nvcc's host code has none)
+#ifdef _OPENMP
+#define DP_PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#else
+#define DP_PARALLEL_FOR
+#endif
+
 typedef struct {
     int rank, ranks;
     void *acc;        // the micro-steps' gradient sum (dp_accumulate), grown on demand
@@ -168,12 +175,12 @@ static void *dp_accumulate(const void *grads, long n, size_t elem, int k) {
     } else if (elem == sizeof(float)) {
         float *a = (float *)acc;
         const float *g = (const float *)grads;
-#pragma omp parallel for schedule(static)
+DP_PARALLEL_FOR
         for (long i = 0; i < n; i++) a[i] += g[i];
     } else {
         double *a = (double *)acc;
         const double *g = (const double *)grads;
-#pragma omp parallel for schedule(static)
+DP_PARALLEL_FOR
         for (long i = 0; i < n; i++) a[i] += g[i];
     }
     return acc;
@@ -208,7 +215,7 @@ static void dp_reduce_grads(const void *src, void *dst, long n, size_t elem, dou
     if (elem == sizeof(float)) {
         const float *r = (const float *)from;
         float *d = (float *)dst + lo, sf = (float)scale;
-#pragma omp parallel for schedule(static)
+DP_PARALLEL_FOR
         for (long i = 0; i < m; i++) {
             float a = r[i];
             for (int k = 1; k < N; k++) a += r[(long)k * m + i];
@@ -217,7 +224,7 @@ static void dp_reduce_grads(const void *src, void *dst, long n, size_t elem, dou
     } else {
         const double *r = (const double *)from;
         double *d = (double *)dst + lo, sd = scale;
-#pragma omp parallel for schedule(static)
+DP_PARALLEL_FOR
         for (long i = 0; i < m; i++) {
             double a = r[i];
             for (int k = 1; k < N; k++) a += r[(long)k * m + i];
