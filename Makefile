@@ -18,7 +18,7 @@ NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-fun
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/cuda_common.h common/cuda_train.h common/cuda_reduce.h
+COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/cuda_common.h common/cuda_train.h common/cuda_reduce.h common/dp.h
 
 .PHONY: all run test test-asan clean venv data help
 
@@ -33,6 +33,7 @@ help:
 	@echo "make cuda          the CUDA programs (nvcc): train_llama_cu, train_gpt2_cu, tests, dev/cuda workbenches"
 	@echo "make emu           the CUDA programs built for the CPU (test/emu/, docs/emulator.md)"
 	@echo "make train_llama_emu / train_gpt2_emu   one of them"
+	@echo "make mpi           train_llama_mpi, train_gpt2_mpi: data-parallel over MPI (mpicc; docs/parallel.md)"
 	@echo "make test-gpu      the GPU tests, on a machine with an NVIDIA GPU"
 	@echo "make gpu-check GPU_OUT=DIR   the one command for a lent GPU: tests, sanitizers, benchmarks"
 	@echo "make test-mutants  planted bugs the emulated GPU tests must catch"
@@ -316,6 +317,21 @@ build/ptxas_report.txt: train_llama.cu train_gpt2.cu $(COMMON)
 .PHONY: emu
 
 # ---------------------------------------------------------------------------
+# Data parallelism over MPI (docs/parallel.md): the CPU trainers built with -DUSE_MPI by
+# mpicc, run as `mpirun -np N ./train_llama_mpi ...`; without mpicc they are not built and
+# test/test_mpi.sh skips (Debian: apt-get install libopenmpi-dev openmpi-bin; .ci/run does).
+MPICC ?= mpicc
+train_llama_mpi: train_llama.c $(COMMON)
+	$(MPICC) $(CFLAGS) -DUSE_MPI -o $@ $< $(LDLIBS)
+train_gpt2_mpi: train_gpt2.c $(COMMON)
+	$(MPICC) $(CFLAGS) -DUSE_MPI -o $@ $< $(LDLIBS)
+mpi: train_llama_mpi train_gpt2_mpi
+.PHONY: mpi
+ifneq ($(shell command -v $(MPICC)),)
+MPI_TEST_BINS = train_llama_mpi train_gpt2_mpi
+endif
+
+# ---------------------------------------------------------------------------
 # common/tokenizer.h against tiktoken and sentencepiece (test/test_tokenizer.sh)
 build/test_tokenizer: test/test_tokenizer.c common/tokenizer.h $(COMMON)
 	@mkdir -p build
@@ -328,6 +344,7 @@ TEST_BINS += build/test_tokenizer
 TEST_BINS += $(GPT2_TEST_BINS)
 TEST_BINS += $(GPU_TEST_BINS)
 TEST_BINS += $(REF_TEST_BINS)
+TEST_BINS += $(MPI_TEST_BINS)
 
 # the builds in parallel on every core (the emulated GPU programs take most of it), then the tests
 NPROC := $(shell nproc 2>/dev/null || echo 2)
@@ -347,7 +364,7 @@ $(VENV)/.done: dev/requirements.txt
 venv: $(VENV)/.done
 
 clean:
-	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu train_llama_emu train_gpt2_emu
+	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu train_llama_emu train_gpt2_emu train_llama_mpi train_gpt2_mpi
 
 # ---------------------------------------------------------------------------
 # data

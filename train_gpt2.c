@@ -854,35 +854,49 @@ static const float *gpt2_next_logits(void *m, const int *tokens, int n) {
 
 // Global gradient norm over all parameters (summed in a fixed order), then
 // clipping: scale by max/(norm + 1e-6) when that is below 1. Returns the norm before.
+// With several ranks a rank holds the step's gradient on its shard [lo, hi) only
+// (common/dp.h): the one running sum is passed from rank to rank, so it is added in
+// index order, the same number as on one rank.
 static double clip_grad_norm(GPT2 *model, double max_norm) {
-    double s = 0;
-    for (size_t i = 0; i < model->num_params; i++) s += (double)model->grads[i] * model->grads[i];
+    long lo, hi;
+    dp_shard((long)model->num_params, &lo, &hi);
+    double s = dp_chain_begin();
+    for (long i = lo; i < hi; i++) s += (double)model->grads[i] * model->grads[i];
+    s = dp_chain_end(s);
     double norm = sqrt(s);
     if (max_norm > 0) {
         double coef = max_norm / (norm + 1e-6);
         if (coef < 1) {
-            for (size_t i = 0; i < model->num_params; i++) model->grads[i] = (real)(model->grads[i] * coef);
+            for (long i = lo; i < hi; i++) model->grads[i] = (real)(model->grads[i] * coef);
         }
     }
     return norm;
 }
 
 // PyTorch's AdamW, in its order of operations: decay, moments, bias-corrected step.
-// Weight decay only on the 2-D tensors (PARAM_INFO.decay).
+// Weight decay only on the 2-D tensors (PARAM_INFO.decay). ZeRO-1 (common/dp.h): a
+// rank updates its shard [lo, hi) of the parameters, where its m and v are (m[0] is
+// parameter lo's); one rank's shard is everything.
 static void adamw_update(GPT2 *model, const OptConfig *o, double lr, int step) {
+    long lo, hi;
+    dp_shard((long)model->num_params, &lo, &hi);
     if (model->m == NULL) {
-        model->m = (real *)calloc_check(model->num_params, sizeof(real));
-        model->v = (real *)calloc_check(model->num_params, sizeof(real));
+        model->m = (real *)calloc_check(hi - lo, sizeof(real));
+        model->v = (real *)calloc_check(hi - lo, sizeof(real));
     }
     double bc1 = 1.0 - pow(o->beta1, step), bc2_sqrt = sqrt(1.0 - pow(o->beta2, step));
     for (int p = 0; p < NUM_PARAMS; p++) {
         size_t off = (size_t)(model->p[p] - model->params), n = param_size(&model->config, p);
+        size_t a = off > (size_t)lo ? off : (size_t)lo, b = off + n < (size_t)hi ? off + n : (size_t)hi;
+        if (a >= b) continue;
+        n = b - a;
         double decay = PARAM_INFO[p].decay ? 1.0 - lr * o->weight_decay : 1.0;
 #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
-        for (size_t i = off; i < off + n; i++) {
+        for (size_t i = a; i < b; i++) {
             double g = model->grads[i];
-            double m = model->m[i] = (real)(o->beta1 * model->m[i] + (1.0 - o->beta1) * g);
-            double v = model->v[i] = (real)(o->beta2 * model->v[i] + (1.0 - o->beta2) * g * g);
+            real *mi = &model->m[i - (size_t)lo], *vi = &model->v[i - (size_t)lo];
+            double m = *mi = (real)(o->beta1 * *mi + (1.0 - o->beta1) * g);
+            double v = *vi = (real)(o->beta2 * *vi + (1.0 - o->beta2) * g * g);
             double w = model->params[i] * decay;
             model->params[i] = (real)(w - (lr / bc1) * m / (sqrt(v) / bc2_sqrt + o->eps));
         }
@@ -908,21 +922,6 @@ static int tvr_rescale(real *w, size_t n, double target, double threshold, doubl
     if (!(sd / target > threshold)) return 0;
     for (size_t i = 0; i < n; i++) w[i] = (real)((w[i] - mu) * target / sd + mu);
     return 1;
-}
-
-// One step on the loader's next batch up to the update: forward, backward, clip, lr.
-// The caller checks the numbers are finite, then runs AdamW and TVR.
-typedef struct {
-    double loss, grad_norm, lr;
-} StepResult;
-
-static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, StepResult *res) {
-    dataloader_next(dl);
-    gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
-    gpt2_backward(model);
-    res->loss = model->mean_loss;
-    res->grad_norm = clip_grad_norm(model, opt->grad_clip);
-    res->lr = lr_at(opt, step);
 }
 
 // ----------------------------------------------------------------------------
@@ -1012,16 +1011,59 @@ static void activations_log(GPT2 *model, int step, FILE *f) {
     fflush(f);
 }
 
-// Mean loss over the first n batches of a loader (which is reset first).
+// Mean loss over the first n batches of a loader (which is reset first); with several
+// ranks, rank r computes batches r, r + N, ... and the batch losses are added in order.
 static double evaluate(GPT2 *model, DataLoader *dl, int n) {
     dataloader_reset(dl);
-    double s = 0;
+    double *loss = (double *)calloc_check(n, sizeof(double)), s = 0;
     for (int i = 0; i < n; i++) {
         dataloader_next(dl);
+        if (i % dp.ranks != dp.rank) continue;
         gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
-        s += model->mean_loss;
+        loss[i] = model->mean_loss;
     }
+    dp_share_losses(loss, n);
+    for (int i = 0; i < n; i++) s += loss[i];
+    free(loss);
     return s / n;
+}
+
+// One step on the loader's next batch up to the update: forward, backward, clip, lr.
+// The caller checks the numbers are finite, then runs AdamW and TVR.
+typedef struct {
+    double loss, grad_norm, lr;
+} StepResult;
+
+/*
+ * The same with K = --grad-accum micro-steps (docs/parallel.md): the loader holds the
+ * step's global batch; this rank's micro-step k is its rows (rank*K + k)*B onwards,
+ * B = the loader's rows / (ranks*K). Each micro-step's gradient (the mean over its
+ * B*T rows) is summed in order, then common/dp.h adds the ranks' sums in rank order
+ * and divides by N*K, on this rank's shard. The loss is the mean of the N*K
+ * micro-batch losses. acts: activations.csv for the first micro-step, or NULL.
+ */
+static void train_step_k(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, int K, FILE *acts,
+                         StepResult *res) {
+    dataloader_next(dl);
+    int B = dl->B / (dp.ranks * K), T = dl->T;
+    double loss[K];
+    const void *sum = model->grads;
+    for (int k = 0; k < K; k++) {
+        long row = ((long)dp.rank * K + k) * B * T;
+        gpt2_forward(model, dl->inputs + row, dl->targets + row, B, T);
+        if (k == 0 && acts) activations_log(model, step, acts);
+        gpt2_backward(model); // zeroes model->grads first
+        loss[k] = model->mean_loss;
+        if (K > 1) sum = dp_accumulate(model->grads, (long)model->num_params, sizeof(real), k);
+    }
+    dp_reduce_grads(sum, model->grads, (long)model->num_params, sizeof(real), 1.0 / (dp.ranks * K));
+    res->loss = dp_mean_loss(loss, K);
+    res->grad_norm = clip_grad_norm(model, opt->grad_clip);
+    res->lr = lr_at(opt, step);
+}
+
+static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, StepResult *res) {
+    train_step_k(model, opt, dl, step, 1, NULL, res);
 }
 
 // ----------------------------------------------------------------------------
@@ -1032,27 +1074,43 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 #define STATE_MAGIC 20261124
 #define STATE_VERSION 2
 
+// With several ranks (ZeRO-1, common/dp.h) rank 0 gathers the shards of m and v and
+// writes the file alone: it is the one a single rank writes.
 static void state_save(const GPT2 *model, const TrainState *st, const char *path) {
     long np = (long)model->num_params;
-    AtomicFile af;
-    atomic_open(&af, path);
-    state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
-    write_floats(af.f, model->params, sizeof(real), np, af.tmp);
-    write_floats(af.f, model->m, sizeof(real), np, af.tmp); // NULL before the first update: zeros
-    write_floats(af.f, model->v, sizeof(real), np, af.tmp);
-    atomic_commit(&af);
+    real *m = model->m, *v = model->v, *full_m = NULL, *full_v = NULL;
+    if (dp.ranks > 1 && model->m) { // NULL before the first update, on every rank alike
+        m = full_m = (real *)dp_gather_shards(model->m, np, sizeof(real));
+        v = full_v = (real *)dp_gather_shards(model->v, np, sizeof(real));
+    }
+    if (dp.rank == 0) {
+        AtomicFile af;
+        atomic_open(&af, path);
+        state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
+        write_floats(af.f, model->params, sizeof(real), np, af.tmp);
+        write_floats(af.f, m, sizeof(real), np, af.tmp); // NULL before the first update: zeros
+        write_floats(af.f, v, sizeof(real), np, af.tmp);
+        atomic_commit(&af);
+    }
+    free(full_m);
+    free(full_v);
 }
 
+// Every rank reads the parameters and its own shard of m and v (all of them, alone).
 static void state_load(GPT2 *model, TrainState *st, const char *path) {
-    long np = (long)model->num_params;
+    long np = (long)model->num_params, lo, hi;
+    dp_shard(np, &lo, &hi);
     FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_gpt2", np, st);
     if (model->m == NULL) {
-        model->m = (real *)calloc_check(np, sizeof(real));
-        model->v = (real *)calloc_check(np, sizeof(real));
+        model->m = (real *)calloc_check(hi - lo, sizeof(real));
+        model->v = (real *)calloc_check(hi - lo, sizeof(real));
     }
     read_payload(f, model->params, sizeof(real), np, path, "parameters");
-    read_payload(f, model->m, sizeof(real), np, path, "AdamW's m");
-    read_payload(f, model->v, sizeof(real), np, path, "AdamW's v");
+    for (int k = 0; k < 2; k++) { // m, then v: each np values, this rank's [lo, hi) of them
+        long start = (long)STATE_HEADER_INTS * 4 + (1 + k) * np * 4 + lo * 4;
+        if (fseek(f, start, SEEK_SET) != 0) die("cannot seek in %s: %s", path, strerror(errno));
+        read_payload(f, k ? model->v : model->m, sizeof(real), hi - lo, path, k ? "AdamW's v" : "AdamW's m");
+    }
     fclose(f);
 }
 
@@ -1080,10 +1138,11 @@ static int build_model(GPT2 *model, const Settings *s, int seq_len_given, const 
     return s->seq_len;
 }
 
+// every rank takes part (state_save gathers AdamW's shards); rank 0 writes
 static void save_checkpoint(const GPT2 *model, const TrainState *st, const char *dir) {
     check_finite_params(model->params, sizeof(real), (long)model->num_params, dir);
     char path[4200];
-    gpt2_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    if (dp.rank == 0) gpt2_save(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 
@@ -1101,19 +1160,30 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
                   const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
-    Logs logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
+    // rank 0 alone writes the logs and samples; every rank runs the same steps, TVR
+    // and statistics on the same (all-gathered) parameters (docs/parallel.md)
+    int lead = dp.rank == 0, K = s->grad_accum > 0 ? s->grad_accum : 1;
+    Logs logs;
+    memset(&logs, 0, sizeof(logs));
+    if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
     if (st->step == 0) {
         stats_pass(model, s, &tvr, &logs, 0, 0);
-        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
+        if (val_dl && s->steps > 0) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, 0, v);
+        }
     }
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
         StepResult r;
-        train_step(model, &opt, train_dl, step, &r);
-        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        train_step_k(model, &opt, train_dl, step, K, step == 1 || stats_due(s->stats_every, step) ? logs.acts : NULL,
+                     &r);
         int skip = nonfinite_step(s, &logs, step, r.loss, r.grad_norm); // stops the run unless --skip-nonfinite 1
-        if (!skip) adamw_update(model, &opt, r.lr, step);
+        if (!skip) {
+            adamw_update(model, &opt, r.lr, step); // this rank's shard
+            dp_allgather_params(model->params, (long)model->num_params, sizeof(real));
+        }
         int do_tvr = !skip && tvr_due(&tvr, step);
         double t_tvr = wall_seconds();
         if (do_tvr || (!skip && stats_due(s->stats_every, step))) stats_pass(model, s, &tvr, &logs, step, do_tvr);
@@ -1121,18 +1191,26 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
         st->step = step;
         st->shard = train_dl->shard;
         st->pos = dataloader_position(train_dl);
-        log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
-                 (long)train_dl->B * train_dl->T, tvr_ms);
-        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
-        if (tok && sample_due(s, step)) sample_run(model, gpt2_next_logits, model->config.max_seq_len, s, tok, step);
+        if (lead) {
+            log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
+                     (long)train_dl->B * train_dl->T, tvr_ms);
+        }
+        if (val_dl && val_due(s, step)) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, step, v);
+        }
+        if (lead && tok && sample_due(s, step)) {
+            sample_run(model, gpt2_next_logits, model->config.max_seq_len, s, tok, step);
+        }
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
     }
     save_checkpoint(model, st, s->out);
-    logs_close(&logs);
+    if (lead) logs_close(&logs);
 }
 
 #ifndef TESTING
 int main(int argc, char **argv) {
+    dp_init(&argc, &argv); // MPI's ranks, when built with it (common/dp.h)
     setvbuf(stdout, NULL, _IOLBF, 0); // progress lines appear as they happen, also in a log file
     Settings s;
     int shape_given[4];
@@ -1169,7 +1247,7 @@ int main(int argc, char **argv) {
     // data first: a bad shard is reported before any work is done
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
-    ensure_dir(s.out);
+    if (dp.rank == 0) ensure_dir(s.out);
     int32_t shape[STATE_CONFIG_INTS];
     TrainState st = state_new(&s, shape, gpt2_config_ints(&model.config, shape));
     if (s.resume) {
@@ -1179,10 +1257,21 @@ int main(int argc, char **argv) {
         printf("resumed %s at step %d\n", s.resume, st.step);
     }
     st.rng = rng.s;
+    // every rank starts from the same parameters, step and data position (a rank that read
+    // another checkpoint or shard set stops the run here rather than train apart)
+    if (dp.ranks > 1) {
+        uint64_t h = dp_hash(DP_HASH0, model.params, sizeof(real) * model.num_params);
+        long where[4] = {st.step, st.shard, st.pos, global_batch(&s) * T};
+        dp_check_same("model, step or data position", dp_hash(h, where, sizeof(where)));
+    }
     const GPT2Config *c = &model.config;
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %d threads\n", c->layers,
            c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, s.batch, T,
            omp_get_max_threads());
+    if (dp.ranks > 1 || s.grad_accum > 1) {
+        printf("data parallel: %d ranks x %d micro-steps x B %d = %ld rows a step%s\n", dp.ranks,
+               s.grad_accum, s.batch, global_batch(&s), dp.ranks > 1 ? " | ZeRO-1: AdamW's m, v sharded" : "");
+    }
     train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st, tok);
     data_close(&s, &train_dl, &val_dl);
     if (tok) tokenizer_free(tok);

@@ -1124,16 +1124,21 @@ static const float *llama_next_logits(void *m, const int *tokens, int n) {
 // Sum of squares of x in double. The vector is cut into a fixed number of
 // chunks whatever the thread count, and the chunks are added in order, so the
 // result is the same with 1 or 16 threads.
-#define REDUCE_CHUNKS 64
-static double sum_squares(const real *x, long n, double shift) {
-    double part[REDUCE_CHUNKS];
+#define REDUCE_CHUNKS DP_CHUNKS // common/dp.h shares the chunks out between the ranks, whole
+// part[ch] for the chunks ch in [c0, c1) (sum_squares: all of them)
+static void sum_squares_chunks(const real *x, long n, double shift, double *part, int c0, int c1) {
 #pragma omp parallel for
-    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
+    for (int ch = c0; ch < c1; ch++) {
         long lo = n * ch / REDUCE_CHUNKS, hi = n * (ch + 1) / REDUCE_CHUNKS;
         double s = 0;
         for (long i = lo; i < hi; i++) s += ((double)x[i] - shift) * ((double)x[i] - shift);
         part[ch] = s;
     }
+}
+
+static double sum_squares(const real *x, long n, double shift) {
+    double part[REDUCE_CHUNKS];
+    sum_squares_chunks(x, n, shift, part, 0, REDUCE_CHUNKS);
     double s = 0;
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) s += part[ch];
     return s;
@@ -1154,15 +1159,26 @@ static double sum_values(const real *x, long n) {
 }
 
 // Global gradient norm over all parameters, then clipping (docs/methods.md): scale by
-// max/(norm + 1e-6) when that is below 1. Returns the norm before clipping.
+// max/(norm + 1e-6) when that is below 1. Returns the norm before clipping. With several
+// ranks each holds the step's gradient on its shard only (common/dp.h): it sums its
+// whole chunks, the ranks swap their chunks' sums, and every rank adds the 64 in order,
+// the same number as one rank's sum_squares over the whole gradient.
 static double clip_grad_norm(Llama *model, double max_norm) {
-    double norm = sqrt(sum_squares(model->grads, model->num_params, 0));
+    double part[REDUCE_CHUNKS], s = 0;
+    int c0, c1;
+    dp_chunks(REDUCE_CHUNKS, dp.rank, &c0, &c1);
+    sum_squares_chunks(model->grads, model->num_params, 0, part, c0, c1);
+    dp_allgather_chunks(part, REDUCE_CHUNKS);
+    for (int ch = 0; ch < REDUCE_CHUNKS; ch++) s += part[ch];
+    double norm = sqrt(s);
     if (max_norm > 0) {
         double coef = max_norm / (norm + 1e-6);
         if (coef < 1) {
             real cf = (real)coef;
+            long lo, hi;
+            dp_shard(model->num_params, &lo, &hi);
 #pragma omp parallel for
-            for (long i = 0; i < model->num_params; i++) model->grads[i] *= cf;
+            for (long i = lo; i < hi; i++) model->grads[i] *= cf;
         }
     }
     return norm;
@@ -1173,16 +1189,23 @@ static double clip_grad_norm(Llama *model, double max_norm) {
  *   p <- p * (1 - lr*wd)                         (decoupled decay, 2-D tensors only)
  *   m <- m + (1-beta1)*(g - m);  v <- beta2*v + (1-beta2)*g^2
  *   p <- p - lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
+ * ZeRO-1 (common/dp.h): a rank updates its shard [lo, hi) of the parameters, where its
+ * m and v are (m[0] is parameter lo's); one rank's shard is everything.
  */
 static void adamw_update(Llama *model, const OptConfig *o, double lr, int t) {
     double bc1 = 1 - pow(o->beta1, t), bc2_sqrt = sqrt(1 - pow(o->beta2, t));
     real step_size = (real)(lr / bc1), inv_bc2 = (real)(1 / bc2_sqrt);
     real b1 = (real)o->beta1, b2 = (real)o->beta2, eps = (real)o->eps;
+    long lo, hi;
+    dp_shard(model->num_params, &lo, &hi);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
         real decay = PARAM_INFO[i].decay ? (real)(1 - lr * o->weight_decay) : 1;
-        real *p = model->tensor[i], *g = model->gtensor[i];
-        real *m = model->m + (p - model->params), *v = model->v + (p - model->params);
-        long n = param_count(&model->config, i);
+        long a = model->tensor[i] - model->params, b = a + param_count(&model->config, i); // the tensor's range
+        if (a < lo) a = lo;
+        if (b > hi) b = hi;
+        if (a >= b) continue;
+        real *p = model->params + a, *g = model->grads + a, *m = model->m + (a - lo), *v = model->v + (a - lo);
+        long n = b - a;
 #pragma omp parallel for
         for (long j = 0; j < n; j++) {
             p[j] *= decay;
@@ -1264,44 +1287,107 @@ static void activations_log(const Llama *model, int step, FILE *csv) {
 #define STATE_VERSION 1
 
 // state.bin (common/train.h): the step, the data loader's place, the RNG, and
-// params, m and v in the parameter table's order.
+// params, m and v in the parameter table's order. With several ranks, rank 0 gathers
+// the shards of m and v and writes the file alone: it is the one a single rank writes.
 static void state_save(const Llama *model, const TrainState *st, const char *path) {
-    AtomicFile af;
-    atomic_open(&af, path);
-    state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, model->num_params);
-    write_floats(af.f, model->params, sizeof(real), model->num_params, af.tmp);
-    write_floats(af.f, model->m, sizeof(real), model->num_params, af.tmp);
-    write_floats(af.f, model->v, sizeof(real), model->num_params, af.tmp);
-    atomic_commit(&af);
+    long np = model->num_params;
+    real *m = model->m, *v = model->v, *full_m = NULL, *full_v = NULL;
+    if (dp.ranks > 1) {
+        m = full_m = (real *)dp_gather_shards(model->m, np, sizeof(real));
+        v = full_v = (real *)dp_gather_shards(model->v, np, sizeof(real));
+    }
+    if (dp.rank == 0) {
+        AtomicFile af;
+        atomic_open(&af, path);
+        state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
+        write_floats(af.f, model->params, sizeof(real), np, af.tmp);
+        write_floats(af.f, m, sizeof(real), np, af.tmp);
+        write_floats(af.f, v, sizeof(real), np, af.tmp);
+        atomic_commit(&af);
+    }
+    free(full_m);
+    free(full_v);
 }
 
+// Every rank reads the parameters and its own shard of m and v (all of them, alone).
 static void state_load(Llama *model, TrainState *st, const char *path) {
-    FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_llama", model->num_params, st);
-    read_payload(f, model->params, sizeof(real), model->num_params, path, "parameters");
-    read_payload(f, model->m, sizeof(real), model->num_params, path, "AdamW's m");
-    read_payload(f, model->v, sizeof(real), model->num_params, path, "AdamW's v");
+    long np = model->num_params, lo, hi;
+    dp_shard(np, &lo, &hi);
+    FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_llama", np, st);
+    read_payload(f, model->params, sizeof(real), np, path, "parameters");
+    for (int k = 0; k < 2; k++) { // m, then v: each np values, this rank's [lo, hi) of them
+        long start = (long)STATE_HEADER_INTS * 4 + (1 + k) * np * 4 + lo * 4;
+        if (fseek(f, start, SEEK_SET) != 0) die("cannot seek in %s: %s", path, strerror(errno));
+        read_payload(f, k ? model->v : model->m, sizeof(real), hi - lo, path, k ? "AdamW's v" : "AdamW's m");
+    }
     fclose(f);
+}
+
+// ZeRO-1: with several ranks, m and v hold this rank's shard only (common/dp.h).
+static void llama_shard_moments(Llama *model) {
+    if (dp.ranks == 1) return;
+    long lo, hi;
+    dp_shard(model->num_params, &lo, &hi);
+    free(model->m);
+    free(model->v);
+    model->m = (real *)calloc_check(hi - lo, sizeof(real));
+    model->v = (real *)calloc_check(hi - lo, sizeof(real));
 }
 
 #define USAGE "usage: train_llama [flags]   train a LLaMA on the CPU with LIR and TVR (see README.md)"
 
-// mean loss over the first val_batches batches of the validation shards
+// mean loss over the first val_batches batches of the validation shards; with several
+// ranks, rank r computes batches r, r + N, ... and the batch losses are added in order
 static double evaluate(Llama *model, DataLoader *val, int batches) {
     dataloader_reset(val);
-    double sum = 0;
+    double *loss = (double *)calloc_check(batches, sizeof(double)), sum = 0;
     for (int i = 0; i < batches; i++) {
         dataloader_next(val);
+        if (i % dp.ranks != dp.rank) continue;
         llama_forward(model, val->inputs, val->targets, model->B, model->T);
-        sum += model->loss;
+        loss[i] = model->loss;
     }
+    dp_share_losses(loss, batches);
+    for (int i = 0; i < batches; i++) sum += loss[i];
+    free(loss);
     return sum / batches;
 }
 
+// every rank takes part (state_save gathers AdamW's shards); rank 0 writes
 static void save_checkpoint(const Llama *model, const TrainState *st, const char *dir) {
     check_finite_params(model->params, sizeof(real), model->num_params, dir);
     char path[4200];
-    llama_save(model, run_file(path, sizeof(path), dir, "model.bin"));
+    if (dp.rank == 0) llama_save(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
+}
+
+/*
+ * One step's gradient and loss (docs/parallel.md): the K = --grad-accum micro-steps of
+ * this rank's rows of the global batch the loader holds (rank r's micro-step k is rows
+ * (r*K + k)*B onwards), each gradient the mean over its B*T rows, summed in order;
+ * then common/dp.h adds the ranks' sums in rank order and divides by N*K, on this
+ * rank's shard of model->grads. Returns the mean loss over the N*K micro-batches.
+ * The activations of the first micro-step are kept for activations.csv (want_acts).
+ */
+static double llama_micro_steps(Llama *model, const DataLoader *dl, int K, int want_acts, FILE *acts_csv,
+                                int step) {
+    int B = model->B, T = model->T;
+    double loss[K];
+    const void *sum = model->grads;
+    for (int k = 0; k < K; k++) {
+        long row = ((long)dp.rank * K + k) * B * T;
+        model->fuse_classifier = 1; // the backward follows at once
+        llama_forward(model, dl->inputs + row, dl->targets + row, B, T);
+        model->fuse_classifier = 0;
+        if (k == 0 && want_acts && acts_csv) activations_log(model, step, acts_csv);
+        loss[k] = model->loss;
+        llama_zero_grad(model);
+        llama_backward(model);
+        if (K > 1) sum = dp_accumulate(model->grads, model->num_params, sizeof(real), k);
+    }
+    int NK = dp.ranks * K;
+    dp_reduce_grads(sum, model->grads, model->num_params, sizeof(real), 1.0 / NK);
+    return dp_mean_loss(loss, K);
 }
 
 // tok: the vocabulary for text samples, NULL for none.
@@ -1309,26 +1395,32 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
                   const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
-    Logs logs = logs_open(s->out, s->resume ? st->step : -1, 0);
-    int B = model->B, T = model->T;
+    // rank 0 alone writes the logs and samples; every rank runs the same steps, TVR
+    // and statistics on the same (all-gathered) parameters (docs/parallel.md)
+    int lead = dp.rank == 0, K = s->grad_accum > 0 ? s->grad_accum : 1;
+    Logs logs;
+    memset(&logs, 0, sizeof(logs));
+    if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, 0);
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
-        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
+        if (val_dl && s->steps > 0) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, 0, v);
+        }
     }
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
-        dataloader_next(train_dl);
-        model->fuse_classifier = 1; // the step's backward follows at once
-        llama_forward(model, train_dl->inputs, train_dl->targets, B, T);
-        model->fuse_classifier = 0;
-        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
-        llama_zero_grad(model);
-        llama_backward(model);
+        dataloader_next(train_dl); // the step's global batch, on every rank
+        double loss = llama_micro_steps(model, train_dl, K, step == 1 || stats_due(s->stats_every, step), logs.acts,
+                                        step);
         double norm = clip_grad_norm(model, opt.grad_clip);
         double lr = lr_at(&opt, step);
-        int skip = nonfinite_step(s, &logs, step, model->loss, norm); // stops the run unless --skip-nonfinite 1
-        if (!skip) adamw_update(model, &opt, lr, step);
+        int skip = nonfinite_step(s, &logs, step, loss, norm); // stops the run unless --skip-nonfinite 1
+        if (!skip) {
+            adamw_update(model, &opt, lr, step); // this rank's shard
+            dp_allgather_params(model->params, model->num_params, sizeof(real));
+        }
         int do_tvr = !skip && tvr_due(&tvr, step);
         double t_tvr = wall_seconds();
         if (do_tvr || (!skip && stats_due(s->stats_every, step))) weights_pass(model, &tvr, step, do_tvr, logs.weights);
@@ -1336,18 +1428,27 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         st->step = step;
         st->shard = train_dl->shard;
         st->pos = dataloader_position(train_dl);
-        log_step(&logs, step, s->steps, model->loss, lr, norm, 1000 * (wall_seconds() - t0), (long)B * T, tvr_ms);
-        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
-        if (tok && sample_due(s, step)) sample_run(model, llama_next_logits, model->config.max_seq_len, s, tok, step);
+        if (lead) {
+            log_step(&logs, step, s->steps, loss, lr, norm, 1000 * (wall_seconds() - t0), global_batch(s) * model->T,
+                     tvr_ms);
+        }
+        if (val_dl && val_due(s, step)) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, step, v);
+        }
+        if (lead && tok && sample_due(s, step)) {
+            sample_run(model, llama_next_logits, model->config.max_seq_len, s, tok, step);
+        }
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
-    logs_close(&logs);
+    if (lead) logs_close(&logs);
 }
 
 #ifndef TESTING
 int main(int argc, char **argv) {
+    dp_init(&argc, &argv); // MPI's ranks, when built with it (common/dp.h)
     Settings s;
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 0, &arch_given);
@@ -1368,6 +1469,7 @@ int main(int argc, char **argv) {
     if (!s.generate) memory_check(&s, llama_memory(&config, s.batch, s.seq_len));
     Llama model;
     llama_build(&model, config);
+    llama_shard_moments(&model);
     Tokenizer tok_store, *tok = load_tokenizer(&s, config.vocab, &tok_store);
     if (tok && !s.generate && !s.kv_cache) {
         printf("note: samples during training use the KV cache (--kv-cache 0 is for --generate)\n");
@@ -1385,7 +1487,7 @@ int main(int argc, char **argv) {
     // data first: a bad shard is reported before any work is done
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, s.seq_len, config.vocab);
-    ensure_dir(s.out);
+    if (dp.rank == 0) ensure_dir(s.out);
     llama_alloc_acts(&model, s.batch, s.seq_len);
 
     TrainState st = state_new(&s, shape, nshape);
@@ -1405,9 +1507,20 @@ int main(int argc, char **argv) {
         state_resume(&s, &st, &rng, &train_dl);
     }
     st.rng = rng.s;
+    // every rank starts from the same parameters, step and data position (a rank that read
+    // another checkpoint or shard set stops the run here rather than train apart)
+    if (dp.ranks > 1) {
+        uint64_t h = dp_hash(DP_HASH0, model.params, sizeof(real) * model.num_params);
+        long where[4] = {st.step, st.shard, st.pos, global_batch(&s) * s.seq_len};
+        dp_check_same("model, step or data position", dp_hash(h, where, sizeof(where)));
+    }
     printf("train_llama: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %d threads\n", config.layers,
            config.dim, config.heads, config.kv_heads, config.ffn, config.vocab, s.seq_len, model.num_params, s.batch,
            omp_get_max_threads());
+    if (dp.ranks > 1 || s.grad_accum > 1) {
+        printf("data parallel: %d ranks x %d micro-steps x B=%d = %ld rows a step%s\n", dp.ranks,
+               s.grad_accum, s.batch, global_batch(&s), dp.ranks > 1 ? " | ZeRO-1: AdamW's m, v sharded" : "");
+    }
     printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
            s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
     printf("matmuls: %s\n", gemm_kernel->name);

@@ -22,6 +22,7 @@
 #include "args.h"
 #include "csvlog.h"
 #include "dataloader.h"
+#include "dp.h"         // data parallelism: the ranks, the global batch's split (docs/parallel.md)
 #include "sample.h" // the sampler, generate(), samples.txt (and common/tokenizer.h)
 #include "utils.h"
 
@@ -61,6 +62,10 @@ typedef struct {
     int sample_every, sample_tokens, sample_seed, generate, kv_cache;
     double temperature, top_p;
     const char *tokenizer, *prompt;
+    // data parallelism and gradient accumulation (common/dp.h, docs/parallel.md)
+    int grad_accum;       // K micro-steps of --batch rows per optimizer step
+    int grad_accum_given; // --grad-accum was on the command line (resume_settings)
+    int single_step;      // 1: the program has no --grad-accum > 1 yet (the GPU programs)
 } Settings;
 
 #define MAX_FLAGS 64
@@ -201,6 +206,21 @@ static int sample_flags(Settings *s, Flag *f, const char *vocab_file) {
     return (int)(sizeof(t) / sizeof(t[0]));
 }
 
+// Gradient accumulation; the number of ranks is mpirun's (docs/parallel.md).
+static int parallel_flags(Settings *s, Flag *f) {
+    Flag t[] = {
+        {"grad-accum", FLAG_INT, &s->grad_accum, "1", 1, 1 << 16, NULL,
+         "micro-steps of --batch rows per optimizer step K (a step: batch x ranks x K rows)", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+// A step's rows: --batch x ranks x --grad-accum (a program without the flag has K 0: 1).
+static long global_batch(const Settings *s) {
+    return (long)s->batch * dp.ranks * (s->grad_accum > 0 ? s->grad_accum : 1);
+}
+
 // The flags only the GPU programs have; their CPU twins' tables are otherwise the same.
 static int gpu_flags(Settings *s, Flag *f) {
     Flag t[] = {
@@ -220,6 +240,7 @@ static void settings_parse_flags(Settings *s, Flag *flags, int n, int argc, char
     memset(s, 0, sizeof(*s));
     flags_parse(flags, n, argc, argv, 1, usage);
     for (int i = 0; i < NUM_RUN_FLAGS; i++) s->run_given |= flag_given(flags, n, RUN_FLAGS[i]) << i;
+    s->grad_accum_given = flag_given(flags, n, "grad-accum");
     if (s->init_from && s->resume) usage_error("--init-from and --resume exclude each other");
     if (s->generate > 0 && !s->init_from) usage_error("--generate needs a model: --init-from MODEL.bin");
     if (s->resume && !flag_given(flags, n, "out")) s->out = s->resume; // resume in place unless told otherwise
@@ -243,8 +264,13 @@ static int have_val(const Settings *s) { return s->val && s->val[0] && s->val_ev
 // The data, before any work is done so that a bad shard is reported first: the
 // training loader (in a seeded random order with --shuffle 1) and, when
 // validating, the validation one. T the sequence length, V the model's vocabulary.
+// The training loader reads a step's global batch (global_batch) at once, on every
+// rank, so where the data stands does not depend on how the rows are split; a rank
+// trains on its rows of it (docs/parallel.md). Validation reads --batch rows a batch.
 static void data_open(const Settings *s, DataLoader *train_dl, DataLoader *val_dl, int T, int V) {
-    dataloader_init(train_dl, s->train, "--train", s->batch, T, V);
+    long G = global_batch(s);
+    if (G > (1 << 30) / T) usage_error("--batch x ranks x --grad-accum = %ld rows of %d tokens: too many", G, T);
+    dataloader_init(train_dl, s->train, "--train", (int)G, T, V);
     if (have_val(s)) dataloader_init(val_dl, s->val, "--val", s->batch, T, V);
     if (s->shuffle) dataloader_shuffle(train_dl, (uint64_t)s->seed);
 }
@@ -324,6 +350,7 @@ typedef struct {
     double lr;
     int nconfig;
     int32_t config[STATE_CONFIG_INTS]; // the model's shape, as its checkpoint header has it
+    int rows; // header [21]: a step's global batch, --batch x ranks x --grad-accum (0 in older files: --batch)
 } TrainState;
 
 // A run's state before its first step: the settings and model shape to record.
@@ -334,6 +361,7 @@ static TrainState state_new(const Settings *s, const int32_t *config, int nconfi
     st.recorded = 1, st.seed = s->seed, st.batch = s->batch, st.seq_len = s->seq_len, st.warmup = s->warmup;
     st.cosine = strcmp(s->schedule, "cosine") == 0, st.lr = s->lr, st.nconfig = nconfig;
     memcpy(st.config, config, sizeof(int32_t) * nconfig);
+    st.rows = (int)global_batch(s);
     return st;
 }
 
@@ -362,6 +390,7 @@ static void state_write_header(FILE *f, const char *path, int magic, int version
     header[17] = st->cosine;
     memcpy(&header[18], &st->lr, 8);
     header[20] = st->nconfig;
+    header[21] = st->rows; // not how they were split: the file is the same for every N and K
     memcpy(&header[24], st->config, sizeof(int32_t) * st->nconfig);
     fwrite_check(header, sizeof(int32_t), STATE_HEADER_INTS, f, path);
 }
@@ -403,6 +432,8 @@ static void state_fields(const int32_t *header, const char *path, TrainState *st
         die("state file %s: model-shape count %d is outside [0, %d]", path, st->nconfig, STATE_CONFIG_INTS);
     }
     if (st->recorded) memcpy(st->config, &header[24], sizeof(int32_t) * st->nconfig);
+    if (header[21] < 0) die("state file %s: its global batch %d is negative", path, header[21]);
+    st->rows = header[21] > 0 ? header[21] : st->batch;
 }
 
 /*
@@ -450,6 +481,18 @@ static int resume_settings(Settings *s, int seq_len_given, const char *dir, int 
     if (!(s->run_given >> 3 & 1)) s->lr = st.lr;
     if (!(s->run_given >> 4 & 1)) s->warmup = st.warmup;
     if (!(s->run_given >> 5 & 1)) s->schedule = st.cosine ? "cosine" : "constant";
+    // The global batch (--batch x ranks x --grad-accum) is the run's, however split: the
+    // data position and the schedule count its rows. --grad-accum left off is chosen
+    // to keep it (a 1-rank --grad-accum 2 run continues on 2 ranks with 1, and back).
+    long saved_rows = st.rows, per_k = (long)s->batch * dp.ranks;
+    if (!s->grad_accum_given && !s->single_step && saved_rows % per_k == 0 && saved_rows / per_k <= (1 << 16)) {
+        s->grad_accum = (int)(saved_rows / per_k);
+    }
+    if (global_batch(s) != saved_rows && !s->allow_resume_change) {
+        usage_error("--batch %d x %d ranks x --grad-accum %d = %ld rows a step differs from the run in %s "
+                    "(%ld); --allow-resume-change 1 continues with it",
+                    s->batch, dp.ranks, s->grad_accum > 0 ? s->grad_accum : 1, global_batch(s), dir, saved_rows);
+    }
     return seq_len_given;
 }
 

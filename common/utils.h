@@ -28,10 +28,22 @@
 #define EXIT_USAGE 2
 #define EXIT_RUNTIME 1
 
+// A program running as one of several MPI ranks (common/dp.h) sets die_hook: it says
+// the message once and ends every rank, not only this one (a lone exit would leave the
+// others waiting in their next collective). It does not return.
+static void (*die_hook)(int status, const char *msg) = NULL;
+
 // Print "error: <message>" on one line and exit with the given status.
 static void die_status(int status, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 static void die_status(int status, const char *fmt, ...) {
     va_list ap;
+    if (die_hook) {
+        char msg[8192];
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        die_hook(status, msg);
+    }
     va_start(ap, fmt);
     fprintf(stderr, "error: ");
     vfprintf(stderr, fmt, ap);
