@@ -192,8 +192,16 @@ static inline void pack_strip(real *restrict dst, int width, const real *restric
             for (int i = w; i < width; i++) dst[k * width + i] = 0;
         }
     } else {
+        int k0 = 0;
+#ifndef REAL_DOUBLE
+        // a full 8-row strip of rows with consecutive k (A = activations or the logits'
+        // gradient): 16 k at a time through a register transpose, not element by element
+        if (width == 8 && w == 8 && s_k == 1 && !round) {
+            for (; k0 + 16 <= kc; k0 += 16) pack8x16(dst + k0 * 8, src + k0, s_i);
+        }
+#endif
         for (int i = 0; i < w; i++) {
-            for (int k = 0; k < kc; k++) dst[k * width + i] = PACK_VALUE(src[i * s_i + k * s_k]);
+            for (int k = k0; k < kc; k++) dst[k * width + i] = PACK_VALUE(src[i * s_i + k * s_k]);
         }
         for (int i = w; i < width; i++) {
             for (int k = 0; k < kc; k++) dst[k * width + i] = 0;

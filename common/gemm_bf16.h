@@ -121,6 +121,15 @@ V16 void transpose16(__m512i r[16]) {
         r[c + 12] = _mm512_shuffle_i32x4(t[c + 4], t[c + 12], 0xdd);
     }
 }
+// fp32's A strip (train_llama.c's pack_strip): 8 rows s_i apart, 16 consecutive k each,
+// to 16 runs of the 8 rows' values at one k (the transpose's rows 8..15 repeat 0..7)
+V16 void pack8x16(float *dst, const float *src, long s_i) {
+    __m512i r[16];
+    for (int i = 0; i < 8; i++) r[i] = r[i + 8] = _mm512_castps_si512(_mm512_loadu_ps(src + i * s_i));
+    transpose16(r);
+    for (int k = 0; k < 16; k++) _mm256_storeu_si256((__m256i *)(dst + k * 8), _mm512_castsi512_si256(r[k]));
+}
+
 /*
  * 32 values of k x 16 of i, src(i, k) = src[i*s_i + k*s_k] with one of the strides 1,
  * to 16 words per i: word kp of row i pairs k = 2kp and 2kp+1, stored at dst + i*ld.
