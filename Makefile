@@ -37,7 +37,8 @@ help:
 	@echo "make test-gpu      the GPU tests, on a machine with an NVIDIA GPU"
 	@echo "make gpu-check GPU_OUT=DIR   the one command for a lent GPU: tests, sanitizers, benchmarks"
 	@echo "make test-mutants  planted bugs the emulated GPU tests must catch"
-	@echo "make bench-cpu     train_llama against current PyTorch on this CPU (installs torch into a venv)"
+	@echo "make bench-cpu     train_llama against current PyTorch on this CPU, fp32 and bf16 (installs torch into a venv)"
+	@echo "make bench-gemm    the matmul kernels alone (fp32, bf16 on AMX / AVX512-BF16), checked and timed"
 	@echo "make reference     regenerate the PyTorch fixtures (needs Debian's python3-torch)"
 	@echo "make e1 / e2 / e3  the experiments (docs/mlp_sweep.md, docs/gpt2_e3.md)"
 	@echo "make data          regenerate the committed Tiny Shakespeare shards (installs a venv)"
@@ -185,11 +186,20 @@ reference: train_llama $(REF_TEST_BINS)
 	./test/run.sh reference
 
 # tokens/s of train_llama.c and of current PyTorch from pip (installed into .venv-torch
-# on first use), same models and batches, 2 threads each, in one run; prints the ratio
+# on first use), same models and batches, 2 threads each, in one run: fp32 against fp32,
+# --precision bf16 against torch.autocast bf16; prints the ratios
 bench-cpu: train_llama
 	dev/bench_cpu.sh
 
-.PHONY: reference bench-cpu
+# the matmul workbench: every kernel this CPU has (fp32; bf16 ref, AVX512-BF16, AMX) checked
+# against ref and timed at the step's shapes (GFLOP/s)
+build/bench_cpu_gemm: dev/bench_cpu_gemm.c train_llama.c $(COMMON)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+bench-gemm: build/bench_cpu_gemm
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} build/bench_cpu_gemm 5
+
+.PHONY: reference bench-cpu bench-gemm
 
 # ---------------------------------------------------------------------------
 # LLaMA on the GPU: train_llama.cu mirrors train_llama.c kernel by kernel;

@@ -5,7 +5,8 @@
  * This file is the project's specification: the CUDA version and the PyTorch
  * reference are checked against it number by number. It reads top to bottom:
  *
- *   1. numbers and the matmul (a cache-blocked GEMM the compiler vectorises)
+ *   1. numbers and the matmul (a cache-blocked GEMM; with --precision bf16 its
+ *      inputs rounded to bf16 on AMX or AVX512-BF16, common/gemm_bf16.h)
  *   2. the layers, each a *_forward / *_backward pair of plain loops
  *   3. the model: one parameter buffer described by one table, activations,
  *      init (plain, LIR, residual), forward, backward, checkpoints
@@ -68,22 +69,6 @@ static inline float rexp(float x) {
 // ============================================================================
 // 1. numbers and the matmul
 // ============================================================================
-
-// Dot product with 16 independent partial sums. Without -ffast-math a compiler
-// may not reorder a floating-point sum, so a plain loop runs one add at a time;
-// sixteen explicit lanes are one AVX-512 register, summed in a fixed order, so
-// the result is the same on every run.
-static inline real dot(const real *a, const real *b, int n) {
-    real lane[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        for (int j = 0; j < 16; j++) lane[j] += a[i + j] * b[i + j];
-    }
-    real s = 0;
-    for (int j = 0; j < 16; j++) s += lane[j];
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
 
 // y += alpha * x
 static inline void axpy(real *restrict y, real alpha, const real *restrict x, int n) {
@@ -583,7 +568,9 @@ static void residual_forward(real *out, const real *a, const real *b, long n) {
     for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-// max of a row, over 16 lanes (see dot())
+// max of a row, over 16 independent lanes: without -ffast-math a compiler may not
+// reorder a floating-point reduction, so a plain loop runs one compare at a time;
+// sixteen explicit lanes are one AVX-512 register, combined in a fixed order
 static real row_max(const real *x, int n) {
     real mx[16];
     for (int u = 0; u < 16; u++) mx[u] = -INFINITY;
@@ -1072,6 +1059,7 @@ static const float *llama_decode(Llama *model, int token, int pos) {
     long T = c->max_seq_len;
     if (pos >= T) die("internal: decode at position %d, the model's maximum is %ld", pos, T);
     memcpy(d->x, model->tensor[P_TOK_EMB] + (long)token * C, sizeof(real) * C);
+    gemm_buffers(); // (gemm_serial's)
     for (int l = 0; l < L; l++) {
         real *kc = d->kc + (long)l * T * KVD, *vc = d->vc + (long)l * T * KVD;
         rmsnorm_forward(d->ln, &d->rstd, d->x, layer_param(model, P_ATTN_NORM, l), 1, C, c->norm_eps);
@@ -1083,8 +1071,9 @@ static const float *llama_decode(Llama *model, int token, int pos) {
         rope_forward(kc + (long)pos * KVD, cs, sn, 1, 1, NKV, hs);
         for (int h = 0; h < NH; h++) {
             int kvh = h / group;
+            // serial: one row's products are too small to share out between threads
             attention_head(d->atty + h * hs, d->att, d->q + h * hs, kc + kvh * hs, vc + kvh * hs, 1, pos + 1, C, KVD,
-                           hs, 0);
+                           hs, 1);
         }
         matmul_forward(d->tmp, d->atty, layer_param(model, P_WO, l), 1, C, C);
         residual_forward(d->h, d->x, d->tmp, C);

@@ -8,8 +8,11 @@
  * two tables say which shape is slow against the practical ceiling (docs/perf.md: about
  * 360-425 GFLOP/s on 2 threads), before anyone profiles the whole step.
  *
- * Build and run: gcc -O3 -march=native -mprefer-vector-width=512 -fopenmp -Icommon \
- *   -o build/bench_cpu_gemm dev/bench_cpu_gemm.c -lm && OMP_NUM_THREADS=2 build/bench_cpu_gemm
+ * With every bf16 kernel the CPU has (common/gemm_bf16.h) it first checks each against the
+ * ref kernel (fp32 sums of the same bf16-rounded inputs) within 2*gamma_K*sum|a*b|, then
+ * times all of them side by side. Exit status 1 if a check fails.
+ *
+ * Build and run: make bench-gemm   (build/bench_cpu_gemm [reps])
  */
 #define TESTING
 #include "../train_llama.c"

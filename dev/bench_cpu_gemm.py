@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """dev/bench_cpu_gemm.py: PyTorch's side of dev/bench_cpu_gemm.c: the same matmul shapes
-(forward out = inp . W^T, backward dW = dout^T . inp and dinp = dout . W), best of N, GFLOP/s.
+(forward out = inp . W^T, backward dW = dout^T . inp and dinp = dout . W), best of N, GFLOP/s,
+in fp32 and in bf16, and the two ceilings (a 2048^3 product in each).
 Usage: .venv-torch/bin/python dev/bench_cpu_gemm.py [reps]   (2 threads)"""
 import sys
 import time
@@ -17,21 +18,33 @@ def main():
     reps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     torch.set_num_threads(2)
     print(f"PyTorch {torch.__version__} matmuls, {torch.get_num_threads()} threads, best of {reps}")
+    print(f"{'shape':<14} {'N':>5} {'Cin':>5} {'Cout':>5} | fp32 fwd / bwd GFLOP/s | bf16 fwd / bwd GFLOP/s")
     for name, N, Cin, Cout in SHAPES:
-        inp, W, dout = torch.randn(N, Cin) * 0.02, torch.randn(Cout, Cin) * 0.02, torch.randn(N, Cout) * 0.02
-        bf = bb = 1e30
+        row = f"{name:<14} {N:5d} {Cin:5d} {Cout:5d}"
+        for dtype in (torch.float32, torch.bfloat16):  # bf16: the matmuls autocast would run
+            inp, W = (torch.randn(N, Cin) * 0.02).to(dtype), (torch.randn(Cout, Cin) * 0.02).to(dtype)
+            dout = (torch.randn(N, Cout) * 0.02).to(dtype)
+            bf = bb = 1e30
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                torch.nn.functional.linear(inp, W)
+                t1 = time.perf_counter()
+                dout.t() @ inp
+                dout @ W
+                t2 = time.perf_counter()
+                bf, bb = min(bf, t1 - t0), min(bb, t2 - t1)
+            fl = 2.0 * N * Cin * Cout
+            row += f" | {fl / bf / 1e9:7.0f} / {2 * fl / bb / 1e9:7.0f}"
+        print(row, flush=True)
+    # the ceilings: one large square product in each precision
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
+        best = 1e30
         for _ in range(reps):
             t0 = time.perf_counter()
-            torch.nn.functional.linear(inp, W)
-            t1 = time.perf_counter()
-            dout.t() @ inp
-            dout @ W
-            t2 = time.perf_counter()
-            bf, bb = min(bf, t1 - t0), min(bb, t2 - t1)
-        fl = 2.0 * N * Cin * Cout
-        print(f"{name:<22} N={N:5d} Cin={Cin:5d} Cout={Cout:5d} | forward {fl / bf / 1e9:7.1f} GFLOP/s | "
-              f"backward (dW + dinp) {2 * fl / bb / 1e9:7.1f} GFLOP/s")
-
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        print(f"ceiling: 2048^3 {str(dtype)[6:]} matmul {2 * 2048 ** 3 / best / 1e9:.0f} GFLOP/s")
 
 if __name__ == "__main__":
     main()
