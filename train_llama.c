@@ -764,6 +764,23 @@ static real *layer_grad(const Llama *model, int i, int l) {
     return model->gtensor[i] + (long)l * param_layer_size(&model->config, i);
 }
 
+/*
+ * A large zeroed buffer on 2 MB pages where Linux offers them (transparent huge pages in
+ * "madvise" mode here): the matmuls read and write these tensors with row strides of up
+ * to V floats (the logits, 128 KB a row), so one 4 KB page per row read would cost a TLB
+ * miss per row. free() releases it like any other.
+ */
+#include <sys/mman.h>
+static real *calloc_big(long n) {
+    size_t bytes = sizeof(real) * (size_t)(n > 0 ? n : 1), huge = 2u << 20;
+    if (bytes < huge) return (real *)calloc_check(n > 0 ? n : 1, sizeof(real));
+    void *p = NULL;
+    if (posix_memalign(&p, huge, (bytes + huge - 1) / huge * huge) != 0) die("out of memory allocating %zu bytes", bytes);
+    madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE); // a hint: without it, 4 KB pages
+    memset(p, 0, bytes);
+    return (real *)p;
+}
+
 static void llama_build(Llama *model, LlamaConfig config) {
     memset(model, 0, sizeof(*model));
     config_check(&config, "model config");
@@ -771,10 +788,10 @@ static void llama_build(Llama *model, LlamaConfig config) {
     long n = 0;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);
     model->num_params = n;
-    model->params = (real *)calloc_check(n, sizeof(real));
-    model->grads = (real *)calloc_check(n, sizeof(real));
-    model->m = (real *)calloc_check(n, sizeof(real));
-    model->v = (real *)calloc_check(n, sizeof(real));
+    model->params = calloc_big(n);
+    model->grads = calloc_big(n);
+    model->m = calloc_big(n);
+    model->v = calloc_big(n);
     long off = 0;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
         model->tensor[i] = model->params + off;
@@ -818,11 +835,11 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     real **slots[NUM_ACT_SLOTS] = {&a->x0,   &a->ln1, &a->ln1_rstd, &a->q,        &a->k,   &a->v,   &a->att,
                                    &a->atty, &a->h,   &a->ln2,      &a->ln2_rstd, &a->fc1, &a->fc3, &a->swi,
                                    &a->xout, &a->lnf, &a->lnf_rstd, &a->logits,   &a->lse, &a->losses};
-    for (int s = 0; s < NUM_ACT_SLOTS; s++) *slots[s] = (real *)calloc_check(sizes[s], sizeof(real));
+    for (int s = 0; s < NUM_ACT_SLOTS; s++) *slots[s] = calloc_big(sizes[s]);
     Scratch *g = &model->scratch;
     real **gslots[NUM_SCRATCH_SLOTS] = {&g->dres,  &g->dln,  &g->dq,   &g->dk,  &g->dv,
                                         &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
-    for (int s = 0; s < NUM_SCRATCH_SLOTS; s++) *gslots[s] = (real *)calloc_check(gsizes[s], sizeof(real));
+    for (int s = 0; s < NUM_SCRATCH_SLOTS; s++) *gslots[s] = calloc_big(gsizes[s]);
     model->tokens = (int *)calloc_check(N, sizeof(int));
     model->targets = (int *)calloc_check(N, sizeof(int));
 }
@@ -1327,8 +1344,8 @@ static void llama_shard_moments(Llama *model) {
     dp_shard(model->num_params, &lo, &hi);
     free(model->m);
     free(model->v);
-    model->m = (real *)calloc_check(hi - lo, sizeof(real));
-    model->v = (real *)calloc_check(hi - lo, sizeof(real));
+    model->m = calloc_big(hi - lo);
+    model->v = calloc_big(hi - lo);
 }
 
 #define USAGE "usage: train_llama [flags]   train a LLaMA on the CPU with LIR and TVR (see README.md)"
