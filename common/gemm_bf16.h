@@ -64,8 +64,13 @@ static inline uint32_t bf16_bits(float f) {
 }
 
 // src(i, k) = src[i*s_i + k*s_k] for i < w, k < kc; zero outside (a partial strip)
-static inline uint16_t bf16_at(const float *src, long s_i, long s_k, int i, int k, int w, int kc) {
-    return i < w && k < kc ? (uint16_t)bf16_bits(src[i * s_i + k * s_k]) : 0;
+static inline uint32_t bf16_at(const float *src, long s_i, long s_k, int i, int k, int w, int kc) {
+    return i < w && k < kc ? bf16_bits(src[i * s_i + k * s_k]) : 0;
+}
+
+// the 32-bit word every packed layout stores: bf16 of src(i, k) low, of src(i, k+1) high
+static inline uint32_t bf16_pair_at(const float *src, long s_i, long s_k, int i, int k, int w, int kc) {
+    return bf16_at(src, s_i, s_k, i, k, w, kc) | bf16_at(src, s_i, s_k, i, k + 1, w, kc) << 16;
 }
 
 /*
@@ -145,16 +150,28 @@ V16 void bf16_pairs_by_i(uint32_t *dst, long ld, const float *src, long s_i, lon
     }
     for (int i = 0; i < 16; i++) _mm512_storeu_si512(dst + i * ld, r[i]);
 }
-// The same block to 16 words per kp: word i of row kp pairs k = 2kp and 2kp+1 (B's layout)
-V16 void bf16_pairs_by_k(uint32_t *dst, long ld, const float *src, long s_i, long s_k) {
-    __m512i r[16];
+// The same block as 16 words per kp in r[kp]: word i pairs k = 2kp and 2kp+1 (B's layout)
+V16 void bf16_pairs_k(__m512i r[16], const float *src, long s_i, long s_k) {
     if (s_i == 1) {
         for (int kp = 0; kp < 16; kp++) r[kp] = bf16_pair_rows(src + 2 * kp * s_k, src + (2 * kp + 1) * s_k);
     } else { // s_k == 1
         for (int i = 0; i < 16; i++) r[i] = bf16_pair_run(src + i * s_i);
         transpose16(r);
     }
+}
+V16 void bf16_pairs_by_k(uint32_t *dst, long ld, const float *src, long s_i, long s_k) {
+    __m512i r[16];
+    bf16_pairs_k(r, src, s_i, s_k);
     for (int kp = 0; kp < 16; kp++) _mm512_storeu_si512(dst + kp * ld, r[kp]);
+}
+// ... with i 0..7 to lo + kp*8 and i 8..15 to hi + kp*8 (two 8-row strips of AVX512-BF16's A)
+V16 void bf16_pairs_by_k_split(uint32_t *lo, uint32_t *hi, const float *src, long s_i, long s_k) {
+    __m512i r[16];
+    bf16_pairs_k(r, src, s_i, s_k);
+    for (int kp = 0; kp < 16; kp++) {
+        _mm256_storeu_si256((__m256i *)(lo + kp * 8), _mm512_castsi512_si256(r[kp]));
+        _mm256_storeu_si256((__m256i *)(hi + kp * 8), _mm512_extracti64x4_epi64(r[kp], 1));
+    }
 }
 
 /*
@@ -172,8 +189,7 @@ static void bf16_pack_b(void *dst_, const float *src, long s_n, long s_k, int w,
     }
     for (int kp = kfull / 2; kp < kc_pad / 2; kp++) {
         for (int n = 0; n < 32; n++) {
-            dst[kp * 32 + n] = bf16_at(src, s_n, s_k, n, 2 * kp, w, kc) |
-                               (uint32_t)bf16_at(src, s_n, s_k, n, 2 * kp + 1, w, kc) << 16;
+            dst[kp * 32 + n] = bf16_pair_at(src, s_n, s_k, n, 2 * kp, w, kc);
         }
     }
 }
@@ -196,25 +212,32 @@ static void amx_pack_a(void *dst_, const float *src, long s_m, long s_k, int w, 
             }
             for (int m = 0; m < 32; m++) {
                 for (int kp = 0; kp < BF16_KB / 2; kp++) {
-                    blk[m * 16 + kp] = bf16_at(sj, s_m, s_k, m, kb + 2 * kp, wj, kc) |
-                                       (uint32_t)bf16_at(sj, s_m, s_k, m, kb + 2 * kp + 1, wj, kc) << 16;
+                    blk[m * 16 + kp] = bf16_pair_at(sj, s_m, s_k, m, kb + 2 * kp, wj, kc);
                 }
             }
         }
     }
 }
 
-// A's block of w rows for AVX512-BF16: strips of 8 rows, 32-bit words [k/2][m], B's pairing
+// A's block of w rows for AVX512-BF16: strips of 8 rows, 32-bit words [k/2][m], B's pairing.
+// Full 32-deep blocks of two full strips at a time go through the registers; the edges take
+// the general loop.
 static void avx512_pack_a(void *dst_, const float *src, long s_m, long s_k, int w, int kc, int kc_pad) {
     uint32_t *dst = (uint32_t *)dst_;
+    int kfull = s_m == 1 || s_k == 1 ? kc / BF16_KB * BF16_KB : 0, jfull = w / 16 * 2;
+    for (int j = 0; j < jfull; j += 2) {
+        uint32_t *d = dst + (long)j * 4 * kc_pad;
+        for (int kb = 0; kb < kfull; kb += BF16_KB) {
+            bf16_pairs_by_k_split(d + kb * 4, d + 4 * kc_pad + kb * 4, src + (long)j * 8 * s_m + kb * s_k, s_m, s_k);
+        }
+    }
     for (int j = 0; j < (w + 7) / 8; j++) {
         const float *sj = src + (long)j * 8 * s_m;
         uint32_t *d = dst + (long)j * 4 * kc_pad;
         int wj = w - j * 8 < 8 ? w - j * 8 : 8;
-        for (int kp = 0; kp < kc_pad / 2; kp++) {
+        for (int kp = j < jfull ? kfull / 2 : 0; kp < kc_pad / 2; kp++) {
             for (int m = 0; m < 8; m++) {
-                d[kp * 8 + m] = bf16_at(sj, s_m, s_k, m, 2 * kp, wj, kc) |
-                                (uint32_t)bf16_at(sj, s_m, s_k, m, 2 * kp + 1, wj, kc) << 16;
+                d[kp * 8 + m] = bf16_pair_at(sj, s_m, s_k, m, 2 * kp, wj, kc);
             }
         }
     }
