@@ -45,6 +45,7 @@ typedef float floatX;
 // 1. CUDA helpers and the matmul
 // ============================================================================
 
+#include "cuda_attention.h" // flash attention: no T x T matrix (--attention flash, the default)
 #include "cuda_common.h" // checked calls, reductions, gemm_batched() over cuBLAS
 #include "cuda_train.h"  // the GPU flags and set-up, token buckets
 
@@ -360,9 +361,22 @@ typedef struct {
     floatX *datt;              // (B, NH, T, T)
 } AttnScratch;
 
+// --attention: 1 = flash (common/cuda_attention.h: att holds each row's log-sum-exp,
+// (B,NH,T), and the scratch's datt holds D = rowsum(dout * out)); 0 = the matmuls above
+static int attention_flash = 1;
+static long attention_att_size(int B, int T, int NH) { return (long)B * NH * T * (attention_flash ? 1 : T); }
+
 static void attention_forward(floatX *out, floatX *att, const floatX *qkv, AttnScratch *w, int B, int T, int C,
                               int NH) {
     int hs = C / NH;
+    if (attention_flash) {
+        if (!flash_attention_forward(out, (float *)att, qkv, qkv + C, qkv + 2 * C, B, T, NH, NH, hs, 3L * C, 3L * C,
+                                     (long)C)) {
+            die("--attention flash: head size %d is over %d (use --attention matmul)", hs, FA_MAX_HS);
+        }
+        launchCheck();
+        return;
+    }
     permute_qkv_kernel<<<grid_for((long)B * T * C), BLOCK>>>(w->q, w->k, w->v, qkv, B, T, NH, hs);
     launchCheck();
     attn_x_yT(att, w->q, w->k, B, T, NH, hs); // unscaled scores; the softmax scales
@@ -375,9 +389,16 @@ static void attention_forward(floatX *out, floatX *att, const floatX *qkv, AttnS
 }
 
 // dqkv (B, T, 3C) is overwritten.
-static void attention_backward(floatX *dqkv, const floatX *dout, const floatX *att, const floatX *qkv, AttnScratch *w,
-                               int B, int T, int C, int NH) {
+static void attention_backward(floatX *dqkv, const floatX *dout, const floatX *out, const floatX *att,
+                               const floatX *qkv, AttnScratch *w, int B, int T, int C, int NH) {
     int hs = C / NH;
+    if (attention_flash) {
+        long C3 = 3L * C;
+        flash_attention_backward(dqkv, dqkv + C, dqkv + 2 * C, (float *)w->datt, dout, out, (const float *)att, qkv,
+                                 qkv + C, qkv + 2 * C, B, T, NH, NH, hs, C3, C3, (long)C, C3, C3);
+        launchCheck();
+        return;
+    }
     permute_qkv_kernel<<<grid_for((long)B * T * C), BLOCK>>>(w->q, w->k, w->v, qkv, B, T, NH, hs);
     launchCheck();
     permute_to_heads_kernel<<<grid_for((long)B * T * C), BLOCK>>>(w->dy, dout, B, T, NH, hs);
@@ -506,7 +527,7 @@ static size_t act_size(const GPT2Config *c, int a, int B, int T) {
         return L * BT * C;
     case A_LN1_MEAN: case A_LN1_RSTD: case A_LN2_MEAN: case A_LN2_RSTD: return L * BT;
     case A_QKV: return L * BT * 3 * C;
-    case A_ATT: return L * B * c->heads * (size_t)T * T;
+    case A_ATT: return L * attention_att_size(B, T, c->heads);
     case A_FCH: case A_FCH_GELU: return L * BT * 4 * C;
     case A_LNF_MEAN: case A_LNF_RSTD: case A_LOSSES: return BT;
     case A_LOGITS: return BT * c->vocab;
@@ -721,7 +742,8 @@ static void gpt2_save_host(const GPT2 *model, const char *path) {
 static void scratch_sizes(const GPT2Config *c, int B, int T, long *sizes) {
     long BT = (long)B * T, C = c->channels, NH = c->heads;
     long s[NUM_SCRATCH_SLOTS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C, BT * C,
-                                 BT * C, BT * C, BT * C, BT * C, BT * C, BT * C, (long)B * NH * T * T};
+                                 BT * C, BT * C, BT * C, BT * C, BT * C, BT * C, attention_att_size(B, T, NH)};
+    if (attention_flash) memset(s + 6, 0, sizeof(long) * 8); // no permuted copies (attn.q .. attn.dy)
     memcpy(sizes, s, sizeof(s));
 }
 
@@ -840,7 +862,7 @@ static void gpt2_backward(GPT2 *model) {
         // now s->dres = d loss / d residual2; residual2 = x + attproj
         linear_backward(s->datty, GRAD(P_ATTPROJW), GRAD(P_ATTPROJB), s->partial, s->dres, ACT(A_ATTY),
                         PAR(P_ATTPROJW), BT, C, C);
-        attention_backward(s->dqkv, s->datty, ACT(A_ATT), ACT(A_QKV), &s->attn, B, T, C, NH);
+        attention_backward(s->dqkv, s->datty, ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), &s->attn, B, T, C, NH);
         linear_backward(s->dln, GRAD(P_QKVW), GRAD(P_QKVB), s->partial, s->dqkv, ACT(A_LN1), PAR(P_QKVW), BT, C, 3 * C);
         layernorm_backward(s->dres, GRAD(P_LN1W), GRAD(P_LN1B), s->partial, s->dln, x, PAR(P_LN1W), ACT(A_LN1_MEAN),
                            ACT(A_LN1_RSTD), BT, C);
@@ -1294,6 +1316,7 @@ int main(int argc, char **argv) {
     Settings s;
     int shape_given[4];
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, shape_given);
+    attention_flash = strcmp(s.attention, "flash") == 0;
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;
@@ -1317,6 +1340,10 @@ int main(int argc, char **argv) {
     }
     if (s.resume) seq_len_given = gpt2_resume_settings(&s, seq_len_given, STATE_MAGIC);
     int T = build_model_host(&model, &s, seq_len_given, shape_given, &rng);
+    if (attention_flash && model.config.channels / model.config.heads > FA_MAX_HS) {
+        usage_error("--attention flash: the head size %d (dim %d / heads %d) is over %d; use --attention matmul",
+                    model.config.channels / model.config.heads, model.config.channels, model.config.heads, FA_MAX_HS);
+    }
     s.seq_len = T; // what the run uses (at most the checkpoint's), as state.bin records it
     Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)

@@ -44,8 +44,9 @@ typedef float floatX;
 // 1. CUDA helpers and the matmul
 // ============================================================================
 
-#include "cuda_common.h" // checked calls, reductions, gemm_batched() over cuBLAS
-#include "cuda_train.h"  // the GPU flags and set-up, token buckets
+#include "cuda_attention.h" // flash attention: no T x T matrix (--attention flash, the default)
+#include "cuda_common.h"    // checked calls, reductions, gemm_batched() over cuBLAS
+#include "cuda_train.h"     // the GPU flags and set-up, token buckets
 
 // ============================================================================
 // 2. the layers
@@ -324,8 +325,23 @@ typedef struct {
     floatX *datt;         // (B,NH,T,T)
 } AttnScratch;
 
+// --attention: 1 = flash (common/cuda_attention.h: att holds each row's log-sum-exp,
+// (B,NH,T)), 0 = the matmuls above (att holds the probabilities, (B,NH,T,T))
+static int attention_flash = 1;
+
+// the att slot's and the attention scratch's sizes (values) under attention_flash
+static long attention_att_size(int B, int T, int NH) { return (long)B * NH * T * (attention_flash ? 1 : T); }
+
 static void attention_forward(floatX *out, floatX *att, const floatX *q, const floatX *k, const floatX *v,
                               AttnScratch *w, int B, int T, int NH, int NKV, int hs) {
+    if (attention_flash) {
+        long C = (long)NH * hs, KVD = (long)NKV * hs;
+        if (!flash_attention_forward(out, (float *)att, q, k, v, B, T, NH, NKV, hs, C, KVD, C)) {
+            die("--attention flash: head size %d is over %d (use --attention matmul)", hs, FA_MAX_HS);
+        }
+        launchCheck();
+        return;
+    }
     permute_to_heads(w->qp, q, B, T, NH, hs);
     permute_to_heads(w->kp, k, B, T, NKV, hs);
     permute_to_heads(w->vp, v, B, T, NKV, hs);
@@ -339,9 +355,16 @@ static void attention_forward(floatX *out, floatX *att, const floatX *q, const f
 }
 
 // Overwrites dq, dk, dv.
-static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout, const floatX *q,
-                               const floatX *k, const floatX *v, const floatX *att, AttnScratch *w, int B, int T,
-                               int NH, int NKV, int hs) {
+static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout, const floatX *out,
+                               const floatX *q, const floatX *k, const floatX *v, const floatX *att, AttnScratch *w,
+                               int B, int T, int NH, int NKV, int hs) {
+    if (attention_flash) { // w->datt is (B,NH,T) here: D = rowsum(dout * out)
+        long C = (long)NH * hs, KVD = (long)NKV * hs;
+        flash_attention_backward(dq, dk, dv, (float *)w->datt, dout, out, (const float *)att, q, k, v, B, T, NH, NKV, hs,
+                                 C, KVD, C, C, KVD);
+        launchCheck();
+        return;
+    }
     permute_to_heads(w->qp, q, B, T, NH, hs);
     permute_to_heads(w->kp, k, B, T, NKV, hs);
     permute_to_heads(w->vp, v, B, T, NKV, hs);
@@ -696,11 +719,13 @@ static void llama_params_to_host(Llama *model) {
 static double llama_memory(const LlamaConfig *c, int B, int T) {
     long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
     acts_sizes(c, B, T, sizes, gsizes);
+    sizes[ACT_SLOT_ATT] = (long)c->layers * attention_att_size(B, T, c->heads);
     double n = 0, N = (double)B * T, C = c->dim, KVD = (double)c->kv_heads * (c->dim / c->heads);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += 4.0 * param_count(c, i);
     for (int i = 0; i < NUM_ACT_SLOTS; i++) n += sizes[i];
     for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) n += gsizes[i];
-    n += GAIN_CHUNKS * C + 3 * N * C + 4 * N * KVD + (double)B * c->heads * T * T; // AttnScratch, dgain_partial
+    n += GAIN_CHUNKS * C + attention_att_size(B, T, c->heads); // dgain_partial, AttnScratch's datt
+    if (!attention_flash) n += 3 * N * C + 4 * N * KVD;       // and its permuted copies
     return n * 4;
 }
 
@@ -721,6 +746,7 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
                       (void **)&a->lnf_rstd, (void **)&a->logits, (void **)&a->lse, (void **)&a->losses};
     long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
     acts_sizes(c, B, T, sizes, gsizes); // common/llama_run.h, train_llama.c's slots in the same order
+    sizes[ACT_SLOT_ATT] = c->layers * attention_att_size(B, T, NH);
     int is_float[NUM_ACT_SLOTS] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 1};
     for (int s = 0; s < NUM_ACT_SLOTS; s++) {
         *slots[s] = cuda_calloc(sizes[s], is_float[s] ? sizeof(float) : sizeof(floatX));
@@ -731,7 +757,8 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     g->dgain_partial = (float *)cuda_calloc((long)GAIN_CHUNKS * C, sizeof(float));
     AttnScratch *w = &g->attn;
     floatX **wslots[] = {&w->qp, &w->kp, &w->vp, &w->yp, &w->dqp, &w->dkp, &w->dvp, &w->datt};
-    long wsizes[] = {N * C, N * KVD, N * KVD, N * C, N * C, N * KVD, N * KVD, B * NH * T * T};
+    long wsizes[] = {N * C, N * KVD, N * KVD, N * C, N * C, N * KVD, N * KVD, attention_att_size(B, T, NH)};
+    if (attention_flash) memset(wsizes, 0, sizeof(long) * 7); // flash needs no permuted copies
     for (size_t s = 0; s < sizeof(wsizes) / sizeof(wsizes[0]); s++) {
         *wslots[s] = (floatX *)cuda_calloc(wsizes[s], sizeof(floatX));
     }
@@ -824,7 +851,7 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
         floatX *ln1 = a->ln1 + (long)l * N * C;
         float *ln1_rstd = a->ln1_rstd + (long)l * N;
         floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
-        floatX *att = a->att + (long)l * B * NH * T * T, *atty = a->atty + (long)l * N * C;
+        floatX *att = a->att + l * attention_att_size(B, T, NH), *atty = a->atty + (long)l * N * C;
         floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
         float *ln2_rstd = a->ln2_rstd + (long)l * N;
         floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
@@ -891,7 +918,7 @@ static void llama_backward(Llama *model) {
         const floatX *ln1 = a->ln1 + (long)l * N * C;
         const float *ln1_rstd = a->ln1_rstd + (long)l * N;
         const floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
-        const floatX *att = a->att + (long)l * B * NH * T * T, *atty = a->atty + (long)l * N * C;
+        const floatX *att = a->att + l * attention_att_size(B, T, NH), *atty = a->atty + (long)l * N * C;
         const floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
         const float *ln2_rstd = a->ln2_rstd + (long)l * N;
         const floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
@@ -906,7 +933,7 @@ static void llama_backward(Llama *model) {
         rmsnorm_backward(s->dres, DW(P_FFN_NORM), gp, s->dln, h, W(P_FFN_NORM), ln2_rstd, N, C);
         // now s->dres = d loss / d h; h = x + wo.atty
         matmul_backward(s->datty, DW(P_WO), s->dres, atty, W(P_WO), N, C, C, 0);
-        attention_backward(s->dq, s->dk, s->dv, s->datty, q, k, v, att, &s->attn, B, T, NH, NKV, hs);
+        attention_backward(s->dq, s->dk, s->dv, s->datty, atty, q, k, v, att, &s->attn, B, T, NH, NKV, hs);
         rope_backward(s->dq, model->rope_cos, model->rope_sin, B, T, NH, hs);
         rope_backward(s->dk, model->rope_cos, model->rope_sin, B, T, NKV, hs);
         matmul_backward(s->dln, DW(P_WQ), s->dq, ln1, W(P_WQ), N, C, C, 0);
@@ -1316,10 +1343,15 @@ int main(int argc, char **argv) {
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
     if (strcmp(s.precision, "fp32") != 0) usage_error("--precision %s: this program has fp32 only, yet", s.precision);
+    attention_flash = strcmp(s.attention, "flash") == 0;
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
+    if (attention_flash && config.dim / config.heads > FA_MAX_HS) {
+        usage_error("--attention flash: the head size %d (dim %d / heads %d) is over %d; use --attention matmul",
+                    config.dim / config.heads, config.dim, config.heads, FA_MAX_HS);
+    }
     if (ckpt[0]) { // the file's size against its header before any allocation the header sizes
         long n = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);

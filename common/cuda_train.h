@@ -28,8 +28,8 @@ static void gpu_memory_check(const Settings *s, double bytes) {
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
     double have = (double)prop.totalGlobalMem, gib = 1024.0 * 1024 * 1024;
-    printf("GPU memory: about %.3f GiB for parameters, AdamW's moments and activations (%.1f GiB on the device)\n",
-           bytes / gib, have / gib);
+    printf("GPU memory: about %.3f GiB (%.0f bytes) for parameters, AdamW's moments and activations (%.1f GiB on "
+           "the device)\n", bytes / gib, bytes, have / gib);
     if (s->memory_check && bytes > have) {
         usage_error("this configuration needs about %.1f GiB of GPU memory, more than the device's %.1f GiB "
                     "(--memory-check 0 tries anyway)", bytes / gib, have / gib);

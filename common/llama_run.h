@@ -110,6 +110,7 @@ static void llama_check_size(const char *path, long num_params) {
 // their order: each trainer's llama_alloc_acts allocates them, its llama_memory counts them.
 #define NUM_ACT_SLOTS 20
 #define NUM_SCRATCH_SLOTS 9
+#define ACT_SLOT_ATT 6 // the attention probabilities (L,B,NH,T,T); train_llama.cu's flash path keeps (L,B,NH,T)
 static void acts_sizes(const LlamaConfig *c, int B, int T, long *sizes, long *gsizes) {
     long L = c->layers, C = c->dim, F = c->ffn, V = c->vocab, NH = c->heads;
     long KVD = c->kv_heads * (C / NH), N = (long)B * T;

@@ -56,6 +56,7 @@ typedef struct {
     double hist_range;
     // the GPU programs: matmuls in TF32
     int tf32;
+    const char *attention; // the CUDA trainers' attention: flash (default) or matmul
     // train_llama: the matmuls' inputs in fp32 or bf16 (docs/perf.md, "bf16 on the CPU")
     const char *precision;
     // text samples and generation (common/sample.h)
@@ -226,6 +227,9 @@ static int gpu_flags(Settings *s, Flag *f) {
     Flag t[] = {
         {"tf32", FLAG_INT, &s->tf32, "0", 0, 1, NULL,
          "1: matmuls in TF32 on tensor cores (faster, ~1e-3 relative); 0: full fp32", 0},
+        {"attention", FLAG_CHOICE, &s->attention, "flash", 0, 0, "flash|matmul",
+         "flash: fused causal attention, no T x T matrix in memory (head size <= 64); matmul: cuBLAS products "
+         "around a T x T softmax", 0},
     };
     memcpy(f, t, sizeof(t));
     return (int)(sizeof(t) / sizeof(t[0]));

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One set of flags: the twins (train_llama.c / .cu, train_gpt2.c / .cu) print the same --help
-# but for the usage line and the GPU's own --tf32, and the two models' training flags (from
+# but for the usage line and the GPU's own --tf32 and --attention, and the two models' training flags (from
 # --batch to --threads, common/train.h) are the same lines, defaults and ranges included
 # (--init lists each model's schemes). The GPU programs print their help without a GPU; the
 # emulated builds (make train_llama_emu train_gpt2_emu) stand in where nvcc did not build them.
@@ -26,9 +26,10 @@ for m in llama gpt2; do
             [ "$gpu" = ./train_${m}_cu ] && { echo "  skip $gpu --help (it does not start here)"; continue; }
             bad "$gpu --help failed"; continue
         fi
-        if diff <(cat "$tmp/$m.c") <(grep -v '^  --tf32 ' "$tmp/$m.gpu") > "$tmp/diff"; then
-            grep -q '^  --tf32 ' "$tmp/$m.gpu" && ok "$gpu --help = ./train_$m --help, plus --tf32" ||
-                bad "$gpu --help has no --tf32"
+        if diff <(cat "$tmp/$m.c") <(grep -v '^  --tf32 \|^  --attention ' "$tmp/$m.gpu") > "$tmp/diff"; then
+            grep -q '^  --tf32 ' "$tmp/$m.gpu" && grep -q '^  --attention ' "$tmp/$m.gpu" &&
+                ok "$gpu --help = ./train_$m --help, plus --tf32 and --attention" ||
+                bad "$gpu --help lacks --tf32 or --attention"
         else
             bad "$gpu --help differs from ./train_$m --help: $(head -c 400 "$tmp/diff")"
         fi

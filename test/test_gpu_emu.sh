@@ -14,6 +14,8 @@
 #     same file under each schedule (a race in a kernel would make some schedule differ)
 #  5. AddressSanitizer + UBSan builds: the fixture test, and both trainers through every kernel
 #     (TVR, statistics, validation, checkpoint, resume)
+#  6. --attention flash (the default, common/cuda_attention.h) against --attention matmul: the
+#     attention workbench's versions against its CPU loops, and 4 training steps of each trainer
 # The dev/cuda workbenches run emulated in `GPU_CHECK_EMULATE=1 make gpu-check` (.ci/run).
 # Reports: out/emu/. Skips (exit 0) where nvcc's headers are missing (no CUDA toolkit).
 set -u
@@ -120,6 +122,40 @@ step "ASan: train_llama_emu, 3 steps + resume (TVR, stats, validation, checkpoin
 step "ASan: train_gpt2_emu, 3 steps + resume (TVR, stats, histograms, validation, checkpoints)" \
     asan_run build/emu/train_gpt2_asan test/fixtures/gpt2_tiny_model.bin test/fixtures/gpt2_tiny_train.bin \
     --hist-layer 1
+
+echo "6. --attention flash (the default) against --attention matmul"
+step "dev/cuda/attention: versions 2 (matmul) and 3 (flash) against the CPU loops (GQA, T 200, hs 64)" \
+    build/emu/dev/cuda/attention
+attn_pair() { # NAME PROGRAM MODEL DATA EXTRA...: 4 steps each way; the losses and grad norms agree to 1e-6,
+    # and the memory estimates differ (the flag did switch the path: flash keeps no T x T matrix)
+    local name=$1 prog=$2 model=$3 data=$4 a
+    shift 4
+    for a in flash matmul; do
+        "$prog" --init-from "$model" --train "$data" --val-every 0 --batch 2 --seq-len 16 --steps 4 --warmup 1 \
+            --tvr-target 0.001 --tvr-every 2 --attention $a "$@" --out "$R/attn_${name}_$a" > "$R/attn_${name}_$a.log" || return 1
+    done
+    python3 - "$R/attn_${name}_flash" "$R/attn_${name}_matmul" <<'PY'
+import csv, re, sys
+a, b = ([r for r in csv.DictReader(open(d + '/train.csv'))] for d in sys.argv[1:])
+assert len(a) == len(b) == 4, (len(a), len(b))
+worst = max(abs(float(x[c]) - float(y[c])) / abs(float(y[c])) for x, y in zip(a, b) for c in ('loss', 'grad_norm'))
+print('flash vs matmul, 4 steps: max relative difference of loss and grad_norm %.2e (tolerance 1e-6)' % worst)
+mem = [int(re.search(r'GPU memory: about [0-9.]+ GiB \(([0-9]+) bytes\)', open(d + '.log').read()).group(1))
+       for d in sys.argv[1:]]
+print('memory estimate: flash %d bytes, matmul %d bytes (flash must be smaller)' % tuple(mem))
+sys.exit(worst > 1e-6 or mem[0] >= mem[1])
+PY
+}
+step "train_llama_emu: flash vs matmul, 4 steps (GQA fixture)" \
+    attn_pair llama ./train_llama_emu "$FIX/gqa_lir_tvr/model.bin" "$FIX/shakespeare_bytes_*.bin"
+step "train_gpt2_emu: flash vs matmul, 4 steps" \
+    attn_pair gpt2 ./train_gpt2_emu test/fixtures/gpt2_tiny_model.bin test/fixtures/gpt2_tiny_train.bin
+big_head() { # PROGRAM EXTRA...: head size 128 under flash is a usage error (exit 2) naming the way out
+    "$@" --layers 1 --dim 256 --heads 2 --steps 1 --val-every 0 --out "$R/big_head" > "$R/big_head.log" 2>&1
+    [ $? = 2 ] && grep -q 'head size 128 .* is over 64; use --attention matmul' "$R/big_head.log"
+}
+step "flash: a head size over 64 is a clear error (both trainers)" \
+    eval 'big_head ./train_llama_emu --kv-heads 2 && big_head ./train_gpt2_emu --train test/fixtures/gpt2_tiny_train.bin'
 
 echo
 [ -n "$failures" ] && echo "failed:$failures"

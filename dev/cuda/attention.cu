@@ -9,9 +9,13 @@
  *              easy to trust, slow (each thread reads all of k and v for its head)
  *   version 2: permute to (B,nh,T,hs), cuBLAS strided batched q.k^T per query-head group,
  *              a causal softmax kernel (one warp per row), att.v, permute back; the
- *              backward the same way (what train_llama.cu uses)
+ *              backward the same way (train_llama.cu's --attention matmul)
+ *   version 3: common/cuda_attention.h, the trainers' default (--attention flash): no T x T
+ *              matrix, online softmax in the forward, p recomputed from the log-sum-exp in a
+ *              dq kernel and a dk, dv kernel
  */
 #include "common.h"
+#include "cuda_attention.h"
 
 // ---------------------------------------------------------------------------
 // CPU reference (train_llama.c, without its OpenMP and lane tricks)
@@ -273,6 +277,29 @@ int main(int argc, char **argv) {
         cudaCheck(cudaGetLastError());
         validate_result(d_out, out, "out", nq, 1e-5);
         validate_result(d_att, att, "att", na, 1e-5);
+        bwd();
+        cudaCheck(cudaGetLastError());
+        validate_result(d_dq, dq, "dq", nq, 1e-4);
+        validate_result(d_dk, dk, "dk", nk, 1e-4);
+        validate_result(d_dv, dv, "dv", nk, 1e-4);
+        printf("  forward %.3f ms | backward %.3f ms\n", benchmark(10, fwd), benchmark(10, bwd));
+    }
+    if (version_selected(argc, argv, 3)) {
+        printf("version 3 (flash: out, dq, dk, dv; no att)\n");
+        long C = (long)NH * hs, KVD = (long)NKV * hs;
+        float *d_lse = device_zeros<float>((long)B * NH * T), *d_D = device_zeros<float>((long)B * NH * T);
+        auto fwd = [&] { flash_attention_forward(d_out, d_lse, d_q, d_k, d_v, B, T, NH, NKV, hs, C, KVD, C); };
+        auto bwd = [&] {
+            flash_attention_backward(d_dq, d_dk, d_dv, d_D, d_dout, d_out, d_lse, d_q, d_k, d_v, B, T, NH, NKV, hs, C,
+                                     KVD, C, C, KVD);
+        };
+        cudaCheck(cudaMemset(d_out, 0, sizeof(float) * nq));
+        fwd();
+        cudaCheck(cudaGetLastError());
+        validate_result(d_out, out, "out", nq, 1e-5);
+        cudaCheck(cudaMemset(d_dq, 0, sizeof(float) * nq));
+        cudaCheck(cudaMemset(d_dk, 0, sizeof(float) * nk));
+        cudaCheck(cudaMemset(d_dv, 0, sizeof(float) * nk));
         bwd();
         cudaCheck(cudaGetLastError());
         validate_result(d_dq, dq, "dq", nq, 1e-4);
