@@ -492,6 +492,39 @@ __global__ void crossentropy_backward_kernel(floatX *logits, const float *row_ma
     }
 }
 
+/*
+ * The fused classifier (llm.c's idea; train_llama.cu has the same): both kernels above in one
+ * pass per row, reading the logits twice and writing the gradient over them. The training step
+ * uses it; validation and generation keep the logits. The arithmetic is the two kernels', in
+ * the same order, so the loss and the gradient are the same bits either way (test_gpu_emu.sh).
+ */
+__global__ void fused_classifier_kernel(floatX *logits, float *losses, float *row_max, double *row_sum,
+                                        const int *targets, int V, float dloss) {
+    floatX *z = logits + (long)blockIdx.x * V;
+    int target = targets[blockIdx.x];
+    float at_target = (float)z[target];
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, (float)z[j]);
+    mx = block_max(mx);
+    double s = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) s += exp((double)(float)z[j] - mx);
+    s = block_sum_d(s); // (its barriers also order every read of z[target] before the writes below)
+    if (threadIdx.x == 0) {
+        row_max[blockIdx.x] = mx;
+        row_sum[blockIdx.x] = s;
+        losses[blockIdx.x] = (float)(log(s) - ((double)at_target - mx));
+    }
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float p = (float)((float)exp((double)(float)z[j] - mx) / s);
+        z[j] = (floatX)((p - (j == target ? 1.0f : 0.0f)) * dloss);
+    }
+}
+
+static void fused_classifier(floatX *logits, float *losses, float *row_max, double *row_sum, const int *targets,
+                             int N, int V) {
+    fused_classifier_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, losses, row_max, row_sum, targets, V, (float)(1.0 / N));
+    launchCheck();
+}
 static void crossentropy_forward(float *losses, float *row_max, double *row_sum, const floatX *logits,
                                  const int *targets, int N, int V) {
     crossentropy_forward_kernel<<<N, CLASSIFIER_BLOCK>>>(losses, row_max, row_sum, logits, targets, V);
@@ -583,6 +616,8 @@ typedef struct {
     double *norm_partial, *h_norm_partial; // grad_norm's per-block sums
     double *act_partial, *h_act_partial;   // log_activations' per-block max and sum of squares
     double mean_loss;                      // of the last forward with targets
+    int logits_are_grad;                   // the last forward was fused: logits hold d loss / d logits
+    int fuse_classifier;                   // the training step fuses (1, the default; 0: the tests' check)
 } GPT2;
 
 // Tensor p (layer l's slice for per-layer tensors) in a buffer laid out like params.
@@ -789,7 +824,9 @@ static floatX *layer_act(const GPT2 *model, int a, int l) {
 }
 
 // Logits for all positions and the mean loss (host arrays of B*T tokens and targets).
-static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int B, int T) {
+// With fuse_backward the classifier also writes d loss / d logits over the logits (the
+// training step); without, the logits stay and gpt2_backward computes that gradient.
+static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int B, int T, int fuse_backward) {
     const GPT2Config *c = &model->config;
     if (B != model->B || T != model->T) {
         die("gpt2_forward: batch shape (%d, %d) != allocated (%d, %d)", B, T, model->B, model->T);
@@ -825,7 +862,12 @@ static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int
                       layer_param(model, P_LNFB, 0), BT, C);
     // tied output layer: the first V rows of wte, no bias
     linear_forward(a[A_LOGITS], a[A_LNF], layer_param(model, P_WTE, 0), NULL, BT, C, V);
-    crossentropy_forward(a[A_LOSSES], model->row_max, model->row_sum, a[A_LOGITS], model->d_targets, BT, V);
+    if (fuse_backward) {
+        fused_classifier(a[A_LOGITS], a[A_LOSSES], model->row_max, model->row_sum, model->d_targets, BT, V);
+    } else {
+        crossentropy_forward(a[A_LOSSES], model->row_max, model->row_sum, a[A_LOGITS], model->d_targets, BT, V);
+    }
+    model->logits_are_grad = fuse_backward;
     // the mean loss: summed on the host in double, in position order, as train_gpt2.c does
     cudaCheck(cudaMemcpy(model->h_losses, a[A_LOSSES], sizeof(float) * BT, cudaMemcpyDeviceToHost));
     double s = 0;
@@ -841,7 +883,10 @@ static void gpt2_backward(GPT2 *model) {
     Scratch *s = &model->s;
     cudaCheck(cudaMemset(model->grads, 0, model->num_params * sizeof(float)));
     cudaCheck(cudaMemset(s->dres, 0, (size_t)BT * C * sizeof(floatX)));
-    crossentropy_backward(a[A_LOGITS], model->row_max, model->row_sum, model->d_targets, BT, V); // now dlogits
+    if (!model->logits_are_grad) { // now dlogits
+        crossentropy_backward(a[A_LOGITS], model->row_max, model->row_sum, model->d_targets, BT, V);
+    }
+    model->logits_are_grad = 0;
     linear_backward(s->dln, layer_grad(model, P_WTE, 0), NULL, s->partial, a[A_LOGITS], a[A_LNF],
                     layer_param(model, P_WTE, 0), BT, C, V);
     layernorm_backward(s->dres, layer_grad(model, P_LNFW, 0), layer_grad(model, P_LNFB, 0), s->partial, s->dln,
@@ -928,7 +973,7 @@ static const float *gpt2_next_logits(void *p, const int *tokens, int n) {
     if (n > T) die("internal: generation at position %d, the model's maximum is %d", n, T);
     memset(g->window, 0, sizeof(int) * 2 * T);
     memcpy(g->window, tokens, sizeof(int) * n);
-    gpt2_forward(&g->gen, g->window, g->window + T, 1, T);
+    gpt2_forward(&g->gen, g->window, g->window + T, 1, T, 0);
     cudaCheck(cudaMemcpy(g->logits, g->gen.a[A_LOGITS] + (long)(n - 1) * V, sizeof(float) * V, cudaMemcpyDeviceToHost));
     return g->logits;
 }
@@ -1106,7 +1151,7 @@ typedef struct {
 
 static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, StepResult *res) {
     dataloader_next(dl);
-    gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
+    gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T, model->fuse_classifier);
     gpt2_backward(model);
     res->loss = model->mean_loss;
     res->grad_norm = clip_grad_norm(model, opt->grad_clip);
@@ -1187,7 +1232,7 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) {
         dataloader_next(dl);
-        gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T);
+        gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T, 0);
         s += model->mean_loss;
     }
     return s / n;
@@ -1355,6 +1400,10 @@ int main(int argc, char **argv) {
     gpt2_alloc_device(&model);
     gpt2_params_to_device(&model);
     gpt2_alloc_acts(&model, s.batch, T);
+    // RESCALE_FUSED_CLASSIFIER=0: the two-kernel classifier in training too (the tests' check
+    // that fusing changes no bit)
+    const char *fuse = getenv("RESCALE_FUSED_CLASSIFIER");
+    model.fuse_classifier = !(fuse && strcmp(fuse, "0") == 0);
     int32_t shape[STATE_CONFIG_INTS];
     TrainState st = state_new(&s, shape, gpt2_config_ints(&model.config, shape));
     if (s.resume) {

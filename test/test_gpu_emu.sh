@@ -15,7 +15,8 @@
 #  5. AddressSanitizer + UBSan builds: the fixture test, and both trainers through every kernel
 #     (TVR, statistics, validation, checkpoint, resume)
 #  6. --attention flash (the default, common/cuda_attention.h) against --attention matmul: the
-#     attention workbench's versions against its CPU loops, and 4 training steps of each trainer
+#     attention workbench's versions against its CPU loops, and 4 training steps of each trainer;
+#     train_gpt2.cu's fused classifier against its two kernels (RESCALE_FUSED_CLASSIFIER=0)
 # The dev/cuda workbenches run emulated in `GPU_CHECK_EMULATE=1 make gpu-check` (.ci/run).
 # Reports: out/emu/. Skips (exit 0) where nvcc's headers are missing (no CUDA toolkit).
 set -u
@@ -123,7 +124,7 @@ step "ASan: train_gpt2_emu, 3 steps + resume (TVR, stats, histograms, validation
     asan_run build/emu/train_gpt2_asan test/fixtures/gpt2_tiny_model.bin test/fixtures/gpt2_tiny_train.bin \
     --hist-layer 1
 
-echo "6. --attention flash (the default) against --attention matmul"
+echo "6. the newer kernels: flash attention against --attention matmul, GPT-2's fused classifier"
 step "dev/cuda/attention: versions 2 (matmul) and 3 (flash) against the CPU loops (GQA, T 200, hs 64)" \
     build/emu/dev/cuda/attention
 attn_pair() { # NAME PROGRAM MODEL DATA EXTRA...: 4 steps each way; the losses and grad norms agree to 1e-6,
@@ -150,6 +151,17 @@ step "train_llama_emu: flash vs matmul, 4 steps (GQA fixture)" \
     attn_pair llama ./train_llama_emu "$FIX/gqa_lir_tvr/model.bin" "$FIX/shakespeare_bytes_*.bin"
 step "train_gpt2_emu: flash vs matmul, 4 steps" \
     attn_pair gpt2 ./train_gpt2_emu test/fixtures/gpt2_tiny_model.bin test/fixtures/gpt2_tiny_train.bin
+fused_same() { # train_gpt2_emu's fused classifier against its two kernels: the same model.bin and state.bin
+    local d v
+    for v in 1 0; do
+        d=$R/fused_$v
+        RESCALE_FUSED_CLASSIFIER=$v ./train_gpt2_emu --init-from test/fixtures/gpt2_tiny_model.bin \
+            --train test/fixtures/gpt2_tiny_train.bin --val-every 0 --batch 2 --seq-len 16 --steps 3 --out "$d" \
+            > "$d.log" || return 1
+    done
+    cmp "$R/fused_1/model.bin" "$R/fused_0/model.bin" && cmp "$R/fused_1/state.bin" "$R/fused_0/state.bin"
+}
+step "train_gpt2_emu: the fused classifier = its two kernels, 3 steps, bit for bit" fused_same
 big_head() { # PROGRAM EXTRA...: head size 128 under flash is a usage error (exit 2) naming the way out
     "$@" --layers 1 --dim 256 --heads 2 --steps 1 --val-every 0 --out "$R/big_head" > "$R/big_head.log" 2>&1
     [ $? = 2 ] && grep -q 'head size 128 .* is over 64; use --attention matmul' "$R/big_head.log"
