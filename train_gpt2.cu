@@ -7,7 +7,10 @@
  * parts, activations.csv, hist.csv, hist_summary.csv), the same llm.c-format
  * model.bin and the same state.bin (version 2: params, m, v), so that a run
  * checkpointed by one program resumes on the other. Where the CPU file has a
- * loop, this file has a kernel (or a cuBLAS call) of the same name. It reads:
+ * loop, this file has a kernel (or a cuBLAS call) of the same name. Built with
+ * -DUSE_MPI (make train_gpt2_cu_mpi) it runs as N ranks, one GPU each: --grad-accum,
+ * NCCL and ZeRO-1 as train_gpt2.c's MPI build (common/cuda_dp.h, docs/parallel.md).
+ * It reads:
  *
  *   1. CUDA helpers and the matmul (cuBLAS, fp32; TF32 with --tf32 1)
  *   2. the layers: each *_forward / *_backward pair as kernels

@@ -14,7 +14,12 @@
  *      checkpoints (parameters live on the GPU; a host mirror for the files)
  *   4. the optimizer: schedule, global gradient norm, clipping, AdamW
  *   5. TVR and the weight/activation statistics
- *   6. training: logs, state.bin, validation, main
+ *   6. training: logs, state.bin, validation, the micro-steps, main
+ *
+ * Several GPUs: built with -DUSE_MPI (make train_llama_cu_mpi) it runs as N ranks
+ * under mpirun, one GPU each, as train_llama.c's MPI build does: --grad-accum K
+ * micro-steps a rank, the gradients reduced over NCCL in rank order, AdamW's moments
+ * sharded (ZeRO-1). common/cuda_dp.h has the exchanges; docs/parallel.md the rules.
  *
  * Precision: everything is fp32 in this version. Activations have their own
  * type, floatX, and the parameters, gradients and AdamW moments are fp32

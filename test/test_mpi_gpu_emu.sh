@@ -3,7 +3,8 @@
 # train_llama.cu and train_gpt2.cu built for the CPU with MPI (train_*_emu_mpi), NCCL's calls
 # served by MPI (test/emu/nccl_emu.h), 2 ranks on this machine. For each program:
 #   * 2 ranks x --batch 4 = 1 rank x --grad-accum 2 x --batch 4, bit for bit over 4 steps with
-#     clipping, TVR, validation and statistics (model.bin, state.bin, every log);
+#     clipping, TVR, validation and statistics (model.bin, state.bin, every log); for train_llama
+#     also 3 ranks x 2 = 1 rank x --grad-accum 3 x 2 (shards of unequal size);
 #   * --grad-accum 2 x 4 against --batch 8 on one rank: the same rows, summed differently, to a
 #     stated tolerance;
 #   * resumed across rank counts (1 rank x 2 steps, then 2 ranks to 4, and back) = straight;
@@ -81,6 +82,12 @@ for m in llama gpt2; do
   grep -q "2 ranks x 1 micro-steps" $D/$m.n2.log && ok "$m: ran as 2 ranks over NCCL" || bad "$m: not 2 ranks"
   same $D/$m.k2 $D/$m.n2 "$m: 2 ranks x batch 4 = 1 rank x --grad-accum 2 x batch 4 (4 steps)"
   grep -q ',1$' $D/$m.n2/weights.csv && ok "$m: TVR rescaled in that run" || bad "$m: TVR never fired"
+  if [ $m = llama ]; then # 3 ranks: shards of unequal size (21, 21, 22 of the 64 chunks), 1 val batch each
+    $ONE $P $RUN --batch 2 --grad-accum 3 --steps 4 --out $D/$m.k3 > $D/$m.k3.log 2>&1 || bad "$m --grad-accum 3 failed"
+    $MPI -np 3 $P $RUN --batch 2 --steps 4 --out $D/$m.n3 > $D/$m.n3.log 2>&1 ||
+      bad "$m 3 ranks failed: $(tail -2 $D/$m.n3.log)"
+    same $D/$m.k3 $D/$m.n3 "$m: 3 ranks x batch 2 = 1 rank x --grad-accum 3 x batch 2 (4 steps)"
+  fi
   awk -F, 'NR > 1 && $4 > 0.5 { n++ } END { exit !(n > 0) }' $D/$m.n2/train.csv && ok "$m: clipping was active (norm > 0.5)" ||
     bad "$m: the gradient norm never exceeded --grad-clip 0.5"
 
