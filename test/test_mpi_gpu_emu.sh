@@ -13,7 +13,7 @@
 # (The .cu programs' --grad-accum against the CPU programs': test/test_llama_gpu.sh and
 # test/test_gpt2_gpu.sh, emulated by test/test_gpu_emu.sh.)
 # On a machine with 2 GPUs: GPU_MPI_REAL=1 runs the same checks on train_*_cu_mpi.
-# Skips where MPI or the CUDA toolkit is absent. Tiny models, about 40 s on 2 cores.
+# Skips where MPI or the CUDA toolkit is absent. Tiny models, 50-70 s on 2 shared cores.
 set -u
 set -f # the --train patterns reach the programs as written
 cd "$(dirname "$0")/.."
