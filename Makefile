@@ -18,7 +18,7 @@ NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-fun
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/cuda_common.h common/cuda_attention.h common/cuda_train.h common/cuda_reduce.h common/dp.h
+COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/cuda_common.h common/cuda_attention.h common/cuda_train.h common/cuda_reduce.h common/dp.h common/cuda_dp.h
 
 .PHONY: all run test test-asan clean venv data help
 
@@ -34,6 +34,8 @@ help:
 	@echo "make emu           the CUDA programs built for the CPU (test/emu/, docs/emulator.md)"
 	@echo "make train_llama_emu / train_gpt2_emu   one of them"
 	@echo "make mpi           train_llama_mpi, train_gpt2_mpi: data-parallel over MPI (mpicc; docs/parallel.md)"
+	@echo "make cuda-mpi      train_llama_cu_mpi, train_gpt2_cu_mpi: the GPU programs on N GPUs (nvcc, mpicxx, NCCL)"
+	@echo "make emu-mpi       train_llama_emu_mpi, train_gpt2_emu_mpi: the same emulated, NCCL served by MPI"
 	@echo "make test-gpu      the GPU tests, on a machine with an NVIDIA GPU"
 	@echo "make gpu-check GPU_OUT=DIR   the one command for a lent GPU: tests, sanitizers, benchmarks"
 	@echo "make test-mutants  planted bugs the emulated GPU tests must catch"
@@ -278,7 +280,7 @@ EMU_CXX ?= g++
 CUDA_INCLUDE ?= $(abspath $(dir $(shell command -v $(NVCC) 2>/dev/null))/../include)
 EMU_SRC = build/emu/src
 # headers with kernel launches are rewritten too; their copies come first on the include path
-EMU_HEADERS = test/emu/cuda_emu.h test/emu/cublas_emu.h $(EMU_SRC)/common/cuda_attention.h
+EMU_HEADERS = test/emu/cuda_emu.h test/emu/cublas_emu.h $(EMU_SRC)/common/cuda_attention.h $(EMU_SRC)/common/cuda_dp.h
 EMU_FLAGS = -std=gnu++17 -march=native -Wall -Wextra -Wno-unused-function -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation -Wno-unknown-pragmas \
 	-x c++ -include test/emu/cuda_emu.h -include test/emu/cublas_emu.h -I$(CUDA_INCLUDE) -I$(EMU_SRC)/common -Icommon -Itest
 EMU_OPT = -O2 -fopenmp
@@ -344,6 +346,34 @@ ifneq ($(shell command -v $(MPICC)),)
 MPI_TEST_BINS = train_llama_mpi train_gpt2_mpi
 endif
 
+# The CUDA programs on N GPUs (docs/parallel.md): -DUSE_MPI, MPI to start the ranks and pass
+# NCCL's id (nvcc with mpicxx as its host compiler), NCCL (the CUDA toolkit's) for the vectors.
+# Emulated: the same sources with test/emu/nccl_emu.h serving the NCCL calls by MPI, so
+# test/test_mpi_gpu_emu.sh runs their 2-rank path on the CPU.
+MPICXX ?= mpicxx
+NCCL_LIBS = -lnccl
+# the C API only: OpenMPI's C++ bindings warn under -Wextra
+MPI_C_ONLY = -DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1
+train_llama_cu_mpi: train_llama.cu $(COMMON)
+	$(NVCC) -ccbin $(MPICXX) $(NVCCFLAGS) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< $(CUDA_LIBS) $(NCCL_LIBS)
+train_gpt2_cu_mpi: train_gpt2.cu $(COMMON)
+	$(NVCC) -ccbin $(MPICXX) $(NVCCFLAGS) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< $(CUDA_LIBS) $(NCCL_LIBS)
+train_llama_emu_mpi: $(EMU_SRC)/train_llama.cu $(EMU_HEADERS) test/emu/nccl_emu.h $(COMMON)
+	$(MPICXX) $(EMU_OPT) $(EMU_FLAGS) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< -lm
+train_gpt2_emu_mpi: $(EMU_SRC)/train_gpt2.cu $(EMU_HEADERS) test/emu/nccl_emu.h $(COMMON)
+	$(MPICXX) $(EMU_OPT) $(EMU_FLAGS) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< -lm
+cuda-mpi: train_llama_cu_mpi train_gpt2_cu_mpi
+emu-mpi: train_llama_emu_mpi train_gpt2_emu_mpi
+.PHONY: cuda-mpi emu-mpi
+# with MPI here, make cuda and make emu build these too, and make test builds and runs them
+ifneq ($(shell command -v $(MPICXX)),)
+cuda: cuda-mpi
+emu: emu-mpi
+ifneq ($(shell command -v $(NVCC)),)
+MPI_TEST_BINS += train_llama_cu_mpi train_gpt2_cu_mpi train_llama_emu_mpi train_gpt2_emu_mpi
+endif
+endif
+
 # ---------------------------------------------------------------------------
 # common/tokenizer.h against tiktoken and sentencepiece (test/test_tokenizer.sh)
 build/test_tokenizer: test/test_tokenizer.c common/tokenizer.h $(COMMON)
@@ -377,7 +407,8 @@ $(VENV)/.done: dev/requirements.txt
 venv: $(VENV)/.done
 
 clean:
-	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu train_llama_emu train_gpt2_emu train_llama_mpi train_gpt2_mpi
+	rm -rf build out train_llama mlp_sweep train_gpt2 train_llama_cu train_gpt2_cu train_llama_emu train_gpt2_emu train_llama_mpi train_gpt2_mpi \
+		train_llama_cu_mpi train_gpt2_cu_mpi train_llama_emu_mpi train_gpt2_emu_mpi
 
 # ---------------------------------------------------------------------------
 # data

@@ -7,7 +7,10 @@
  * parts, activations.csv, hist.csv, hist_summary.csv), the same llm.c-format
  * model.bin and the same state.bin (version 2: params, m, v), so that a run
  * checkpointed by one program resumes on the other. Where the CPU file has a
- * loop, this file has a kernel (or a cuBLAS call) of the same name. It reads:
+ * loop, this file has a kernel (or a cuBLAS call) of the same name. Built with
+ * -DUSE_MPI (make train_gpt2_cu_mpi) it runs as N ranks, one GPU each: --grad-accum,
+ * NCCL and ZeRO-1 as train_gpt2.c's MPI build (common/cuda_dp.h, docs/parallel.md).
+ * It reads:
  *
  *   1. CUDA helpers and the matmul (cuBLAS, fp32; TF32 with --tf32 1)
  *   2. the layers: each *_forward / *_backward pair as kernels
@@ -48,6 +51,7 @@ typedef float floatX;
 #include "cuda_attention.h" // flash attention: no T x T matrix (--attention flash, the default)
 #include "cuda_common.h" // checked calls, reductions, gemm_batched() over cuBLAS
 #include "cuda_train.h"  // the GPU flags and set-up, token buckets
+#include "cuda_dp.h"     // several ranks: gradient accumulation, NCCL, ZeRO-1 (docs/parallel.md)
 
 // ============================================================================
 // 2. the layers
@@ -584,7 +588,6 @@ typedef struct {
 #define NUM_STAT_MATRICES 7
 static const char *STAT_MATRIX_NAME[NUM_STAT_MATRICES] = {"q", "k", "v", "qkv", "attn_proj", "fc", "fc_proj"};
 #define MOMENT_CHUNKS 64 // blocks per matrix in the statistics
-#define NORM_BLOCKS 512  // blocks in the global gradient norm
 #define ACT_CHUNKS 64    // blocks per layer in the activation statistics
 typedef struct {
     float **ptr;       // device array of the L*7 matrices' starts
@@ -600,8 +603,9 @@ typedef struct {
     GPT2Config config;
     size_t num_params;
     size_t off[NUM_PARAMS]; // tensor starts in every buffer below
-    float *params, *grads, *m, *v;  // on the GPU, tensors in PARAM_INFO order
-    float *h_params, *h_m, *h_v;    // host mirror: init, checkpoints
+    float *params, *grads, *m, *v;  // on the GPU, tensors in PARAM_INFO order; m and v: this rank's
+                                    // shard of that layout (all of it on one rank; ZeRO-1)
+    float *h_params, *h_m, *h_v;    // host mirror: init, checkpoints (all of m and v: state.bin's)
     int B, T;                       // the activation buffers' shape
     floatX *a[NUM_ACTS];            // activations on the GPU; the LayerNorm means and rstds and the
                                     // losses are read as float: a 2-byte floatX must give them their own buffers
@@ -666,8 +670,10 @@ static void gpt2_alloc_device(GPT2 *model) {
     size_t np = model->num_params;
     model->params = (float *)cuda_calloc(np, sizeof(float));
     model->grads = (float *)cuda_calloc(np, sizeof(float));
-    model->m = (float *)cuda_calloc(np, sizeof(float));
-    model->v = (float *)cuda_calloc(np, sizeof(float));
+    long lo, hi;
+    dp_shard((long)np, &lo, &hi);
+    model->m = (float *)cuda_calloc(hi - lo, sizeof(float));
+    model->v = (float *)cuda_calloc(hi - lo, sizeof(float));
     StatTable *st = &model->st;
     int L = model->config.layers;
     st->count = L * NUM_STAT_MATRICES;
@@ -693,8 +699,8 @@ static void gpt2_alloc_device(GPT2 *model) {
     st->partial = (double *)cuda_calloc((long)st->count * MOMENT_CHUNKS, sizeof(double));
     st->h_partial = (double *)malloc_check(sizeof(double) * st->count * MOMENT_CHUNKS);
     // grad_norm's and log_activations' per-block partial sums
-    model->norm_partial = (double *)cuda_calloc(NORM_BLOCKS, sizeof(double));
-    model->h_norm_partial = (double *)malloc_check(sizeof(double) * NORM_BLOCKS);
+    model->norm_partial = (double *)cuda_calloc(DP_NORM_BLOCKS, sizeof(double));
+    model->h_norm_partial = (double *)malloc_check(sizeof(double) * DP_NORM_BLOCKS);
     model->act_partial = (double *)cuda_calloc((long)L * ACT_CHUNKS * 2, sizeof(double));
     model->h_act_partial = (double *)malloc_check(sizeof(double) * L * ACT_CHUNKS * 2);
 }
@@ -982,33 +988,23 @@ static const float *gpt2_next_logits(void *p, const int *tokens, int n) {
 // 4. training: schedule, clipping, AdamW, TVR (docs/methods.md, "The training loop", paper A)
 // ============================================================================
 
-// Per-block sums of squares in double over a fixed grid; the host adds the
-// NORM_BLOCKS partial sums in order, so the norm does not depend on timing.
-__global__ void sum_squares_kernel(double *partial, const float *x, long n) {
-    double s = 0;
-    GRID_STRIDE(i, n) s += (double)x[i] * x[i];
-    s = block_sum_d(s);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
-}
-
 __global__ void scale_kernel(float *x, double coef, long n) {
     GRID_STRIDE(i, n) x[i] = (float)(x[i] * coef);
 }
 
 // Global gradient norm over all parameters, then clipping as train_gpt2.c's
 // (scale by max/(norm + 1e-6) in double when that is below 1). Returns the norm before.
+// The sum of squares is common/cuda_dp.h's, in fixed chunks (the same number on any count
+// of ranks); with several ranks each holds the step's gradient on its shard only, and
+// scales that.
 static double clip_grad_norm(GPT2 *model, double max_norm) {
-    sum_squares_kernel<<<NORM_BLOCKS, BLOCK>>>(model->norm_partial, model->grads, (long)model->num_params);
-    launchCheck();
-    cudaCheck(
-        cudaMemcpy(model->h_norm_partial, model->norm_partial, sizeof(double) * NORM_BLOCKS, cudaMemcpyDeviceToHost));
-    double s = 0;
-    for (int b = 0; b < NORM_BLOCKS; b++) s += model->h_norm_partial[b];
-    double norm = sqrt(s);
+    long np = (long)model->num_params, lo, hi;
+    double norm = sqrt(cuda_sum_squares(model->grads, np, model->norm_partial, model->h_norm_partial));
     if (max_norm > 0) {
         double coef = max_norm / (norm + 1e-6);
         if (coef < 1) {
-            scale_kernel<<<grid_for((long)model->num_params), BLOCK>>>(model->grads, coef, (long)model->num_params);
+            dp_shard(np, &lo, &hi);
+            scale_kernel<<<grid_for(hi - lo), BLOCK>>>(model->grads + lo, coef, hi - lo);
             launchCheck();
         }
     }
@@ -1020,6 +1016,8 @@ static double clip_grad_norm(GPT2 *model, double max_norm) {
  * arithmetic, the moments rounded to float before they are used):
  *   m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
  *   p ← p·decay − (lr/bc1)·m / (√v/√bc2 + eps),  decay = 1 − lr·wd on 2-D tensors
+ * ZeRO-1: a rank updates its shard [lo, hi) of the parameters, where its m and v are
+ * (m[0] is parameter lo's); one rank's shard is everything.
  */
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long n, double decay, double b1, double b2,
                              double eps, double step_size, double bc2_sqrt) {
@@ -1034,12 +1032,17 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long 
 
 static void adamw_update(GPT2 *model, const OptConfig *o, double lr, int step) {
     double bc1 = 1.0 - pow(o->beta1, step), bc2_sqrt = sqrt(1.0 - pow(o->beta2, step));
+    long lo, hi;
+    dp_shard((long)model->num_params, &lo, &hi);
     for (int p = 0; p < NUM_PARAMS; p++) {
-        size_t off = model->off[p], n = param_size(&model->config, p);
+        long a = (long)model->off[p], b = a + (long)param_size(&model->config, p); // the tensor's range
+        if (a < lo) a = lo;
+        if (b > hi) b = hi;
+        if (a >= b) continue;
         double decay = PARAM_INFO[p].decay ? 1.0 - lr * o->weight_decay : 1.0;
-        adamw_kernel<<<grid_for((long)n), BLOCK>>>(model->params + off, model->grads + off, model->m + off,
-                                                   model->v + off, (long)n, decay, o->beta1, o->beta2, o->eps,
-                                                   lr / bc1, bc2_sqrt);
+        adamw_kernel<<<grid_for(b - a), BLOCK>>>(model->params + a, model->grads + a, model->m + (a - lo),
+                                                 model->v + (a - lo), b - a, decay, o->beta1, o->beta2, o->eps,
+                                                 lr / bc1, bc2_sqrt);
         launchCheck();
     }
 }
@@ -1143,20 +1146,6 @@ static int weights_pass(GPT2 *model, const TvrConfig *tvr, int step, int do_tvr,
     return total;
 }
 
-// One step on the loader's next batch up to the update: forward, backward, clip, lr.
-// The caller checks the numbers are finite, then runs AdamW and TVR.
-typedef struct {
-    double loss, grad_norm, lr;
-} StepResult;
-
-static void train_step(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, StepResult *res) {
-    dataloader_next(dl);
-    gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T, model->fuse_classifier);
-    gpt2_backward(model);
-    res->loss = model->mean_loss;
-    res->grad_norm = clip_grad_norm(model, opt->grad_clip);
-    res->lr = lr_at(opt, step);
-}
 
 // ============================================================================
 // 5. E3 statistics (docs/methods.md, E3): c_attn also as its three C×C parts q, k, v
@@ -1226,16 +1215,58 @@ static void activations_log(GPT2 *model, int step, FILE *f) {
     fflush(f);
 }
 
-// Mean loss over the first n batches of a loader (which is reset first).
+// Mean loss over the first n batches of a loader (which is reset first); with several
+// ranks, rank r computes a run of them (cuda_val_split) and the batch losses are added in order.
 static double evaluate(GPT2 *model, DataLoader *dl, int n) {
     dataloader_reset(dl);
-    double s = 0;
-    for (int i = 0; i < n; i++) {
+    long off[DP_CHUNKS + 1];
+    cuda_val_split(n, off);
+    double *loss = (double *)calloc_check(n, sizeof(double)), s = 0;
+    for (int i = 0; i < off[dp.rank + 1]; i++) {
         dataloader_next(dl);
+        if (i < off[dp.rank]) continue;
         gpt2_forward(model, dl->inputs, dl->targets, dl->B, dl->T, 0);
-        s += model->mean_loss;
+        loss[i] = model->mean_loss;
     }
+    cuda_share_doubles(loss, off);
+    for (int i = 0; i < n; i++) s += loss[i];
+    free(loss);
     return s / n;
+}
+
+// One step on the loader's next batch up to the update: forward, backward, clip, lr.
+// The caller checks the numbers are finite, then runs AdamW and TVR.
+typedef struct {
+    double loss, grad_norm, lr;
+} StepResult;
+
+/*
+ * As train_gpt2.c's train_step_k (docs/parallel.md): the loader holds the step's global
+ * batch; this rank's micro-step k of K = --grad-accum is its rows (rank*K + k)*B onwards.
+ * Each micro-step's gradient (the mean over its B*T rows) is summed in order on the
+ * device, then common/cuda_dp.h adds the ranks' sums in rank order and divides by N*K,
+ * on this rank's shard. The loss is the mean of the N*K micro-batch losses. acts:
+ * activations.csv for the first micro-step, or NULL.
+ */
+static void train_step_k(GPT2 *model, const OptConfig *opt, DataLoader *dl, int step, int K, FILE *acts,
+                         StepResult *res) {
+    dataloader_next(dl);
+    int B = model->B, T = model->T;
+    double *loss = (double *)calloc_check((size_t)dp.ranks * K, sizeof(double));
+    const float *sum = model->grads;
+    for (int k = 0; k < K; k++) {
+        long row = ((long)dp.rank * K + k) * B * T;
+        gpt2_forward(model, dl->inputs + row, dl->targets + row, B, T, model->fuse_classifier);
+        if (k == 0 && acts) activations_log(model, step, acts);
+        gpt2_backward(model); // zeroes model->grads first
+        loss[dp.rank * K + k] = model->mean_loss;
+        if (K > 1) sum = cuda_accumulate(model->grads, (long)model->num_params, k);
+    }
+    cuda_reduce_grads(sum, model->grads, (long)model->num_params, 1.0 / (dp.ranks * K));
+    res->loss = cuda_mean_loss(loss, K);
+    free(loss);
+    res->grad_norm = clip_grad_norm(model, opt->grad_clip);
+    res->lr = lr_at(opt, step);
 }
 
 // ============================================================================
@@ -1247,11 +1278,14 @@ static double evaluate(GPT2 *model, DataLoader *dl, int n) {
 #define STATE_MAGIC 20261124
 #define STATE_VERSION 2
 
+// With several ranks rank 0 gathers the shards of m and v and writes the file alone: the
+// one a single rank writes, whatever N.
 static void state_save(GPT2 *model, const TrainState *st, const char *path) {
     long np = (long)model->num_params;
     gpt2_params_to_host(model);
-    cudaCheck(cudaMemcpy(model->h_m, model->m, sizeof(float) * np, cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(model->h_v, model->v, sizeof(float) * np, cudaMemcpyDeviceToHost));
+    cuda_gather_shards(model->m, np, model->h_m);
+    cuda_gather_shards(model->v, np, model->h_v);
+    if (dp.rank > 0) return;
     AtomicFile af;
     atomic_open(&af, path);
     state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
@@ -1261,16 +1295,18 @@ static void state_save(GPT2 *model, const TrainState *st, const char *path) {
     atomic_commit(&af);
 }
 
+// Every rank reads the parameters and its own shard of m and v (all of them, alone).
 static void state_load(GPT2 *model, TrainState *st, const char *path) {
-    long np = (long)model->num_params;
+    long np = (long)model->num_params, lo, hi;
+    dp_shard(np, &lo, &hi);
     FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_gpt2", np, st);
     read_payload(f, model->h_params, sizeof(float), np, path, "parameters");
     read_payload(f, model->h_m, sizeof(float), np, path, "AdamW's m");
     read_payload(f, model->h_v, sizeof(float), np, path, "AdamW's v");
     fclose(f);
     gpt2_params_to_device(model);
-    cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(model->v, model->h_v, sizeof(float) * np, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->m, model->h_m + lo, sizeof(float) * (hi - lo), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->v, model->h_v + lo, sizeof(float) * (hi - lo), cudaMemcpyHostToDevice));
 }
 
 #ifndef TESTING
@@ -1296,11 +1332,12 @@ static int build_model_host(GPT2 *model, const Settings *s, int seq_len_given, c
     return s->seq_len;
 }
 
+// every rank takes part (state_save gathers AdamW's shards); rank 0 writes
 static void save_checkpoint(GPT2 *model, const TrainState *st, const char *dir) {
     gpt2_params_to_host(model);
     check_finite_params(model->h_params, sizeof(float), (long)model->num_params, dir);
     char path[4200];
-    gpt2_save_host(model, run_file(path, sizeof(path), dir, "model.bin")); // the mirror copied just above
+    if (dp.rank == 0) gpt2_save_host(model, run_file(path, sizeof(path), dir, "model.bin")); // the mirror just copied
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
 }
 
@@ -1318,19 +1355,30 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
                   const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
-    Logs logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
+    // rank 0 alone writes the logs and samples; every rank runs the same steps, TVR
+    // and statistics on the same (all-gathered) parameters (docs/parallel.md)
+    int lead = dp.rank == 0, K = s->grad_accum > 0 ? s->grad_accum : 1;
+    Logs logs;
+    memset(&logs, 0, sizeof(logs));
+    if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
     if (st->step == 0) {
         stats_pass(model, s, &tvr, &logs, 0, 0);
-        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
+        if (val_dl && s->steps > 0) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, 0, v);
+        }
     }
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
         StepResult r;
-        train_step(model, &opt, train_dl, step, &r);
-        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
+        train_step_k(model, &opt, train_dl, step, K, step == 1 || stats_due(s->stats_every, step) ? logs.acts : NULL,
+                     &r);
         int skip = nonfinite_step(s, &logs, step, r.loss, r.grad_norm); // stops the run unless --skip-nonfinite 1
-        if (!skip) adamw_update(model, &opt, r.lr, step);
+        if (!skip) {
+            adamw_update(model, &opt, r.lr, step); // this rank's shard
+            cuda_allgather_params(model->params, (long)model->num_params);
+        }
         int do_tvr = !skip && tvr_due(&tvr, step);
         if (do_tvr) cudaCheck(cudaDeviceSynchronize()); // time TVR's pass alone
         double t_tvr = wall_seconds();
@@ -1340,10 +1388,15 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
         st->step = step;
         st->shard = train_dl->shard;
         st->pos = dataloader_position(train_dl);
-        log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
-                 (long)train_dl->B * train_dl->T, tvr_ms);
-        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
-        if (tok && sample_due(s, step)) {
+        if (lead) {
+            log_step(&logs, step, s->steps, r.loss, r.lr, r.grad_norm, 1000 * (wall_seconds() - t0),
+                     (long)train_dl->B * train_dl->T, tvr_ms);
+        }
+        if (val_dl && val_due(s, step)) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, step, v);
+        }
+        if (lead && tok && sample_due(s, step)) {
             Generator g;
             generator_open(&g, model);
             sample_run(&g, gpt2_next_logits, model->config.max_seq_len, s, tok, step);
@@ -1352,11 +1405,12 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
         if (checkpoint_due(s, step)) save_checkpoint(model, st, s->out);
     }
     save_checkpoint(model, st, s->out);
-    logs_close(&logs);
+    if (lead) logs_close(&logs);
 }
 
 #ifndef TESTING
 int main(int argc, char **argv) {
+    dp_init(&argc, &argv); // MPI's ranks, when built with it (common/dp.h)
     setvbuf(stdout, NULL, _IOLBF, 0); // progress lines appear as they happen, also in a log file
     Settings s;
     int shape_given[4];
@@ -1370,7 +1424,7 @@ int main(int argc, char **argv) {
         gpt2_load_host(&model, s.init_from);
         Tokenizer tok;
         load_tokenizer(&s, model.config.vocab, &tok); // a misfit is an error here
-        gpu_setup(s.tf32, "train_gpt2");
+        gpu_dp_setup(s.tf32, "train_gpt2");
         gpt2_alloc_device(&model);
         gpt2_params_to_device(&model);
         if (s.kv_cache) printf("note: the GPU program has no KV cache yet: each token recomputes the prefix\n");
@@ -1381,6 +1435,7 @@ int main(int argc, char **argv) {
         generator_close(&g);
         tokenizer_free(&tok);
         gpt2_free(&model);
+        cuda_dp_free();
         return 0;
     }
     if (s.resume) seq_len_given = gpt2_resume_settings(&s, seq_len_given, STATE_MAGIC);
@@ -1394,9 +1449,9 @@ int main(int argc, char **argv) {
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, T, model.config.vocab);
-    ensure_dir(s.out);
-    gpu_setup(s.tf32, "train_gpt2");
-    gpu_memory_check(&s, gpt2_memory(&model.config, s.batch, T));
+    if (dp.rank == 0) ensure_dir(s.out);
+    gpu_dp_setup(s.tf32, "train_gpt2");
+    gpu_memory_check(&s, gpt2_memory(&model.config, s.batch, T) + cuda_dp_memory((long)model.num_params, s.grad_accum));
     gpt2_alloc_device(&model);
     gpt2_params_to_device(&model);
     gpt2_alloc_acts(&model, s.batch, T);
@@ -1413,16 +1468,29 @@ int main(int argc, char **argv) {
         printf("resumed %s at step %d\n", s.resume, st.step);
     }
     st.rng = rng.s;
+    // every rank starts from the same parameters, step and data position (a rank that read
+    // another checkpoint or shard set stops the run here rather than train apart)
+    if (dp.ranks > 1) {
+        gpt2_params_to_host(&model);
+        uint64_t h = dp_hash(DP_HASH0, model.h_params, sizeof(float) * model.num_params);
+        long where[4] = {st.step, st.shard, st.pos, global_batch(&s) * T};
+        dp_check_same("model, step or data position", dp_hash(h, where, sizeof(where)));
+    }
     const GPT2Config *c = &model.config;
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    cudaCheck(cudaGetDeviceProperties(&prop, gpu_device));
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %s, %s\n", c->layers,
            c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, s.batch, T, prop.name,
            s.tf32 ? "tf32" : "fp32");
+    if (dp.ranks > 1 || s.grad_accum > 1) {
+        printf("data parallel: %d ranks x %d micro-steps x B %d = %ld rows a step%s\n", dp.ranks, s.grad_accum,
+               s.batch, global_batch(&s), dp.ranks > 1 ? " | NCCL, one GPU a rank | ZeRO-1: AdamW's m, v sharded" : "");
+    }
     train(&model, &s, &train_dl, have_val(&s) ? &val_dl : NULL, &st, tok);
     data_close(&s, &train_dl, &val_dl);
     if (tok) tokenizer_free(tok);
     gpt2_free(&model);
+    cuda_dp_free();
     cublasCheck(cublasDestroy(cublas_handle));
     return 0;
 }

@@ -14,7 +14,12 @@
  *      checkpoints (parameters live on the GPU; a host mirror for the files)
  *   4. the optimizer: schedule, global gradient norm, clipping, AdamW
  *   5. TVR and the weight/activation statistics
- *   6. training: logs, state.bin, validation, main
+ *   6. training: logs, state.bin, validation, the micro-steps, main
+ *
+ * Several GPUs: built with -DUSE_MPI (make train_llama_cu_mpi) it runs as N ranks
+ * under mpirun, one GPU each, as train_llama.c's MPI build does: --grad-accum K
+ * micro-steps a rank, the gradients reduced over NCCL in rank order, AdamW's moments
+ * sharded (ZeRO-1). common/cuda_dp.h has the exchanges; docs/parallel.md the rules.
  *
  * Precision: everything is fp32 in this version. Activations have their own
  * type, floatX, and the parameters, gradients and AdamW moments are fp32
@@ -47,6 +52,7 @@ typedef float floatX;
 #include "cuda_attention.h" // flash attention: no T x T matrix (--attention flash, the default)
 #include "cuda_common.h"    // checked calls, reductions, gemm_batched() over cuBLAS
 #include "cuda_train.h"     // the GPU flags and set-up, token buckets
+#include "cuda_dp.h"        // several ranks: gradient accumulation, NCCL, ZeRO-1 (docs/parallel.md)
 
 // ============================================================================
 // 2. the layers
@@ -597,11 +603,11 @@ typedef struct {
     long num_params;
     float *params; // all parameters on the GPU, one buffer, in table order
     float *grads;  // same layout
-    float *m, *v;  // AdamW moments, same layout
+    float *m, *v;  // AdamW moments: this rank's shard of the layout (all of it on one rank; ZeRO-1)
     float *tensor[NUM_PARAM_TENSORS];  // views into params
     float *gtensor[NUM_PARAM_TENSORS]; // views into grads
     float *h_params; // host mirror: init, checkpoints (h_m and h_v for state.bin)
-    float *h_m, *h_v;
+    float *h_m, *h_v; // all of m and v: state.bin's (rank 0 gathers the shards there)
     int B, T;        // batch shape the activations were allocated for
     Acts acts;
     Scratch scratch;
@@ -626,7 +632,6 @@ static float *layer_grad(const Llama *model, int i, int l) {
 }
 
 #define MOMENT_CHUNKS 64 // blocks per matrix in TVR's statistics
-#define NORM_BLOCKS 512  // blocks in the global gradient norm
 #define ACT_CHUNKS 64    // blocks per layer in activations_log
 
 static void matrix_table_build(Llama *model) {
@@ -669,8 +674,10 @@ static void llama_build(Llama *model, LlamaConfig config) {
     model->num_params = n;
     model->params = (float *)cuda_calloc(n, sizeof(float));
     model->grads = (float *)cuda_calloc(n, sizeof(float));
-    model->m = (float *)cuda_calloc(n, sizeof(float));
-    model->v = (float *)cuda_calloc(n, sizeof(float));
+    long lo, hi;
+    dp_shard(n, &lo, &hi);
+    model->m = (float *)cuda_calloc(hi - lo, sizeof(float));
+    model->v = (float *)cuda_calloc(hi - lo, sizeof(float));
     model->h_params = (float *)calloc_check(n, sizeof(float));
     model->h_m = (float *)calloc_check(n, sizeof(float));
     model->h_v = (float *)calloc_check(n, sizeof(float));
@@ -698,8 +705,8 @@ static void llama_build(Llama *model, LlamaConfig config) {
     cudaCheck(cudaMemcpy(model->rope_sin, h_sin, sizeof(float) * config.max_seq_len * half, cudaMemcpyHostToDevice));
     free(h_cos);
     free(h_sin);
-    model->norm_partial = (double *)cuda_calloc(NORM_BLOCKS, sizeof(double));
-    model->h_norm_partial = (double *)malloc_check(sizeof(double) * NORM_BLOCKS);
+    model->norm_partial = (double *)cuda_calloc(DP_NORM_BLOCKS, sizeof(double));
+    model->h_norm_partial = (double *)malloc_check(sizeof(double) * DP_NORM_BLOCKS);
     model->act_partial = (double *)cuda_calloc((long)config.layers * ACT_CHUNKS * 2, sizeof(double));
     model->h_act_partial = (double *)malloc_check(sizeof(double) * config.layers * ACT_CHUNKS * 2);
 }
@@ -1012,17 +1019,6 @@ static const float *llama_next_logits(void *p, const int *tokens, int n) {
 // 4. the optimizer
 // ============================================================================
 
-// Per-block sums of squares in double over a fixed grid; the host adds the
-// NORM_BLOCKS partial sums in order, so the norm does not depend on timing.
-__global__ void sum_squares_kernel(double *partial, const float *x, long n) {
-    double s = 0;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        s += (double)x[i] * (double)x[i];
-    }
-    s = block_sum_d(s);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
-}
-
 __global__ void scale_kernel(float *x, float factor, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         x[i] *= factor;
@@ -1030,19 +1026,17 @@ __global__ void scale_kernel(float *x, float factor, long n) {
 }
 
 // Global gradient norm over all parameters, then clipping (docs/methods.md): scale by
-// max/(norm + 1e-6) when that is below 1. Returns the norm before clipping.
+// max/(norm + 1e-6) when that is below 1. Returns the norm before clipping. The sum of
+// squares is common/cuda_dp.h's, in fixed chunks (the same number on any count of ranks);
+// with several ranks each holds the step's gradient on its shard only, and scales that.
 static double clip_grad_norm(Llama *model, double max_norm) {
-    sum_squares_kernel<<<NORM_BLOCKS, BLOCK>>>(model->norm_partial, model->grads, model->num_params);
-    launchCheck();
-    cudaCheck(cudaMemcpy(model->h_norm_partial, model->norm_partial, sizeof(double) * NORM_BLOCKS,
-                         cudaMemcpyDeviceToHost));
-    double ss = 0;
-    for (int b = 0; b < NORM_BLOCKS; b++) ss += model->h_norm_partial[b];
-    double norm = sqrt(ss);
+    double norm = sqrt(cuda_sum_squares(model->grads, model->num_params, model->norm_partial, model->h_norm_partial));
     if (max_norm > 0) {
         double coef = max_norm / (norm + 1e-6);
         if (coef < 1) {
-            scale_kernel<<<grid_for(model->num_params), BLOCK>>>(model->grads, (float)coef, model->num_params);
+            long lo, hi;
+            dp_shard(model->num_params, &lo, &hi);
+            scale_kernel<<<grid_for(hi - lo), BLOCK>>>(model->grads + lo, (float)coef, hi - lo);
             launchCheck();
         }
     }
@@ -1055,6 +1049,8 @@ static double clip_grad_norm(Llama *model, double max_norm) {
  *   m <- m + (1-beta1)*(g - m);  v <- beta2*v + (1-beta2)*g^2
  *   p <- p - lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
  * The same float expressions as train_llama.c's loop, one thread per parameter.
+ * ZeRO-1: a rank updates its shard [lo, hi) of the parameters, where its m and v are
+ * (m[0] is parameter lo's); one rank's shard is everything.
  */
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long n, float decay, float b1, float b2,
                              float eps, float step_size, float inv_bc2) {
@@ -1074,12 +1070,16 @@ static void adamw_update(Llama *model, const OptConfig *o, double lr, int t) {
     double bc1 = 1 - pow(o->beta1, t), bc2_sqrt = sqrt(1 - pow(o->beta2, t));
     float step_size = (float)(lr / bc1), inv_bc2 = (float)(1 / bc2_sqrt);
     float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
+    long lo, hi;
+    dp_shard(model->num_params, &lo, &hi);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
         float decay = PARAM_INFO[i].decay ? (float)(1 - lr * o->weight_decay) : 1.0f;
-        long off = model->tensor[i] - model->params;
-        long n = param_count(&model->config, i);
-        adamw_kernel<<<grid_for(n), BLOCK>>>(model->params + off, model->grads + off, model->m + off,
-                                             model->v + off, n, decay, b1, b2, eps, step_size, inv_bc2);
+        long a = model->tensor[i] - model->params, b = a + param_count(&model->config, i); // the tensor's range
+        if (a < lo) a = lo;
+        if (b > hi) b = hi;
+        if (a >= b) continue;
+        adamw_kernel<<<grid_for(b - a), BLOCK>>>(model->params + a, model->grads + a, model->m + (a - lo),
+                                                 model->v + (a - lo), b - a, decay, b1, b2, eps, step_size, inv_bc2);
         launchCheck();
     }
 }
@@ -1241,12 +1241,15 @@ static void activations_log(Llama *model, int step, FILE *csv) {
 #define STATE_VERSION 1
 
 // state.bin, exactly train_llama.c's format (common/train.h), so a run moves
-// between the programs; written and read through the host mirrors.
+// between the programs; written and read through the host mirrors. With several ranks,
+// rank 0 gathers the shards of m and v and writes the file alone: the one a single rank
+// writes, whatever N.
 static void state_save(Llama *model, const TrainState *st, const char *path) {
     long np = model->num_params;
     llama_params_to_host(model);
-    cudaCheck(cudaMemcpy(model->h_m, model->m, sizeof(float) * np, cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(model->h_v, model->v, sizeof(float) * np, cudaMemcpyDeviceToHost));
+    cuda_gather_shards(model->m, np, model->h_m);
+    cuda_gather_shards(model->v, np, model->h_v);
+    if (dp.rank > 0) return;
     AtomicFile af;
     atomic_open(&af, path);
     state_write_header(af.f, af.tmp, STATE_MAGIC, STATE_VERSION, st, np);
@@ -1256,38 +1259,76 @@ static void state_save(Llama *model, const TrainState *st, const char *path) {
     atomic_commit(&af);
 }
 
+// Every rank reads the parameters and its own shard of m and v (all of them, alone).
 static void state_load(Llama *model, TrainState *st, const char *path) {
-    long np = model->num_params;
+    long np = model->num_params, lo, hi;
+    dp_shard(np, &lo, &hi);
     FILE *f = state_open(path, STATE_MAGIC, STATE_VERSION, "train_llama", np, st);
     read_payload(f, model->h_params, sizeof(float), np, path, "parameters");
     read_payload(f, model->h_m, sizeof(float), np, path, "AdamW's m");
     read_payload(f, model->h_v, sizeof(float), np, path, "AdamW's v");
     fclose(f);
     llama_params_to_device(model);
-    cudaCheck(cudaMemcpy(model->m, model->h_m, sizeof(float) * np, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(model->v, model->h_v, sizeof(float) * np, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->m, model->h_m + lo, sizeof(float) * (hi - lo), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(model->v, model->h_v + lo, sizeof(float) * (hi - lo), cudaMemcpyHostToDevice));
 }
 
 #define USAGE "usage: train_llama_cu [flags]   train a LLaMA on one NVIDIA GPU with LIR and TVR (see docs/gpu.md)"
 
-// mean loss over the first val_batches batches of the validation shards
+// mean loss over the first val_batches batches of the validation shards; with several
+// ranks, rank r computes a run of them (cuda_val_split) and the batch losses are added in order
 static double evaluate(Llama *model, DataLoader *val, int batches) {
     dataloader_reset(val);
-    double sum = 0;
-    for (int i = 0; i < batches; i++) {
+    long off[DP_CHUNKS + 1];
+    cuda_val_split(batches, off);
+    double *loss = (double *)calloc_check(batches, sizeof(double)), sum = 0;
+    for (int i = 0; i < off[dp.rank + 1]; i++) {
         dataloader_next(val);
+        if (i < off[dp.rank]) continue;
         llama_forward(model, val->inputs, val->targets, model->B, model->T, 0);
-        sum += model->loss;
+        loss[i] = model->loss;
     }
+    cuda_share_doubles(loss, off);
+    for (int i = 0; i < batches; i++) sum += loss[i];
+    free(loss);
     return sum / batches;
 }
 
+// every rank takes part (state_save gathers AdamW's shards); rank 0 writes
 static void save_checkpoint(Llama *model, const TrainState *st, const char *dir) {
     llama_params_to_host(model);
     check_finite_params(model->h_params, sizeof(float), model->num_params, dir);
     char path[4200];
-    llama_save_host(model, run_file(path, sizeof(path), dir, "model.bin"));
+    if (dp.rank == 0) llama_save_host(model, run_file(path, sizeof(path), dir, "model.bin"));
     state_save(model, st, run_file(path, sizeof(path), dir, "state.bin"));
+}
+
+/*
+ * One step's gradient and loss, as train_llama.c's llama_micro_steps (docs/parallel.md):
+ * the K = --grad-accum micro-steps of this rank's rows of the global batch the loader
+ * holds (rank r's micro-step k is rows (r*K + k)*B onwards), each gradient the mean over
+ * its B*T rows, summed in order on the device; then common/cuda_dp.h adds the ranks' sums
+ * in rank order and divides by N*K, on this rank's shard of model->grads. Returns the
+ * mean loss over the N*K micro-batches. activations.csv (acts_csv, or NULL) gets the first
+ * micro-step's activations.
+ */
+static double llama_micro_steps(Llama *model, const DataLoader *dl, int K, FILE *acts_csv, int step) {
+    int B = model->B, T = model->T;
+    double *loss = (double *)calloc_check((size_t)dp.ranks * K, sizeof(double));
+    const float *sum = model->grads;
+    for (int k = 0; k < K; k++) {
+        long row = ((long)dp.rank * K + k) * B * T;
+        llama_forward(model, dl->inputs + row, dl->targets + row, B, T, 1);
+        if (k == 0 && acts_csv) activations_log(model, step, acts_csv);
+        loss[dp.rank * K + k] = model->loss;
+        llama_zero_grad(model);
+        llama_backward(model);
+        if (K > 1) sum = cuda_accumulate(model->grads, model->num_params, k);
+    }
+    cuda_reduce_grads(sum, model->grads, model->num_params, 1.0 / (dp.ranks * K));
+    double mean = cuda_mean_loss(loss, K);
+    free(loss);
+    return mean;
 }
 
 // tok: the vocabulary for text samples, NULL for none.
@@ -1295,24 +1336,32 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
                   const Tokenizer *tok) {
     OptConfig opt = opt_config(s);
     TvrConfig tvr = tvr_config(s);
-    Logs logs = logs_open(s->out, s->resume ? st->step : -1, 0);
-    int B = model->B, T = model->T;
+    // rank 0 alone writes the logs and samples; every rank runs the same steps, TVR
+    // and statistics on the same (all-gathered) parameters (docs/parallel.md)
+    int lead = dp.rank == 0, K = s->grad_accum > 0 ? s->grad_accum : 1;
+    Logs logs;
+    memset(&logs, 0, sizeof(logs));
+    if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, 0);
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
-        if (val_dl && s->steps > 0) log_val(&logs, 0, evaluate(model, val_dl, s->val_batches));
+        if (val_dl && s->steps > 0) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, 0, v);
+        }
     }
     while (st->step < s->steps) {
         int step = st->step + 1;
         double t0 = wall_seconds();
-        dataloader_next(train_dl);
-        llama_forward(model, train_dl->inputs, train_dl->targets, B, T, 1);
-        if (step == 1 || stats_due(s->stats_every, step)) activations_log(model, step, logs.acts);
-        llama_zero_grad(model);
-        llama_backward(model);
+        dataloader_next(train_dl); // the step's global batch, on every rank
+        int want_acts = step == 1 || stats_due(s->stats_every, step);
+        double loss = llama_micro_steps(model, train_dl, K, want_acts ? logs.acts : NULL, step);
         double norm = clip_grad_norm(model, opt.grad_clip);
         double lr = lr_at(&opt, step);
-        int skip = nonfinite_step(s, &logs, step, model->loss, norm); // stops the run unless --skip-nonfinite 1
-        if (!skip) adamw_update(model, &opt, lr, step);
+        int skip = nonfinite_step(s, &logs, step, loss, norm); // stops the run unless --skip-nonfinite 1
+        if (!skip) {
+            adamw_update(model, &opt, lr, step); // this rank's shard
+            cuda_allgather_params(model->params, model->num_params);
+        }
         int do_tvr = !skip && tvr_due(&tvr, step);
         if (do_tvr) cudaCheck(cudaDeviceSynchronize()); // time TVR's pass alone
         double t_tvr = wall_seconds();
@@ -1322,9 +1371,15 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         st->step = step;
         st->shard = train_dl->shard;
         st->pos = dataloader_position(train_dl);
-        log_step(&logs, step, s->steps, model->loss, lr, norm, 1000 * (wall_seconds() - t0), (long)B * T, tvr_ms);
-        if (val_dl && val_due(s, step)) log_val(&logs, step, evaluate(model, val_dl, s->val_batches));
-        if (tok && sample_due(s, step)) {
+        if (lead) {
+            log_step(&logs, step, s->steps, loss, lr, norm, 1000 * (wall_seconds() - t0), global_batch(s) * model->T,
+                     tvr_ms);
+        }
+        if (val_dl && val_due(s, step)) {
+            double v = evaluate(model, val_dl, s->val_batches);
+            if (lead) log_val(&logs, step, v);
+        }
+        if (lead && tok && sample_due(s, step)) {
             Generator g;
             generator_open(&g, model);
             sample_run(&g, llama_next_logits, model->config.max_seq_len, s, tok, step);
@@ -1334,11 +1389,12 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
         fflush(stdout);
     }
     save_checkpoint(model, st, s->out);
-    logs_close(&logs);
+    if (lead) logs_close(&logs);
 }
 
 #ifndef TESTING
 int main(int argc, char **argv) {
+    dp_init(&argc, &argv); // MPI's ranks, when built with it (common/dp.h)
     Settings s;
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
@@ -1362,7 +1418,7 @@ int main(int argc, char **argv) {
     if (s.resume) resume_settings(&s, seq_len_given, s.resume, STATE_MAGIC, "train_llama", shape, nshape);
     Tokenizer tok_store, *tok = load_tokenizer(&s, config.vocab, &tok_store);
     if (s.generate > 0) {
-        gpu_setup(s.tf32, "train_llama");
+        gpu_dp_setup(s.tf32, "train_llama");
         Llama model;
         llama_build(&model, config);
         llama_load_params(&model, ckpt);
@@ -1373,14 +1429,17 @@ int main(int argc, char **argv) {
         generator_close(&g);
         tokenizer_free(tok);
         llama_free(&model);
+        cuda_dp_free();
         return 0;
     }
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)
     DataLoader train_dl, val_dl;
     data_open(&s, &train_dl, &val_dl, s.seq_len, config.vocab);
-    ensure_dir(s.out);
-    gpu_setup(s.tf32, "train_llama");
-    gpu_memory_check(&s, llama_memory(&config, s.batch, s.seq_len));
+    if (dp.rank == 0) ensure_dir(s.out);
+    gpu_dp_setup(s.tf32, "train_llama");
+    long np = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) np += param_count(&config, i);
+    gpu_memory_check(&s, llama_memory(&config, s.batch, s.seq_len) + cuda_dp_memory(np, s.grad_accum));
     Llama model;
     llama_build(&model, config);
     llama_alloc_acts(&model, s.batch, s.seq_len);
@@ -1402,11 +1461,23 @@ int main(int argc, char **argv) {
         state_resume(&s, &st, &rng, &train_dl);
     }
     st.rng = rng.s;
+    // every rank starts from the same parameters, step and data position (a rank that read
+    // another checkpoint or shard set stops the run here rather than train apart)
+    if (dp.ranks > 1) {
+        llama_params_to_host(&model);
+        uint64_t h = dp_hash(DP_HASH0, model.h_params, sizeof(float) * model.num_params);
+        long where[4] = {st.step, st.shard, st.pos, global_batch(&s) * s.seq_len};
+        dp_check_same("model, step or data position", dp_hash(h, where, sizeof(where)));
+    }
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    cudaCheck(cudaGetDeviceProperties(&prop, gpu_device));
     printf("train_llama_cu: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %s | %s\n", config.layers,
            config.dim, config.heads, config.kv_heads, config.ffn, config.vocab, s.seq_len, model.num_params, s.batch,
            prop.name, s.tf32 ? "tf32" : "fp32");
+    if (dp.ranks > 1 || s.grad_accum > 1) {
+        printf("data parallel: %d ranks x %d micro-steps x B=%d = %ld rows a step%s\n", dp.ranks, s.grad_accum,
+               s.batch, global_batch(&s), dp.ranks > 1 ? " | NCCL, one GPU a rank | ZeRO-1: AdamW's m, v sharded" : "");
+    }
     printf("init %s sigma %g | tvr target %g every %d | steps %d from %d | out %s\n", ckpt[0] ? ckpt : s.init,
            s.init_std, s.tvr_target, s.tvr_every, s.steps, st.step, s.out);
     double t0 = wall_seconds();
@@ -1415,6 +1486,7 @@ int main(int argc, char **argv) {
     data_close(&s, &train_dl, &val_dl);
     if (tok) tokenizer_free(tok);
     llama_free(&model);
+    cuda_dp_free();
     cublasCheck(cublasDestroy(cublas_handle));
     return 0;
 }

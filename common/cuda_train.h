@@ -9,6 +9,9 @@
 #include "cuda_common.h"
 #include "train.h"
 
+// This process's GPU: 0, or under MPI its rank's on the machine (gpu_dp_setup, common/cuda_dp.h).
+static int gpu_device = 0;
+
 // The GPU, or a clear error when there is none (these programs have no CPU
 // fallback: cpu_program is the twin to run instead).
 static void gpu_setup(int tf32, const char *cpu_program) {
@@ -18,7 +21,7 @@ static void gpu_setup(int tf32, const char *cpu_program) {
         die("no CUDA GPU available (%s); %s runs on the CPU",
             err != cudaSuccess ? cudaGetErrorString(err) : "0 devices", cpu_program);
     }
-    cudaCheck(cudaSetDevice(0));
+    cudaCheck(cudaSetDevice(gpu_device));
     cublas_setup(tf32);
 }
 
@@ -26,7 +29,7 @@ static void gpu_setup(int tf32, const char *cpu_program) {
 // trainer's count) against the device's, said before anything is allocated.
 static void gpu_memory_check(const Settings *s, double bytes) {
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    cudaCheck(cudaGetDeviceProperties(&prop, gpu_device));
     double have = (double)prop.totalGlobalMem, gib = 1024.0 * 1024 * 1024;
     printf("GPU memory: about %.3f GiB (%.0f bytes) for parameters, AdamW's moments and activations (%.1f GiB on "
            "the device)\n", bytes / gib, bytes, have / gib);

@@ -153,14 +153,15 @@ static void dp_init(int *argc, char ***argv) {
     for (int i = 1; i < *argc; i++) h = dp_hash(h, (*argv)[i], strlen((*argv)[i]) + 1);
     dp_check_same("command line", h);
 #else
-    (void)argc, (void)argv;
+    (void)argc;
     // a build without MPI started by mpirun would run N independent copies into one --out
     const char *vars[2] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
     for (int i = 0; i < 2; i++) {
         const char *v = getenv(vars[i]);
         if (v && atoi(v) > 1) {
-            die("started as one of %s MPI ranks, but this program was built without MPI: run train_llama_mpi "
-                "or train_gpt2_mpi (make mpi)", v);
+            die("started as one of %s MPI ranks, but %s was built without MPI: run its MPI build (make mpi: "
+                "train_llama_mpi, train_gpt2_mpi; make cuda-mpi: train_llama_cu_mpi, train_gpt2_cu_mpi)", v,
+                (*argv)[0]);
         }
     }
 #endif

@@ -141,12 +141,6 @@ static int settings_parse(Settings *s, int argc, char **argv, const char *usage,
     n += parallel_flags(s, flags + n);
     if (gpu) n += gpu_flags(s, flags + n);
     settings_parse_flags(s, flags, n, argc, argv, usage);
-    if (gpu) { // data parallelism and accumulation are the CPU programs' for now (docs/parallel.md)
-        s->single_step = 1;
-        if (s->grad_accum > 1) {
-            usage_error("--grad-accum %d: the GPU programs take one micro-step a step (1)", s->grad_accum);
-        }
-    }
     if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
     if (s->kv_heads != 0 && s->kv_heads != s->heads) {
         usage_error("--kv-heads: GPT-2 has no grouped attention: 0 or --heads");

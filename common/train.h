@@ -66,7 +66,6 @@ typedef struct {
     // data parallelism and gradient accumulation (common/dp.h, docs/parallel.md)
     int grad_accum;       // K micro-steps of --batch rows per optimizer step
     int grad_accum_given; // --grad-accum was on the command line (resume_settings)
-    int single_step;      // 1: the program has no --grad-accum > 1 yet (the GPU programs)
 } Settings;
 
 #define MAX_FLAGS 64
@@ -489,7 +488,7 @@ static int resume_settings(Settings *s, int seq_len_given, const char *dir, int 
     // data position and the schedule count its rows. --grad-accum left off is chosen
     // to keep it (a 1-rank --grad-accum 2 run continues on 2 ranks with 1, and back).
     long saved_rows = st.rows, per_k = (long)s->batch * dp.ranks;
-    if (!s->grad_accum_given && !s->single_step && saved_rows % per_k == 0 && saved_rows / per_k <= (1 << 16)) {
+    if (!s->grad_accum_given && saved_rows % per_k == 0 && saved_rows / per_k <= (1 << 16)) {
         s->grad_accum = (int)(saved_rows / per_k);
     }
     if (global_batch(s) != saved_rows && !s->allow_resume_change) {

@@ -106,6 +106,10 @@ if [ "$EMU" = 1 ]; then
 else
     step llama_tests 420 env GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
     step gpt2_tests 240 env GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
+    # data parallelism on real GPUs over NCCL (docs/parallel.md): 2 ranks, one GPU each
+    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -x train_llama_cu_mpi ] && command -v mpirun >/dev/null; then
+        step mpi_2gpu 300 env GPU_MPI_REAL=1 bash test/test_mpi_gpu_emu.sh
+    fi
 fi
 # text samples and greedy generation on the GPU against train_llama's KV cache, token for token
 step samples 120 env GPU_PROGRAM=$([ "$EMU" = 1 ] && echo ./train_llama_emu || echo ./train_llama_cu) \

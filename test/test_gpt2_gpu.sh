@@ -124,6 +124,8 @@ fixture_run() { # NAME FLAGS...
 fixture_run fix && ok "fixture model, TVR every 3, clipping 1.0" || bad "fixture model, TVR every 3, clipping 1.0"
 fixture_run fixdepth --tvr-depth-scaled 1 --grad-clip 0 --schedule constant &&
     ok "fixture model, depth-scaled TVR, no clipping, constant lr" || bad "fixture model, depth-scaled TVR, no clipping"
+fixture_run fixk2 --grad-accum 2 && ok "fixture model, --grad-accum 2 x batch 2: two micro-steps a step" ||
+    bad "fixture model, --grad-accum 2 x batch 2"
 FRESH=(--train "$FX/gpt2_tiny_train.bin" --val-every 0 --layers 2 --dim 32 --heads 4 --vocab 250 --seq-len 16 --batch 2 --init lir --seed 7)
 quiet "$GPU" "${FRESH[@]}" --steps 0 --out "$R/fresh.gpu" && quiet "$CPU" "${FRESH[@]}" --steps 0 --out "$R/fresh.cpu" &&
     cmp -s "$R/fresh.gpu/model.bin" "$R/fresh.cpu/model.bin" && ok "fresh LIR init: model.bin identical" ||

@@ -186,6 +186,9 @@ check "MQA (NKV 1), 3 layers, depth-scaled TVR, no clipping" \
 check "MHA, constant schedule, hard clipping" \
     gpu_vs_cpu mha "$FIX/mha_clip_constant/model.bin" "${SMALL_FLAGS[@]}" --batch 2 --seq-len 24 \
     --schedule constant --grad-clip 0.1 --tvr-target 0.02
+check "GQA, --grad-accum 2 x batch 2: two micro-steps a step (docs/parallel.md)" \
+    gpu_vs_cpu gqa_k2 "$FIX/gqa_lir_tvr/model.bin" "${SMALL_FLAGS[@]}" --batch 2 --grad-accum 2 --seq-len 16 \
+    --tvr-target 0.01
 
 # a fresh model of Tiny Shakespeare's real shape (V 32000, T 64 > one warp, hs 32), made by
 # both programs from the same seed: the initial model.bin must be the same bits
