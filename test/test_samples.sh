@@ -68,7 +68,7 @@ if [ -x "$GPU" ]; then
         [ "$(grep -c '^step [0-9]*$' "$tmp/gpu_run/samples.txt")" = 2 ] &&
         ok "$GPU: a sample after each of 2 steps in samples.txt" || bad "$GPU: samples during training"
     # (not about samples, but the GPU program's other up-front check lives here with it)
-    "$GPU" --dim 16384 --vocab 65536 --heads 128 --kv-heads 64 --steps 1 --out "$tmp/big" > /dev/null 2> "$tmp/big.err"
+    "$GPU" --dim 16384 --vocab 65536 --heads 256 --kv-heads 128 --steps 1 --out "$tmp/big" > /dev/null 2> "$tmp/big.err"
     [ $? = 2 ] && grep -q 'needs about .* GiB of GPU memory, more than the device' "$tmp/big.err" &&
         ok "$GPU refuses a model bigger than the device: $(cat "$tmp/big.err")" || bad "$GPU: no memory check"
 else
