@@ -38,6 +38,8 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
+#include <type_traits>
+
 #define FA_ROWS 64  // query rows of a block, one thread each
 #define FA_KROWS 32 // key rows of a block in the dk, dv kernel
 #define FA_TILE 32 // key (or query) rows staged in shared memory at a time
@@ -242,17 +244,24 @@ static void flash_backward_launch(X *dq, X *dk, X *dv, float *D, const X *dout, 
         dk, dv, dout, lse, D, q, k, v, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dkv_rs, scale);
 }
 
+// Calls f with std::integral_constant<int, HSX> for the smallest HSX in 8, 16, 32, 64 that holds
+// hs; returns 0 (and calls nothing) when hs > FA_MAX_HS.
+template <typename F>
+static int flash_dispatch(int hs, F f) {
+    if (hs <= 8) return f(std::integral_constant<int, 8>()), 1;
+    if (hs <= 16) return f(std::integral_constant<int, 16>()), 1;
+    if (hs <= 32) return f(std::integral_constant<int, 32>()), 1;
+    if (hs <= 64) return f(std::integral_constant<int, 64>()), 1;
+    return 0;
+}
+
 // out (rows o_rs apart) and lse (B,NH,T) from q, k, v. Returns 0 if hs > FA_MAX_HS.
 template <typename X>
 static int flash_attention_forward(X *out, float *lse, const X *q, const X *k, const X *v, int B, int T, int NH,
                                    int NKV, int hs, long q_rs, long kv_rs, long o_rs) {
-#define FA_CALL(...) flash_forward_launch<__VA_ARGS__>(out, lse, q, k, v, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs)
-    return hs <= 8 ? (FA_CALL(X, 8), 1)
-           : hs <= 16 ? (FA_CALL(X, 16), 1)
-           : hs <= 32 ? (FA_CALL(X, 32), 1)
-           : hs <= 64 ? (FA_CALL(X, 64), 1)
-                      : 0;
-#undef FA_CALL
+    return flash_dispatch(hs, [&](auto hsx) {
+        flash_forward_launch<X, decltype(hsx)::value>(out, lse, q, k, v, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs);
+    });
 }
 
 // dq, dk, dv (overwritten) from dout, the forward's out and lse; D is (B,NH,T) scratch.
@@ -260,15 +269,10 @@ template <typename X>
 static int flash_attention_backward(X *dq, X *dk, X *dv, float *D, const X *dout, const X *out, const float *lse,
                                     const X *q, const X *k, const X *v, int B, int T, int NH, int NKV, int hs,
                                     long q_rs, long kv_rs, long o_rs, long dq_rs, long dkv_rs) {
-#define FA_CALL(...)                                                                                                   \
-    flash_backward_launch<__VA_ARGS__>(dq, dk, dv, D, dout, out, lse, q, k, v, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs, \
-                                       dq_rs, dkv_rs)
-    return hs <= 8 ? (FA_CALL(X, 8), 1)
-           : hs <= 16 ? (FA_CALL(X, 16), 1)
-           : hs <= 32 ? (FA_CALL(X, 32), 1)
-           : hs <= 64 ? (FA_CALL(X, 64), 1)
-                      : 0;
-#undef FA_CALL
+    return flash_dispatch(hs, [&](auto hsx) {
+        flash_backward_launch<X, decltype(hsx)::value>(dq, dk, dv, D, dout, out, lse, q, k, v, B, T, NH, NKV, hs, q_rs,
+                                                       kv_rs, o_rs, dq_rs, dkv_rs);
+    });
 }
 
 #endif // RESCALE_CUDA_ATTENTION_H
