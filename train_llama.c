@@ -365,7 +365,8 @@ typedef struct {
 } QuantSetting;
 static const QuantSetting QUANT_SETTINGS[] = {
     {"none", 0, 0, 0, 0},   {"w8a8", 8, 0, 8, 0},     {"w8a8-token", 8, 0, 8, 1}, {"w8", 8, 0, 0, 0},
-    {"w4g128", 4, 128, 0, 0}, {"a8", 0, 0, 8, 0},     {"a8-token", 0, 0, 8, 1},   {"w16a16", 16, 0, 16, 0},
+    {"w4g128", 4, 128, 0, 0}, {"a8", 0, 0, 8, 0},     {"a8-token", 0, 0, 8, 1},   {"a4", 0, 0, 4, 0},
+    {"a4-token", 0, 0, 4, 1}, {"w16a16", 16, 0, 16, 0}, // w16a16: a check (quantization's rounding only)
 };
 #define NUM_QUANT_SETTINGS (int)(sizeof(QUANT_SETTINGS) / sizeof(QUANT_SETTINGS[0]))
 static QuantSetting quant = {"none", 0, 0, 0, 0}; // what matmul_forward does to its input

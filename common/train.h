@@ -140,7 +140,7 @@ static const char *ARCH_FLAGS[NUM_ARCH_FLAGS] __attribute__((unused)) = {"layers
                                                  "ffn",    "vocab", "norm-eps", "rope-theta"};
 
 // --quant's settings; train_llama.c's QUANT_SETTINGS says what each one quantizes
-#define QUANT_CHOICES "none|w8a8|w8a8-token|w8|w4g128|a8|a8-token|w16a16"
+#define QUANT_CHOICES "none|w8a8|w8a8-token|w8|w4g128|a8|a8-token|a4|a4-token|w16a16"
 
 static int llama_flags(Settings *s, Flag *f) {
     Flag t[] = {

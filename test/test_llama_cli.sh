@@ -195,11 +195,11 @@ want=$(tail -n1 $D/r5/val.csv | cut -d, -f2) got=$(tail -n1 $D/ev/eval.csv 2>/de
 [ -n "$want" ] && [ "$want" = "$got" ] && grep -q "^eval: val loss" $D/ev.out &&
   ok "--eval-only 1: val loss $got = the run's last val.csv row (the same batches), in eval.csv" ||
   bad "--eval-only 1: '$got' against val.csv's '$want': $(tail -2 $D/ev.out)"
-for q in w8a8 w8a8-token w8 w4g128 a8 a8-token w16a16; do $EVAL --quant $q --out $D/ev > /dev/null 2>&1 || bad "--quant $q failed"; done
+for q in w8a8 w8a8-token w8 w4g128 a8 a8-token a4 a4-token w16a16; do $EVAL --quant $q --out $D/ev > /dev/null 2>&1 || bad "--quant $q failed"; done
 n=$(awk -F, 'NR > 1 && $7 + 0 == $7 {n++} END {print n + 0}' $D/ev/eval.csv)
 nq=$(awk -F, -v w="$want" 'NR > 1 && $2 != "none" && $7 != w {n++} END {print n + 0}' $D/ev/eval.csv)
-[ "$n" = 8 ] && [ "$nq" = 7 ] && ok "eval.csv: one header and 8 rows (none and 7 settings), each quantized loss another number" ||
-  bad "eval.csv after 8 evaluations: $n rows, $nq of them quantized and different: $(cat $D/ev/eval.csv)"
+[ "$n" = 10 ] && [ "$nq" = 9 ] && ok "eval.csv: one header and 10 rows (none and 9 settings), each quantized loss another number" ||
+  bad "eval.csv after 10 evaluations: $n rows, $nq of them quantized and different: $(cat $D/ev/eval.csv)"
 expect 2 "--quant must be one of" -- $EVAL --quant int8 --out $D/ev
 expect 2 "--eval-only 1 needs a model: --init-from MODEL.bin" -- $BIN --eval-only 1 --val "$D/val_*.bin"
 expect 2 "--eval-only 1 needs validation shards: --val GLOB" -- $EVAL --val ""
