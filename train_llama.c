@@ -1479,9 +1479,46 @@ static void llama_quantize_weights(Llama *model, const QuantSetting *q) {
 }
 
 /*
+ * How spread out each matmul's input is, which is what sets the error of quantizing it:
+ * with one scale per tensor every value's rounding error is up to max|x| / (2 qmax), so
+ * the error against the input's typical size grows with max|x| / rms(x) (per tensor), or
+ * with each row's own max / rms (per token). Over the evaluation's batches, for the inputs
+ * of each layer (ln1: wq, wk, wv's; atty: wo's; ln2: w1, w3's; swi: w2's) and lnf (lm_head's):
+ * the largest |x|, the rms, the mean over batches of max / rms and the mean over rows of
+ * their own max / rms.
+ */
+#define NUM_INPUT_KINDS 4
+static const char *INPUT_KINDS[NUM_INPUT_KINDS] = {"ln1", "atty", "ln2", "swi"};
+typedef struct {
+    double max_abs, ss, tensor_ratio, token_ratio;
+    long n, batches, rows;
+} InputStat;
+
+static void input_stat_add(InputStat *st, const real *x, int N, int C) {
+    double mx = 0, ss = 0, rr = 0;
+#pragma omp parallel for reduction(max : mx) reduction(+ : ss, rr)
+    for (int i = 0; i < N; i++) {
+        const real *r = x + (long)i * C;
+        double m = max_abs(r, C), s = 0;
+        for (int c = 0; c < C; c++) s += (double)r[c] * r[c];
+        mx = m > mx ? m : mx;
+        ss += s;
+        rr += s > 0 ? m / sqrt(s / C) : 0;
+    }
+    st->max_abs = mx > st->max_abs ? mx : st->max_abs;
+    st->ss += ss;
+    st->n += (long)N * C;
+    st->tensor_ratio += ss > 0 ? mx / sqrt(ss / ((double)N * C)) : 0;
+    st->batches++;
+    st->token_ratio += rr;
+    st->rows += N;
+}
+
+/*
  * --eval-only 1: the mean loss of --init-from's model over the first --val-batches batches
- * of --val (the batches a training run's validation reads), with --quant's weights and
- * matmul inputs; printed, and one row appended to eval.csv in --out (docs/formats.md).
+ * of --val (the batches a training run's validation reads, summed as evaluate() sums them),
+ * with --quant's weights and matmul inputs; printed, and one row appended to eval.csv in
+ * --out (docs/formats.md); the matmul inputs' spread (InputStat) into inputs.csv.
  */
 static void eval_run(Llama *model, const Settings *s, const char *ckpt) {
     DataLoader val;
@@ -1493,9 +1530,40 @@ static void eval_run(Llama *model, const Settings *s, const char *ckpt) {
     quant = *q; // matmul_forward quantizes its inputs from here on
     llama_alloc_acts(model, s->batch, s->seq_len);
     double t0 = wall_seconds();
-    double loss = evaluate(model, &val, s->val_batches);
+    const LlamaConfig *c = &model->config;
+    int L = c->layers, N = s->batch * s->seq_len, width[NUM_INPUT_KINDS] = {c->dim, c->dim, c->dim, c->ffn};
+    InputStat *st = (InputStat *)calloc_check((long)NUM_INPUT_KINDS * L + 1, sizeof(InputStat));
+    double loss = 0;
+    dataloader_reset(&val);
+    for (int b = 0; b < s->val_batches; b++) {
+        dataloader_next(&val);
+        llama_forward(model, val.inputs, val.targets, s->batch, s->seq_len);
+        loss += model->loss;
+        const Acts *a = &model->acts;
+        const real *kinds[NUM_INPUT_KINDS] = {a->ln1, a->atty, a->ln2, a->swi};
+        for (int l = 0; l < L; l++) {
+            for (int k = 0; k < NUM_INPUT_KINDS; k++) {
+                input_stat_add(&st[l * NUM_INPUT_KINDS + k], kinds[k] + (long)l * N * width[k], N, width[k]);
+            }
+        }
+        input_stat_add(&st[L * NUM_INPUT_KINDS], a->lnf, N, c->dim);
+    }
+    loss /= s->val_batches;
     quant = QUANT_SETTINGS[0];
     char path[4200];
+    run_file(path, sizeof(path), s->out, "inputs.csv");
+    int fresh_inputs = file_size(path) <= 0;
+    FILE *fi = fopen(path, "a");
+    if (!fi) die("cannot open %s for appending: %s", path, strerror(errno));
+    if (fresh_inputs) fprintf(fi, "model,quant,layer,input,max_abs,rms,tensor_max_over_rms,token_max_over_rms\n");
+    for (int i = 0; i <= NUM_INPUT_KINDS * L; i++) {
+        const InputStat *e = &st[i];
+        fprintf(fi, "%s,%s,%d,%s,%.6g,%.6g,%.6g,%.6g\n", ckpt, q->name, i < NUM_INPUT_KINDS * L ? i / NUM_INPUT_KINDS + 1 : 0,
+                i < NUM_INPUT_KINDS * L ? INPUT_KINDS[i % NUM_INPUT_KINDS] : "lnf", e->max_abs, sqrt(e->ss / e->n),
+                e->tensor_ratio / e->batches, e->token_ratio / e->rows);
+    }
+    fclose_check(fi, path);
+    free(st);
     run_file(path, sizeof(path), s->out, "eval.csv");
     int fresh = file_size(path) <= 0;
     FILE *f = fopen(path, "a");

@@ -215,6 +215,14 @@ def quant_eval(args, scale):
         row = dict(run=name, setting=label,
                    final_activation=max((float(r["max_abs"]) for r in acts if r["step"] == acts[-1]["step"]),
                                         default=float("nan")))
+        # the fp32 model's matmul inputs (inputs.csv, --quant none): max / rms per tensor
+        ins = [r for r in read_csv(os.path.join(out, "inputs.csv")) if r["quant"] == "none"]
+        n_inputs = 4 * int(next(r["layer"] for r in reversed(ins) if r["input"] == "swi")) + 1 if ins else 0
+        ins = ins[-n_inputs:] if n_inputs else []
+        ratios = [float(r["tensor_max_over_rms"]) for r in ins]
+        row["input_max_over_rms_mean"] = sum(ratios) / len(ratios) if ratios else float("nan")
+        row["input_max_over_rms_max"] = max(ratios, default=float("nan"))
+        row["input_max_abs_max"] = max((float(r["max_abs"]) for r in ins), default=float("nan"))
         for q in QUANT:
             row[q] = got[(q, "20")]
         rows.append(row)
@@ -226,12 +234,15 @@ def quant_eval(args, scale):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = ["| run | setting | max abs activation, last step | fp32 | " + " | ".join(QUANT[1:]) + " |",
-             "|---|---|---:|---:|" + "---:|" * (len(QUANT) - 1)]
+    lines = ["| run | setting | max abs block output, last step | matmul inputs' max/rms per tensor: mean (largest) | fp32 | "
+             + " | ".join(QUANT[1:]) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * (len(QUANT) - 1)]
     for r in rows:
         cells = [f"{r[q]:.4f} (+{r[q] - r['none']:.4f})" if r[q] >= r["none"] else f"{r[q]:.4f} ({r[q] - r['none']:.4f})"
                  for q in QUANT[1:]]
-        lines.append(f"| {r['run']} | {r['setting']} | {r['final_activation']:.2f} | {r['none']:.4f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['run']} | {r['setting']} | {r['final_activation']:.2f} | "
+                     f"{r['input_max_over_rms_mean']:.1f} ({r['input_max_over_rms_max']:.1f}) | {r['none']:.4f} | "
+                     + " | ".join(cells) + " |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "quant.md"), "w") as f:
         f.write(table + "\n")

@@ -200,6 +200,10 @@ n=$(awk -F, 'NR > 1 && $7 + 0 == $7 {n++} END {print n + 0}' $D/ev/eval.csv)
 nq=$(awk -F, -v w="$want" 'NR > 1 && $2 != "none" && $7 != w {n++} END {print n + 0}' $D/ev/eval.csv)
 [ "$n" = 10 ] && [ "$nq" = 9 ] && ok "eval.csv: one header and 10 rows (none and 9 settings), each quantized loss another number" ||
   bad "eval.csv after 10 evaluations: $n rows, $nq of them quantized and different: $(cat $D/ev/eval.csv)"
+ni=$(awk -F, 'NR > 1 && $2 == "none" && $7 >= 1 && $8 >= 1 {n++} END {print n + 0}' $D/ev/inputs.csv)
+[ "$(grep -c . $D/ev/inputs.csv)" = 91 ] && [ "$ni" = 9 ] &&
+  ok "inputs.csv: 9 rows an evaluation (4 inputs x 2 layers + lnf), max/rms >= 1 per tensor and per token" ||
+  bad "inputs.csv: $(grep -c . $D/ev/inputs.csv) lines, $ni good rows of --quant none"
 expect 2 "--quant must be one of" -- $EVAL --quant int8 --out $D/ev
 expect 2 "--eval-only 1 needs a model: --init-from MODEL.bin" -- $BIN --eval-only 1 --val "$D/val_*.bin"
 expect 2 "--eval-only 1 needs validation shards: --val GLOB" -- $EVAL --val ""
