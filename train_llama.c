@@ -1521,6 +1521,7 @@ static void input_stat_add(InputStat *st, const real *x, int N, int C) {
  * --out (docs/formats.md); the matmul inputs' spread (InputStat) into inputs.csv.
  */
 static void eval_run(Llama *model, const Settings *s, const char *ckpt) {
+    if (dp.ranks > 1) usage_error("--eval-only 1 runs on one rank, not %d (mpirun -np 1, or no mpirun)", dp.ranks);
     DataLoader val;
     dataloader_init(&val, s->val, "--val", s->batch, s->seq_len, model->config.vocab);
     ensure_dir(s->out);
