@@ -17,6 +17,7 @@ continued with --resume from its last checkpoint (--checkpoint-every is on).
     python3 dev/paper_a.py --summary-only     # just rebuild the table from existing logs
     python3 dev/paper_a.py --quant-eval       # each run's model.bin under fake quantization: quant.md
     python3 dev/paper_a.py --out out/paper_a_bf16 --compare out/paper_a   # bf16 runs against fp32: compare.md
+    python3 dev/paper_a.py --out out/seeds --seeds-of out/s1,out/s2,out/s3   # mean and spread over seeds: seeds.md
 
 Standard library only. Plots: dev/plot_paper_a.py.
 """
@@ -273,6 +274,37 @@ def compare(args):
     print(table)
 
 
+def seed_means(args):
+    """--seeds-of DIR,DIR,...: each run's final val loss over the sets (seeds), mean and spread (seeds.md in --out)."""
+    dirs = args.seeds_of.split(",")
+    lines = ["| run | setting | seeds | final val loss, each | mean | min – max | std (n−1) |", "|---|---|---:|---|---:|---:|---:|"]
+    rows = []
+    for name, label, _ in RUNS + EXTRA_RUNS:
+        vals = []
+        for d in dirs:
+            v = read_csv(os.path.join(d, name, "val.csv"))
+            if v and os.path.exists(os.path.join(d, name, "done")):
+                vals.append(float(v[-1]["val_loss"]))
+        if not vals:
+            continue
+        mean = sum(vals) / len(vals)
+        std = (sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else float("nan")
+        rows.append(dict(run=name, seeds=len(vals), mean=mean, min=min(vals), max=max(vals), std=std))
+        lines.append(f"| {name} | {label} | {len(vals)} | {', '.join(f'{x:.4f}' for x in vals)} | {mean:.4f} | "
+                     f"{min(vals):.4f} – {max(vals):.4f} | {std:.4f} |")
+    if not rows:
+        sys.exit(f"--seeds-of: no finished runs under {args.seeds_of}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "seeds.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "seeds.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scale", choices=SCALES, default="cpu")
@@ -292,10 +324,15 @@ def main():
     p.add_argument("--quant-eval", action="store_true",
                    help="no training: every finished run's model.bin evaluated in fp32 and under each --quant "
                         "(train_llama --eval-only 1; --binary: a build that has it), into quant.csv / quant.md")
+    p.add_argument("--seeds-of", default="", help="no training: comma-separated set directories (one per seed); "
+                                                  "each run's mean and spread of final val loss into --out's seeds.md")
     p.add_argument("--compare", default="", help="no training: final val losses against the same runs in this "
                                                  "directory (e.g. bf16 against fp32), into compare.csv / compare.md")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args()
+    if args.seeds_of:
+        seed_means(args)
+        return
     if args.quant_eval or args.compare:
         if args.quant_eval:
             quant_eval(args, SCALES[args.scale])
