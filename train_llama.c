@@ -344,8 +344,104 @@ static void gemm_serial(int M, int N, int K, const real *A, long a_rs, long a_cs
 // ============================================================================
 // N = B*T rows; every *_backward adds into parameter gradients (+=).
 
+/*
+ * Fake quantization, for evaluation only (--eval-only 1 --quant; docs/methods.md,
+ * "Quantized evaluation"): symmetric integers of `bits` bits, rounded to nearest (ties to
+ * even), and dequantized at once, so that the matmuls run in fp32 on the values an integer
+ * kernel would multiply:
+ *     x' = s * clamp(round(x / s), -qmax, qmax),   s = max|x| / qmax,   qmax = 2^(bits-1) - 1
+ * with one scale s per group of values: a weight row (an output channel) or `group` of its
+ * inputs; a matmul's whole input (per tensor) or one row of it (per token). The
+ * activations' scales are dynamic: each from the batch being multiplied, no calibration.
+ * What is quantized: the inputs and weights of every matmul with a weight, the 7 linears
+ * of every block and lm_head; not the token embedding (a lookup), the norm gains, or
+ * attention's Q.K^T and P.V products (they have no weights).
+ */
+typedef struct {
+    const char *name;  // --quant's value (QUANT_CHOICES, common/train.h)
+    int wbits, wgroup; // weights: bits (0 = kept in fp32); inputs per scale (0 = the whole row)
+    int abits;         // matmul inputs: bits (0 = kept)
+    int per_token;     // 1: one scale per row of the input, 0: one per matrix
+} QuantSetting;
+static const QuantSetting QUANT_SETTINGS[] = {
+    {"none", 0, 0, 0, 0},   {"w8a8", 8, 0, 8, 0},     {"w8a8-token", 8, 0, 8, 1}, {"w8", 8, 0, 0, 0},
+    {"w4g128", 4, 128, 0, 0}, {"a8", 0, 0, 8, 0},     {"a8-token", 0, 0, 8, 1},   {"a4", 0, 0, 4, 0},
+    {"a4-token", 0, 0, 4, 1}, {"w16a16", 16, 0, 16, 0}, // w16a16: a check (quantization's rounding only)
+};
+#define NUM_QUANT_SETTINGS (int)(sizeof(QUANT_SETTINGS) / sizeof(QUANT_SETTINGS[0]))
+static QuantSetting quant = {"none", 0, 0, 0, 0}; // what matmul_forward does to its input
+
+static const QuantSetting *quant_setting(const char *name) {
+    for (int i = 0; i < NUM_QUANT_SETTINGS; i++) {
+        if (!strcmp(QUANT_SETTINGS[i].name, name)) return &QUANT_SETTINGS[i];
+    }
+    usage_error("--quant must be one of %s, got '%s'", QUANT_CHOICES, name);
+    return NULL;
+}
+
+static double max_abs(const real *x, long n) {
+    double m = 0;
+    for (long i = 0; i < n; i++) m = fabs((double)x[i]) > m ? fabs((double)x[i]) : m;
+    return m;
+}
+
+// out[0..n) = x[0..n) on the grid of step `scale` (out may be x); scale 0: all zeros
+static void quant_apply(real *out, const real *x, long n, double scale, int bits) {
+    double qmax = (double)((1 << (bits - 1)) - 1);
+    for (long i = 0; i < n; i++) {
+        double q = scale > 0 ? nearbyint((double)x[i] / scale) : 0;
+        out[i] = (real)(fmin(fmax(q, -qmax), qmax) * scale);
+    }
+}
+
+// one group, its own scale: max|x| / qmax
+static void quant_group(real *out, const real *x, long n, int bits) {
+    quant_apply(out, x, n, max_abs(x, n) / ((1 << (bits - 1)) - 1), bits);
+}
+
+// a (rows, cols) weight matrix in place: each row's inputs in groups of `group` (0 or more
+// than cols: the whole row; the last group of a row may be shorter)
+static void quant_matrix(real *w, int rows, int cols, int bits, int group) {
+    int g = group > 0 && group < cols ? group : cols;
+#pragma omp parallel for
+    for (int r = 0; r < rows; r++) {
+        for (int c0 = 0; c0 < cols; c0 += g) {
+            quant_group(w + (long)r * cols + c0, w + (long)r * cols + c0, cols - c0 < g ? cols - c0 : g, bits);
+        }
+    }
+}
+
+// matmul_forward's input, quantized into a buffer of its own (the input itself is kept:
+// wq, wk and wv read the same one, and the backward never runs in evaluation)
+static real *quant_buf = NULL;
+static long quant_buf_n = 0;
+static const real *quant_input(const real *x, int N, int C, int bits, int per_token) {
+    long n = (long)N * C;
+    if (n > quant_buf_n) {
+        free(quant_buf);
+        quant_buf = (real *)malloc_check(sizeof(real) * n);
+        quant_buf_n = n;
+    }
+    if (per_token) {
+#pragma omp parallel for
+        for (int i = 0; i < N; i++) quant_group(quant_buf + (long)i * C, x + (long)i * C, C, bits);
+        return quant_buf;
+    }
+    double mx = 0; // the rows' maxima in parallel, their max serially (max is order-free anyway)
+#pragma omp parallel for reduction(max : mx)
+    for (int i = 0; i < N; i++) {
+        double m = max_abs(x + (long)i * C, C);
+        mx = m > mx ? m : mx;
+    }
+    double scale = mx / ((1 << (bits - 1)) - 1);
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) quant_apply(quant_buf + (long)i * C, x + (long)i * C, C, scale, bits);
+    return quant_buf;
+}
+
 // out (N, C) = inp (N, Cin) . W^T, W (Cout, Cin) as nn.Linear stores it
 static void matmul_forward(real *out, const real *inp, const real *W, int N, int Cin, int Cout) {
+    if (quant.abits) inp = quant_input(inp, N, Cin, quant.abits, quant.per_token);
     gemm(N, Cout, Cin, inp, Cin, 1, W, 1, Cin, out, Cout, 0);
 }
 
@@ -1367,6 +1463,120 @@ static double evaluate(Llama *model, DataLoader *val, int batches) {
     return sum / batches;
 }
 
+// --quant's weights: every matrix a matmul multiplies by (the block linears and lm_head),
+// in place; the token embedding and the norm gains are kept
+static void llama_quantize_weights(Llama *model, const QuantSetting *q) {
+    if (!q->wbits) return;
+    const LlamaConfig *c = &model->config;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        if (!PARAM_INFO[i].block_matrix && i != P_LM_HEAD) continue;
+        int rows, cols;
+        param_shape(c, i, &rows, &cols);
+        for (int l = 0; l < (PARAM_INFO[i].per_layer ? c->layers : 1); l++) {
+            quant_matrix(layer_param(model, i, l), rows, cols, q->wbits, q->wgroup);
+        }
+    }
+}
+
+/*
+ * How spread out each matmul's input is, which is what sets the error of quantizing it:
+ * with one scale per tensor every value's rounding error is up to max|x| / (2 qmax), so
+ * the error against the input's typical size grows with max|x| / rms(x) (per tensor), or
+ * with each row's own max / rms (per token). Over the evaluation's batches, for the inputs
+ * of each layer (ln1: wq, wk, wv's; atty: wo's; ln2: w1, w3's; swi: w2's) and lnf (lm_head's):
+ * the largest |x|, the rms, the mean over batches of max / rms and the mean over rows of
+ * their own max / rms.
+ */
+#define NUM_INPUT_KINDS 4
+static const char *INPUT_KINDS[NUM_INPUT_KINDS] = {"ln1", "atty", "ln2", "swi"};
+typedef struct {
+    double max_abs, ss, tensor_ratio, token_ratio;
+    long n, batches, rows;
+} InputStat;
+
+static void input_stat_add(InputStat *st, const real *x, int N, int C) {
+    double mx = 0, ss = 0, rr = 0;
+#pragma omp parallel for reduction(max : mx) reduction(+ : ss, rr)
+    for (int i = 0; i < N; i++) {
+        const real *r = x + (long)i * C;
+        double m = max_abs(r, C), s = 0;
+        for (int c = 0; c < C; c++) s += (double)r[c] * r[c];
+        mx = m > mx ? m : mx;
+        ss += s;
+        rr += s > 0 ? m / sqrt(s / C) : 0;
+    }
+    st->max_abs = mx > st->max_abs ? mx : st->max_abs;
+    st->ss += ss;
+    st->n += (long)N * C;
+    st->tensor_ratio += ss > 0 ? mx / sqrt(ss / ((double)N * C)) : 0;
+    st->batches++;
+    st->token_ratio += rr;
+    st->rows += N;
+}
+
+/*
+ * --eval-only 1: the mean loss of --init-from's model over the first --val-batches batches
+ * of --val (the batches a training run's validation reads, summed as evaluate() sums them),
+ * with --quant's weights and matmul inputs; printed, and one row appended to eval.csv in
+ * --out (docs/formats.md); the matmul inputs' spread (InputStat) into inputs.csv.
+ */
+static void eval_run(Llama *model, const Settings *s, const char *ckpt) {
+    if (dp.ranks > 1) usage_error("--eval-only 1 runs on one rank, not %d (mpirun -np 1, or no mpirun)", dp.ranks);
+    DataLoader val;
+    dataloader_init(&val, s->val, "--val", s->batch, s->seq_len, model->config.vocab);
+    ensure_dir(s->out);
+    llama_load_params(model, ckpt);
+    const QuantSetting *q = quant_setting(s->quant);
+    llama_quantize_weights(model, q);
+    quant = *q; // matmul_forward quantizes its inputs from here on
+    llama_alloc_acts(model, s->batch, s->seq_len);
+    double t0 = wall_seconds();
+    const LlamaConfig *c = &model->config;
+    int L = c->layers, N = s->batch * s->seq_len, width[NUM_INPUT_KINDS] = {c->dim, c->dim, c->dim, c->ffn};
+    InputStat *st = (InputStat *)calloc_check((long)NUM_INPUT_KINDS * L + 1, sizeof(InputStat));
+    double loss = 0;
+    dataloader_reset(&val);
+    for (int b = 0; b < s->val_batches; b++) {
+        dataloader_next(&val);
+        llama_forward(model, val.inputs, val.targets, s->batch, s->seq_len);
+        loss += model->loss;
+        const Acts *a = &model->acts;
+        const real *kinds[NUM_INPUT_KINDS] = {a->ln1, a->atty, a->ln2, a->swi};
+        for (int l = 0; l < L; l++) {
+            for (int k = 0; k < NUM_INPUT_KINDS; k++) {
+                input_stat_add(&st[l * NUM_INPUT_KINDS + k], kinds[k] + (long)l * N * width[k], N, width[k]);
+            }
+        }
+        input_stat_add(&st[L * NUM_INPUT_KINDS], a->lnf, N, c->dim);
+    }
+    loss /= s->val_batches;
+    quant = QUANT_SETTINGS[0];
+    char path[4200];
+    run_file(path, sizeof(path), s->out, "inputs.csv");
+    int fresh_inputs = file_size(path) <= 0;
+    FILE *fi = fopen(path, "a");
+    if (!fi) die("cannot open %s for appending: %s", path, strerror(errno));
+    if (fresh_inputs) fprintf(fi, "model,quant,layer,input,max_abs,rms,tensor_max_over_rms,token_max_over_rms\n");
+    for (int i = 0; i <= NUM_INPUT_KINDS * L; i++) {
+        const InputStat *e = &st[i];
+        fprintf(fi, "%s,%s,%d,%s,%.6g,%.6g,%.6g,%.6g\n", ckpt, q->name, i < NUM_INPUT_KINDS * L ? i / NUM_INPUT_KINDS + 1 : 0,
+                i < NUM_INPUT_KINDS * L ? INPUT_KINDS[i % NUM_INPUT_KINDS] : "lnf", e->max_abs, sqrt(e->ss / e->n),
+                e->tensor_ratio / e->batches, e->token_ratio / e->rows);
+    }
+    fclose_check(fi, path);
+    free(st);
+    run_file(path, sizeof(path), s->out, "eval.csv");
+    int fresh = file_size(path) <= 0;
+    FILE *f = fopen(path, "a");
+    if (!f) die("cannot open %s for appending: %s", path, strerror(errno));
+    if (fresh) fprintf(f, "model,quant,precision,batch,seq_len,val_batches,val_loss\n");
+    fprintf(f, "%s,%s,%s,%d,%d,%d,%.9g\n", ckpt, q->name, s->precision, s->batch, s->seq_len, s->val_batches, loss);
+    fclose_check(f, path);
+    printf("eval: val loss %.6f | quant %s | %d batches of %dx%d | %.1f s | %s\n", loss, q->name, s->val_batches,
+           s->batch, s->seq_len, wall_seconds() - t0, path);
+    dataloader_free(&val);
+}
+
 // every rank takes part (state_save gathers AdamW's shards); rank 0 writes
 static void save_checkpoint(const Llama *model, const TrainState *st, const char *dir) {
     check_finite_params(model->params, sizeof(real), model->num_params, dir);
@@ -1495,6 +1705,12 @@ int main(int argc, char **argv) {
         generate_run(&model, llama_next_logits, config.max_seq_len, &s, tok,
                      s.kv_cache ? "with the KV cache" : "no cache: the prefix recomputed for every token");
         tokenizer_free(tok);
+        llama_free(&model);
+        return 0;
+    }
+    if (s.eval_only) {
+        eval_run(&model, &s, ckpt);
+        if (tok) tokenizer_free(tok);
         llama_free(&model);
         return 0;
     }

@@ -133,6 +133,15 @@ static int settings_parse(Settings *s, int argc, char **argv, const char *usage,
     n += parallel_flags(s, flags + n);
     if (gpu) n += gpu_flags(s, flags + n);
     settings_parse_flags(s, flags, n, argc, argv, usage);
+    if (gpu && (s->eval_only || strcmp(s->quant, "none") != 0)) {
+        usage_error("--eval-only and --quant: train_llama on the CPU only, yet");
+    }
+    if (s->eval_only && !s->init_from) usage_error("--eval-only 1 needs a model: --init-from MODEL.bin");
+    if (s->eval_only && !(s->val && s->val[0])) usage_error("--eval-only 1 needs validation shards: --val GLOB");
+    if (s->eval_only && s->generate) usage_error("--eval-only 1 and --generate exclude each other");
+    if (!s->eval_only && strcmp(s->quant, "none") != 0) {
+        usage_error("--quant %s needs --eval-only 1 (training is never fake-quantized)", s->quant);
+    }
     if (s->ffn == 0) s->ffn = (2 * 4 * s->dim / 3 + 31) / 32 * 32;
     if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
     if (s->heads % s->kv_heads != 0) usage_error("--kv-heads %d does not divide --heads %d", s->kv_heads, s->heads);

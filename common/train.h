@@ -59,6 +59,10 @@ typedef struct {
     const char *attention; // the CUDA trainers' attention: flash (default) or matmul
     // train_llama: the matmuls' inputs in fp32 or bf16 (docs/perf.md, "bf16 on the CPU")
     const char *precision;
+    // train_llama: evaluate --init-from's model on --val and exit, fake-quantized by --quant
+    // (docs/methods.md, "Quantized evaluation")
+    int eval_only;
+    const char *quant;
     // text samples and generation (common/sample.h)
     int sample_every, sample_tokens, sample_seed, generate, kv_cache;
     double temperature, top_p;
@@ -135,6 +139,9 @@ static int training_flags(Settings *s, Flag *f, const char *inits) {
 static const char *ARCH_FLAGS[NUM_ARCH_FLAGS] __attribute__((unused)) = {"layers", "dim",   "heads",    "kv-heads",
                                                  "ffn",    "vocab", "norm-eps", "rope-theta"};
 
+// --quant's settings; train_llama.c's QUANT_SETTINGS says what each one quantizes
+#define QUANT_CHOICES "none|w8a8|w8a8-token|w8|w4g128|a8|a8-token|a4|a4-token|w16a16"
+
 static int llama_flags(Settings *s, Flag *f) {
     Flag t[] = {
         {"layers", FLAG_INT, &s->layers, "4", 1, 1024, NULL, "decoder blocks L (fresh model)", 0},
@@ -148,6 +155,10 @@ static int llama_flags(Settings *s, Flag *f) {
         {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
         {"precision", FLAG_CHOICE, &s->precision, "fp32", 0, 0, "fp32|bf16",
          "matmul inputs; bf16: rounded to bf16, fp32 sums, weights and state (the CPU only, yet)", 0},
+        {"eval-only", FLAG_INT, &s->eval_only, "0", 0, 1, NULL,
+         "1: the val loss of --init-from's model on --val-batches batches, then exit (the CPU only, yet)", 0},
+        {"quant", FLAG_CHOICE, &s->quant, "none", 0, 0, QUANT_CHOICES,
+         "with --eval-only 1: fake-quantized weights (w) and matmul inputs (a), int bits; docs/methods.md", 0},
     };
     memcpy(f, t, sizeof(t));
     return (int)(sizeof(t) / sizeof(t[0]));

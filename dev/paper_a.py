@@ -15,6 +15,9 @@ continued with --resume from its last checkpoint (--checkpoint-every is on).
     python3 dev/paper_a.py --only baseline,lir_tvr01 --steps 200
     python3 dev/paper_a.py --scale gpu --binary ./train_llama_cu [--dry-run: print the commands]
     python3 dev/paper_a.py --summary-only     # just rebuild the table from existing logs
+    python3 dev/paper_a.py --quant-eval       # each run's model.bin under fake quantization: quant.md
+    python3 dev/paper_a.py --out out/paper_a_bf16 --compare out/paper_a   # bf16 runs against fp32: compare.md
+    python3 dev/paper_a.py --out out/seeds --seeds-of out/s1,out/s2,out/s3   # mean and spread over seeds: seeds.md
 
 Standard library only. Plots: dev/plot_paper_a.py.
 """
@@ -102,7 +105,9 @@ def run_one(args, name, extra, scale):
            "--batch", str(scale["batch"]), "--steps", str(args.steps or scale["steps"]), "--lr", scale["lr"],
            "--warmup", str(scale["warmup"]), "--val-every", str(scale["val_every"]), "--val-batches", "20",
            "--stats-every", str(scale["stats_every"]), "--tvr-every", str(scale["tvr_every"]),
-           "--checkpoint-every", str(scale["checkpoint_every"]), "--seed", str(args.seed), *(["--shuffle", "1"] if args.shuffle else []), *extra]
+           "--checkpoint-every", str(scale["checkpoint_every"]), "--seed", str(args.seed), *(["--shuffle", "1"] if args.shuffle else []),
+           *(["--precision", args.precision] if args.precision != "fp32" else []),
+           *(["--threads", str(args.threads)] if args.threads else []), *extra]
     if os.path.exists(os.path.join(out, "state.bin")):
         cmd += ["--resume", out]
         print(f"[{name}] resuming from its last checkpoint")
@@ -169,6 +174,137 @@ def summarise(args):
     print(table)
 
 
+# --quant-eval: train_llama --eval-only 1 on each finished run's model.bin, in fp32 and under
+# each fake quantization (docs/methods.md, "Quantized evaluation"), on the validation batches
+# the runs' own validation reads; the losses in quant.csv / quant.md beside summary.md.
+QUANT = ["none", "w8a8", "w8a8-token", "a8", "a8-token", "a4", "a4-token", "w8", "w4g128"]
+
+
+def eval_rows(path):
+    """eval.csv's rows as {(quant, val_batches): val_loss}, the last of each kept."""
+    return {(r["quant"], r["val_batches"]): float(r["val_loss"]) for r in read_csv(path)}
+
+
+def quant_eval(args, scale):
+    rows = []
+    for name, label, _ in RUNS + EXTRA_RUNS:
+        out = os.path.join(args.out, name)
+        model = os.path.join(out, "model.bin")
+        if not os.path.exists(os.path.join(out, "done")) or not os.path.exists(model):
+            continue
+        evals = os.path.join(out, "eval.csv")
+        for q in QUANT:
+            if (q, "20") in eval_rows(evals):
+                continue  # evaluated already (resumable, as the runs are)
+            cmd = [args.binary, "--init-from", model, "--eval-only", "1", "--quant", q, "--val", args.val,
+                   "--batch", str(scale["batch"]), "--val-batches", "20", "--out", out,
+                   *(["--precision", args.precision] if args.precision != "fp32" else []),
+                   *(["--threads", str(args.threads)] if args.threads else [])]
+            if args.dry_run:
+                print(" ".join(cmd))
+                continue
+            env = dict(os.environ)
+            env.setdefault("OMP_WAIT_POLICY", "passive")
+            res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            if res.returncode != 0:
+                sys.exit(f"[{name}] --eval-only --quant {q} failed with status {res.returncode}:\n{res.stdout}")
+            print(f"[{name}] " + next((l for l in res.stdout.splitlines() if l.startswith("eval:")), ""), flush=True)
+        if args.dry_run:
+            continue
+        got = eval_rows(evals)
+        acts = read_csv(os.path.join(out, "activations.csv"))
+        row = dict(run=name, setting=label,
+                   final_activation=max((float(r["max_abs"]) for r in acts if r["step"] == acts[-1]["step"]),
+                                        default=float("nan")))
+        # the fp32 model's matmul inputs (inputs.csv, --quant none): max / rms per tensor
+        ins = [r for r in read_csv(os.path.join(out, "inputs.csv")) if r["quant"] == "none"]
+        n_inputs = 4 * int(next(r["layer"] for r in reversed(ins) if r["input"] == "swi")) + 1 if ins else 0
+        ins = ins[-n_inputs:] if n_inputs else []
+        ratios = [float(r["tensor_max_over_rms"]) for r in ins]
+        row["input_max_over_rms_mean"] = sum(ratios) / len(ratios) if ratios else float("nan")
+        row["input_max_over_rms_max"] = max(ratios, default=float("nan"))
+        row["input_max_abs_max"] = max((float(r["max_abs"]) for r in ins), default=float("nan"))
+        for q in QUANT:
+            row[q] = got[(q, "20")]
+        rows.append(row)
+    if args.dry_run:
+        return
+    if not rows:
+        sys.exit(f"no finished runs with a model.bin under {args.out}")
+    with open(os.path.join(args.out, "quant.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| run | setting | max abs block output, last step | matmul inputs' max/rms per tensor: mean (largest) | fp32 | "
+             + " | ".join(QUANT[1:]) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * (len(QUANT) - 1)]
+    for r in rows:
+        cells = [f"{r[q]:.4f} (+{r[q] - r['none']:.4f})" if r[q] >= r["none"] else f"{r[q]:.4f} ({r[q] - r['none']:.4f})"
+                 for q in QUANT[1:]]
+        lines.append(f"| {r['run']} | {r['setting']} | {r['final_activation']:.2f} | "
+                     f"{r['input_max_over_rms_mean']:.1f} ({r['input_max_over_rms_max']:.1f}) | {r['none']:.4f} | "
+                     + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "quant.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+def compare(args):
+    """--compare DIR: each run's final val loss here against the same run's in DIR (compare.md)."""
+    lines = ["| run | setting | val loss here | val loss in " + args.compare + " | difference |", "|---|---|---:|---:|---:|"]
+    rows = []
+    for name, label, _ in RUNS + EXTRA_RUNS:
+        a = read_csv(os.path.join(args.out, name, "val.csv"))
+        b = read_csv(os.path.join(args.compare, name, "val.csv"))
+        if not a or not b or a[-1]["step"] != b[-1]["step"]:
+            continue
+        va, vb = float(a[-1]["val_loss"]), float(b[-1]["val_loss"])
+        rows.append(dict(run=name, here=va, other=vb, difference=va - vb))
+        lines.append(f"| {name} | {label} | {va:.4f} | {vb:.4f} | {va - vb:+.4f} |")
+    if not rows:
+        sys.exit(f"--compare: no run finished at the same step under both {args.out} and {args.compare}")
+    with open(os.path.join(args.out, "compare.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+def seed_means(args):
+    """--seeds-of DIR,DIR,...: each run's final val loss over the sets (seeds), mean and spread (seeds.md in --out)."""
+    dirs = args.seeds_of.split(",")
+    lines = ["| run | setting | seeds | final val loss, each | mean | min – max | std (n−1) |", "|---|---|---:|---|---:|---:|---:|"]
+    rows = []
+    for name, label, _ in RUNS + EXTRA_RUNS:
+        vals = []
+        for d in dirs:
+            v = read_csv(os.path.join(d, name, "val.csv"))
+            if v and os.path.exists(os.path.join(d, name, "done")):
+                vals.append(float(v[-1]["val_loss"]))
+        if not vals:
+            continue
+        mean = sum(vals) / len(vals)
+        std = (sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else float("nan")
+        rows.append(dict(run=name, seeds=len(vals), mean=mean, min=min(vals), max=max(vals), std=std))
+        lines.append(f"| {name} | {label} | {len(vals)} | {', '.join(f'{x:.4f}' for x in vals)} | {mean:.4f} | "
+                     f"{min(vals):.4f} – {max(vals):.4f} | {std:.4f} |")
+    if not rows:
+        sys.exit(f"--seeds-of: no finished runs under {args.seeds_of}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "seeds.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "seeds.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scale", choices=SCALES, default="cpu")
@@ -180,10 +316,29 @@ def main():
     p.add_argument("--seed", type=int, default=1337, help="the seed of every run: it sets the initial weights (the data order does not depend on it)")
     p.add_argument("--shuffle", type=int, choices=(0, 1), default=0,
                    help="1: the trainers' --shuffle 1 (books mixed; the measured set used 0: the books in order)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="train_llama's --precision for every run (bf16: matmul inputs rounded to bf16; the CPU only)")
+    p.add_argument("--threads", type=int, default=0, help="train_llama's --threads; 0: not passed (all cores)")
     p.add_argument("--only", default="", help="comma-separated run names")
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--quant-eval", action="store_true",
+                   help="no training: every finished run's model.bin evaluated in fp32 and under each --quant "
+                        "(train_llama --eval-only 1; --binary: a build that has it), into quant.csv / quant.md")
+    p.add_argument("--seeds-of", default="", help="no training: comma-separated set directories (one per seed); "
+                                                  "each run's mean and spread of final val loss into --out's seeds.md")
+    p.add_argument("--compare", default="", help="no training: final val losses against the same runs in this "
+                                                 "directory (e.g. bf16 against fp32), into compare.csv / compare.md")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args()
+    if args.seeds_of:
+        seed_means(args)
+        return
+    if args.quant_eval or args.compare:
+        if args.quant_eval:
+            quant_eval(args, SCALES[args.scale])
+        if args.compare:
+            compare(args)
+        return
     if not args.summary_only:
         if not glob.glob(args.train) or not glob.glob(args.val):
             sys.exit(f"no shards match {args.train} / {args.val}: run `make data-gutenberg` "

@@ -17,6 +17,9 @@ bad() { echo "  FAIL $*"; fail=1; }
 # name written at run time -> a tracked file that writes it
 declare -A GENERATED=(
   [summary.md]=dev/paper_a.py
+  [quant.md]=dev/paper_a.py
+  [compare.md]=dev/paper_a.py
+  [seeds.md]=dev/paper_a.py
   [e3_summary.md]=dev/plot_e3.py
   [e3_sparsity.md]=dev/e3_sparsity.py
   [report.md]=test/test_llama_gpu.sh

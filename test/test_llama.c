@@ -4,7 +4,7 @@
  * (the program as it ships) and with -DREAL_DOUBLE, where the gradient check
  * against finite differences can be tight.
  *
- *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|shuffle|decode|bf16|classifier|all]
+ *   build/test_llama [gradcheck|overfit|lir|tvr|adamw|schedule|clip|checkpoint|gemm|shuffle|decode|bf16|classifier|quant|all]
  *   build/test_llama write-shard PATH NTOK VOCAB [MAGIC VERSION]   (a synthetic shard for the CLI tests)
  *
  * Every check prints the number it measured and the tolerance; the exit status
@@ -694,6 +694,119 @@ static void test_decode(void) {
     llama_free(&m);
 }
 
+// ---------------------------------------------------------------------------
+// Fake quantization (--eval-only 1 --quant): the quantizer against values worked out by
+// hand, groups and per-token scales, what llama_quantize_weights touches, and 16 bits
+// against none on a model's loss and logits.
+static double max_diff(const real *a, const double *want, int n) {
+    double worst = 0;
+    for (int i = 0; i < n; i++) worst = fmax(worst, fabs((double)a[i] - want[i]));
+    return worst;
+}
+
+static void test_quant(void) {
+    printf("fake quantization (%s)\n", PRECISION);
+    // 8 bits: scale 1.27/127 = 0.01; 0.013 -> 1.3 -> 1, -0.006 -> -0.6 -> -1
+    real x8[5] = {(real)1.27, (real)-0.5, (real)0.013, 0, (real)-0.006}, y[8];
+    double w8[5] = {1.27, -0.5, 0.01, 0, -0.01};
+    quant_group(y, x8, 5, 8);
+    check(max_diff(y, w8, 5) <= 1e-6, "8 bits, scale 0.01: 5 hand values, max |error|", max_diff(y, w8, 5), 1e-6);
+    // 4 bits (qmax 7), scale 1: exact; ties to even (2.5 -> 2, -1.5 -> -2, 0.5 -> 0)
+    real x4[8] = {7, (real)-3.4, (real)1.6, (real)0.2, -7, (real)2.5, (real)-1.5, (real)0.5};
+    double w4[8] = {7, -3, 2, 0, -7, 2, -2, 0};
+    quant_group(y, x4, 8, 4);
+    check(max_diff(y, w4, 8) == 0, "4 bits, scale 1: 8 hand values (3 ties to even), max |error|", max_diff(y, w4, 8),
+          0);
+    real z[3] = {0, 0, 0};
+    quant_group(y, z, 3, 8);
+    check(y[0] == 0 && y[1] == 0 && y[2] == 0, "an all-zero group stays zero (1 = not)", 0, 0);
+    // a 2 x 6 matrix, 4 bits, groups of 4: row 0's groups have scales 1 and 0.1, row 1's 0.5 and 2
+    real m[12] = {7, (real)3.2, -1, (real)0.4, (real)0.7, (real)-0.3, (real)3.5, (real)-1.2, (real)0.3, 1, 14, 5};
+    double wm[12] = {7, 3, -1, 0, 0.7, -0.3, 3.5, -1, 0.5, 1, 14, 4}; // 5 / 2 = 2.5: a tie, to 2
+    quant_matrix(m, 2, 6, 4, 4);
+    check(max_diff(m, wm, 12) <= 1e-6, "4 bits, groups of 4 in rows of 6: 12 hand values", max_diff(m, wm, 12), 1e-6);
+    real mr[4] = {7, (real)3.2, (real)0.7, (real)0.3}; // group 0 (and group >= cols): one scale a row
+    double wr[4] = {7, 3, 0.7, 0.3};
+    quant_matrix(mr, 2, 2, 4, 0);
+    check(max_diff(mr, wr, 4) <= 1e-6, "4 bits, a scale per row (output channel): 4 hand values",
+          max_diff(mr, wr, 4), 1e-6);
+    // activations, 4 bits: per tensor one scale 1/7 for both rows; per token 1/7 and 0.1/7
+    real a[4] = {1, (real)0.6, (real)0.1, (real)-0.02};
+    double wt[4] = {1, 4.0 / 7, 1.0 / 7, 0}, wk[4] = {1, 4.0 / 7, 0.1, -0.1 / 7};
+    const real *qa = quant_input(a, 2, 2, 4, 0);
+    check(max_diff(qa, wt, 4) <= 1e-6, "4-bit inputs per tensor: 4 hand values", max_diff(qa, wt, 4), 1e-6);
+    qa = quant_input(a, 2, 2, 4, 1);
+    check(max_diff(qa, wk, 4) <= 1e-6, "4-bit inputs per token: 4 hand values", max_diff(qa, wk, 4), 1e-6);
+    // --quant's choices are the settings' names, in order
+    char names[256] = "";
+    for (int i = 0; i < NUM_QUANT_SETTINGS; i++) {
+        strcat(names, QUANT_SETTINGS[i].name);
+        if (i + 1 < NUM_QUANT_SETTINGS) strcat(names, "|");
+    }
+    check(!strcmp(names, QUANT_CHOICES), "QUANT_SETTINGS' names = --quant's choices (1 = differ)",
+          strcmp(names, QUANT_CHOICES) != 0, 0);
+
+    // a model: what is quantized, and 16 bits against none
+    LlamaConfig c = {16, 40, 2, 4, 2, 32, 48, 1e-5f, 10000.0f}; // T 16, V 40, L 2, NH 4, NKV 2, C 32, F 48
+    int B = 2, T = 16, N = B * T, V = c.vocab;
+    Llama ref, q16, q8;
+    tiny_model(&ref, c, B, T, 0.1, 5);
+    tiny_model(&q16, c, B, T, 0.1, 5);
+    tiny_model(&q8, c, B, T, 0.1, 5);
+    Rng rng;
+    rng_seed(&rng, 3);
+    int tx[32], ty[32];
+    random_tokens(tx, N, V, &rng);
+    random_tokens(ty, N, V, &rng);
+    llama_quantize_weights(&q8, quant_setting("w4g128"));
+    int kept = 1, changed = 1;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        int same = !memcmp(ref.tensor[i], q8.tensor[i], sizeof(real) * param_count(&c, i));
+        if (PARAM_INFO[i].block_matrix || i == P_LM_HEAD) changed &= !same;
+        else kept &= same;
+    }
+    check(changed, "w4g128: every block matrix and lm_head changed (1 = one not)", !changed, 0);
+    check(kept, "w4g128: tok_emb and the norm gains bitwise kept (1 = not)", !kept, 0);
+    memcpy(q8.params, ref.params, sizeof(real) * ref.num_params);
+
+    llama_forward(&ref, tx, ty, B, T);
+    real *ref_logits = (real *)malloc_check(sizeof(real) * N * V);
+    memcpy(ref_logits, ref.acts.logits, sizeof(real) * N * V);
+    double lmax = 0;
+    for (long i = 0; i < (long)N * V; i++) lmax = fmax(lmax, fabs((double)ref_logits[i]));
+    double dl[2], dz[2];
+    Llama *qm[2] = {&q16, &q8};
+    const char *qn[2] = {"w16a16", "w8a8"};
+    for (int k = 0; k < 2; k++) {
+        const QuantSetting *qs = quant_setting(qn[k]);
+        llama_quantize_weights(qm[k], qs);
+        quant = *qs;
+        llama_forward(qm[k], tx, ty, B, T);
+        quant = QUANT_SETTINGS[0];
+        dl[k] = fabs((double)qm[k]->loss - (double)ref.loss);
+        dz[k] = 0;
+        for (long i = 0; i < (long)N * V; i++) dz[k] = fmax(dz[k], fabs((double)qm[k]->acts.logits[i] - ref_logits[i]));
+        dz[k] /= lmax;
+    }
+    // 16 bits: every weight and input within s/2 = max/65534 of its value (1.5e-5 of its
+    // group's largest: not float rounding, 2^-24, but 2^9 times that), summed over 2 blocks
+    // and lm_head. That the rest is that rounding and nothing else: 8 bits' step is 2^8
+    // times 16 bits', and so is the logits' error (to a factor 4 either way).
+    check(dl[0] <= 1e-4, "w16a16 vs none: |loss difference|", dl[0], 1e-4);
+    check(dz[0] <= 1e-3, "w16a16 vs none: max |logit difference| / max |logit|", dz[0], 1e-3);
+    double ratio = dz[1] / fmax(dz[0], 1e-30);
+    check(ratio >= 64 && ratio <= 1024, "logit error w8a8 / w16a16 (the steps' ratio 256; in [64, 1024])", ratio,
+          256);
+    llama_forward(&ref, tx, ty, B, T);
+    check(!memcmp(ref.acts.logits, ref_logits, sizeof(real) * N * V),
+          "after an evaluation, quant none: logits bitwise as before (1 = differ)",
+          memcmp(ref.acts.logits, ref_logits, sizeof(real) * N * V) != 0, 0);
+    free(ref_logits);
+    llama_free(&ref);
+    llama_free(&q16);
+    llama_free(&q8);
+}
+
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "all";
     if (!strcmp(which, "write-shard")) return write_shard(argc, argv);
@@ -704,7 +817,7 @@ int main(int argc, char **argv) {
                  {"lir", test_lir},           {"tvr", test_tvr},             {"schedule", test_schedule},
                  {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint},
                  {"shuffle", test_shuffle},   {"decode", test_decode},       {"bf16", test_bf16},
-                 {"classifier", test_classifier}};
+                 {"classifier", test_classifier}, {"quant", test_quant}};
     int ran = 0;
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!strcmp(which, "all") || !strcmp(which, tests[i].name)) {

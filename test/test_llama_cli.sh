@@ -188,6 +188,28 @@ rm -rf $D/full && (trap '' XFSZ; ulimit -f 60; $RUN --steps 1 --out $D/full > /d
 
 expect 2 "this configuration needs about [0-9.]* GiB, more than the" -- $BIN --layers 64 --dim 16384 --heads 16 --kv-heads 16 --vocab 64 $DATA --steps 1 --out $D/mem
 
+echo "--eval-only 1 and --quant (fake-quantized evaluation)"
+EVAL="$BIN --init-from $D/r5/model.bin --eval-only 1 --val $D/val_*.bin --batch 4 --val-batches 2 --threads 2"
+rm -rf $D/ev && $EVAL --out $D/ev > $D/ev.out 2>&1
+want=$(tail -n1 $D/r5/val.csv | cut -d, -f2) got=$(tail -n1 $D/ev/eval.csv 2>/dev/null | cut -d, -f7)
+[ -n "$want" ] && [ "$want" = "$got" ] && grep -q "^eval: val loss" $D/ev.out &&
+  ok "--eval-only 1: val loss $got = the run's last val.csv row (the same batches), in eval.csv" ||
+  bad "--eval-only 1: '$got' against val.csv's '$want': $(tail -2 $D/ev.out)"
+for q in w8a8 w8a8-token w8 w4g128 a8 a8-token a4 a4-token w16a16; do $EVAL --quant $q --out $D/ev > /dev/null 2>&1 || bad "--quant $q failed"; done
+n=$(awk -F, 'NR > 1 && $7 + 0 == $7 {n++} END {print n + 0}' $D/ev/eval.csv)
+nq=$(awk -F, -v w="$want" 'NR > 1 && $2 != "none" && $7 != w {n++} END {print n + 0}' $D/ev/eval.csv)
+[ "$n" = 10 ] && [ "$nq" = 9 ] && ok "eval.csv: one header and 10 rows (none and 9 settings), each quantized loss another number" ||
+  bad "eval.csv after 10 evaluations: $n rows, $nq of them quantized and different: $(cat $D/ev/eval.csv)"
+ni=$(awk -F, 'NR > 1 && $2 == "none" && $7 >= 1 && $8 >= 1 {n++} END {print n + 0}' $D/ev/inputs.csv)
+[ "$(grep -c . $D/ev/inputs.csv)" = 91 ] && [ "$ni" = 9 ] &&
+  ok "inputs.csv: 9 rows an evaluation (4 inputs x 2 layers + lnf), max/rms >= 1 per tensor and per token" ||
+  bad "inputs.csv: $(grep -c . $D/ev/inputs.csv) lines, $ni good rows of --quant none"
+expect 2 "--quant must be one of" -- $EVAL --quant int8 --out $D/ev
+expect 2 "--eval-only 1 needs a model: --init-from MODEL.bin" -- $BIN --eval-only 1 --val "$D/val_*.bin"
+expect 2 "--eval-only 1 needs validation shards: --val GLOB" -- $EVAL --val ""
+expect 2 "--eval-only must be in" -- $EVAL --eval-only 2
+expect 2 "--quant w8a8 needs --eval-only 1" -- $B --quant w8a8
+
 echo "non-finite numbers: the run stops, the last good checkpoint stays"
 # --eps 0 divides 0 by 0 in AdamW: step 1's update makes NaN weights, step 2's loss is NaN
 NAN="$BIN $MODEL $DATA --eps 0 --val-every 0"
