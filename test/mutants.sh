@@ -8,7 +8,9 @@
 #   classifier_barrier  the __syncthreads in train_llama.cu's fused classifier deleted
 #   reduce_barrier      the first __syncthreads of block_sum_d (common/cuda_reduce.h) deleted:
 #                       two reductions in a row then overwrite a slot another warp still reads
-#   softmax_off_by_one  the causal softmax sums t2 < t instead of t2 <= t
+#   flash_causal_off_by_one  the flash forward (common/cuda_attention.h, the default attention)
+#                       stops one key short of the diagonal
+#   flash_dkv_diagonal  the flash backward's dk, dv kernel skips the diagonal query
 #   gemm_transpose      gemm_batched()'s cuBLAS transpose flag for B flipped (common/cuda_common.h)
 set -u
 cd "$(dirname "$0")/.."
@@ -99,9 +101,12 @@ mutant classifier_barrier train_llama.cu \
 mutant reduce_barrier common/cuda_reduce.h \
     '    v = warp_sum_d(v);\n    __syncthreads();\n' \
     '    v = warp_sum_d(v);\n    // (mutant: no barrier)\n'
-mutant softmax_off_by_one train_llama.cu \
-    'for (int t2 = lane; t2 <= t; t2 += 32) sum += expf' \
-    'for (int t2 = lane; t2 < t; t2 += 32) sum += expf'
+mutant flash_causal_off_by_one common/cuda_attention.h \
+    'continue; // (every thread still reaches both barriers)\n        int n = min(FA_TILE, t - j0 + 1);' \
+    'continue; // (every thread still reaches both barriers)\n        int n = min(FA_TILE, t - j0);'
+mutant flash_dkv_diagonal common/cuda_attention.h \
+    'int first = j > i0 ? j - i0 : 0' \
+    'int first = j >= i0 ? j - i0 + 1 : 0'
 mutant gemm_transpose common/cuda_common.h \
     'transB ? CUBLAS_OP_T : CUBLAS_OP_N,' \
     'transB ? CUBLAS_OP_N : CUBLAS_OP_T,'
