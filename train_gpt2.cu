@@ -365,10 +365,8 @@ typedef struct {
     floatX *datt;              // (B, NH, T, T)
 } AttnScratch;
 
-// --attention: 1 = flash (common/cuda_attention.h: att holds each row's log-sum-exp,
-// (B,NH,T), and the scratch's datt holds D = rowsum(dout * out)); 0 = the matmuls above
-static int attention_flash = 1;
-static long attention_att_size(int B, int T, int NH) { return (long)B * NH * T * (attention_flash ? 1 : T); }
+// attention_flash and attention_att_size(): common/cuda_train.h (with flash the scratch's datt
+// holds D = rowsum(dout * out))
 
 static void attention_forward(floatX *out, floatX *att, const floatX *qkv, AttnScratch *w, int B, int T, int C,
                               int NH) {
@@ -1415,13 +1413,13 @@ int main(int argc, char **argv) {
     Settings s;
     int shape_given[4];
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, shape_given);
-    attention_flash = strcmp(s.attention, "flash") == 0;
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;
     memset(&model, 0, sizeof(model));
     if (s.generate > 0) { // --init-from's model, no data, no training
         gpt2_load_host(&model, s.init_from);
+        attention_setup(&s, model.config.channels, model.config.heads);
         Tokenizer tok;
         load_tokenizer(&s, model.config.vocab, &tok); // a misfit is an error here
         gpu_dp_setup(s.tf32, "train_gpt2");
@@ -1440,10 +1438,7 @@ int main(int argc, char **argv) {
     }
     if (s.resume) seq_len_given = gpt2_resume_settings(&s, seq_len_given, STATE_MAGIC);
     int T = build_model_host(&model, &s, seq_len_given, shape_given, &rng);
-    if (attention_flash && model.config.channels / model.config.heads > FA_MAX_HS) {
-        usage_error("--attention flash: the head size %d (dim %d / heads %d) is over %d; use --attention matmul",
-                    model.config.channels / model.config.heads, model.config.channels, model.config.heads, FA_MAX_HS);
-    }
+    attention_setup(&s, model.config.channels, model.config.heads);
     s.seq_len = T; // what the run uses (at most the checkpoint's), as state.bin records it
     Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)

@@ -331,13 +331,7 @@ typedef struct {
     floatX *datt;         // (B,NH,T,T)
 } AttnScratch;
 
-// --attention: 1 = flash (common/cuda_attention.h: att holds each row's log-sum-exp,
-// (B,NH,T)), 0 = the matmuls above (att holds the probabilities, (B,NH,T,T))
-static int attention_flash = 1;
-
-// the att slot's and the attention scratch's sizes (values) under attention_flash
-static long attention_att_size(int B, int T, int NH) { return (long)B * NH * T * (attention_flash ? 1 : T); }
-
+// attention_flash and attention_att_size(): common/cuda_train.h
 static void attention_forward(floatX *out, floatX *att, const floatX *q, const floatX *k, const floatX *v,
                               AttnScratch *w, int B, int T, int NH, int NKV, int hs) {
     if (attention_flash) {
@@ -1399,15 +1393,11 @@ int main(int argc, char **argv) {
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
     if (strcmp(s.precision, "fp32") != 0) usage_error("--precision %s: this program has fp32 only, yet", s.precision);
-    attention_flash = strcmp(s.attention, "flash") == 0;
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
-    if (attention_flash && config.dim / config.heads > FA_MAX_HS) {
-        usage_error("--attention flash: the head size %d (dim %d / heads %d) is over %d; use --attention matmul",
-                    config.dim / config.heads, config.dim, config.heads, FA_MAX_HS);
-    }
+    attention_setup(&s, config.dim, config.heads);
     if (ckpt[0]) { // the file's size against its header before any allocation the header sizes
         long n = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);

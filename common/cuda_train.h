@@ -6,8 +6,25 @@
 #ifndef RESCALE_CUDA_TRAIN_H
 #define RESCALE_CUDA_TRAIN_H
 
+#include "cuda_attention.h"
 #include "cuda_common.h"
 #include "train.h"
+
+// --attention: 1 = flash (common/cuda_attention.h, the default): a layer's att slot holds each
+// row's log-sum-exp, (B,NH,T); 0 = matmul: it holds the probabilities, (B,NH,T,T)
+static int attention_flash = 1;
+
+// the values of one layer's att slot (and of the attention scratch's datt) under attention_flash
+static long attention_att_size(int B, int T, int NH) { return (long)B * NH * T * (attention_flash ? 1 : T); }
+
+// --attention from the flags, with flash's limit on the model's head size (dim / heads)
+static void attention_setup(const Settings *s, int dim, int heads) {
+    attention_flash = strcmp(s->attention, "flash") == 0;
+    if (attention_flash && dim / heads > FA_MAX_HS) {
+        usage_error("--attention flash: the head size %d (dim %d / heads %d) is over %d; use --attention matmul",
+                    dim / heads, dim, heads, FA_MAX_HS);
+    }
+}
 
 // This process's GPU: 0, or under MPI its rank's on the machine (gpu_dp_setup, common/cuda_dp.h).
 static int gpu_device = 0;
