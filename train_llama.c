@@ -1235,14 +1235,31 @@ static const float *llama_next_logits(void *m, const int *tokens, int n) {
 // chunks whatever the thread count, and the chunks are added in order, so the
 // result is the same with 1 or 16 threads.
 #define REDUCE_CHUNKS DP_CHUNKS // common/dp.h shares the chunks out between the ranks, whole
+// Sum of (x[i] - shift)^p over [lo, hi), p = 1 or 2, in double. Sixteen interleaved partial
+// sums, added in a fixed order at the end: one running sum is a chain of dependent adds (four
+// cycles each), which held the gradient norm of a 56M-parameter model to about 2 GB/s.
+static double sum_power_range(const real *x, long lo, long hi, double shift, int p) {
+    double acc[16] = {0}, s = 0;
+    long i = lo;
+    for (; i + 16 <= hi; i += 16) {
+        for (int j = 0; j < 16; j++) {
+            double d = (double)x[i + j] - shift;
+            acc[j] += p == 2 ? d * d : d;
+        }
+    }
+    for (; i < hi; i++) {
+        double d = (double)x[i] - shift;
+        s += p == 2 ? d * d : d;
+    }
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
 // part[ch] for the chunks ch in [c0, c1) (sum_squares: all of them)
 static void sum_squares_chunks(const real *x, long n, double shift, double *part, int c0, int c1) {
 #pragma omp parallel for
     for (int ch = c0; ch < c1; ch++) {
-        long lo = n * ch / REDUCE_CHUNKS, hi = n * (ch + 1) / REDUCE_CHUNKS;
-        double s = 0;
-        for (long i = lo; i < hi; i++) s += ((double)x[i] - shift) * ((double)x[i] - shift);
-        part[ch] = s;
+        part[ch] = sum_power_range(x, n * ch / REDUCE_CHUNKS, n * (ch + 1) / REDUCE_CHUNKS, shift, 2);
     }
 }
 
@@ -1258,10 +1275,7 @@ static double sum_values(const real *x, long n) {
     double part[REDUCE_CHUNKS];
 #pragma omp parallel for
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) {
-        long lo = n * ch / REDUCE_CHUNKS, hi = n * (ch + 1) / REDUCE_CHUNKS;
-        double s = 0;
-        for (long i = lo; i < hi; i++) s += x[i];
-        part[ch] = s;
+        part[ch] = sum_power_range(x, n * ch / REDUCE_CHUNKS, n * (ch + 1) / REDUCE_CHUNKS, 0, 1);
     }
     double s = 0;
     for (int ch = 0; ch < REDUCE_CHUNKS; ch++) s += part[ch];
