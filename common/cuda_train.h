@@ -26,6 +26,16 @@ static void attention_setup(const Settings *s, int dim, int heads) {
     }
 }
 
+// --recompute 1: the activations that are cheap to redo (LLaMA: the RMSNorm outputs and SwiGLU's
+// output; GPT-2: the LayerNorm outputs and GeLU's output) keep one layer's buffer, which the
+// forward overwrites layer after layer and the backward fills again with the forward's own
+// kernel before it needs it (the same kernel on the same inputs: the same bits as --recompute 0)
+static int recompute = 0;
+
+// How many layers a recomputed activation's buffer holds, and where layer l's slice starts.
+static long recompute_layers(int L) { return recompute ? 1 : L; }
+static long recompute_slot(int l) { return recompute ? 0 : l; }
+
 // This process's GPU: 0, or under MPI its rank's on the machine (gpu_dp_setup, common/cuda_dp.h).
 static int gpu_device = 0;
 

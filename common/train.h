@@ -57,6 +57,7 @@ typedef struct {
     // the GPU programs: matmuls in TF32
     int tf32;
     const char *attention; // the CUDA trainers' attention: flash (default) or matmul
+    int recompute;         // the CUDA trainers: 1 = redo the cheap activations in the backward
     // train_llama: the matmuls' inputs in fp32 or bf16 (docs/perf.md, "bf16 on the CPU")
     const char *precision;
     // train_llama: evaluate --init-from's model on --val and exit, fake-quantized by --quant
@@ -240,6 +241,8 @@ static int gpu_flags(Settings *s, Flag *f) {
         {"attention", FLAG_CHOICE, &s->attention, "flash", 0, 0, "flash|matmul",
          "flash: fused causal attention, no T x T matrix in memory (head size <= 64); matmul: cuBLAS products "
          "around a T x T softmax", 0},
+        {"recompute", FLAG_INT, &s->recompute, "0", 0, 1, NULL,
+         "1: keep one layer of the norm and MLP activations, redone in the backward (less memory, same bits)", 0},
     };
     memcpy(f, t, sizeof(t));
     return (int)(sizeof(t) / sizeof(t[0]));
