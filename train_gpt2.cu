@@ -1362,6 +1362,14 @@ static void stats_pass(GPT2 *model, const Settings *s, const TvrConfig *tvr, Log
     weights_pass(model, tvr, step, do_tvr, lg->weights);
 }
 
+// The weights the matmuls read, for MFU: the block matrices and the lm_head's V rows of wte
+// (the embeddings' lookups, the biases and the LayerNorms left out).
+static double gpt2_matmul_params(const GPT2Config *c) {
+    double n = (double)c->vocab * c->channels;
+    for (int i = 0; i < NUM_BLOCK_MATRICES; i++) n += (double)param_size(c, BLOCK_MATRIX_PARAM[i]);
+    return n;
+}
+
 // tok: the vocabulary for text samples, NULL for none.
 static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
                   const Tokenizer *tok) {
@@ -1373,6 +1381,8 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
     Logs logs;
     memset(&logs, 0, sizeof(logs));
     if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
+    if (lead) mfu_setup(&logs, gpt2_matmul_params(&model->config), model->config.layers, model->config.channels,
+                        model->T, s->tf32 ? "tf32" : "fp32");
     if (st->step == 0) {
         stats_pass(model, s, &tvr, &logs, 0, 0);
         if (val_dl && s->steps > 0) {

@@ -1339,6 +1339,13 @@ static double llama_micro_steps(Llama *model, const DataLoader *dl, int K, FILE 
     return mean;
 }
 
+// The weights the matmuls read, for MFU: the block matrices and lm_head (tok_emb is a lookup).
+static double llama_matmul_params(const LlamaConfig *c) {
+    double n = (double)param_count(c, P_LM_HEAD);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += PARAM_INFO[i].block_matrix ? param_count(c, i) : 0;
+    return n;
+}
+
 // tok: the vocabulary for text samples, NULL for none.
 static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
                   const Tokenizer *tok) {
@@ -1350,6 +1357,8 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
     Logs logs;
     memset(&logs, 0, sizeof(logs));
     if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, 0);
+    if (lead) mfu_setup(&logs, llama_matmul_params(&model->config), model->config.layers, model->config.dim, model->T,
+                        s->tf32 ? "tf32" : "fp32");
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
         if (val_dl && s->steps > 0) {
