@@ -18,7 +18,7 @@
 #     attention workbench's versions against its CPU loops, and 4 training steps of each trainer;
 #     train_gpt2.cu's fused classifier against its two kernels (RESCALE_FUSED_CLASSIFIER=0)
 #  7. --recompute 1 against --recompute 0 (both trainers, flash attention): the same model.bin,
-#     state.bin and logs, bit for bit, with a smaller memory estimate
+#     state.bin and logs, bit for bit, with a smaller memory estimate; --recompute 2 refused
 # The dev/cuda workbenches run emulated in `GPU_CHECK_EMULATE=1 make gpu-check` (.ci/run).
 # Reports: out/emu/. Skips (exit 0) where nvcc's headers are missing (no CUDA toolkit).
 set -u
@@ -199,6 +199,11 @@ step "train_llama_emu: --recompute 1 = 0, 3 steps: model.bin, state.bin, logs (G
 step "train_gpt2_emu: --recompute 1 = 0, 3 steps: model.bin, state.bin, logs (with hist)" \
     recompute_same gpt2 ./train_gpt2_emu test/fixtures/gpt2_tiny_model.bin test/fixtures/gpt2_tiny_train.bin \
     --hist-layer 1
+bad_recompute() { # PROGRAM: --recompute 2 is a usage error (exit 2) that names the flag
+    "$1" --recompute 2 --steps 1 --out "$R/bad_recompute" > "$R/bad_recompute.log" 2>&1
+    [ $? = 2 ] && grep -q -- '--recompute must be in \[0, 1\], got 2' "$R/bad_recompute.log"
+}
+step "--recompute 2 is a clear error (both trainers)" eval 'bad_recompute ./train_llama_emu && bad_recompute ./train_gpt2_emu'
 
 echo
 [ -n "$failures" ] && echo "failed:$failures"
