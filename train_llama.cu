@@ -713,6 +713,12 @@ static void llama_params_to_host(Llama *model) {
     cudaCheck(cudaMemcpy(model->h_params, model->params, sizeof(float) * model->num_params, cudaMemcpyDeviceToHost));
 }
 
+// --recompute 1 (common/cuda_train.h): ln1, ln2 and swi hold one layer
+static void recompute_sizes(const LlamaConfig *c, long *sizes) {
+    int slots[] = {1, 9, 13}; // ln1, ln2, swi in acts_sizes' order
+    for (int i = 0; i < 3; i++) sizes[slots[i]] = sizes[slots[i]] / c->layers * recompute_layers(c->layers);
+}
+
 // Allocate activations for batches of B sequences of length T (T <= max_seq_len).
 // What training this model on B x T batches needs on the GPU: parameters, gradients,
 // AdamW's m and v, the activations, the backward's and attention's scratch (4-byte
@@ -721,6 +727,7 @@ static double llama_memory(const LlamaConfig *c, int B, int T) {
     long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
     acts_sizes(c, B, T, sizes, gsizes);
     sizes[ACT_SLOT_ATT] = (long)c->layers * attention_att_size(B, T, c->heads);
+    recompute_sizes(c, sizes);
     double n = 0, N = (double)B * T, C = c->dim, KVD = (double)c->kv_heads * (c->dim / c->heads);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += 4.0 * param_count(c, i);
     for (int i = 0; i < NUM_ACT_SLOTS; i++) n += sizes[i];
@@ -748,6 +755,7 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
     acts_sizes(c, B, T, sizes, gsizes); // common/llama_run.h, train_llama.c's slots in the same order
     sizes[ACT_SLOT_ATT] = c->layers * attention_att_size(B, T, NH);
+    recompute_sizes(c, sizes);
     int is_float[NUM_ACT_SLOTS] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 1};
     for (int s = 0; s < NUM_ACT_SLOTS; s++) {
         *slots[s] = cuda_calloc(sizes[s], is_float[s] ? sizeof(float) : sizeof(floatX));
@@ -849,13 +857,14 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
     encoder_forward(a->x0, model->d_tokens, model->tensor[P_TOK_EMB], N, C);
     for (int l = 0; l < L; l++) {
         const floatX *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
-        floatX *ln1 = a->ln1 + (long)l * N * C;
+        floatX *ln1 = a->ln1 + recompute_slot(l) * N * C;
         float *ln1_rstd = a->ln1_rstd + (long)l * N;
         floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
         floatX *att = a->att + l * attention_att_size(B, T, NH), *atty = a->atty + (long)l * N * C;
-        floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
+        floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + recompute_slot(l) * N * C;
         float *ln2_rstd = a->ln2_rstd + (long)l * N;
-        floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
+        floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
+        floatX *swi = a->swi + recompute_slot(l) * N * F;
         floatX *xout = a->xout + (long)l * N * C;
         floatX *tmp = model->scratch.dln; // (N, C) scratch for the projections' outputs
 #define W(i) layer_param(model, i, l)
@@ -916,19 +925,23 @@ static void llama_backward(Llama *model) {
 
     for (int l = L - 1; l >= 0; l--) {
         const floatX *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
-        const floatX *ln1 = a->ln1 + (long)l * N * C;
-        const float *ln1_rstd = a->ln1_rstd + (long)l * N;
+        floatX *ln1 = a->ln1 + recompute_slot(l) * N * C;
+        float *ln1_rstd = a->ln1_rstd + (long)l * N;
         const floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
         const floatX *att = a->att + l * attention_att_size(B, T, NH), *atty = a->atty + (long)l * N * C;
-        const floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
-        const float *ln2_rstd = a->ln2_rstd + (long)l * N;
+        const floatX *h = a->h + (long)l * N * C;
+        floatX *ln2 = a->ln2 + recompute_slot(l) * N * C;
+        float *ln2_rstd = a->ln2_rstd + (long)l * N;
         const floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
-        const floatX *swi = a->swi + (long)l * N * F;
+        floatX *swi = a->swi + recompute_slot(l) * N * F;
 #define W(i) layer_param(model, i, l)
 #define DW(i) layer_grad(model, i, l)
-        // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far)
+        // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far).
+        // --recompute 1: swi, ln2 and ln1 again, each just before its use (rstd rewritten, the same)
+        if (recompute) swiglu_forward(swi, fc1, fc3, (long)N * F);
         matmul_backward(s->dswi, DW(P_W2), s->dres, swi, W(P_W2), N, F, C, 0);
         swiglu_backward(s->dfc1, s->dfc3, s->dswi, fc1, fc3, (long)N * F);
+        if (recompute) rmsnorm_forward(ln2, ln2_rstd, h, W(P_FFN_NORM), N, C, c->norm_eps);
         matmul_backward(s->dln, DW(P_W1), s->dfc1, ln2, W(P_W1), N, C, F, 0);
         matmul_backward(s->dln, DW(P_W3), s->dfc3, ln2, W(P_W3), N, C, F, 1);
         rmsnorm_backward(s->dres, DW(P_FFN_NORM), gp, s->dln, h, W(P_FFN_NORM), ln2_rstd, N, C);
@@ -937,6 +950,7 @@ static void llama_backward(Llama *model) {
         attention_backward(s->dq, s->dk, s->dv, s->datty, atty, q, k, v, att, &s->attn, B, T, NH, NKV, hs);
         rope_backward(s->dq, model->rope_cos, model->rope_sin, B, T, NH, hs);
         rope_backward(s->dk, model->rope_cos, model->rope_sin, B, T, NKV, hs);
+        if (recompute) rmsnorm_forward(ln1, ln1_rstd, x, W(P_ATTN_NORM), N, C, c->norm_eps);
         matmul_backward(s->dln, DW(P_WQ), s->dq, ln1, W(P_WQ), N, C, C, 0);
         matmul_backward(s->dln, DW(P_WK), s->dk, ln1, W(P_WK), N, C, KVD, 1);
         matmul_backward(s->dln, DW(P_WV), s->dv, ln1, W(P_WV), N, C, KVD, 1);
@@ -1325,6 +1339,13 @@ static double llama_micro_steps(Llama *model, const DataLoader *dl, int K, FILE 
     return mean;
 }
 
+// The weights the matmuls read, for MFU: the block matrices and lm_head (tok_emb is a lookup).
+static double llama_matmul_params(const LlamaConfig *c) {
+    double n = (double)param_count(c, P_LM_HEAD);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += PARAM_INFO[i].block_matrix ? param_count(c, i) : 0;
+    return n;
+}
+
 // tok: the vocabulary for text samples, NULL for none.
 static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
                   const Tokenizer *tok) {
@@ -1336,6 +1357,8 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
     Logs logs;
     memset(&logs, 0, sizeof(logs));
     if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, 0);
+    if (lead) mfu_setup(&logs, llama_matmul_params(&model->config), model->config.layers, model->config.dim, model->T,
+                        s->tf32 ? "tf32" : "fp32");
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
         if (val_dl && s->steps > 0) {
@@ -1398,6 +1421,7 @@ int main(int argc, char **argv) {
     char ckpt[4200];
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
     attention_setup(&s, config.dim, config.heads);
+    recompute = s.recompute;
     if (ckpt[0]) { // the file's size against its header before any allocation the header sizes
         long n = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);

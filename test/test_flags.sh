@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One set of flags: the twins (train_llama.c / .cu, train_gpt2.c / .cu) print the same --help
-# but for the usage line and the GPU's own --tf32 and --attention, and the two models' training flags (from
-# --batch to --threads, common/train.h) are the same lines, defaults and ranges included
-# (--init lists each model's schemes). The GPU programs print their help without a GPU; the
-# emulated builds (make train_llama_emu train_gpt2_emu) stand in where nvcc did not build them.
+# but for the usage line and the GPU's own --tf32, --attention and --recompute, and the two
+# models' training flags (from --batch to --threads, common/train.h) are the same lines,
+# defaults and ranges included (--init lists each model's schemes). The GPU programs print
+# their help without a GPU; the emulated builds (make train_llama_emu train_gpt2_emu) stand in
+# where nvcc did not build them.
 # Needs: make train_llama train_gpt2 train_llama_emu train_gpt2_emu (make test builds them).
 set -u
 cd "$(dirname "$0")/.."
@@ -26,10 +27,11 @@ for m in llama gpt2; do
             [ "$gpu" = ./train_${m}_cu ] && { echo "  skip $gpu --help (it does not start here)"; continue; }
             bad "$gpu --help failed"; continue
         fi
-        if diff <(cat "$tmp/$m.c") <(grep -v '^  --tf32 \|^  --attention ' "$tmp/$m.gpu") > "$tmp/diff"; then
+        if diff <(cat "$tmp/$m.c") <(grep -v '^  --tf32 \|^  --attention \|^  --recompute ' "$tmp/$m.gpu") > "$tmp/diff"; then
             grep -q '^  --tf32 ' "$tmp/$m.gpu" && grep -q '^  --attention ' "$tmp/$m.gpu" &&
-                ok "$gpu --help = ./train_$m --help, plus --tf32 and --attention" ||
-                bad "$gpu --help lacks --tf32 or --attention"
+                grep -q '^  --recompute ' "$tmp/$m.gpu" &&
+                ok "$gpu --help = ./train_$m --help, plus --tf32, --attention and --recompute" ||
+                bad "$gpu --help lacks --tf32, --attention or --recompute"
         else
             bad "$gpu --help differs from ./train_$m --help: $(head -c 400 "$tmp/diff")"
         fi
