@@ -205,6 +205,7 @@ static void pack_a_block(real *restrict dst, const real *restrict src, long s_m,
     if (s_m == 1 && w == strips * MR) {
         for (int k = 0; k < kc; k++) {
             const real *sk = src + k * s_k;
+            if (k + 16 < kc) prefetch_bytes(sk + 16 * s_k, sizeof(real) * w); // 16 rows ahead
             for (int j = 0; j < strips; j++) {
                 real *d = dst + (long)j * kc * MR + k * MR;
                 for (int i = 0; i < MR; i++) d[i] = round ? BF16_ROUNDED(sk[j * MR + i]) : sk[j * MR + i];
