@@ -10,12 +10,13 @@
 #
 #   1. build: every GPU program, test and workbench (make -j)
 #   2. the LLaMA GPU tests: fixtures against PyTorch, GPU vs CPU, checkpoint round trips,
-#      compute-sanitizer memcheck/racecheck/synccheck, tokens/s (test/test_llama_gpu.sh)
+#      compute-sanitizer memcheck/racecheck/synccheck, tokens/s (test/test_llama_gpu.sh), and
+#      --precision bf16 against train_llama's bf16 (test/test_llama_gpu_bf16.sh)
 #   3. the GPT-2 GPU tests, with compute-sanitizer memcheck (test/test_gpt2_gpu.sh)
 #   4. the dev/cuda kernel workbenches: correctness of each version, and their timings
 #   5. benchmarks: ms/step, tokens/s and MFU of the LLaMA sizes (tiny, mid) and GPT-2 124M,
-#      fp32 and TF32; and when LLMC_DIR names a checkout of karpathy/llm.c, its train_gpt2cu on
-#      the same shards and shapes in the same run, and the ratio
+#      fp32 and TF32, the LLaMAs also --precision bf16; and when LLMC_DIR names a checkout of
+#      karpathy/llm.c, its train_gpt2cu on the same shards and shapes in the same run, and the ratio
 #
 # GPU_CHECK_EMULATE=1: the same steps with the CUDA programs built for the CPU (test/emu/), small
 # shapes, no compute-sanitizer and no llm.c: the script's own end-to-end test, which .ci/run
@@ -102,9 +103,12 @@ fi
 # 2-3. the GPU test scripts (their own reports come back; their checkpoints stay in $W)
 if [ "$EMU" = 1 ]; then
     step llama_tests 600 env GPU_EMULATED=1 GPU_SKIP_LARGE=1 GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
+    step llama_bf16 300 env GPU_EMULATED=1 GPU_REPORT_DIR=$W/bf16 bash test/test_llama_gpu_bf16.sh
     step gpt2_tests 300 env GPU_EMULATED=1 GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
 else
     step llama_tests 420 env GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
+    # --precision bf16 against train_llama's bf16 and against fp32 (docs/gpu.md, "bf16")
+    step llama_bf16 120 env GPU_REPORT_DIR=$W/bf16 bash test/test_llama_gpu_bf16.sh
     step gpt2_tests 240 env GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
     # data parallelism on real GPUs over NCCL (docs/parallel.md): 2 ranks, one GPU each
     if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -x train_llama_cu_mpi ] && command -v mpirun >/dev/null; then
@@ -173,9 +177,10 @@ benchmarks() {
         if [ $size = tiny ]; then flags=(--layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --batch 8 --seq-len 128)
         else flags=(--layers 8 --dim 512 --heads 8 --kv-heads 4 --ffn 1408 --batch 8 --seq-len 256); fi
         [ "$EMU" = 1 ] && flags=(--layers 2 --dim 64 --heads 4 --kv-heads 2 --ffn 176 --batch 2 --seq-len 64)
-        for prec in fp32 tf32; do
+        for prec in fp32 tf32 bf16; do # bf16: --precision bf16 (cuBLAS on bf16 inputs), TF32 off
             "$LLAMA_GPU" --train 'data/tinyshakespeare/llama2_train_*.bin' --val '' --vocab 32000 --steps $steps \
                 --warmup 40 --init lir --init-std 0.006 "${flags[@]}" --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) \
+                --precision $([ $prec = bf16 ] && echo bf16 || echo fp32) \
                 --out "$W/bench_llama_${size}_$prec" > "$W/bench_llama_${size}_$prec.log" 2>&1 || return 1
             read -r ms tok n < <(run_speed "$W/bench_llama_${size}_$prec" $skip) || return 1
             fpt=$(python3 -c "

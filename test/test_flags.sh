@@ -2,7 +2,8 @@
 # One set of flags: the twins (train_llama.c / .cu, train_gpt2.c / .cu) print the same --help
 # but for the usage line and the GPU's own --tf32 and --attention, and the two models' training flags (from
 # --batch to --threads, common/train.h) are the same lines, defaults and ranges included
-# (--init lists each model's schemes). The GPU programs print their help without a GPU; the
+# (--init lists each model's schemes); train_llama's GPU twin takes --precision fp32|bf16. The
+# GPU programs print their help without a GPU; the
 # emulated builds (make train_llama_emu train_gpt2_emu) stand in where nvcc did not build them.
 # Needs: make train_llama train_gpt2 train_llama_emu train_gpt2_emu (make test builds them).
 set -u
@@ -34,6 +35,22 @@ for m in llama gpt2; do
             bad "$gpu --help differs from ./train_$m --help: $(head -c 400 "$tmp/diff")"
         fi
     done
+done
+# --precision: train_llama's GPU twin takes both values too (exit 2 would be a usage error; a
+# run that starts and finds no GPU is fine), and refuses others as train_llama does
+for gpu in ./train_llama_emu ./train_llama_cu; do
+    [ -x "$gpu" ] || continue
+    for p in fp32 bf16; do
+        "$gpu" --precision $p --layers 1 --dim 16 --heads 2 --kv-heads 1 --vocab 128 --seq-len 8 --batch 1 --steps 0 \
+            --train test/fixtures/llama/shakespeare_bytes_000.bin --val '' --out "$tmp/prec_$p" > "$tmp/prec.log" 2>&1
+        rc=$?
+        [ $rc != 2 ] && { [ $rc = 0 ] || [ "$gpu" = ./train_llama_cu ]; } && ok "$gpu --precision $p accepted (exit $rc)" ||
+            bad "$gpu --precision $p: exit $rc: $(tail -1 "$tmp/prec.log")"
+    done
+    "$gpu" --precision fp16 --steps 0 > "$tmp/prec.log" 2>&1
+    rc=$?
+    [ $rc = 2 ] && grep -q -- --precision "$tmp/prec.log" && ok "$gpu --precision fp16: exit 2, names the flag" ||
+        bad "$gpu --precision fp16: exit $rc: $(tail -1 "$tmp/prec.log")"
 done
 training() { sed -n '/^  --batch /,/^  --threads /p' "$1" | grep -v '^  --init '; }
 n=$(training "$tmp/llama.c" | wc -l)
