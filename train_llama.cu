@@ -249,9 +249,6 @@ static void rope_backward(floatX *dx, bf16 *dx16, const float *cos_t, const floa
 // q, k, v are permuted to (B,nh,T,hs) first, and the output permuted back. In bf16
 // the permuted copies of the matmuls' inputs are bf16 (Dst = bf16).
 
-__device__ inline void store_as(floatX *p, float x) { *p = (floatX)x; }
-__device__ inline void store_as(bf16 *p, float x) { *p = bf16_round(x); }
-
 template <typename Dst>
 __global__ void permute_to_heads_kernel(Dst *dst, const floatX *src, int B, int T, int nh, int hs) {
     long n = (long)B * nh * T * hs;

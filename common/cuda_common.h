@@ -57,6 +57,10 @@ static inline int grid_for(long n) {
 // bf16 (cuBLAS's CUDA_R_16BF, made by bf16_round: common/bf16.h) and writes fp32.
 static int precision_bf16 = 0; // set before gpu_setup: cublas_setup and gemm_batched read it
 
+// a kernel's store into a floatX buffer, or rounded into a bf16 one (kernels templated on either)
+__device__ inline void store_as(floatX *p, float x) { *p = (floatX)x; }
+__device__ inline void store_as(bf16 *p, float x) { *p = bf16_round(x); }
+
 // dst = bf16 copy of src (n values), for a matmul input no kernel of its own writes in bf16
 __global__ void to_bf16_kernel(bf16 *dst, const float *src, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {

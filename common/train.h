@@ -245,6 +245,16 @@ static int gpu_flags(Settings *s, Flag *f) {
     return (int)(sizeof(t) / sizeof(t[0]));
 }
 
+// --precision for train_gpt2.cu, whose CPU twin has fp32 only (train_llama's is in llama_flags)
+static int gpt2_gpu_flags(Settings *s, Flag *f) {
+    Flag t[] = {
+        {"precision", FLAG_CHOICE, &s->precision, "fp32", 0, 0, "fp32|bf16",
+         "matmul inputs; bf16: rounded to bf16, fp32 sums, weights and state (the GPU program only)", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
 // The settings state.bin records and --resume holds to (resume_settings).
 #define NUM_RUN_FLAGS 6
 static const char *RUN_FLAGS[NUM_RUN_FLAGS] = {"seed", "batch", "seq-len", "lr", "warmup", "schedule"};

@@ -2,9 +2,9 @@
 # One set of flags: the twins (train_llama.c / .cu, train_gpt2.c / .cu) print the same --help
 # but for the usage line and the GPU's own --tf32 and --attention, and the two models' training flags (from
 # --batch to --threads, common/train.h) are the same lines, defaults and ranges included
-# (--init lists each model's schemes); train_llama's GPU twin takes --precision fp32|bf16. The
-# GPU programs print their help without a GPU; the
-# emulated builds (make train_llama_emu train_gpt2_emu) stand in where nvcc did not build them.
+# (--init lists each model's schemes); the GPU programs take --precision fp32|bf16 (train_gpt2.cu
+# as a flag of its own). The GPU programs print their help without a GPU; the emulated builds
+# (make train_llama_emu train_gpt2_emu) stand in where nvcc did not build them.
 # Needs: make train_llama train_gpt2 train_llama_emu train_gpt2_emu (make test builds them).
 set -u
 cd "$(dirname "$0")/.."
@@ -27,24 +27,31 @@ for m in llama gpt2; do
             [ "$gpu" = ./train_${m}_cu ] && { echo "  skip $gpu --help (it does not start here)"; continue; }
             bad "$gpu --help failed"; continue
         fi
-        if diff <(cat "$tmp/$m.c") <(grep -v '^  --tf32 \|^  --attention ' "$tmp/$m.gpu") > "$tmp/diff"; then
-            grep -q '^  --tf32 ' "$tmp/$m.gpu" && grep -q '^  --attention ' "$tmp/$m.gpu" &&
-                ok "$gpu --help = ./train_$m --help, plus --tf32 and --attention" ||
-                bad "$gpu --help lacks --tf32 or --attention"
+        # the GPU's own flags: --tf32, --attention, and for GPT-2 --precision (train_llama has it too)
+        own='^  --tf32 \|^  --attention '
+        [ $m = gpt2 ] && own="$own\\|^  --precision "
+        if diff <(cat "$tmp/$m.c") <(grep -v "$own" "$tmp/$m.gpu") > "$tmp/diff"; then
+            [ "$(grep -c "$own" "$tmp/$m.gpu")" = $([ $m = gpt2 ] && echo 3 || echo 2) ] &&
+                ok "$gpu --help = ./train_$m --help, plus --tf32 and --attention$([ $m = gpt2 ] && echo ' and --precision')" ||
+                bad "$gpu --help lacks one of its own flags ($own)"
         else
             bad "$gpu --help differs from ./train_$m --help: $(head -c 400 "$tmp/diff")"
         fi
     done
 done
-# --precision: train_llama's GPU twin takes both values too (exit 2 would be a usage error; a
-# run that starts and finds no GPU is fine), and refuses others as train_llama does
-for gpu in ./train_llama_emu ./train_llama_cu; do
+# --precision: the GPU programs take both values (exit 2 would be a usage error; a run that
+# starts and finds no GPU is fine), and refuse others as train_llama does
+for gpu in ./train_llama_emu ./train_llama_cu ./train_gpt2_emu ./train_gpt2_cu; do
     [ -x "$gpu" ] || continue
     for p in fp32 bf16; do
-        "$gpu" --precision $p --layers 1 --dim 16 --heads 2 --kv-heads 1 --vocab 128 --seq-len 8 --batch 1 --steps 0 \
-            --train test/fixtures/llama/shakespeare_bytes_000.bin --val '' --out "$tmp/prec_$p" > "$tmp/prec.log" 2>&1
+        case $gpu in
+        *llama*) shape="--kv-heads 1 --vocab 128 --train test/fixtures/llama/shakespeare_bytes_000.bin" ;;
+        *) shape="--vocab 256 --train test/fixtures/gpt2_tiny_train.bin" ;;
+        esac
+        "$gpu" --precision $p --layers 1 --dim 16 --heads 2 --seq-len 8 --batch 1 --steps 0 $shape --val '' \
+            --out "$tmp/prec_$p" > "$tmp/prec.log" 2>&1
         rc=$?
-        [ $rc != 2 ] && { [ $rc = 0 ] || [ "$gpu" = ./train_llama_cu ]; } && ok "$gpu --precision $p accepted (exit $rc)" ||
+        [ $rc != 2 ] && { [ $rc = 0 ] || [ "${gpu%_cu}" != "$gpu" ]; } && ok "$gpu --precision $p accepted (exit $rc)" ||
             bad "$gpu --precision $p: exit $rc: $(tail -1 "$tmp/prec.log")"
     done
     "$gpu" --precision fp16 --steps 0 > "$tmp/prec.log" 2>&1

@@ -17,9 +17,10 @@
 #  6. --attention flash (the default, common/cuda_attention.h) against --attention matmul: the
 #     attention workbench's versions against its CPU loops, and 4 training steps of each trainer;
 #     train_gpt2.cu's fused classifier against its two kernels (RESCALE_FUSED_CLASSIFIER=0)
-#  7. train_llama.cu --precision bf16 (test/test_llama_gpu_bf16.sh): against train_llama's bf16
-#     (the ref kernel) with both attentions, against its own fp32, bitwise under a shuffled
-#     schedule; the attention workbench's version 4 (flash with bf16 inputs) runs in part 6
+#  7. --precision bf16 (test/test_gpu_bf16.sh): train_llama.cu against train_llama's bf16 (the
+#     ref kernel) with both attentions, against its own fp32; train_gpt2.cu's flash against its
+#     matmul path and against fp32; bitwise under a shuffled schedule; the attention
+#     workbench's version 4 (flash with bf16 inputs) runs in part 6
 # The dev/cuda workbenches run emulated in `GPU_CHECK_EMULATE=1 make gpu-check` (.ci/run).
 # Reports: out/emu/. Skips (exit 0) where nvcc's headers are missing (no CUDA toolkit).
 set -u
@@ -173,8 +174,8 @@ step "flash: a head size over 64 is a clear error (both trainers)" \
     eval 'big_head ./train_llama_emu --kv-heads 2 && big_head ./train_gpt2_emu --train test/fixtures/gpt2_tiny_train.bin'
 
 echo "7. --precision bf16"
-step "train_llama_emu --precision bf16 against train_llama --precision bf16 and against fp32" \
-    env GPU_EMULATED=1 GPU_REPORT_DIR=$R/bf16 bash test/test_llama_gpu_bf16.sh
+step "--precision bf16: train_llama_emu against train_llama's bf16 and fp32, train_gpt2_emu against fp32" \
+    env GPU_EMULATED=1 GPU_REPORT_DIR=$R/bf16 bash test/test_gpu_bf16.sh
 
 echo
 [ -n "$failures" ] && echo "failed:$failures"
