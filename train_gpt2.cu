@@ -628,8 +628,11 @@ enum {
     NUM_ACTS
 };
 
+// --recompute 1 (common/cuda_train.h): the LayerNorm outputs and GeLU's output hold one layer
+static int act_recomputed(int a) { return recompute && (a == A_LN1 || a == A_LN2 || a == A_FCH_GELU); }
+
 static size_t act_size(const GPT2Config *c, int a, int B, int T) {
-    size_t BT = (size_t)B * T, C = c->channels, L = c->layers;
+    size_t BT = (size_t)B * T, C = c->channels, L = act_recomputed(a) ? 1 : c->layers;
     switch (a) {
     case A_ENCODED: case A_LNF: return BT * C;
     case A_LN1: case A_ATTY: case A_ATTPROJ: case A_RESIDUAL2: case A_LN2: case A_FCPROJ: case A_RESIDUAL3:
@@ -941,10 +944,11 @@ static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
 
 // Layer l's slice of a per-layer activation, and of its bf16 copy (NULL if it has none).
 static floatX *layer_act(const GPT2 *model, int a, int l) {
+    if (act_recomputed(a)) return model->a[a];
     return model->a[a] + (size_t)l * (act_size(&model->config, a, model->B, model->T) / model->config.layers);
 }
 static bf16 *layer_act16(const GPT2 *model, int a, int l) {
-    if (!model->a16[a]) return NULL;
+    if (!model->a16[a] || act_recomputed(a)) return model->a16[a];
     return model->a16[a] + (size_t)l * (act_size(&model->config, a, model->B, model->T) / model->config.layers);
 }
 
@@ -1039,10 +1043,17 @@ static void gpt2_backward(GPT2 *model) {
 #define W(name) layer_param(model, name, l), layer_param16(model, name, l)
 #define GRAD(name) layer_grad(model, name, l)
         const floatX *x = l == 0 ? a[A_ENCODED] : layer_act(model, A_RESIDUAL3, l - 1);
-        // s->dres = d loss / d residual3; residual3 = residual2 + fcproj: the gradient of both
+        // s->dres = d loss / d residual3; residual3 = residual2 + fcproj: the gradient of both.
+        // --recompute 1: fch_gelu, ln2 and ln1 again (and their bf16 copies), each just before its
+        // use (LayerNorm's whole forward, its statistics in double, rewriting the same mean and rstd)
+        if (recompute) gelu_forward(ACT(A_FCH_GELU), ACT16(A_FCH_GELU), ACT(A_FCH), (long)BT * 4 * C);
         linear_backward(s->dfch_gelu, GRAD(P_FCPROJW), GRAD(P_FCPROJB), s->partial, s->dres, s->dres_16,
                         ACT(A_FCH_GELU), ACT16(A_FCH_GELU), W(P_FCPROJW), BT, 4 * C, C);
         gelu_backward(s->dfch, s->dfch_16, ACT(A_FCH), s->dfch_gelu, (long)BT * 4 * C);
+        if (recompute) {
+            layernorm_forward(ACT(A_LN2), ACT16(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W),
+                              PAR(P_LN2B), BT, C);
+        }
         linear_backward(s->dln, GRAD(P_FCW), GRAD(P_FCB), s->partial, s->dfch, s->dfch_16, ACT(A_LN2), ACT16(A_LN2),
                         W(P_FCW), BT, C, 4 * C);
         layernorm_backward(s->dres, s->dres_16, GRAD(P_LN2W), GRAD(P_LN2B), s->partial, s->dln, ACT(A_RESIDUAL2),
@@ -1052,6 +1063,10 @@ static void gpt2_backward(GPT2 *model) {
                         ACT16(A_ATTY), W(P_ATTPROJW), BT, C, C);
         attention_backward(s->dqkv, s->datty, ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), &s->attn, B, T, C, NH);
         if (s->dqkv_16) to_bf16(s->dqkv_16, s->dqkv, (long)BT * 3 * C);
+        if (recompute) {
+            layernorm_forward(ACT(A_LN1), ACT16(A_LN1), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), x, PAR(P_LN1W), PAR(P_LN1B),
+                              BT, C);
+        }
         linear_backward(s->dln, GRAD(P_QKVW), GRAD(P_QKVB), s->partial, s->dqkv, s->dqkv_16, ACT(A_LN1), ACT16(A_LN1),
                         W(P_QKVW), BT, C, 3 * C);
         layernorm_backward(s->dres, s->dres_16, GRAD(P_LN1W), GRAD(P_LN1B), s->partial, s->dln, x, PAR(P_LN1W),
@@ -1495,6 +1510,14 @@ static void stats_pass(GPT2 *model, const Settings *s, const TvrConfig *tvr, Log
     weights_pass(model, tvr, step, do_tvr, lg->weights);
 }
 
+// The weights the matmuls read, for MFU: the block matrices and the lm_head's V rows of wte
+// (the embeddings' lookups, the biases and the LayerNorms left out).
+static double gpt2_matmul_params(const GPT2Config *c) {
+    double n = (double)c->vocab * c->channels;
+    for (int i = 0; i < NUM_BLOCK_MATRICES; i++) n += (double)param_size(c, BLOCK_MATRIX_PARAM[i]);
+    return n;
+}
+
 // tok: the vocabulary for text samples, NULL for none.
 static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
                   const Tokenizer *tok) {
@@ -1506,6 +1529,8 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
     Logs logs;
     memset(&logs, 0, sizeof(logs));
     if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
+    if (lead) mfu_setup(&logs, gpt2_matmul_params(&model->config), model->config.layers, model->config.channels,
+                        model->T, precision_bf16 ? "bf16" : s->tf32 ? "tf32" : "fp32");
     if (st->step == 0) {
         stats_pass(model, s, &tvr, &logs, 0, 0);
         if (val_dl && s->steps > 0) {
@@ -1588,6 +1613,7 @@ int main(int argc, char **argv) {
     if (s.resume) seq_len_given = gpt2_resume_settings(&s, seq_len_given, STATE_MAGIC);
     int T = build_model_host(&model, &s, seq_len_given, shape_given, &rng);
     attention_setup(&s, model.config.channels, model.config.heads);
+    recompute = s.recompute;
     s.seq_len = T; // what the run uses (at most the checkpoint's), as state.bin records it
     Tokenizer tok_store, *tok = load_tokenizer(&s, model.config.vocab, &tok_store);
     // data first: a bad shard is reported before any work is done (and before the GPU is touched)

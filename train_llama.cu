@@ -811,6 +811,12 @@ static void llama_params_to_host(Llama *model) {
     cudaCheck(cudaMemcpy(model->h_params, model->params, sizeof(float) * model->num_params, cudaMemcpyDeviceToHost));
 }
 
+// --recompute 1 (common/cuda_train.h): ln1, ln2 and swi hold one layer
+static void recompute_sizes(const LlamaConfig *c, long *sizes) {
+    int slots[] = {1, 9, 13}; // ln1, ln2, swi in acts_sizes' order
+    for (int i = 0; i < 3; i++) sizes[slots[i]] = sizes[slots[i]] / c->layers * recompute_layers(c->layers);
+}
+
 // Allocate activations for batches of B sequences of length T (T <= max_seq_len).
 // What training this model on B x T batches needs on the GPU: parameters, gradients,
 // AdamW's m and v, the activations, the backward's and attention's scratch (4-byte
@@ -821,7 +827,8 @@ static double llama_memory_bf16(const LlamaConfig *c, int B, int T) {
     double np = 0, N = (double)B * T, L = c->layers, C = c->dim, F = c->ffn, V = c->vocab;
     double KVD = (double)c->kv_heads * (c->dim / c->heads);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) np += param_count(c, i);
-    double n = np + L * N * (3 * C + F) + N * C + N * V; // params16; ln1, atty, ln2, swi, lnf, d logits
+    double RL = recompute_layers(c->layers);            // ln1, ln2, swi: one layer with --recompute 1
+    double n = np + N * (RL * (2 * C + F) + L * C) + N * C + N * V; // params16; ln1, ln2, swi, atty, lnf, d logits
     n += 2 * N * C + 2 * N * KVD + 2 * N * F;            // dres, dq, dk, dv, dfc1, dfc3
     if (!attention_flash) n += 2 * N * C + 2 * N * KVD + (double)B * c->heads * T * T; // qp, kp, vp, yp, p
     return n * 2;
@@ -830,6 +837,7 @@ static double llama_memory(const LlamaConfig *c, int B, int T) {
     long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
     acts_sizes(c, B, T, sizes, gsizes);
     sizes[ACT_SLOT_ATT] = (long)c->layers * attention_att_size(B, T, c->heads);
+    recompute_sizes(c, sizes);
     double n = 0, N = (double)B * T, C = c->dim, KVD = (double)c->kv_heads * (c->dim / c->heads);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += 4.0 * param_count(c, i);
     for (int i = 0; i < NUM_ACT_SLOTS; i++) n += sizes[i];
@@ -858,12 +866,14 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS], L = c->layers, F = c->ffn;
     acts_sizes(c, B, T, sizes, gsizes); // common/llama_run.h, train_llama.c's slots in the same order
     sizes[ACT_SLOT_ATT] = c->layers * attention_att_size(B, T, NH);
+    recompute_sizes(c, sizes);
     int is_float[NUM_ACT_SLOTS] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 1};
     for (int s = 0; s < NUM_ACT_SLOTS; s++) {
         *slots[s] = cuda_calloc(sizes[s], is_float[s] ? sizeof(float) : sizeof(floatX));
     }
-    a->ln1_16 = bf16_calloc(L * N * C), a->atty_16 = bf16_calloc(L * N * C), a->ln2_16 = bf16_calloc(L * N * C);
-    a->swi_16 = bf16_calloc(L * N * F), a->lnf_16 = bf16_calloc(N * C), a->dlogits_16 = bf16_calloc(N * V);
+    long RL = recompute_layers(c->layers); // ln1, ln2, swi and their copies: one layer with --recompute 1
+    a->ln1_16 = bf16_calloc(RL * N * C), a->atty_16 = bf16_calloc(L * N * C), a->ln2_16 = bf16_calloc(RL * N * C);
+    a->swi_16 = bf16_calloc(RL * N * F), a->lnf_16 = bf16_calloc(N * C), a->dlogits_16 = bf16_calloc(N * V);
     Scratch *g = &model->scratch;
     floatX **gslots[] = {&g->dres, &g->dln, &g->dq, &g->dk, &g->dv, &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
     for (int s = 0; s < NUM_SCRATCH_SLOTS; s++) *gslots[s] = (floatX *)cuda_calloc(gsizes[s], sizeof(floatX));
@@ -975,20 +985,21 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
     encoder_forward(a->x0, model->d_tokens, model->tensor[P_TOK_EMB], N, C);
     for (int l = 0; l < L; l++) {
         const floatX *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
-        floatX *ln1 = a->ln1 + (long)l * N * C;
+        floatX *ln1 = a->ln1 + recompute_slot(l) * N * C;
         float *ln1_rstd = a->ln1_rstd + (long)l * N;
         floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
         floatX *att = a->att + l * attention_att_size(B, T, NH), *atty = a->atty + (long)l * N * C;
-        floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
+        floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + recompute_slot(l) * N * C;
         float *ln2_rstd = a->ln2_rstd + (long)l * N;
-        floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F, *swi = a->swi + (long)l * N * F;
+        floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
+        floatX *swi = a->swi + recompute_slot(l) * N * F;
         floatX *xout = a->xout + (long)l * N * C;
         floatX *tmp = model->scratch.dln; // (N, C) scratch for the projections' outputs
         // the bf16 copies of the matmuls' inputs (NULL in fp32)
-        bf16 *ln1_16 = a->ln1_16 ? a->ln1_16 + (long)l * N * C : NULL;
+        bf16 *ln1_16 = a->ln1_16 ? a->ln1_16 + recompute_slot(l) * N * C : NULL; // (ln1, ln2, swi's slots)
         bf16 *atty_16 = a->atty_16 ? a->atty_16 + (long)l * N * C : NULL;
-        bf16 *ln2_16 = a->ln2_16 ? a->ln2_16 + (long)l * N * C : NULL;
-        bf16 *swi_16 = a->swi_16 ? a->swi_16 + (long)l * N * F : NULL;
+        bf16 *ln2_16 = a->ln2_16 ? a->ln2_16 + recompute_slot(l) * N * C : NULL;
+        bf16 *swi_16 = a->swi_16 ? a->swi_16 + recompute_slot(l) * N * F : NULL;
 // (a weight and its bf16 copy: two arguments)
 #define W(i) layer_param(model, i, l), param16(model, layer_param(model, i, l))
         rmsnorm_forward(ln1, ln1_16, ln1_rstd, x, layer_param(model, P_ATTN_NORM, l), N, C, c->norm_eps);
@@ -1053,23 +1064,30 @@ static void llama_backward(Llama *model) {
 
     for (int l = L - 1; l >= 0; l--) {
         const floatX *x = l == 0 ? a->x0 : a->xout + (long)(l - 1) * N * C;
-        const floatX *ln1 = a->ln1 + (long)l * N * C;
-        const float *ln1_rstd = a->ln1_rstd + (long)l * N;
+        floatX *ln1 = a->ln1 + recompute_slot(l) * N * C;
+        float *ln1_rstd = a->ln1_rstd + (long)l * N;
         const floatX *q = a->q + (long)l * N * C, *k = a->k + (long)l * N * KVD, *v = a->v + (long)l * N * KVD;
         const floatX *att = a->att + l * attention_att_size(B, T, NH), *atty = a->atty + (long)l * N * C;
-        const floatX *h = a->h + (long)l * N * C, *ln2 = a->ln2 + (long)l * N * C;
-        const float *ln2_rstd = a->ln2_rstd + (long)l * N;
+        const floatX *h = a->h + (long)l * N * C;
+        floatX *ln2 = a->ln2 + recompute_slot(l) * N * C;
+        float *ln2_rstd = a->ln2_rstd + (long)l * N;
         const floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
-        const floatX *swi = a->swi + (long)l * N * F;
-        const bf16 *ln1_16 = a->ln1_16 ? a->ln1_16 + (long)l * N * C : NULL;
+        floatX *swi = a->swi + recompute_slot(l) * N * F;
         const bf16 *atty_16 = a->atty_16 ? a->atty_16 + (long)l * N * C : NULL;
-        const bf16 *ln2_16 = a->ln2_16 ? a->ln2_16 + (long)l * N * C : NULL;
-        const bf16 *swi_16 = a->swi_16 ? a->swi_16 + (long)l * N * F : NULL;
+        bf16 *ln1_16 = a->ln1_16 ? a->ln1_16 + recompute_slot(l) * N * C : NULL;
+        bf16 *ln2_16 = a->ln2_16 ? a->ln2_16 + recompute_slot(l) * N * C : NULL;
+        bf16 *swi_16 = a->swi_16 ? a->swi_16 + recompute_slot(l) * N * F : NULL;
 #define W(i) layer_param(model, i, l), param16(model, layer_param(model, i, l))
 #define DW(i) layer_grad(model, i, l)
-        // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far)
+        // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far).
+        // --recompute 1: swi, ln2 and ln1 again (and their bf16 copies), each just before its use
+        // (rstd rewritten, the same)
+        if (recompute) swiglu_forward(swi, swi_16, fc1, fc3, (long)N * F);
         matmul_backward(s->dswi, DW(P_W2), s->dres, s->dres_16, swi, swi_16, W(P_W2), N, F, C, 0);
         swiglu_backward(s->dfc1, s->dfc3, s->dfc1_16, s->dfc3_16, s->dswi, fc1, fc3, (long)N * F);
+        if (recompute) {
+            rmsnorm_forward(ln2, ln2_16, ln2_rstd, h, layer_param(model, P_FFN_NORM, l), N, C, c->norm_eps);
+        }
         matmul_backward(s->dln, DW(P_W1), s->dfc1, s->dfc1_16, ln2, ln2_16, W(P_W1), N, C, F, 0);
         matmul_backward(s->dln, DW(P_W3), s->dfc3, s->dfc3_16, ln2, ln2_16, W(P_W3), N, C, F, 1);
         rmsnorm_backward(s->dres, s->dres_16, DW(P_FFN_NORM), gp, s->dln, h, layer_param(model, P_FFN_NORM, l),
@@ -1080,6 +1098,9 @@ static void llama_backward(Llama *model) {
         rope_backward(s->dq, s->dq_16, model->rope_cos, model->rope_sin, B, T, NH, hs);
         rope_backward(s->dk, s->dk_16, model->rope_cos, model->rope_sin, B, T, NKV, hs);
         if (s->dv_16) to_bf16(s->dv_16, s->dv, (long)N * KVD);
+        if (recompute) {
+            rmsnorm_forward(ln1, ln1_16, ln1_rstd, x, layer_param(model, P_ATTN_NORM, l), N, C, c->norm_eps);
+        }
         matmul_backward(s->dln, DW(P_WQ), s->dq, s->dq_16, ln1, ln1_16, W(P_WQ), N, C, C, 0);
         matmul_backward(s->dln, DW(P_WK), s->dk, s->dk_16, ln1, ln1_16, W(P_WK), N, C, KVD, 1);
         matmul_backward(s->dln, DW(P_WV), s->dv, s->dv_16, ln1, ln1_16, W(P_WV), N, C, KVD, 1);
@@ -1471,6 +1492,13 @@ static double llama_micro_steps(Llama *model, const DataLoader *dl, int K, FILE 
     return mean;
 }
 
+// The weights the matmuls read, for MFU: the block matrices and lm_head (tok_emb is a lookup).
+static double llama_matmul_params(const LlamaConfig *c) {
+    double n = (double)param_count(c, P_LM_HEAD);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += PARAM_INFO[i].block_matrix ? param_count(c, i) : 0;
+    return n;
+}
+
 // tok: the vocabulary for text samples, NULL for none.
 static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoader *val_dl, TrainState *st,
                   const Tokenizer *tok) {
@@ -1482,6 +1510,8 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
     Logs logs;
     memset(&logs, 0, sizeof(logs));
     if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, 0);
+    if (lead) mfu_setup(&logs, llama_matmul_params(&model->config), model->config.layers, model->config.dim, model->T,
+                        precision_bf16 ? "bf16" : s->tf32 ? "tf32" : "fp32");
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
         if (val_dl && s->steps > 0) {
@@ -1545,6 +1575,7 @@ int main(int argc, char **argv) {
     char ckpt[4200];
     LlamaConfig config = run_config(&s, seq_len_given, arch_given, ckpt, sizeof(ckpt));
     attention_setup(&s, config.dim, config.heads);
+    recompute = s.recompute;
     if (ckpt[0]) { // the file's size against its header before any allocation the header sizes
         long n = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) n += param_count(&config, i);

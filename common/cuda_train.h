@@ -26,6 +26,16 @@ static void attention_setup(const Settings *s, int dim, int heads) {
     }
 }
 
+// --recompute 1: the activations that are cheap to redo (LLaMA: the RMSNorm outputs and SwiGLU's
+// output; GPT-2: the LayerNorm outputs and GeLU's output) keep one layer's buffer, which the
+// forward overwrites layer after layer and the backward fills again with the forward's own
+// kernel before it needs it (the same kernel on the same inputs: the same bits as --recompute 0)
+static int recompute = 0;
+
+// How many layers a recomputed activation's buffer holds, and where layer l's slice starts.
+static long recompute_layers(int L) { return recompute ? 1 : L; }
+static long recompute_slot(int l) { return recompute ? 0 : l; }
+
 // This process's GPU: 0, or under MPI its rank's on the machine (gpu_dp_setup, common/cuda_dp.h).
 static int gpu_device = 0;
 
@@ -54,6 +64,48 @@ static void gpu_memory_check(const Settings *s, double bytes) {
         usage_error("this configuration needs about %.1f GiB of GPU memory, more than the device's %.1f GiB "
                     "(--memory-check 0 tries anyway)", bytes / gib, have / gib);
     }
+}
+
+/*
+ * MFU on the progress line: the model's FLOPs a token, 6 N + 6 L C T (docs/perf.md, "On a
+ * GPU"; N the matmul weights, T the sequence length), times tokens/s, over the device's dense
+ * peak for the precision the matmuls run in: SMs x clock x FLOP a clock per SM.
+ */
+static double mfu_flops_per_token(double matmul_params, int L, int C, int T) {
+    return 6.0 * matmul_params + 6.0 * L * C * T;
+}
+
+// Dense FLOP a clock per SM from NVIDIA's data sheets: bf16 on tensor cores (TF32 half of
+// it), fp32 on the CUDA cores (64 per SM on sm_80, 128 on sm_90, an FMA = 2 FLOP); 0 for an
+// architecture not in the table ("mfu n/a"). "fp32", "tf32" or "bf16".
+static double peak_flop_per_clock_per_sm(int major, int minor, const char *precision) {
+    double bf16 = 0, fp32 = 0;
+    if (major == 8 && minor == 0) bf16 = 2048, fp32 = 128; // A100
+    if (major == 9 && minor == 0) bf16 = 4096, fp32 = 256; // H100, H200
+    if (!strcmp(precision, "bf16")) return bf16;
+    if (!strcmp(precision, "tf32")) return bf16 / 2;
+    return fp32;
+}
+
+// FLOP/s of sms SMs at clock_khz (cudaDevAttrClockRate's unit); 0 when unknown.
+static double peak_flops(int major, int minor, int sms, double clock_khz, const char *precision) {
+    return peak_flop_per_clock_per_sm(major, minor, precision) * sms * clock_khz * 1e3;
+}
+
+// This GPU's peak (CUDA 13 has no cudaDeviceProp::clockRate: the attributes give the clock).
+static double gpu_peak_flops(const char *precision) {
+    int major = 0, minor = 0, sms = 0, khz = 0;
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, gpu_device));
+    cudaCheck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, gpu_device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, gpu_device));
+    cudaCheck(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, gpu_device));
+    return peak_flops(major, minor, sms, khz, precision);
+}
+
+// The progress line's MFU (log_step): this run's FLOPs a token, against the peak of every rank's GPU.
+static void mfu_setup(Logs *lg, double matmul_params, int L, int C, int T, const char *precision) {
+    lg->flops_per_token = mfu_flops_per_token(matmul_params, L, C, T);
+    lg->peak_flops = gpu_peak_flops(precision) * dp.ranks;
 }
 
 /*

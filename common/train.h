@@ -57,6 +57,7 @@ typedef struct {
     // the GPU programs: matmuls in TF32
     int tf32;
     const char *attention; // the CUDA trainers' attention: flash (default) or matmul
+    int recompute;         // the CUDA trainers: 1 = redo the cheap activations in the backward
     // train_llama: the matmuls' inputs in fp32 or bf16 (docs/perf.md, "bf16 on the CPU")
     const char *precision;
     // train_llama: evaluate --init-from's model on --val and exit, fake-quantized by --quant
@@ -240,6 +241,8 @@ static int gpu_flags(Settings *s, Flag *f) {
         {"attention", FLAG_CHOICE, &s->attention, "flash", 0, 0, "flash|matmul",
          "flash: fused causal attention, no T x T matrix in memory (head size <= 64); matmul: cuBLAS products "
          "around a T x T softmax", 0},
+        {"recompute", FLAG_INT, &s->recompute, "0", 0, 1, NULL,
+         "1: keep one layer of the norm and MLP activations, redone in the backward (less memory, same bits)", 0},
     };
     memcpy(f, t, sizeof(t));
     return (int)(sizeof(t) / sizeof(t[0]));
@@ -608,6 +611,7 @@ typedef struct {
     double total_ms, tvr_ms;   // TVR's cost: its passes (statistics + rescale) against all step time
     int timed, tvr_passes;
     int skipped;               // steps skipped for a non-finite loss or gradient norm (--skip-nonfinite 1)
+    double flops_per_token, peak_flops; // the GPU programs' MFU (common/cuda_train.h); peak 0: "mfu n/a"
 } Logs;
 
 // samples.txt (sample_print appends "step N", the text, a blank line): a fresh run
@@ -682,8 +686,14 @@ static void log_step(Logs *lg, int step, int steps, double loss, double lr, doub
     fflush(lg->train);
     char eta[32];
     format_eta(eta, sizeof(eta), (steps - step) * lg->total_ms / lg->timed / 1000);
-    printf("step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | eta %s%s\n", step, steps, loss, lr,
-           norm, ms, tok_s, eta, tvr_ms >= 0 ? " | tvr" : "");
+    char mfu[32] = ""; // the CPU programs set no flops_per_token and print none
+    if (lg->flops_per_token > 0 && lg->peak_flops > 0) {
+        snprintf(mfu, sizeof(mfu), " | mfu %.1f%%", 100 * lg->flops_per_token * tok_s / lg->peak_flops);
+    } else if (lg->flops_per_token > 0) {
+        snprintf(mfu, sizeof(mfu), " | mfu n/a");
+    }
+    printf("step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s | eta %s%s%s\n", step, steps, loss, lr,
+           norm, ms, tok_s, eta, tvr_ms >= 0 ? " | tvr" : "", mfu);
 }
 
 static void log_val(Logs *lg, int step, double val_loss) {

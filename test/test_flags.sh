@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One set of flags: the twins (train_llama.c / .cu, train_gpt2.c / .cu) print the same --help
-# but for the usage line and the GPU's own --tf32 and --attention, and the two models' training flags (from
-# --batch to --threads, common/train.h) are the same lines, defaults and ranges included
-# (--init lists each model's schemes); the GPU programs take --precision fp32|bf16 (train_gpt2.cu
-# as a flag of its own). The GPU programs print their help without a GPU; the emulated builds
-# (make train_llama_emu train_gpt2_emu) stand in where nvcc did not build them.
+# but for the usage line and the GPU's own --tf32, --attention and --recompute, and the two
+# models' training flags (from --batch to --threads, common/train.h) are the same lines,
+# defaults and ranges included (--init lists each model's schemes); the GPU programs take
+# --precision fp32|bf16 (train_gpt2.cu as a flag of its own). The GPU programs print their help
+# without a GPU; the emulated builds (make train_llama_emu train_gpt2_emu) stand in where nvcc
+# did not build them.
 # Needs: make train_llama train_gpt2 train_llama_emu train_gpt2_emu (make test builds them).
 set -u
 cd "$(dirname "$0")/.."
@@ -27,12 +28,13 @@ for m in llama gpt2; do
             [ "$gpu" = ./train_${m}_cu ] && { echo "  skip $gpu --help (it does not start here)"; continue; }
             bad "$gpu --help failed"; continue
         fi
-        # the GPU's own flags: --tf32, --attention, and for GPT-2 --precision (train_llama has it too)
-        own='^  --tf32 \|^  --attention '
+        # the GPU's own flags: --tf32, --attention, --recompute, and for GPT-2 --precision (train_llama
+        # has it too)
+        own='^  --tf32 \|^  --attention \|^  --recompute '
         [ $m = gpt2 ] && own="$own\\|^  --precision "
         if diff <(cat "$tmp/$m.c") <(grep -v "$own" "$tmp/$m.gpu") > "$tmp/diff"; then
-            [ "$(grep -c "$own" "$tmp/$m.gpu")" = $([ $m = gpt2 ] && echo 3 || echo 2) ] &&
-                ok "$gpu --help = ./train_$m --help, plus --tf32 and --attention$([ $m = gpt2 ] && echo ' and --precision')" ||
+            [ "$(grep -c "$own" "$tmp/$m.gpu")" = $([ $m = gpt2 ] && echo 4 || echo 3) ] &&
+                ok "$gpu --help = ./train_$m --help, plus --tf32, --attention, --recompute$([ $m = gpt2 ] && echo ' and --precision')" ||
                 bad "$gpu --help lacks one of its own flags ($own)"
         else
             bad "$gpu --help differs from ./train_$m --help: $(head -c 400 "$tmp/diff")"

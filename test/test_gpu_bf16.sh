@@ -13,7 +13,8 @@
 #     norm, which planted roundings left out or made wrong break (docs/gpu.md)
 #  3. bf16 against fp32 on the GPU: step 1's gradient norm must differ (the inputs were rounded)
 #     and every train loss stays within 3%, val within 1% (test/test_bf16.sh's rule for the CPU)
-#  4. bitwise: a rerun (emulated: under a shuffled thread schedule) gives the same model.bin
+#  4. bitwise: a rerun (emulated: under a shuffled thread schedule) gives the same model.bin, and
+#     --recompute 1 the same model.bin and state.bin as 0
 #  5. the memory estimate counts the bf16 copies; --precision bf16 --tf32 1 is a usage error
 # train_gpt2.cu (train_gpt2.c has no bf16) from test/fixtures/gpt2_tiny_model.bin, 6 steps: flash
 # bf16 against matmul bf16, bf16 against fp32 (step 1's loss must differ; 3% and 1% as above),
@@ -116,6 +117,10 @@ else
 fi
 cmp -s "$D/gpu_flash/model.bin" "$D/gpu_flash_again/model.bin" && ok "bf16, $what: model.bin identical" ||
     bad "bf16, $what: model.bin differs"
+# --recompute 1 reruns ln1, ln2 and swi (and writes their bf16 copies again): the same bits
+run gpu_flash_recompute "$GPU" --precision bf16 --recompute 1 &&
+    cmp -s "$D/gpu_flash/model.bin" "$D/gpu_flash_recompute/model.bin" && cmp -s "$D/gpu_flash/state.bin" "$D/gpu_flash_recompute/state.bin" &&
+    ok "bf16, --recompute 1 = --recompute 0: model.bin and state.bin identical" || bad "bf16, --recompute 1 differs from 0"
 mem() { sed -n 's/.*GPU memory: about [0-9.]* GiB (\([0-9]*\) bytes).*/\1/p' "$D/$1.log"; }
 m16=$(mem gpu_flash) m32=$(mem gpu_fp32)
 [ -n "$m16" ] && [ -n "$m32" ] && [ "$m16" -gt "$m32" ] && grep -q '^matmuls: bf16' "$D/gpu_flash.log" &&
@@ -143,6 +148,9 @@ fi
 grep -q ",1$" "$D/gpt2_flash/weights.csv" 2>/dev/null && ok "TVR rescaled in the bf16 run" || bad "TVR never rescaled"
 cmp -s "$D/gpt2_flash/model.bin" "$D/gpt2_flash_again/model.bin" && ok "bf16, $what: model.bin identical" ||
     bad "bf16, $what: model.bin differs"
+run gpt2_flash_recompute "$GPU2" --precision bf16 --recompute 1 &&
+    cmp -s "$D/gpt2_flash/model.bin" "$D/gpt2_flash_recompute/model.bin" && cmp -s "$D/gpt2_flash/state.bin" "$D/gpt2_flash_recompute/state.bin" &&
+    ok "bf16, --recompute 1 = --recompute 0: model.bin and state.bin identical" || bad "bf16, --recompute 1 differs from 0"
 m16=$(mem gpt2_flash) m32=$(mem gpt2_fp32)
 [ -n "$m16" ] && [ -n "$m32" ] && [ "$m16" -gt "$m32" ] && grep -q '^matmuls: bf16' "$D/gpt2_flash.log" &&
     ok "the memory estimate counts the bf16 copies ($m16 bytes against fp32's $m32) and says 'matmuls: bf16'" ||

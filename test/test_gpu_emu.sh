@@ -17,7 +17,9 @@
 #  6. --attention flash (the default, common/cuda_attention.h) against --attention matmul: the
 #     attention workbench's versions against its CPU loops, and 4 training steps of each trainer;
 #     train_gpt2.cu's fused classifier against its two kernels (RESCALE_FUSED_CLASSIFIER=0)
-#  7. --precision bf16 (test/test_gpu_bf16.sh): train_llama.cu against train_llama's bf16 (the
+#  7. --recompute 1 against --recompute 0 (both trainers, flash attention): the same model.bin,
+#     state.bin and logs, bit for bit, with a smaller memory estimate; --recompute 2 refused
+#  8. --precision bf16 (test/test_gpu_bf16.sh): train_llama.cu against train_llama's bf16 (the
 #     ref kernel) with both attentions, against its own fp32; train_gpt2.cu's flash against its
 #     matmul path and against fp32; bitwise under a shuffled schedule; the attention
 #     workbench's version 4 (flash with bf16 inputs) runs in part 6
@@ -173,7 +175,41 @@ big_head() { # PROGRAM EXTRA...: head size 128 under flash is a usage error (exi
 step "flash: a head size over 64 is a clear error (both trainers)" \
     eval 'big_head ./train_llama_emu --kv-heads 2 && big_head ./train_gpt2_emu --train test/fixtures/gpt2_tiny_train.bin'
 
-echo "7. --precision bf16"
+echo "7. --recompute 1: the norm and MLP activations redone in the backward, the same bits"
+recompute_same() { # NAME PROGRAM MODEL DATA EXTRA...: 3 steps each way with TVR, statistics and validation
+    local name=$1 prog=$2 model=$3 data=$4 r f m0 m1
+    shift 4
+    for r in 0 1; do
+        "$prog" --init-from "$model" --train "$data" --val "$data" --batch 2 --seq-len 16 --steps 3 --warmup 1 \
+            --tvr-target 0.001 --tvr-every 2 --stats-every 1 --val-every 2 --val-batches 1 --recompute $r "$@" \
+            --out "$R/recompute_${name}_$r" > "$R/recompute_${name}_$r.log" || return 1
+    done
+    for f in "$R/recompute_${name}_0"/*; do
+        f=$(basename "$f")
+        if [ "$f" = train.csv ]; then # its ms and tokens_per_s columns are times
+            cmp <(cut -d, -f1-4 "$R/recompute_${name}_0/$f") <(cut -d, -f1-4 "$R/recompute_${name}_1/$f") || return 1
+        else
+            cmp "$R/recompute_${name}_0/$f" "$R/recompute_${name}_1/$f" || return 1
+        fi
+        echo "same: $f"
+    done
+    m0=$(grep -o 'GPU memory: about [0-9.]* GiB ([0-9]* bytes)' "$R/recompute_${name}_0.log" | grep -o '([0-9]*' | tr -d '(')
+    m1=$(grep -o 'GPU memory: about [0-9.]* GiB ([0-9]* bytes)' "$R/recompute_${name}_1.log" | grep -o '([0-9]*' | tr -d '(')
+    echo "memory estimate: $m0 bytes, with --recompute 1 $m1 (must be smaller)"
+    [ -n "$m1" ] && [ "$m1" -lt "$m0" ]
+}
+step "train_llama_emu: --recompute 1 = 0, 3 steps: model.bin, state.bin, logs (GQA fixture)" \
+    recompute_same llama ./train_llama_emu "$FIX/gqa_lir_tvr/model.bin" "$FIX/shakespeare_bytes_*.bin"
+step "train_gpt2_emu: --recompute 1 = 0, 3 steps: model.bin, state.bin, logs (with hist)" \
+    recompute_same gpt2 ./train_gpt2_emu test/fixtures/gpt2_tiny_model.bin test/fixtures/gpt2_tiny_train.bin \
+    --hist-layer 1
+bad_recompute() { # PROGRAM: --recompute 2 is a usage error (exit 2) that names the flag
+    "$1" --recompute 2 --steps 1 --out "$R/bad_recompute" > "$R/bad_recompute.log" 2>&1
+    [ $? = 2 ] && grep -q -- '--recompute must be in \[0, 1\], got 2' "$R/bad_recompute.log"
+}
+step "--recompute 2 is a clear error (both trainers)" eval 'bad_recompute ./train_llama_emu && bad_recompute ./train_gpt2_emu'
+
+echo "8. --precision bf16"
 step "--precision bf16: train_llama_emu against train_llama's bf16 and fp32, train_gpt2_emu against fp32" \
     env GPU_EMULATED=1 GPU_REPORT_DIR=$R/bf16 bash test/test_gpu_bf16.sh
 

@@ -405,6 +405,64 @@ static void test_gemm(void) {
     check(worst <= tol, "max |C - reference| / sqrt(K+1), all transposes, = and +=", worst, tol);
 }
 
+// gemm_causal leaves out only exact zeros: each causal mode of attention's products against
+// the dense product of the same operands, bit for bit, on every kernel this CPU has. Row i
+// of C is position i + diag (llama_decode's last rows: diag = n - m); the sizes cut tiles,
+// strips and blocks of k (K > KC), and A is read both ways, as attention reads P and P^T.
+static void test_causal(void) {
+    printf("gemm_causal vs the dense product (%s)\n", PRECISION);
+    const GemmKernel *kernels[4] = {&FP32_KERNEL};
+    int nk = 1;
+#ifndef REAL_DOUBLE
+    kernels[nk++] = &BF16_KERNELS[BF16_REF];
+    if (cpu_has_avx512bf16()) kernels[nk++] = &BF16_KERNELS[BF16_AVX512];
+    if (cpu_has_amx_bf16()) kernels[nk++] = &BF16_KERNELS[BF16_AMX];
+#endif
+    int shapes[][3] = {{37, 37, 0}, {130, 130, 0}, {300, 300, 0}, {600, 600, 0}, {5, 300, 295}, {1, 64, 63}, {10, 40, 30}};
+    int hs = 24, differ = 0, cases = 0;
+    Rng rng;
+    rng_seed(&rng, 6);
+    for (int kk = 0; kk < nk; kk++) {
+        gemm_kernel = kernels[kk];
+        for (int sh = 0; sh < 7; sh++) {
+            int m = shapes[sh][0], n = shapes[sh][1], diag = shapes[sh][2];
+            // P (m x n) causal: P(i, j) = 0 for j > i + diag; Pt (n x m) is its transpose; X, Y dense
+            real *P = (real *)calloc_check((size_t)m * n, sizeof(real)), *X = (real *)malloc_check(sizeof(real) * n * hs);
+            real *Y = (real *)malloc_check(sizeof(real) * m * hs);
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j <= i + diag && j < n; j++) P[(long)i * n + j] = (real)rng_normal(&rng);
+            for (long i = 0; i < (long)n * hs; i++) X[i] = (real)rng_normal(&rng);
+            for (long i = 0; i < (long)m * hs; i++) Y[i] = (real)rng_normal(&rng);
+            long cn = (long)(m > hs ? m : hs) * n; // the largest C: m x n or n x hs
+            real *c1 = (real *)malloc_check(sizeof(real) * cn), *c2 = (real *)malloc_check(sizeof(real) * cn);
+            for (int acc = 0; acc < 2; acc++) {
+                // C_LOWER: S = Y.X^T (m x n), compared where j <= i + diag
+                for (long i = 0; i < (long)m * n; i++) c1[i] = c2[i] = 0.5f;
+                gemm_causal(m, n, hs, Y, hs, 1, X, 1, hs, c1, n, acc, 0, C_LOWER, diag);
+                gemm_causal(m, n, hs, Y, hs, 1, X, 1, hs, c2, n, acc, 0, DENSE, 0);
+                for (int i = 0; i < m; i++)
+                    for (int j = 0; j <= i + diag && j < n; j++) differ += c1[(long)i * n + j] != c2[(long)i * n + j];
+                // A_LOWER: O = P.X (m x hs)
+                for (long i = 0; i < (long)m * hs; i++) c1[i] = c2[i] = 0.5f;
+                gemm_causal(m, hs, n, P, n, 1, X, hs, 1, c1, hs, acc, 0, A_LOWER, diag);
+                gemm_causal(m, hs, n, P, n, 1, X, hs, 1, c2, hs, acc, 0, DENSE, 0);
+                differ += memcmp(c1, c2, sizeof(real) * m * hs) != 0;
+                // A_UPPER: P^T.Y (n x hs), A = P read down its columns; row j of C is key j,
+                // whose queries start at i = j - diag
+                for (long i = 0; i < (long)n * hs; i++) c1[i] = c2[i] = 0.5f;
+                gemm_causal(n, hs, m, P, 1, n, Y, hs, 1, c1, hs, acc, 0, A_UPPER, -diag);
+                gemm_causal(n, hs, m, P, 1, n, Y, hs, 1, c2, hs, acc, 0, DENSE, 0);
+                differ += memcmp(c1, c2, sizeof(real) * n * hs) != 0;
+                cases += 3;
+            }
+            free(P), free(X), free(Y), free(c1), free(c2);
+        }
+    }
+    gemm_kernel = &FP32_KERNEL;
+    printf("       %d products on %d kernel(s)\n", cases, nk);
+    check(differ == 0, "causal products that differ from the dense ones (elements or matrices)", differ, 0);
+}
+
 // The training step's fused classifier against the forward-then-backward pair the
 // gradient check covers: the same losses and d loss / d logits up to float rounding.
 static void test_classifier(void) {
@@ -817,7 +875,7 @@ int main(int argc, char **argv) {
                  {"lir", test_lir},           {"tvr", test_tvr},             {"schedule", test_schedule},
                  {"adamw", test_adamw},       {"clip", test_clip},           {"checkpoint", test_checkpoint},
                  {"shuffle", test_shuffle},   {"decode", test_decode},       {"bf16", test_bf16},
-                 {"classifier", test_classifier}, {"quant", test_quant}};
+                 {"classifier", test_classifier}, {"quant", test_quant},     {"causal", test_causal}};
     int ran = 0;
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         if (!strcmp(which, "all") || !strcmp(which, tests[i].name)) {

@@ -134,6 +134,7 @@ struct Settings {
     uint64_t seed = 1;
     int os_threads = 0, trace = 0;
     size_t stack_bytes;
+    size_t memory_gib = 16; // the device memory cudaGetDeviceProperties reports (EMU_MEMORY_GIB)
     Settings() {
         const char *s = getenv("EMU_SCHED");
         if (s && *s) {
@@ -145,6 +146,7 @@ struct Settings {
         if ((s = getenv("EMU_SEED")) && *s) seed = strtoull(s, nullptr, 10);
         if ((s = getenv("EMU_THREADS")) && *s) os_threads = atoi(s);
         if ((s = getenv("EMU_TRACE")) && *s) trace = atoi(s);
+        if ((s = getenv("EMU_MEMORY_GIB")) && *s) memory_gib = strtoull(s, nullptr, 10);
 #ifdef EMU_ASAN
         size_t kb = 1024;
 #else
@@ -905,8 +907,22 @@ EMU_API cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
     p->maxGridSize[0] = (int)lim.gx, p->maxGridSize[1] = (int)lim.gy, p->maxGridSize[2] = (int)lim.gz;
     p->sharedMemPerBlock = lim.dynamic_shared;
     p->sharedMemPerBlockOptin = 227 << 10;
-    p->totalGlobalMem = (size_t)16 << 30;
+    p->totalGlobalMem = emu::settings().memory_gib << 30;
     p->multiProcessorCount = 1;
+    return cudaSuccess;
+}
+// The attributes the trainers read (MFU's peak): the properties' above, and a nominal 1 GHz
+// clock (CUDA 13's cudaDeviceProp has no clockRate).
+EMU_API cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d) {
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, d) != cudaSuccess) return cudaErrorInvalidDevice;
+    switch (a) {
+    case cudaDevAttrComputeCapabilityMajor: *v = p.major; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = p.minor; break;
+    case cudaDevAttrMultiProcessorCount: *v = p.multiProcessorCount; break;
+    case cudaDevAttrClockRate: *v = 1000000; break; // kHz
+    default: return emu::set_error(cudaErrorInvalidValue);
+    }
     return cudaSuccess;
 }
 EMU_API cudaError_t cudaDeviceSynchronize(void) { return emu::last_error; }

@@ -11,7 +11,9 @@
  *      against the two-kernel path and the host formula; --precision bf16's pieces: bf16_round
  *      on the device against train_llama.c's hand-computed cases (test/test_llama.c), and
  *      gemm_batched() on bf16 inputs (cuBLAS's CUDA_R_16BF) in all four transposes
- *   7. (emulator only) what a GPU would not say: each of these must stop the program with its
+ *   7. MFU's peaks (common/cuda_train.h) against NVIDIA's data-sheet figures; the emulated
+ *      device's attributes give its own peak
+ *   8. (emulator only) what a GPU would not say: each of these must stop the program with its
  *      message: a divergent __syncthreads, a barrier after some threads returned, a host
  *      pointer passed to a kernel, a shuffle naming a lane that returned, a cudaMemcpy past an
  *      allocation's end. Each runs in a child process.
@@ -271,7 +273,27 @@ static void test_classifier(void) {
 }
 
 // ---------------------------------------------------------------------------
-// 7. mistakes the emulator must stop, each in a child process
+// 7. MFU's peak FLOP/s: SMs x clock x the table's FLOP a clock per SM
+static int near(double x, double want) { return fabs(x - want) <= 0.01 * want; }
+static void test_peaks(void) {
+    expect(near(peak_flops(9, 0, 132, 1830000, "bf16"), 989.4e12),
+           "H100 SXM (sm_90, 132 SMs, 1830 MHz): bf16 989.4 TFLOP/s");
+    expect(near(peak_flops(9, 0, 132, 1830000, "tf32"), 494.7e12), "H100 SXM: TF32 494.7 TFLOP/s");
+    expect(near(peak_flops(9, 0, 132, 1980000, "fp32"), 66.9e12), "H100 SXM at 1980 MHz: fp32 66.9 TFLOP/s");
+    double a100[3] = {peak_flops(8, 0, 108, 1410000, "bf16"), peak_flops(8, 0, 108, 1410000, "tf32"),
+                      peak_flops(8, 0, 108, 1410000, "fp32")};
+    expect(near(a100[0], 312e12) && near(a100[1], 156e12) && near(a100[2], 19.5e12),
+           "A100 SXM (sm_80, 108 SMs, 1410 MHz): bf16 312, TF32 156, fp32 19.5 TFLOP/s");
+    expect(peak_flops(8, 6, 84, 1860000, "bf16") == 0 && peak_flops(10, 0, 148, 1965000, "fp32") == 0,
+           "an architecture not in the table (sm_86, sm_100): 0, printed as mfu n/a");
+    expect(mfu_flops_per_token(1e8, 12, 768, 1024) == 6e8 + 6.0 * 12 * 768 * 1024, "FLOPs a token: 6 N + 6 L C T");
+#ifdef CUDA_EMU
+    expect(gpu_peak_flops("fp32") == 256e9, "the emulated device (sm_90, 1 SM, 1 GHz): fp32 256 GFLOP/s");
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// 8. mistakes the emulator must stop, each in a child process
 #ifdef CUDA_EMU
 __global__ void divergent_barrier_kernel(int *x) {
     if (threadIdx.x < 16) __syncthreads();
@@ -409,6 +431,7 @@ int main(int argc, char **argv) {
     test_limits();
     test_classifier();
     test_bf16();
+    test_peaks();
 #if defined(CUDA_EMU) && !defined(EMU_TSAN)
     test_deaths();
     // without its barrier the reversal reads shared memory before it is written: every
