@@ -18,7 +18,7 @@ NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-fun
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/cuda_common.h common/cuda_attention.h common/cuda_train.h common/cuda_reduce.h common/dp.h common/cuda_dp.h
+COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/bf16.h common/cuda_common.h common/cuda_attention.h common/cuda_train.h common/cuda_reduce.h common/dp.h common/cuda_dp.h
 
 .PHONY: all run test test-asan clean venv data help
 
@@ -223,7 +223,7 @@ build/test_llama_gpu_host: test/test_llama_gpu_host.cu test/cublas_host.h train_
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h common/cuda_reduce.h common/cuda_attention.h
+dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h common/cuda_reduce.h common/cuda_attention.h common/bf16.h
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 cuda: train_llama_cu build/test_llama_gpu build/test_llama_gpu_host $(CUDA_WORKBENCHES) train_gpt2_cu build/test_gpt2_gpu_host
@@ -280,7 +280,8 @@ EMU_CXX ?= g++
 CUDA_INCLUDE ?= $(abspath $(dir $(shell command -v $(NVCC) 2>/dev/null))/../include)
 EMU_SRC = build/emu/src
 # headers with kernel launches are rewritten too; their copies come first on the include path
-EMU_HEADERS = test/emu/cuda_emu.h test/emu/cublas_emu.h $(EMU_SRC)/common/cuda_attention.h $(EMU_SRC)/common/cuda_dp.h
+EMU_HEADERS = test/emu/cuda_emu.h test/emu/cublas_emu.h $(EMU_SRC)/common/cuda_attention.h $(EMU_SRC)/common/cuda_dp.h \
+	$(EMU_SRC)/common/cuda_common.h
 EMU_FLAGS = -std=gnu++17 -march=native -Wall -Wextra -Wno-unused-function -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation -Wno-unknown-pragmas \
 	-x c++ -include test/emu/cuda_emu.h -include test/emu/cublas_emu.h -I$(CUDA_INCLUDE) -I$(EMU_SRC)/common -Icommon -Itest
 EMU_OPT = -O2 -fopenmp

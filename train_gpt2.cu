@@ -23,7 +23,11 @@
  * Precision: activations have their own type, floatX (float here); parameters,
  * gradients and AdamW's moments are fp32 master weights. The cheap elementwise
  * and per-row passes compute in double where train_gpt2.c does, with the same
- * expressions, so that the two programs differ only by summation order.
+ * expressions, so that the two programs differ only by summation order. With
+ * --precision bf16 (this program's own: train_gpt2.c has fp32 only) every matmul reads
+ * bf16 copies of its two inputs, as train_llama.cu's bf16 (docs/gpu.md, "bf16"): the
+ * weights' (params16) and those of the activations and gradients a matmul reads (a16,
+ * the *_16 scratch; NULL in fp32), written by the kernels that make them.
  *
  * Determinism: no kernel adds into memory with atomics. Every reduction sums
  * fixed chunks in a fixed order (partial sums finished in order), and the token
@@ -58,16 +62,25 @@ typedef float floatX;
 // ============================================================================
 // N = B*T rows. Parameter gradients are added into (+=), as in train_gpt2.c.
 
-// out (N, OC) = inp (N, IC) . W^T, W (OC, IC) as nn.Linear stores it (no bias)
-static void matmul_forward(floatX *out, const floatX *inp, const float *W, int N, int IC, int OC) {
-    gemm_batched(0, 1, N, OC, IC, inp, IC, 0, W, IC, 0, out, OC, 0, 1, 0);
+// a matmul's input: x in fp32, its bf16 copy x16 with --precision bf16
+static const void *mm_in(const float *x, const bf16 *x16) {
+    return precision_bf16 ? (const void *)x16 : (const void *)x;
+}
+
+// out (N, OC) = inp (N, IC) . W^T, W (OC, IC) as nn.Linear stores it (no bias). Each input
+// comes with its bf16 copy (NULL in fp32).
+static void matmul_forward(floatX *out, const floatX *inp, const bf16 *inp16, const float *W, const bf16 *W16, int N,
+                           int IC, int OC) {
+    gemm_batched(0, 1, N, OC, IC, mm_in(inp, inp16), IC, 0, mm_in(W, W16), IC, 0, out, OC, 0, 1, 0);
 }
 
 // dW += dout^T . inp;  dinp = dout . W (+= when accumulate_dinp)
-static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const floatX *inp, const float *W, int N,
-                            int IC, int OC, int accumulate_dinp) {
-    gemm_batched(1, 0, OC, IC, N, dout, OC, 0, inp, IC, 0, dW, IC, 0, 1, 1);
-    gemm_batched(0, 0, N, IC, OC, dout, OC, 0, W, IC, 0, dinp, IC, 0, 1, accumulate_dinp);
+static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const bf16 *dout16, const floatX *inp,
+                            const bf16 *inp16, const float *W, const bf16 *W16, int N, int IC, int OC,
+                            int accumulate_dinp) {
+    const void *dy = mm_in(dout, dout16);
+    gemm_batched(1, 0, OC, IC, N, dy, OC, 0, mm_in(inp, inp16), IC, 0, dW, IC, 0, 1, 1);
+    gemm_batched(0, 0, N, IC, OC, dy, OC, 0, mm_in(W, W16), IC, 0, dinp, IC, 0, 1, accumulate_dinp);
 }
 
 __global__ void add_bias_kernel(floatX *out, const float *bias, long N, int OC) {
@@ -99,8 +112,9 @@ __global__ void column_sum_add_kernel(float *dst, const double *partial, int OC)
 }
 
 // A linear layer with bias: out = inp . W^T + bias
-static void linear_forward(floatX *out, const floatX *inp, const float *W, const float *bias, int N, int IC, int OC) {
-    matmul_forward(out, inp, W, N, IC, OC);
+static void linear_forward(floatX *out, const floatX *inp, const bf16 *inp16, const float *W, const bf16 *W16,
+                           const float *bias, int N, int IC, int OC) {
+    matmul_forward(out, inp, inp16, W, W16, N, IC, OC);
     if (bias) {
         add_bias_kernel<<<grid_for((long)N * OC), BLOCK>>>(out, bias, N, OC);
         launchCheck();
@@ -110,8 +124,9 @@ static void linear_forward(floatX *out, const floatX *inp, const float *W, const
 // dinp = dout . W (overwritten);  dW += dout^T . inp;  dbias += column sums of dout.
 // partial: COL_CHUNKS * OC doubles of scratch.
 static void linear_backward(floatX *dinp, float *dW, float *dbias, double *partial, const floatX *dout,
-                            const floatX *inp, const float *W, int N, int IC, int OC) {
-    matmul_backward(dinp, dW, dout, inp, W, N, IC, OC, 0);
+                            const bf16 *dout16, const floatX *inp, const bf16 *inp16, const float *W, const bf16 *W16,
+                            int N, int IC, int OC) {
+    matmul_backward(dinp, dW, dout, dout16, inp, inp16, W, W16, N, IC, OC, 0);
     if (dbias) {
         column_sum_partial_kernel<<<dim3(ceil_div(OC, BLOCK), COL_CHUNKS), BLOCK>>>(partial, dout, N, OC);
         launchCheck();
@@ -176,8 +191,9 @@ static void encoder_backward(float *dwte, float *dwpe, const floatX *dout, const
 // warp per row, the statistics in double and the output formula as train_gpt2.c.
 #define LN_EPS 1e-5
 
-__global__ void layernorm_forward_kernel(floatX *out, float *mean, float *rstd, const floatX *inp, const float *w,
-                                         const float *bias, int N, int C) {
+// (out16, or NULL: out in bf16)
+__global__ void layernorm_forward_kernel(floatX *out, bf16 *out16, float *mean, float *rstd, const floatX *inp,
+                                         const float *w, const float *bias, int N, int C) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= N) return; // whole warps leave together
     const floatX *x = inp + (long)row * C;
@@ -189,21 +205,25 @@ __global__ void layernorm_forward_kernel(floatX *out, float *mean, float *rstd, 
     double s = 1.0 / sqrt(v + LN_EPS);
     floatX *o = out + (long)row * C;
     for (int i = lane; i < C; i += 32) o[i] = (floatX)((float)(((float)x[i] - m) * s) * w[i] + bias[i]);
+    if (out16) {
+        for (int i = lane; i < C; i += 32) out16[(long)row * C + i] = bf16_round((float)o[i]);
+    }
     if (lane == 0) {
         mean[row] = (float)m;
         rstd[row] = (float)s;
     }
 }
 
-static void layernorm_forward(floatX *out, float *mean, float *rstd, const floatX *inp, const float *w,
+static void layernorm_forward(floatX *out, bf16 *out16, float *mean, float *rstd, const floatX *inp, const float *w,
                               const float *bias, int N, int C) {
-    layernorm_forward_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(out, mean, rstd, inp, w, bias, N, C);
+    layernorm_forward_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(out, out16, mean, rstd, inp, w, bias, N, C);
     launchCheck();
 }
 
 // With x̂ = (x - mean)·rstd and g = dout ⊙ w: dx += rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)).
-__global__ void layernorm_backward_dinp_kernel(floatX *dinp, const floatX *dout, const floatX *inp, const float *w,
-                                               const float *mean, const float *rstd, int N, int C) {
+// dinp16 (or NULL) gets the sum in bf16.
+__global__ void layernorm_backward_dinp_kernel(floatX *dinp, bf16 *dinp16, const floatX *dout, const floatX *inp,
+                                               const float *w, const float *mean, const float *rstd, int N, int C) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     const floatX *x = inp + (long)row * C, *d = dout + (long)row * C;
@@ -220,6 +240,7 @@ __global__ void layernorm_backward_dinp_kernel(floatX *dinp, const floatX *dout,
     for (int i = lane; i < C; i += 32) {
         float xh = ((float)x[i] - mu) * r, g = (float)d[i] * w[i];
         dx[i] = (floatX)((float)dx[i] + (float)(r * (g - gm - xh * gxm)));
+        if (dinp16) dinp16[(long)row * C + i] = bf16_round((float)dx[i]);
     }
 }
 
@@ -240,9 +261,11 @@ __global__ void layernorm_backward_params_partial_kernel(double *partial, const 
     partial[(long)(COL_CHUNKS + chunk) * C + c] = sb;
 }
 
-static void layernorm_backward(floatX *dinp, float *dw, float *dbias, double *partial, const floatX *dout,
-                               const floatX *inp, const float *w, const float *mean, const float *rstd, int N, int C) {
-    layernorm_backward_dinp_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(dinp, dout, inp, w, mean, rstd, N, C);
+static void layernorm_backward(floatX *dinp, bf16 *dinp16, float *dw, float *dbias, double *partial,
+                               const floatX *dout, const floatX *inp, const float *w, const float *mean,
+                               const float *rstd, int N, int C) {
+    layernorm_backward_dinp_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(dinp, dinp16, dout, inp, w, mean, rstd, N,
+                                                                            C);
     launchCheck();
     layernorm_backward_params_partial_kernel<<<dim3(ceil_div(C, BLOCK), COL_CHUNKS), BLOCK>>>(partial, dout, inp,
                                                                                              mean, rstd, N, C);
@@ -258,17 +281,19 @@ static void layernorm_backward(floatX *dinp, float *dw, float *dbias, double *pa
 // the columns [h·hs, (h+1)·hs) of the first, second and third C columns. The
 // batched matmuls want one head's (T, hs) block contiguous, so q, k and v are
 // permuted to (B, NH, T, hs) first, and the output permuted back. att (B, NH, T, T)
-// keeps the softmax probabilities (zero above the diagonal) for the backward.
+// keeps the softmax probabilities (zero above the diagonal) for the backward. With
+// --precision bf16 the permuted copies the matmuls read are bf16 (Dst = bf16).
 
-__global__ void permute_qkv_kernel(floatX *q, floatX *k, floatX *v, const floatX *qkv, int B, int T, int NH, int hs) {
+template <typename Dst>
+__global__ void permute_qkv_kernel(Dst *q, Dst *k, Dst *v, const floatX *qkv, int B, int T, int NH, int hs) {
     int C = NH * hs;
     GRID_STRIDE(i, (long)B * NH * T * hs) {
         int d = (int)(i % hs), t = (int)(i / hs % T), h = (int)(i / ((long)hs * T) % NH);
         long b = i / ((long)hs * T * NH);
         const floatX *src = qkv + (b * T + t) * 3 * C + h * hs + d;
-        q[i] = src[0];
-        k[i] = src[C];
-        v[i] = src[2 * C];
+        store_as(q + i, (float)src[0]);
+        store_as(k + i, (float)src[C]);
+        store_as(v + i, (float)src[2 * C]);
     }
 }
 
@@ -294,11 +319,12 @@ __global__ void permute_from_heads_kernel(floatX *dst, const floatX *src, int B,
         dst[((b * T + t) * NH + h) * hs + d] = src[i];
     }
 }
-__global__ void permute_to_heads_kernel(floatX *dst, const floatX *src, int B, int T, int NH, int hs) {
+template <typename Dst>
+__global__ void permute_to_heads_kernel(Dst *dst, const floatX *src, int B, int T, int NH, int hs) {
     GRID_STRIDE(i, (long)B * NH * T * hs) {
         int d = (int)(i % hs), t = (int)(i / hs % T), h = (int)(i / ((long)hs * T) % NH);
         long b = i / ((long)hs * T * NH);
-        dst[i] = src[((b * T + t) * NH + h) * hs + d];
+        store_as(dst + i, (float)src[((b * T + t) * NH + h) * hs + d]);
     }
 }
 
@@ -308,23 +334,28 @@ __global__ void permute_to_heads_kernel(floatX *dst, const floatX *src, int B, i
  *   attn_x_yT:  s = x . y^T   (scores q.k^T; datt = dy.v^T)
  *   attn_p_x:   o = p . x     (y = att.v; dq = dpre.k)
  *   attn_pT_x:  o = p^T . x   (dv = att^T.dy; dk = dpre^T.q)
+ * (In: floatX, or bf16 with --precision bf16; the outputs are floatX)
  */
-static void attn_x_yT(floatX *s, const floatX *x, const floatX *y, int B, int T, int NH, int hs) {
+template <typename In>
+static void attn_x_yT(floatX *s, const In *x, const In *y, int B, int T, int NH, int hs) {
     long th = (long)T * hs, tt = (long)T * T;
     gemm_batched(0, 1, T, T, hs, x, hs, th, y, hs, th, s, T, tt, B * NH, 0);
 }
-static void attn_p_x(floatX *o, const floatX *p, const floatX *x, int B, int T, int NH, int hs) {
+template <typename In>
+static void attn_p_x(floatX *o, const In *p, const In *x, int B, int T, int NH, int hs) {
     long th = (long)T * hs, tt = (long)T * T;
     gemm_batched(0, 0, T, hs, T, p, T, tt, x, hs, th, o, hs, th, B * NH, 0);
 }
-static void attn_pT_x(floatX *o, const floatX *p, const floatX *x, int B, int T, int NH, int hs) {
+template <typename In>
+static void attn_pT_x(floatX *o, const In *p, const In *x, int B, int T, int NH, int hs) {
     long th = (long)T * hs, tt = (long)T * T;
     gemm_batched(1, 0, T, hs, T, p, T, tt, x, hs, th, o, hs, th, B * NH, 0);
 }
 
 // In place over att (B*NH*T rows of T): row t becomes softmax(scale * row[0..t]),
 // zeros after t. One warp per row; exponentials and their sum in double as train_gpt2.c.
-__global__ void softmax_causal_forward_kernel(floatX *att, int rows, int T, double scale) {
+// att16 (or NULL) gets the probabilities in bf16.
+__global__ void softmax_causal_forward_kernel(floatX *att, bf16 *att16, int rows, int T, double scale) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     int t = row % T;
@@ -339,11 +370,14 @@ __global__ void softmax_causal_forward_kernel(floatX *att, int rows, int T, doub
     for (int t2 = lane; t2 < T; t2 += 32) {
         float e = (float)exp((double)(float)((float)a[t2] * scale) - mx);
         a[t2] = t2 <= t ? (floatX)(e / sum) : (floatX)0;
+        if (att16) att16[(long)row * T + t2] = bf16_round((float)a[t2]);
     }
 }
 
-// In place over datt: dpre = a * (datt - Σ a * datt) * scale on t2 <= t, zero after.
-__global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, int rows, int T, float scale) {
+// In place over datt: dpre = a * (datt - Σ a * datt) * scale on t2 <= t, zero after; dpre16 (or
+// NULL) gets dpre in bf16.
+__global__ void softmax_causal_backward_kernel(floatX *datt, bf16 *dpre16, const floatX *att, int rows, int T,
+                                               float scale) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     int t = row % T;
@@ -355,6 +389,7 @@ __global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, 
     for (int t2 = lane; t2 < T; t2 += 32) {
         float dpre = (float)((float)a[t2] * ((float)d[t2] - dot)) * scale;
         d[t2] = t2 <= t ? (floatX)dpre : (floatX)0;
+        if (dpre16) dpre16[(long)row * T + t2] = bf16_round((float)d[t2]);
     }
 }
 
@@ -363,6 +398,8 @@ typedef struct {
     floatX *q, *k, *v, *y;     // (B, NH, T, hs)
     floatX *dq, *dk, *dv, *dy; // (B, NH, T, hs)
     floatX *datt;              // (B, NH, T, T)
+    bf16 *q16, *k16, *v16, *dy16; // --precision bf16 (NULL in fp32): the matmuls' inputs, (B, NH, T, hs)
+    bf16 *p16;                    // and (B, NH, T, T): the probabilities, then the scores' gradient
 } AttnScratch;
 
 // attention_flash and attention_att_size(): common/cuda_train.h (with flash the scratch's datt
@@ -373,19 +410,30 @@ static void attention_forward(floatX *out, floatX *att, const floatX *qkv, AttnS
     int hs = C / NH;
     if (attention_flash) {
         if (!flash_attention_forward(out, (float *)att, qkv, qkv + C, qkv + 2 * C, B, T, NH, NH, hs, 3L * C, 3L * C,
-                                     (long)C)) {
+                                     (long)C, precision_bf16)) {
             die("--attention flash: head size %d is over %d (use --attention matmul)", hs, FA_MAX_HS);
         }
         launchCheck();
         return;
     }
-    permute_qkv_kernel<<<grid_for((long)B * T * C), BLOCK>>>(w->q, w->k, w->v, qkv, B, T, NH, hs);
-    launchCheck();
-    attn_x_yT(att, w->q, w->k, B, T, NH, hs); // unscaled scores; the softmax scales
     int rows = B * NH * T;
-    softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, rows, T, 1.0 / sqrt((double)hs));
-    launchCheck();
-    attn_p_x(w->y, att, w->v, B, T, NH, hs);
+    if (precision_bf16) { // q and k for the scores, p and v for p.v in bf16
+        permute_qkv_kernel<bf16><<<grid_for((long)B * T * C), BLOCK>>>(w->q16, w->k16, w->v16, qkv, B, T, NH, hs);
+        launchCheck();
+        attn_x_yT(att, w->q16, w->k16, B, T, NH, hs);
+        softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, w->p16, rows, T,
+                                                                                   1.0 / sqrt((double)hs));
+        launchCheck();
+        attn_p_x(w->y, w->p16, w->v16, B, T, NH, hs);
+    } else {
+        permute_qkv_kernel<floatX><<<grid_for((long)B * T * C), BLOCK>>>(w->q, w->k, w->v, qkv, B, T, NH, hs);
+        launchCheck();
+        attn_x_yT(att, w->q, w->k, B, T, NH, hs); // unscaled scores; the softmax scales
+        softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, nullptr, rows, T,
+                                                                                   1.0 / sqrt((double)hs));
+        launchCheck();
+        attn_p_x(w->y, att, w->v, B, T, NH, hs);
+    }
     permute_from_heads_kernel<<<grid_for((long)B * T * C), BLOCK>>>(out, w->y, B, T, NH, hs);
     launchCheck();
 }
@@ -397,21 +445,38 @@ static void attention_backward(floatX *dqkv, const floatX *dout, const floatX *o
     if (attention_flash) {
         long C3 = 3L * C;
         flash_attention_backward(dqkv, dqkv + C, dqkv + 2 * C, (float *)w->datt, dout, out, (const float *)att, qkv,
-                                 qkv + C, qkv + 2 * C, B, T, NH, NH, hs, C3, C3, (long)C, C3, C3);
+                                 qkv + C, qkv + 2 * C, B, T, NH, NH, hs, C3, C3, (long)C, C3, C3, precision_bf16);
         launchCheck();
         return;
     }
-    permute_qkv_kernel<<<grid_for((long)B * T * C), BLOCK>>>(w->q, w->k, w->v, qkv, B, T, NH, hs);
+    int rows = B * NH * T;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    if (precision_bf16) { // as below, every product on bf16 copies of its inputs
+        permute_qkv_kernel<bf16><<<grid_for((long)B * T * C), BLOCK>>>(w->q16, w->k16, w->v16, qkv, B, T, NH, hs);
+        launchCheck();
+        permute_to_heads_kernel<bf16><<<grid_for((long)B * T * C), BLOCK>>>(w->dy16, dout, B, T, NH, hs);
+        launchCheck();
+        attn_x_yT(w->datt, w->dy16, w->v16, B, T, NH, hs);
+        to_bf16(w->p16, att, (long)rows * T);
+        attn_pT_x(w->dv, w->p16, w->dy16, B, T, NH, hs);
+        softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, w->p16, att, rows, T,
+                                                                                    scale); // p16 now holds dpre
+        launchCheck();
+        attn_p_x(w->dq, w->p16, w->k16, B, T, NH, hs);
+        attn_pT_x(w->dk, w->p16, w->q16, B, T, NH, hs);
+        unpermute_qkv_kernel<<<grid_for((long)B * T * C), BLOCK>>>(dqkv, w->dq, w->dk, w->dv, B, T, NH, hs);
+        launchCheck();
+        return;
+    }
+    permute_qkv_kernel<floatX><<<grid_for((long)B * T * C), BLOCK>>>(w->q, w->k, w->v, qkv, B, T, NH, hs);
     launchCheck();
-    permute_to_heads_kernel<<<grid_for((long)B * T * C), BLOCK>>>(w->dy, dout, B, T, NH, hs);
+    permute_to_heads_kernel<floatX><<<grid_for((long)B * T * C), BLOCK>>>(w->dy, dout, B, T, NH, hs);
     launchCheck();
     // through y = att . v
     attn_x_yT(w->datt, w->dy, w->v, B, T, NH, hs);
     attn_pT_x(w->dv, att, w->dy, B, T, NH, hs);
     // through the softmax, in place
-    int rows = B * NH * T;
-    softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, att, rows, T,
-                                                                                (float)(1.0 / sqrt((double)hs)));
+    softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, nullptr, att, rows, T, scale);
     launchCheck();
     // through pre = q . k^T
     attn_p_x(w->dq, w->datt, w->k, B, T, NH, hs);
@@ -424,28 +489,31 @@ static void attention_backward(floatX *dqkv, const floatX *dout, const floatX *o
 // GELU, tanh form (GPT-2's): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in double as train_gpt2.c.
 #define GELU_K 0.7978845608028654 // sqrt(2/pi)
 
-__global__ void gelu_forward_kernel(floatX *out, const floatX *inp, long n) {
+// (the *16 outputs, or NULL: the same values in bf16)
+__global__ void gelu_forward_kernel(floatX *out, bf16 *out16, const floatX *inp, long n) {
     GRID_STRIDE(i, n) {
         double x = (float)inp[i];
         out[i] = (floatX)(0.5 * x * (1.0 + tanh(GELU_K * (x + 0.044715 * x * x * x))));
+        if (out16) out16[i] = bf16_round((float)out[i]);
     }
 }
-static void gelu_forward(floatX *out, const floatX *inp, long n) {
-    gelu_forward_kernel<<<grid_for(n), BLOCK>>>(out, inp, n);
+static void gelu_forward(floatX *out, bf16 *out16, const floatX *inp, long n) {
+    gelu_forward_kernel<<<grid_for(n), BLOCK>>>(out, out16, inp, n);
     launchCheck();
 }
 
 // dinp is overwritten (train_gpt2.c adds into a zeroed buffer: the same)
-__global__ void gelu_backward_kernel(floatX *dinp, const floatX *inp, const floatX *dout, long n) {
+__global__ void gelu_backward_kernel(floatX *dinp, bf16 *dinp16, const floatX *inp, const floatX *dout, long n) {
     GRID_STRIDE(i, n) {
         double x = (float)inp[i];
         double th = tanh(GELU_K * (x + 0.044715 * x * x * x));
         double dth = (1.0 - th * th) * GELU_K * (1.0 + 3.0 * 0.044715 * x * x);
         dinp[i] = (floatX)((float)dout[i] * (0.5 * (1.0 + th) + 0.5 * x * dth));
+        if (dinp16) dinp16[i] = bf16_round((float)dinp[i]);
     }
 }
-static void gelu_backward(floatX *dinp, const floatX *inp, const floatX *dout, long n) {
-    gelu_backward_kernel<<<grid_for(n), BLOCK>>>(dinp, inp, dout, n);
+static void gelu_backward(floatX *dinp, bf16 *dinp16, const floatX *inp, const floatX *dout, long n) {
+    gelu_backward_kernel<<<grid_for(n), BLOCK>>>(dinp, dinp16, inp, dout, n);
     launchCheck();
 }
 
@@ -481,8 +549,9 @@ __global__ void crossentropy_forward_kernel(float *losses, float *row_max, doubl
     }
 }
 
-// dlogits = (probs − onehot(target)) / N for the mean loss, written over the logits.
-__global__ void crossentropy_backward_kernel(floatX *logits, const float *row_max, const double *row_sum,
+// dlogits = (probs − onehot(target)) / N for the mean loss, written over the logits (and in
+// bf16 into grad16, or NULL).
+__global__ void crossentropy_backward_kernel(floatX *logits, bf16 *grad16, const float *row_max, const double *row_sum,
                                              const int *targets, int V, float dloss) {
     floatX *z = logits + (long)blockIdx.x * V;
     float mx = row_max[blockIdx.x];
@@ -491,6 +560,7 @@ __global__ void crossentropy_backward_kernel(floatX *logits, const float *row_ma
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
         float p = (float)((float)exp((double)(float)z[j] - mx) / s);
         z[j] = (floatX)((p - (j == target ? 1.0f : 0.0f)) * dloss);
+        if (grad16) grad16[(long)blockIdx.x * V + j] = bf16_round((float)z[j]);
     }
 }
 
@@ -500,7 +570,7 @@ __global__ void crossentropy_backward_kernel(floatX *logits, const float *row_ma
  * uses it; validation and generation keep the logits. The arithmetic is the two kernels', in
  * the same order, so the loss and the gradient are the same bits either way (test_gpu_emu.sh).
  */
-__global__ void fused_classifier_kernel(floatX *logits, float *losses, float *row_max, double *row_sum,
+__global__ void fused_classifier_kernel(floatX *logits, bf16 *grad16, float *losses, float *row_max, double *row_sum,
                                         const int *targets, int V, float dloss) {
     floatX *z = logits + (long)blockIdx.x * V;
     int target = targets[blockIdx.x];
@@ -519,12 +589,15 @@ __global__ void fused_classifier_kernel(floatX *logits, float *losses, float *ro
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
         float p = (float)((float)exp((double)(float)z[j] - mx) / s);
         z[j] = (floatX)((p - (j == target ? 1.0f : 0.0f)) * dloss);
+        if (grad16) grad16[(long)blockIdx.x * V + j] = bf16_round((float)z[j]);
     }
 }
 
-static void fused_classifier(floatX *logits, float *losses, float *row_max, double *row_sum, const int *targets,
-                             int N, int V) {
-    fused_classifier_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, losses, row_max, row_sum, targets, V, (float)(1.0 / N));
+// (grad16: d loss / d logits in bf16 as well, for the lm_head's backward; NULL for none)
+static void fused_classifier(floatX *logits, bf16 *grad16, float *losses, float *row_max, double *row_sum,
+                             const int *targets, int N, int V) {
+    fused_classifier_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, grad16, losses, row_max, row_sum, targets, V,
+                                                     (float)(1.0 / N));
     launchCheck();
 }
 static void crossentropy_forward(float *losses, float *row_max, double *row_sum, const floatX *logits,
@@ -532,9 +605,10 @@ static void crossentropy_forward(float *losses, float *row_max, double *row_sum,
     crossentropy_forward_kernel<<<N, CLASSIFIER_BLOCK>>>(losses, row_max, row_sum, logits, targets, V);
     launchCheck();
 }
-static void crossentropy_backward(floatX *logits, const float *row_max, const double *row_sum, const int *targets,
-                                  int N, int V) {
-    crossentropy_backward_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, row_max, row_sum, targets, V, (float)(1.0 / N));
+static void crossentropy_backward(floatX *logits, bf16 *grad16, const float *row_max, const double *row_sum,
+                                  const int *targets, int N, int V) {
+    crossentropy_backward_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, grad16, row_max, row_sum, targets, V,
+                                                          (float)(1.0 / N));
     launchCheck();
 }
 
@@ -583,6 +657,7 @@ typedef struct {
     floatX *dfch_gelu; // (B,T,4C)
     double *partial;   // 2 * COL_CHUNKS * 4C: column sums' partials
     AttnScratch attn;
+    bf16 *dres_16, *dqkv_16, *dfch_16; // --precision bf16 (NULL in fp32): dres, dqkv, dfch in bf16
 } Scratch;
 
 // The statistics matrices (weights.csv, TVR): per layer q, k, v, qkv, attn_proj, fc, fc_proj.
@@ -610,6 +685,10 @@ typedef struct {
     int B, T;                       // the activation buffers' shape
     floatX *a[NUM_ACTS];            // activations on the GPU; the LayerNorm means and rstds and the
                                     // losses are read as float: a 2-byte floatX must give them their own buffers
+    bf16 *a16[NUM_ACTS];            // --precision bf16: the matmuls' inputs among them in bf16 (BF16_ACTS;
+                                    // A_LOGITS: d loss / d logits); NULL for the others and in fp32
+    bf16 *params16;                 // --precision bf16: the parameters in bf16, the matmuls' weights
+    int params16_stale;             // params changed since params16 was written: gpt2_forward refreshes it
     float *row_max;                 // (B,T) the classifier's row maxima
     double *row_sum;                // (B,T) and sums of exponentials
     Scratch s;
@@ -632,6 +711,12 @@ static float *tensor_at(const GPT2 *model, float *base, int p, int l) {
 static float *layer_param(const GPT2 *model, int p, int l) { return tensor_at(model, model->params, p, l); }
 static float *layer_grad(const GPT2 *model, int p, int l) { return tensor_at(model, model->grads, p, l); }
 static float *layer_param_host(const GPT2 *model, int p, int l) { return tensor_at(model, model->h_params, p, l); }
+// the bf16 copy of layer l's tensor p (NULL in fp32)
+static const bf16 *layer_param16(const GPT2 *model, int p, int l) {
+    return model->params16 ? model->params16 + (layer_param(model, p, l) - model->params) : NULL;
+}
+// a bf16 buffer of n values with --precision bf16; NULL in fp32
+static bf16 *bf16_calloc(long n) { return precision_bf16 ? (bf16 *)cuda_calloc(n, sizeof(bf16)) : NULL; }
 
 // The host side: sizes, offsets and the host mirror (no GPU needed: the host test uses it).
 static void gpt2_alloc_host(GPT2 *model) {
@@ -671,6 +756,8 @@ static void gpt2_alloc_device(GPT2 *model) {
     size_t np = model->num_params;
     model->params = (float *)cuda_calloc(np, sizeof(float));
     model->grads = (float *)cuda_calloc(np, sizeof(float));
+    model->params16 = bf16_calloc((long)np);
+    model->params16_stale = 1;
     long lo, hi;
     dp_shard((long)np, &lo, &hi);
     model->m = (float *)cuda_calloc(hi - lo, sizeof(float));
@@ -708,6 +795,7 @@ static void gpt2_alloc_device(GPT2 *model) {
 
 static void gpt2_params_to_device(GPT2 *model) {
     cudaCheck(cudaMemcpy(model->params, model->h_params, sizeof(float) * model->num_params, cudaMemcpyHostToDevice));
+    model->params16_stale = 1;
 }
 static void gpt2_params_to_host(GPT2 *model) {
     cudaCheck(cudaMemcpy(model->h_params, model->params, sizeof(float) * model->num_params, cudaMemcpyDeviceToHost));
@@ -786,11 +874,29 @@ static void scratch_sizes(const GPT2Config *c, int B, int T, long *sizes) {
     long s[NUM_SCRATCH_SLOTS] = {BT * C, BT * C, BT * C, BT * 3 * C, BT * 4 * C, BT * 4 * C, BT * C, BT * C,
                                  BT * C, BT * C, BT * C, BT * C, BT * C, BT * C, attention_att_size(B, T, NH)};
     if (attention_flash) memset(s + 6, 0, sizeof(long) * 8); // no permuted copies (attn.q .. attn.dy)
+    if (precision_bf16) s[6] = s[7] = s[8] = s[13] = 0;      // bf16: attn.q, k, v, dy are bf16 copies
     memcpy(sizes, s, sizeof(s));
 }
 
+// The activations a matmul reads, which --precision bf16 keeps in bf16 too (A_LOGITS: as
+// d loss / d logits, the lm_head's backward's input).
+static const int BF16_ACTS[] = {A_LN1, A_ATTY, A_LN2, A_FCH_GELU, A_LNF, A_LOGITS};
+#define NUM_BF16_ACTS (int)(sizeof(BF16_ACTS) / sizeof(BF16_ACTS[0]))
+
+// --precision bf16's copies (2-byte values): parameters, BF16_ACTS, dres, dqkv, dfch, and
+// attention's bf16 q, k, v, dy and p (--attention matmul); 0 in fp32
+static double gpt2_memory_bf16(const GPT2Config *c, int B, int T) {
+    if (!precision_bf16) return 0;
+    double n = 0, BT = (double)B * T, C = c->channels;
+    for (int p = 0; p < NUM_PARAMS; p++) n += param_size(c, p);
+    for (int i = 0; i < NUM_BF16_ACTS; i++) n += act_size(c, BF16_ACTS[i], B, T);
+    n += BT * C * 8; // dres, dqkv, dfch
+    if (!attention_flash) n += 4 * BT * C + (double)B * c->heads * T * T;
+    return 2 * n;
+}
+
 // What training on B x T batches needs on the GPU: parameters, gradients, AdamW's m and
-// v, the activations and the scratch (cuBLAS's workspace aside).
+// v, the activations and the scratch (cuBLAS's workspace aside), and the bf16 copies.
 static double gpt2_memory(const GPT2Config *c, int B, int T) {
     long sizes[NUM_SCRATCH_SLOTS];
     scratch_sizes(c, B, T, sizes);
@@ -798,7 +904,8 @@ static double gpt2_memory(const GPT2Config *c, int B, int T) {
     for (int p = 0; p < NUM_PARAMS; p++) n += 4.0 * param_size(c, p);
     for (int a = 0; a < NUM_ACTS; a++) n += act_size(c, a, B, T);
     for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) n += sizes[i];
-    return n * sizeof(float) + 12.0 * B * T + 16.0 * COL_CHUNKS * 4 * c->channels; // + row stats, partial sums
+    return n * sizeof(float) + 12.0 * B * T + 16.0 * COL_CHUNKS * 4 * c->channels // + row stats, partial sums
+           + gpt2_memory_bf16(c, B, T);
 }
 
 static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
@@ -816,6 +923,16 @@ static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
     scratch_sizes(c, B, T, sizes);
     for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) *slots[i] = (floatX *)cuda_calloc(sizes[i], sizeof(floatX));
     s->partial = (double *)cuda_calloc(2L * COL_CHUNKS * 4 * C, sizeof(double));
+    memset(model->a16, 0, sizeof(model->a16));
+    for (int i = 0; i < NUM_BF16_ACTS; i++) model->a16[BF16_ACTS[i]] = bf16_calloc(act_size(c, BF16_ACTS[i], B, T));
+    s->dres_16 = bf16_calloc(BT * C), s->dqkv_16 = bf16_calloc(BT * 3 * C), s->dfch_16 = bf16_calloc(BT * 4 * C);
+    if (!attention_flash) {
+        AttnScratch *w = &s->attn;
+        w->q16 = bf16_calloc(BT * C), w->k16 = bf16_calloc(BT * C), w->v16 = bf16_calloc(BT * C);
+        w->dy16 = bf16_calloc(BT * C), w->p16 = bf16_calloc((long)B * c->heads * T * T);
+    } else {
+        s->attn.q16 = s->attn.k16 = s->attn.v16 = s->attn.dy16 = s->attn.p16 = NULL;
+    }
     int V = c->vocab;
     model->inputs = (int *)calloc_check(BT, sizeof(int));
     model->targets = (int *)calloc_check(BT, sizeof(int));
@@ -825,10 +942,14 @@ static void gpt2_alloc_acts(GPT2 *model, int B, int T) {
     model->h_losses = (float *)calloc_check(BT, sizeof(float));
 }
 
-// Layer l's slice of a per-layer activation.
+// Layer l's slice of a per-layer activation, and of its bf16 copy (NULL if it has none).
 static floatX *layer_act(const GPT2 *model, int a, int l) {
     if (act_recomputed(a)) return model->a[a];
     return model->a[a] + (size_t)l * (act_size(&model->config, a, model->B, model->T) / model->config.layers);
+}
+static bf16 *layer_act16(const GPT2 *model, int a, int l) {
+    if (!model->a16[a] || act_recomputed(a)) return model->a16[a];
+    return model->a16[a] + (size_t)l * (act_size(&model->config, a, model->B, model->T) / model->config.layers);
 }
 
 // Logits for all positions and the mean loss (host arrays of B*T tokens and targets).
@@ -845,33 +966,46 @@ static void gpt2_forward(GPT2 *model, const int *inputs, const int *targets, int
     cudaCheck(cudaMemcpy(model->d_inputs, inputs, sizeof(int) * BT, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->d_targets, targets, sizeof(int) * BT, cudaMemcpyHostToDevice));
     token_buckets_build(&model->buckets, inputs, BT, V);
+    if (model->params16 && model->params16_stale) { // the weights changed (AdamW, TVR, a load): their bf16 copy
+        to_bf16(model->params16, model->params, (long)model->num_params);
+        model->params16_stale = 0;
+    }
     floatX **a = model->a;
     encoder_forward(a[A_ENCODED], model->d_inputs, layer_param(model, P_WTE, 0), layer_param(model, P_WPE, 0), B, T, C);
     for (int l = 0; l < c->layers; l++) {
         const floatX *x = l == 0 ? a[A_ENCODED] : layer_act(model, A_RESIDUAL3, l - 1);
 #define ACT(name) layer_act(model, name, l)
+#define ACT16(name) layer_act16(model, name, l)
 #define PAR(name) layer_param(model, name, l)
-        layernorm_forward(ACT(A_LN1), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), x, PAR(P_LN1W), PAR(P_LN1B), BT, C);
-        linear_forward(ACT(A_QKV), ACT(A_LN1), PAR(P_QKVW), PAR(P_QKVB), BT, C, 3 * C);
-        attention_forward(ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), &model->s.attn, B, T, C, NH);
-        linear_forward(ACT(A_ATTPROJ), ACT(A_ATTY), PAR(P_ATTPROJW), PAR(P_ATTPROJB), BT, C, C);
-        residual_forward(ACT(A_RESIDUAL2), x, ACT(A_ATTPROJ), (long)BT * C);
-        layernorm_forward(ACT(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W), PAR(P_LN2B), BT,
+// (a weight and its bf16 copy: two arguments)
+#define W(name) layer_param(model, name, l), layer_param16(model, name, l)
+        layernorm_forward(ACT(A_LN1), ACT16(A_LN1), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), x, PAR(P_LN1W), PAR(P_LN1B), BT,
                           C);
-        linear_forward(ACT(A_FCH), ACT(A_LN2), PAR(P_FCW), PAR(P_FCB), BT, C, 4 * C);
-        gelu_forward(ACT(A_FCH_GELU), ACT(A_FCH), (long)BT * 4 * C);
-        linear_forward(ACT(A_FCPROJ), ACT(A_FCH_GELU), PAR(P_FCPROJW), PAR(P_FCPROJB), BT, 4 * C, C);
+        linear_forward(ACT(A_QKV), ACT(A_LN1), ACT16(A_LN1), W(P_QKVW), PAR(P_QKVB), BT, C, 3 * C);
+        attention_forward(ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), &model->s.attn, B, T, C, NH);
+        if (ACT16(A_ATTY)) to_bf16(ACT16(A_ATTY), ACT(A_ATTY), (long)BT * C);
+        linear_forward(ACT(A_ATTPROJ), ACT(A_ATTY), ACT16(A_ATTY), W(P_ATTPROJW), PAR(P_ATTPROJB), BT, C, C);
+        residual_forward(ACT(A_RESIDUAL2), x, ACT(A_ATTPROJ), (long)BT * C);
+        layernorm_forward(ACT(A_LN2), ACT16(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W),
+                          PAR(P_LN2B), BT, C);
+        linear_forward(ACT(A_FCH), ACT(A_LN2), ACT16(A_LN2), W(P_FCW), PAR(P_FCB), BT, C, 4 * C);
+        gelu_forward(ACT(A_FCH_GELU), ACT16(A_FCH_GELU), ACT(A_FCH), (long)BT * 4 * C);
+        linear_forward(ACT(A_FCPROJ), ACT(A_FCH_GELU), ACT16(A_FCH_GELU), W(P_FCPROJW), PAR(P_FCPROJB), BT, 4 * C, C);
         residual_forward(ACT(A_RESIDUAL3), ACT(A_RESIDUAL2), ACT(A_FCPROJ), (long)BT * C);
 #undef ACT
+#undef ACT16
 #undef PAR
+#undef W
     }
     const floatX *x = layer_act(model, A_RESIDUAL3, c->layers - 1);
-    layernorm_forward(a[A_LNF], a[A_LNF_MEAN], a[A_LNF_RSTD], x, layer_param(model, P_LNFW, 0),
+    layernorm_forward(a[A_LNF], model->a16[A_LNF], a[A_LNF_MEAN], a[A_LNF_RSTD], x, layer_param(model, P_LNFW, 0),
                       layer_param(model, P_LNFB, 0), BT, C);
     // tied output layer: the first V rows of wte, no bias
-    linear_forward(a[A_LOGITS], a[A_LNF], layer_param(model, P_WTE, 0), NULL, BT, C, V);
+    linear_forward(a[A_LOGITS], a[A_LNF], model->a16[A_LNF], layer_param(model, P_WTE, 0),
+                   layer_param16(model, P_WTE, 0), NULL, BT, C, V);
     if (fuse_backward) {
-        fused_classifier(a[A_LOGITS], a[A_LOSSES], model->row_max, model->row_sum, model->d_targets, BT, V);
+        fused_classifier(a[A_LOGITS], model->a16[A_LOGITS], a[A_LOSSES], model->row_max, model->row_sum,
+                         model->d_targets, BT, V);
     } else {
         crossentropy_forward(a[A_LOSSES], model->row_max, model->row_sum, a[A_LOGITS], model->d_targets, BT, V);
     }
@@ -892,46 +1026,56 @@ static void gpt2_backward(GPT2 *model) {
     cudaCheck(cudaMemset(model->grads, 0, model->num_params * sizeof(float)));
     cudaCheck(cudaMemset(s->dres, 0, (size_t)BT * C * sizeof(floatX)));
     if (!model->logits_are_grad) { // now dlogits
-        crossentropy_backward(a[A_LOGITS], model->row_max, model->row_sum, model->d_targets, BT, V);
+        crossentropy_backward(a[A_LOGITS], model->a16[A_LOGITS], model->row_max, model->row_sum, model->d_targets, BT,
+                              V);
     }
     model->logits_are_grad = 0;
-    linear_backward(s->dln, layer_grad(model, P_WTE, 0), NULL, s->partial, a[A_LOGITS], a[A_LNF],
-                    layer_param(model, P_WTE, 0), BT, C, V);
-    layernorm_backward(s->dres, layer_grad(model, P_LNFW, 0), layer_grad(model, P_LNFB, 0), s->partial, s->dln,
-                       layer_act(model, A_RESIDUAL3, L - 1), layer_param(model, P_LNFW, 0), a[A_LNF_MEAN],
+    linear_backward(s->dln, layer_grad(model, P_WTE, 0), NULL, s->partial, a[A_LOGITS], model->a16[A_LOGITS],
+                    a[A_LNF], model->a16[A_LNF], layer_param(model, P_WTE, 0), layer_param16(model, P_WTE, 0), BT, C,
+                    V);
+    layernorm_backward(s->dres, s->dres_16, layer_grad(model, P_LNFW, 0), layer_grad(model, P_LNFB, 0), s->partial,
+                       s->dln, layer_act(model, A_RESIDUAL3, L - 1), layer_param(model, P_LNFW, 0), a[A_LNF_MEAN],
                        a[A_LNF_RSTD], BT, C);
     for (int l = L - 1; l >= 0; l--) {
 #define ACT(name) layer_act(model, name, l)
+#define ACT16(name) layer_act16(model, name, l)
 #define PAR(name) layer_param(model, name, l)
+#define W(name) layer_param(model, name, l), layer_param16(model, name, l)
 #define GRAD(name) layer_grad(model, name, l)
         const floatX *x = l == 0 ? a[A_ENCODED] : layer_act(model, A_RESIDUAL3, l - 1);
         // s->dres = d loss / d residual3; residual3 = residual2 + fcproj: the gradient of both.
-        // --recompute 1: fch_gelu, ln2 and ln1 again, each just before its use (LayerNorm's whole
-        // forward, its statistics in double, rewriting the same mean and rstd)
-        if (recompute) gelu_forward(ACT(A_FCH_GELU), ACT(A_FCH), (long)BT * 4 * C);
-        linear_backward(s->dfch_gelu, GRAD(P_FCPROJW), GRAD(P_FCPROJB), s->partial, s->dres, ACT(A_FCH_GELU),
-                        PAR(P_FCPROJW), BT, 4 * C, C);
-        gelu_backward(s->dfch, ACT(A_FCH), s->dfch_gelu, (long)BT * 4 * C);
+        // --recompute 1: fch_gelu, ln2 and ln1 again (and their bf16 copies), each just before its
+        // use (LayerNorm's whole forward, its statistics in double, rewriting the same mean and rstd)
+        if (recompute) gelu_forward(ACT(A_FCH_GELU), ACT16(A_FCH_GELU), ACT(A_FCH), (long)BT * 4 * C);
+        linear_backward(s->dfch_gelu, GRAD(P_FCPROJW), GRAD(P_FCPROJB), s->partial, s->dres, s->dres_16,
+                        ACT(A_FCH_GELU), ACT16(A_FCH_GELU), W(P_FCPROJW), BT, 4 * C, C);
+        gelu_backward(s->dfch, s->dfch_16, ACT(A_FCH), s->dfch_gelu, (long)BT * 4 * C);
         if (recompute) {
-            layernorm_forward(ACT(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W), PAR(P_LN2B),
+            layernorm_forward(ACT(A_LN2), ACT16(A_LN2), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), ACT(A_RESIDUAL2), PAR(P_LN2W),
+                              PAR(P_LN2B), BT, C);
+        }
+        linear_backward(s->dln, GRAD(P_FCW), GRAD(P_FCB), s->partial, s->dfch, s->dfch_16, ACT(A_LN2), ACT16(A_LN2),
+                        W(P_FCW), BT, C, 4 * C);
+        layernorm_backward(s->dres, s->dres_16, GRAD(P_LN2W), GRAD(P_LN2B), s->partial, s->dln, ACT(A_RESIDUAL2),
+                           PAR(P_LN2W), ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), BT, C);
+        // now s->dres = d loss / d residual2; residual2 = x + attproj
+        linear_backward(s->datty, GRAD(P_ATTPROJW), GRAD(P_ATTPROJB), s->partial, s->dres, s->dres_16, ACT(A_ATTY),
+                        ACT16(A_ATTY), W(P_ATTPROJW), BT, C, C);
+        attention_backward(s->dqkv, s->datty, ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), &s->attn, B, T, C, NH);
+        if (s->dqkv_16) to_bf16(s->dqkv_16, s->dqkv, (long)BT * 3 * C);
+        if (recompute) {
+            layernorm_forward(ACT(A_LN1), ACT16(A_LN1), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), x, PAR(P_LN1W), PAR(P_LN1B),
                               BT, C);
         }
-        linear_backward(s->dln, GRAD(P_FCW), GRAD(P_FCB), s->partial, s->dfch, ACT(A_LN2), PAR(P_FCW), BT, C, 4 * C);
-        layernorm_backward(s->dres, GRAD(P_LN2W), GRAD(P_LN2B), s->partial, s->dln, ACT(A_RESIDUAL2), PAR(P_LN2W),
-                           ACT(A_LN2_MEAN), ACT(A_LN2_RSTD), BT, C);
-        // now s->dres = d loss / d residual2; residual2 = x + attproj
-        linear_backward(s->datty, GRAD(P_ATTPROJW), GRAD(P_ATTPROJB), s->partial, s->dres, ACT(A_ATTY),
-                        PAR(P_ATTPROJW), BT, C, C);
-        attention_backward(s->dqkv, s->datty, ACT(A_ATTY), ACT(A_ATT), ACT(A_QKV), &s->attn, B, T, C, NH);
-        if (recompute) {
-            layernorm_forward(ACT(A_LN1), ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), x, PAR(P_LN1W), PAR(P_LN1B), BT, C);
-        }
-        linear_backward(s->dln, GRAD(P_QKVW), GRAD(P_QKVB), s->partial, s->dqkv, ACT(A_LN1), PAR(P_QKVW), BT, C, 3 * C);
-        layernorm_backward(s->dres, GRAD(P_LN1W), GRAD(P_LN1B), s->partial, s->dln, x, PAR(P_LN1W), ACT(A_LN1_MEAN),
-                           ACT(A_LN1_RSTD), BT, C);
+        linear_backward(s->dln, GRAD(P_QKVW), GRAD(P_QKVB), s->partial, s->dqkv, s->dqkv_16, ACT(A_LN1), ACT16(A_LN1),
+                        W(P_QKVW), BT, C, 3 * C);
+        layernorm_backward(s->dres, s->dres_16, GRAD(P_LN1W), GRAD(P_LN1B), s->partial, s->dln, x, PAR(P_LN1W),
+                           ACT(A_LN1_MEAN), ACT(A_LN1_RSTD), BT, C);
         // now s->dres = d loss / d x, the previous block's output
 #undef ACT
+#undef ACT16
 #undef PAR
+#undef W
 #undef GRAD
     }
     encoder_backward(layer_grad(model, P_WTE, 0), layer_grad(model, P_WPE, 0), s->dres, &model->buckets, B, T, C);
@@ -942,15 +1086,17 @@ static void gpt2_free_acts(GPT2 *model) {
     void *dev[] = {model->row_max,   model->row_sum,   model->d_inputs,  model->d_targets, model->s.partial,
                    model->s.dres,    model->s.dln,     model->s.datty,   model->s.dqkv,    model->s.dfch,
                    model->s.dfch_gelu, model->s.attn.q, model->s.attn.k, model->s.attn.v,  model->s.attn.y,
-                   model->s.attn.dq, model->s.attn.dk, model->s.attn.dv, model->s.attn.dy, model->s.attn.datt};
+                   model->s.attn.dq, model->s.attn.dk, model->s.attn.dv, model->s.attn.dy, model->s.attn.datt,
+                   model->s.attn.q16, model->s.attn.k16, model->s.attn.v16, model->s.attn.dy16, model->s.attn.p16,
+                   model->s.dres_16, model->s.dqkv_16, model->s.dfch_16};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
-    for (int a = 0; a < NUM_ACTS; a++) cudaCheck(cudaFree(model->a[a]));
+    for (int a = 0; a < NUM_ACTS; a++) cudaCheck(cudaFree(model->a[a])), cudaCheck(cudaFree(model->a16[a]));
     free(model->inputs), free(model->targets), free(model->h_losses);
     token_buckets_free(&model->buckets);
 }
 
 static void gpt2_free(GPT2 *model) {
-    void *dev[] = {model->params,       model->grads,  model->m,    model->v,    model->norm_partial,
+    void *dev[] = {model->params,       model->grads,  model->m,    model->v,    model->norm_partial, model->params16,
                    model->act_partial,  model->st.ptr, model->st.n, model->st.mu, model->st.partial};
     for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++) cudaCheck(cudaFree(dev[i]));
     void *host[] = {model->h_params, model->h_m, model->h_v, model->h_norm_partial, model->h_act_partial,
@@ -1057,6 +1203,7 @@ static void adamw_update(GPT2 *model, const OptConfig *o, double lr, int step) {
                                                  lr / bc1, bc2_sqrt);
         launchCheck();
     }
+    model->params16_stale = 1;
 }
 
 /*
@@ -1149,6 +1296,7 @@ static int weights_pass(GPT2 *model, const TvrConfig *tvr, int step, int do_tvr,
             long n = (long)param_slice_size(&model->config, p);
             tvr_rescale_kernel<<<grid_for(n), BLOCK>>>(layer_param(model, p, l), n, mean[j], target, std[j]);
             launchCheck();
+            model->params16_stale = 1;
             cudaCheck(cudaMemset(layer_param(model, pb, l), 0, param_slice_size(&model->config, pb) * sizeof(float)));
             total++;
         }
@@ -1382,7 +1530,7 @@ static void train(GPT2 *model, const Settings *s, DataLoader *train_dl, DataLoad
     memset(&logs, 0, sizeof(logs));
     if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, s->hist_layer > 0);
     if (lead) mfu_setup(&logs, gpt2_matmul_params(&model->config), model->config.layers, model->config.channels,
-                        model->T, s->tf32 ? "tf32" : "fp32");
+                        model->T, precision_bf16 ? "bf16" : s->tf32 ? "tf32" : "fp32");
     if (st->step == 0) {
         stats_pass(model, s, &tvr, &logs, 0, 0);
         if (val_dl && s->steps > 0) {
@@ -1437,6 +1585,8 @@ int main(int argc, char **argv) {
     Settings s;
     int shape_given[4];
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, shape_given);
+    precision_bf16 = strcmp(s.precision, "bf16") == 0; // (settings_parse allows fp32 and bf16)
+    if (precision_bf16 && s.tf32) usage_error("--precision bf16 and --tf32 1: bf16 matmuls take no TF32; pick one");
     Rng rng;
     rng_seed(&rng, (uint64_t)s.seed);
     GPT2 model;
@@ -1501,7 +1651,11 @@ int main(int argc, char **argv) {
     cudaCheck(cudaGetDeviceProperties(&prop, gpu_device));
     printf("GPT-2: L %d, NH %d, C %d, V %d (padded %d), max T %d; %zu parameters; B %d, T %d; %s, %s\n", c->layers,
            c->heads, c->channels, c->vocab, c->padded_vocab, c->max_seq_len, model.num_params, s.batch, T, prop.name,
-           s.tf32 ? "tf32" : "fp32");
+           precision_bf16 ? "bf16" : s.tf32 ? "tf32" : "fp32");
+    if (precision_bf16) {
+        printf("matmuls: bf16 (cuBLAS, CUDA_R_16BF inputs, fp32 sums and outputs; %.3f GiB of bf16 copies)\n",
+               gpt2_memory_bf16(c, s.batch, T) / (1024.0 * 1024 * 1024));
+    }
     if (dp.ranks > 1 || s.grad_accum > 1) {
         printf("data parallel: %d ranks x %d micro-steps x B %d = %ld rows a step%s\n", dp.ranks, s.grad_accum,
                s.batch, global_batch(&s), dp.ranks > 1 ? " | NCCL, one GPU a rank | ZeRO-1: AdamW's m, v sharded" : "");

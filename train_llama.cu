@@ -21,10 +21,14 @@
  * micro-steps a rank, the gradients reduced over NCCL in rank order, AdamW's moments
  * sharded (ZeRO-1). common/cuda_dp.h has the exchanges; docs/parallel.md the rules.
  *
- * Precision: everything is fp32 in this version. Activations have their own
- * type, floatX, and the parameters, gradients and AdamW moments are fp32
- * ("master weights"), so that a bf16 version changes the typedef, adds a floatX
- * copy of the parameters for the forward pass, and leaves the rest alone.
+ * Precision: fp32 by default. Activations have their own type, floatX, and the
+ * parameters, gradients and AdamW moments are fp32 ("master weights"). With
+ * --precision bf16, train_llama.c's bf16 recipe (docs/perf.md, "bf16 on the CPU"):
+ * every matmul reads its two inputs in bf16 (cuBLAS's CUDA_R_16BF, fp32 sums, fp32
+ * output), rounded as the CPU rounds them. The inputs come from bf16 copies: of the
+ * weights (params16, refreshed before a forward after they change), and of each
+ * activation or gradient a matmul reads, written by the kernel that makes it (the
+ * *16 pointers; NULL in fp32). Everything else stays fp32 (docs/gpu.md, "bf16").
  *
  * Determinism: no kernel adds into memory with atomics. Every reduction over
  * many threads (the RMSNorm gains' gradient, the embedding's gradient, norms,
@@ -59,16 +63,25 @@ typedef float floatX;
 // ============================================================================
 // N = B*T rows; every *_backward adds into parameter gradients (+=).
 
-// out (N, Cout) = inp (N, Cin) . W^T, W (Cout, Cin) as nn.Linear stores it
-static void matmul_forward(floatX *out, const floatX *inp, const float *W, int N, int Cin, int Cout) {
-    gemm_batched(0, 1, N, Cout, Cin, inp, Cin, 0, W, Cin, 0, out, Cout, 0, 1, 0);
+// a matmul's input: x in fp32, its bf16 copy x16 with --precision bf16
+static const void *mm_in(const float *x, const bf16 *x16) {
+    return precision_bf16 ? (const void *)x16 : (const void *)x;
+}
+
+// out (N, Cout) = inp (N, Cin) . W^T, W (Cout, Cin) as nn.Linear stores it. Each input comes
+// with its bf16 copy (NULL in fp32).
+static void matmul_forward(floatX *out, const floatX *inp, const bf16 *inp16, const float *W, const bf16 *W16, int N,
+                           int Cin, int Cout) {
+    gemm_batched(0, 1, N, Cout, Cin, mm_in(inp, inp16), Cin, 0, mm_in(W, W16), Cin, 0, out, Cout, 0, 1, 0);
 }
 
 // dW += dout^T . inp;  dinp = dout . W (or += when accumulate_dinp)
-static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const floatX *inp, const float *W, int N,
-                            int Cin, int Cout, int accumulate_dinp) {
-    gemm_batched(1, 0, Cout, Cin, N, dout, Cout, 0, inp, Cin, 0, dW, Cin, 0, 1, 1);
-    gemm_batched(0, 0, N, Cin, Cout, dout, Cout, 0, W, Cin, 0, dinp, Cin, 0, 1, accumulate_dinp);
+static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const bf16 *dout16, const floatX *inp,
+                            const bf16 *inp16, const float *W, const bf16 *W16, int N, int Cin, int Cout,
+                            int accumulate_dinp) {
+    const void *dy = mm_in(dout, dout16);
+    gemm_batched(1, 0, Cout, Cin, N, dy, Cout, 0, mm_in(inp, inp16), Cin, 0, dW, Cin, 0, 1, 1);
+    gemm_batched(0, 0, N, Cin, Cout, dy, Cout, 0, mm_in(W, W16), Cin, 0, dinp, Cin, 0, 1, accumulate_dinp);
 }
 
 // ---------------------------------------------------------------------------
@@ -116,9 +129,10 @@ static void encoder_backward(float *demb, const floatX *dout, const TokenBuckets
 // ---------------------------------------------------------------------------
 // RMSNorm: one warp per row
 
-// out = x / sqrt(mean(x^2) + eps) * gain; rstd keeps 1/sqrt(...) for backward
-__global__ void rmsnorm_forward_kernel(floatX *out, float *rstd, const floatX *inp, const float *gain, int N, int C,
-                                       float eps) {
+// out = x / sqrt(mean(x^2) + eps) * gain; rstd keeps 1/sqrt(...) for backward; out16 (or
+// NULL) gets out in bf16
+__global__ void rmsnorm_forward_kernel(floatX *out, bf16 *out16, float *rstd, const floatX *inp, const float *gain,
+                                       int N, int C, float eps) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= N) return; // whole warps leave together: N rows, 32 lanes each
     const floatX *x = inp + (long)row * C;
@@ -128,17 +142,22 @@ __global__ void rmsnorm_forward_kernel(floatX *out, float *rstd, const floatX *i
     float r = 1.0f / sqrtf(ss / C + eps);
     floatX *o = out + (long)row * C;
     for (int c = lane; c < C; c += 32) o[c] = (floatX)((float)x[c] * r * gain[c]);
+    if (out16) {
+        for (int c = lane; c < C; c += 32) out16[(long)row * C + c] = bf16_round((float)o[c]);
+    }
     if (lane == 0) rstd[row] = r;
 }
 
-static void rmsnorm_forward(floatX *out, float *rstd, const floatX *inp, const float *gain, int N, int C, float eps) {
-    rmsnorm_forward_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(out, rstd, inp, gain, N, C, eps);
+static void rmsnorm_forward(floatX *out, bf16 *out16, float *rstd, const floatX *inp, const float *gain, int N, int C,
+                            float eps) {
+    rmsnorm_forward_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(out, out16, rstd, inp, gain, N, C, eps);
     launchCheck();
 }
 
-// With xhat = x*r: dx = r*(g*dy) - x * r^3/C * sum(g*dy*x). dinp is accumulated (+=).
-__global__ void rmsnorm_backward_dinp_kernel(floatX *dinp, const floatX *dout, const floatX *inp, const float *gain,
-                                             const float *rstd, int N, int C) {
+// With xhat = x*r: dx = r*(g*dy) - x * r^3/C * sum(g*dy*x). dinp is accumulated (+=);
+// dinp16 (or NULL) gets the sum in bf16.
+__global__ void rmsnorm_backward_dinp_kernel(floatX *dinp, bf16 *dinp16, const floatX *dout, const floatX *inp,
+                                             const float *gain, const float *rstd, int N, int C) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     const floatX *x = inp + (long)row * C, *dy = dout + (long)row * C;
@@ -149,6 +168,9 @@ __global__ void rmsnorm_backward_dinp_kernel(floatX *dinp, const floatX *dout, c
     float k = s * r * r * r / C;
     floatX *dx = dinp + (long)row * C;
     for (int c = lane; c < C; c += 32) dx[c] = (floatX)((float)dx[c] + r * gain[c] * (float)dy[c] - k * (float)x[c]);
+    if (dinp16) {
+        for (int c = lane; c < C; c += 32) dinp16[(long)row * C + c] = bf16_round((float)dx[c]);
+    }
 }
 
 // dgain sums dy*x*r over all N rows. Deterministically in two steps: each of
@@ -172,9 +194,10 @@ __global__ void rmsnorm_backward_dgain_sum_kernel(float *dgain, const float *par
     dgain[c] += s;
 }
 
-static void rmsnorm_backward(floatX *dinp, float *dgain, float *scratch /* GAIN_CHUNKS*C */, const floatX *dout,
-                             const floatX *inp, const float *gain, const float *rstd, int N, int C) {
-    rmsnorm_backward_dinp_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(dinp, dout, inp, gain, rstd, N, C);
+static void rmsnorm_backward(floatX *dinp, bf16 *dinp16, float *dgain, float *scratch /* GAIN_CHUNKS*C */,
+                             const floatX *dout, const floatX *inp, const float *gain, const float *rstd, int N,
+                             int C) {
+    rmsnorm_backward_dinp_kernel<<<ceil_div((long)N * 32, BLOCK), BLOCK>>>(dinp, dinp16, dout, inp, gain, rstd, N, C);
     launchCheck();
     rmsnorm_backward_dgain_partial_kernel<<<dim3(ceil_div(C, BLOCK), GAIN_CHUNKS), BLOCK>>>(scratch, dout, inp, rstd,
                                                                                            N, C);
@@ -188,8 +211,9 @@ static void rmsnorm_backward(floatX *dinp, float *dgain, float *scratch /* GAIN_
 // t turns by the angle t * theta^(-2i/hs). cos_t/sin_t are (T, hs/2) tables.
 // x is (B, T, nheads, hs). The backward turns by the opposite angle.
 
-__global__ void rope_rotate_kernel(floatX *x, const float *cos_t, const float *sin_t, int B, int T, int nheads,
-                                   int hs, float sign) {
+// x16 (or NULL) gets the result in bf16
+__global__ void rope_rotate_kernel(floatX *x, bf16 *x16, const float *cos_t, const float *sin_t, int B, int T,
+                                   int nheads, int hs, float sign) {
     int half = hs / 2;
     long npairs = (long)B * T * nheads * half;
     for (long p = blockIdx.x * (long)blockDim.x + threadIdx.x; p < npairs; p += (long)gridDim.x * blockDim.x) {
@@ -201,31 +225,39 @@ __global__ void rope_rotate_kernel(floatX *x, const float *cos_t, const float *s
         float v0 = (float)v[2 * i], v1 = (float)v[2 * i + 1];
         v[2 * i] = (floatX)(v0 * c - v1 * s);
         v[2 * i + 1] = (floatX)(v0 * s + v1 * c);
+        if (x16) {
+            x16[bth * hs + 2 * i] = bf16_round((float)v[2 * i]);
+            x16[bth * hs + 2 * i + 1] = bf16_round((float)v[2 * i + 1]);
+        }
     }
 }
 
 static void rope_forward(floatX *x, const float *cos_t, const float *sin_t, int B, int T, int nh, int hs) {
-    rope_rotate_kernel<<<grid_for((long)B * T * nh * hs / 2), BLOCK>>>(x, cos_t, sin_t, B, T, nh, hs, 1.0f);
+    rope_rotate_kernel<<<grid_for((long)B * T * nh * hs / 2), BLOCK>>>(x, nullptr, cos_t, sin_t, B, T, nh, hs, 1.0f);
     launchCheck();
 }
-static void rope_backward(floatX *dx, const float *cos_t, const float *sin_t, int B, int T, int nh, int hs) {
-    rope_rotate_kernel<<<grid_for((long)B * T * nh * hs / 2), BLOCK>>>(dx, cos_t, sin_t, B, T, nh, hs, -1.0f);
+// dx16 (or NULL): dx in bf16, for the projections' backward
+static void rope_backward(floatX *dx, bf16 *dx16, const float *cos_t, const float *sin_t, int B, int T, int nh,
+                          int hs) {
+    rope_rotate_kernel<<<grid_for((long)B * T * nh * hs / 2), BLOCK>>>(dx, dx16, cos_t, sin_t, B, T, nh, hs, -1.0f);
     launchCheck();
 }
 
 // ---------------------------------------------------------------------------
 // Attention, as matmuls + a causal softmax kernel. The projections are
 // (B,T,nh,hs); the batched matmuls want one head's (T,hs) block contiguous, so
-// q, k, v are permuted to (B,nh,T,hs) first, and the output permuted back.
+// q, k, v are permuted to (B,nh,T,hs) first, and the output permuted back. In bf16
+// the permuted copies of the matmuls' inputs are bf16 (Dst = bf16).
 
-__global__ void permute_to_heads_kernel(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
+template <typename Dst>
+__global__ void permute_to_heads_kernel(Dst *dst, const floatX *src, int B, int T, int nh, int hs) {
     long n = (long)B * nh * T * hs;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         int d = (int)(i % hs);
         int t = (int)(i / hs % T);
         int h = (int)(i / ((long)hs * T) % nh);
         long b = i / ((long)hs * T * nh);
-        dst[i] = src[((b * T + t) * nh + h) * hs + d]; // dst (B,nh,T,hs) <- src (B,T,nh,hs)
+        store_as(dst + i, (float)src[((b * T + t) * nh + h) * hs + d]); // dst (B,nh,T,hs) <- src (B,T,nh,hs)
     }
 }
 __global__ void permute_from_heads_kernel(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
@@ -238,8 +270,9 @@ __global__ void permute_from_heads_kernel(floatX *dst, const floatX *src, int B,
         dst[((b * T + t) * nh + h) * hs + d] = src[i]; // dst (B,T,nh,hs) <- src (B,nh,T,hs)
     }
 }
-static void permute_to_heads(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
-    permute_to_heads_kernel<<<grid_for((long)B * T * nh * hs), BLOCK>>>(dst, src, B, T, nh, hs);
+template <typename Dst>
+static void permute_to_heads(Dst *dst, const floatX *src, int B, int T, int nh, int hs) {
+    permute_to_heads_kernel<Dst><<<grid_for((long)B * T * nh * hs), BLOCK>>>(dst, src, B, T, nh, hs);
     launchCheck();
 }
 static void permute_from_heads(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
@@ -248,8 +281,9 @@ static void permute_from_heads(floatX *dst, const floatX *src, int B, int T, int
 }
 
 // In place over att (B*NH*T rows of T): row t of a head becomes
-// softmax(scale * row[0..t]) and zeros after t. One warp per row.
-__global__ void softmax_causal_forward_kernel(floatX *att, int rows, int T, float scale) {
+// softmax(scale * row[0..t]) and zeros after t. One warp per row. att16 (or NULL) gets the
+// probabilities in bf16.
+__global__ void softmax_causal_forward_kernel(floatX *att, bf16 *att16, int rows, int T, float scale) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     int t = row % T;
@@ -263,11 +297,14 @@ __global__ void softmax_causal_forward_kernel(floatX *att, int rows, int T, floa
     float inv = 1.0f / sum;
     for (int t2 = lane; t2 < T; t2 += 32) {
         a[t2] = t2 <= t ? (floatX)(expf((float)a[t2] * scale - maxv) * inv) : (floatX)0;
+        if (att16) att16[(long)row * T + t2] = bf16_round((float)a[t2]);
     }
 }
 
 // In place over datt: dpre = a * (datt - sum(a * datt)) * scale on t2 <= t, zero after.
-__global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, int rows, int T, float scale) {
+// dpre16 (or NULL) gets dpre in bf16.
+__global__ void softmax_causal_backward_kernel(floatX *datt, bf16 *dpre16, const floatX *att, int rows, int T,
+                                               float scale) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     int t = row % T;
@@ -278,6 +315,7 @@ __global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, 
     s = warp_sum(s);
     for (int t2 = lane; t2 < T; t2 += 32) {
         d[t2] = t2 <= t ? (floatX)((float)a[t2] * ((float)d[t2] - s) * scale) : (floatX)0;
+        if (dpre16) dpre16[(long)row * T + t2] = bf16_round((float)d[t2]);
     }
 }
 
@@ -294,8 +332,10 @@ __global__ void softmax_causal_backward_kernel(floatX *datt, const floatX *att, 
  * is (B,NKV,T,hs), one block per kv head.
  */
 
+// (In: floatX, or bf16 with --precision bf16; the outputs are floatX)
 // s = x . kv^T per query head: the scores q.k^T, and datt = dy.v^T in the backward
-static void attn_x_kvT(floatX *s, const floatX *x, const floatX *kv, int B, int T, int NH, int NKV, int hs) {
+template <typename In>
+static void attn_x_kvT(floatX *s, const In *x, const In *kv, int B, int T, int NH, int NKV, int hs) {
     int group = NH / NKV;
     long th = (long)T * hs, tt = (long)T * T;
     for (int g = 0; g < group; g++) {
@@ -304,7 +344,8 @@ static void attn_x_kvT(floatX *s, const floatX *x, const floatX *kv, int B, int 
 }
 
 // y = p . kv per query head (p a (T,T) block): y = att.v, and dq = dpre.k in the backward
-static void attn_p_kv(floatX *y, const floatX *p, const floatX *kv, int B, int T, int NH, int NKV, int hs) {
+template <typename In>
+static void attn_p_kv(floatX *y, const In *p, const In *kv, int B, int T, int NH, int NKV, int hs) {
     int group = NH / NKV;
     long th = (long)T * hs, tt = (long)T * T;
     for (int g = 0; g < group; g++) {
@@ -314,7 +355,8 @@ static void attn_p_kv(floatX *y, const floatX *p, const floatX *kv, int B, int T
 
 // dkv = sum over the group of p^T . x: dv = sum att^T.dy and dk = sum dpre^T.q. The
 // first g overwrites, the others accumulate (beta = 1), in order: deterministic.
-static void attn_pT_x(floatX *dkv, const floatX *p, const floatX *x, int B, int T, int NH, int NKV, int hs) {
+template <typename In>
+static void attn_pT_x(floatX *dkv, const In *p, const In *x, int B, int T, int NH, int NKV, int hs) {
     int group = NH / NKV;
     long th = (long)T * hs, tt = (long)T * T;
     for (int g = 0; g < group; g++) {
@@ -325,10 +367,12 @@ static void attn_pT_x(floatX *dkv, const floatX *p, const floatX *x, int B, int 
 
 // the permuted copies and the backward's scratch, reused layer after layer
 typedef struct {
-    floatX *qp, *kp, *vp; // (B,NH,T,hs), (B,NKV,T,hs), (B,NKV,T,hs)
-    floatX *yp;           // (B,NH,T,hs) output (forward) or d output (backward)
+    floatX *qp, *kp, *vp; // (B,NH,T,hs), (B,NKV,T,hs), (B,NKV,T,hs); fp32 only
+    floatX *yp;           // (B,NH,T,hs) output (forward) or d output (backward, fp32 only)
     floatX *dqp, *dkp, *dvp;
     floatX *datt;         // (B,NH,T,T)
+    bf16 *qp16, *kp16, *vp16, *yp16; // bf16 only: the matmuls' inputs q, k, v, d output
+    bf16 *p16;            // bf16 only: (B,NH,T,T) the probabilities, then the scores' gradient
 } AttnScratch;
 
 // attention_flash and attention_att_size(): common/cuda_train.h
@@ -336,19 +380,30 @@ static void attention_forward(floatX *out, floatX *att, const floatX *q, const f
                               AttnScratch *w, int B, int T, int NH, int NKV, int hs) {
     if (attention_flash) {
         long C = (long)NH * hs, KVD = (long)NKV * hs;
-        if (!flash_attention_forward(out, (float *)att, q, k, v, B, T, NH, NKV, hs, C, KVD, C)) {
+        if (!flash_attention_forward(out, (float *)att, q, k, v, B, T, NH, NKV, hs, C, KVD, C, precision_bf16)) {
             die("--attention flash: head size %d is over %d (use --attention matmul)", hs, FA_MAX_HS);
         }
         launchCheck();
+        return;
+    }
+    int rows = B * NH * T;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    if (precision_bf16) { // the CPU's roundings: q and k for the scores, p and v for p.v
+        permute_to_heads(w->qp16, q, B, T, NH, hs);
+        permute_to_heads(w->kp16, k, B, T, NKV, hs);
+        permute_to_heads(w->vp16, v, B, T, NKV, hs);
+        attn_x_kvT(att, w->qp16, w->kp16, B, T, NH, NKV, hs);
+        softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, w->p16, rows, T, scale);
+        launchCheck();
+        attn_p_kv(w->yp, w->p16, w->vp16, B, T, NH, NKV, hs);
+        permute_from_heads(out, w->yp, B, T, NH, hs);
         return;
     }
     permute_to_heads(w->qp, q, B, T, NH, hs);
     permute_to_heads(w->kp, k, B, T, NKV, hs);
     permute_to_heads(w->vp, v, B, T, NKV, hs);
     attn_x_kvT(att, w->qp, w->kp, B, T, NH, NKV, hs); // unscaled scores; the softmax scales
-    int rows = B * NH * T;
-    softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, rows, T,
-                                                                               (float)(1.0 / sqrt((double)hs)));
+    softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, nullptr, rows, T, scale);
     launchCheck();
     attn_p_kv(w->yp, att, w->vp, B, T, NH, NKV, hs);
     permute_from_heads(out, w->yp, B, T, NH, hs);
@@ -360,9 +415,29 @@ static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX 
                                int B, int T, int NH, int NKV, int hs) {
     if (attention_flash) { // w->datt is (B,NH,T) here: D = rowsum(dout * out)
         long C = (long)NH * hs, KVD = (long)NKV * hs;
-        flash_attention_backward(dq, dk, dv, (float *)w->datt, dout, out, (const float *)att, q, k, v, B, T, NH, NKV, hs,
-                                 C, KVD, C, C, KVD);
+        flash_attention_backward(dq, dk, dv, (float *)w->datt, dout, out, (const float *)att, q, k, v, B, T, NH, NKV,
+                                 hs, C, KVD, C, C, KVD, precision_bf16);
         launchCheck();
+        return;
+    }
+    int rows = B * NH * T;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    if (precision_bf16) { // as the fp32 path below, every product on bf16 copies of its inputs
+        permute_to_heads(w->qp16, q, B, T, NH, hs);
+        permute_to_heads(w->kp16, k, B, T, NKV, hs);
+        permute_to_heads(w->vp16, v, B, T, NKV, hs);
+        permute_to_heads(w->yp16, dout, B, T, NH, hs);
+        attn_x_kvT(w->datt, w->yp16, w->vp16, B, T, NH, NKV, hs);
+        to_bf16(w->p16, att, (long)rows * T);
+        attn_pT_x(w->dvp, w->p16, w->yp16, B, T, NH, NKV, hs);
+        softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, w->p16, att, rows, T,
+                                                                                    scale); // p16 now holds dpre
+        launchCheck();
+        attn_p_kv(w->dqp, w->p16, w->kp16, B, T, NH, NKV, hs);
+        attn_pT_x(w->dkp, w->p16, w->qp16, B, T, NH, NKV, hs);
+        permute_from_heads(dq, w->dqp, B, T, NH, hs);
+        permute_from_heads(dk, w->dkp, B, T, NKV, hs);
+        permute_from_heads(dv, w->dvp, B, T, NKV, hs);
         return;
     }
     permute_to_heads(w->qp, q, B, T, NH, hs);
@@ -373,9 +448,7 @@ static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX 
     attn_x_kvT(w->datt, w->yp, w->vp, B, T, NH, NKV, hs);
     attn_pT_x(w->dvp, att, w->yp, B, T, NH, NKV, hs);
     // through the softmax: dpre = att * (datt - sum(att * datt)) * scale, in place
-    int rows = B * NH * T;
-    softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, att, rows, T,
-                                                                                (float)(1.0 / sqrt((double)hs)));
+    softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, nullptr, att, rows, T, scale);
     launchCheck();
     // through pre = q . k^T
     attn_p_kv(w->dqp, w->datt, w->kp, B, T, NH, NKV, hs);
@@ -388,30 +461,34 @@ static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX 
 // ---------------------------------------------------------------------------
 // SwiGLU: out = SiLU(a) * b with SiLU(a) = a * sigmoid(a); a = w1.n (gate), b = w3.n (up)
 
-__global__ void swiglu_forward_kernel(floatX *out, const floatX *a, const floatX *b, long n) {
+// (the *16 outputs, or NULL: the same values in bf16)
+__global__ void swiglu_forward_kernel(floatX *out, bf16 *out16, const floatX *a, const floatX *b, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float x = (float)a[i];
         float sig = 1.0f / (1.0f + expf(-x));
         out[i] = (floatX)(x * sig * (float)b[i]);
+        if (out16) out16[i] = bf16_round((float)out[i]);
     }
 }
-static void swiglu_forward(floatX *out, const floatX *a, const floatX *b, long n) {
-    swiglu_forward_kernel<<<grid_for(n), BLOCK>>>(out, a, b, n);
+static void swiglu_forward(floatX *out, bf16 *out16, const floatX *a, const floatX *b, long n) {
+    swiglu_forward_kernel<<<grid_for(n), BLOCK>>>(out, out16, a, b, n);
     launchCheck();
 }
 
 // d SiLU(a)/da = sig * (1 + a * (1 - sig)). Overwrites da, db.
-__global__ void swiglu_backward_kernel(floatX *da, floatX *db, const floatX *dout, const floatX *a, const floatX *b,
-                                       long n) {
+__global__ void swiglu_backward_kernel(floatX *da, floatX *db, bf16 *da16, bf16 *db16, const floatX *dout,
+                                       const floatX *a, const floatX *b, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float x = (float)a[i], dy = (float)dout[i];
         float sig = 1.0f / (1.0f + expf(-x));
         da[i] = (floatX)(dy * (float)b[i] * sig * (1.0f + x * (1.0f - sig)));
         db[i] = (floatX)(dy * x * sig);
+        if (da16) da16[i] = bf16_round((float)da[i]), db16[i] = bf16_round((float)db[i]);
     }
 }
-static void swiglu_backward(floatX *da, floatX *db, const floatX *dout, const floatX *a, const floatX *b, long n) {
-    swiglu_backward_kernel<<<grid_for(n), BLOCK>>>(da, db, dout, a, b, n);
+static void swiglu_backward(floatX *da, floatX *db, bf16 *da16, bf16 *db16, const floatX *dout, const floatX *a,
+                            const floatX *b, long n) {
+    swiglu_backward_kernel<<<grid_for(n), BLOCK>>>(da, db, da16, db16, dout, a, b, n);
     launchCheck();
 }
 
@@ -451,15 +528,17 @@ __global__ void crossentropy_forward_kernel(float *losses, float *lse, const flo
     }
 }
 
-// d(mean loss)/d logits = (softmax - onehot) / N, written over the logits in place
-__global__ void crossentropy_backward_inplace_kernel(floatX *logits, const float *lse, const int *targets, int V,
-                                                     float inv_n) {
+// d(mean loss)/d logits = (softmax - onehot) / N, written over the logits in place; grad16
+// (or NULL) gets it in bf16 too
+__global__ void crossentropy_backward_inplace_kernel(floatX *logits, bf16 *grad16, const float *lse,
+                                                     const int *targets, int V, float inv_n) {
     floatX *l = logits + (long)blockIdx.x * V;
     float z = lse[blockIdx.x];
     int target = targets[blockIdx.x];
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
         float g = expf((float)l[j] - z) * inv_n;
         l[j] = (floatX)(j == target ? g - inv_n : g);
+        if (grad16) grad16[(long)blockIdx.x * V + j] = bf16_round((float)l[j]);
     }
 }
 
@@ -469,8 +548,8 @@ __global__ void crossentropy_backward_inplace_kernel(floatX *logits, const float
  * gradient over it. The training step uses it; validation and the tests that
  * look at the logits use the two kernels above.
  */
-__global__ void fused_classifier_kernel(floatX *logits, float *losses, float *lse, const int *targets, int V,
-                                        float inv_n) {
+__global__ void fused_classifier_kernel(floatX *logits, bf16 *grad16, float *losses, float *lse, const int *targets,
+                                        int V, float inv_n) {
     floatX *l = logits + (long)blockIdx.x * V;
     int target = targets[blockIdx.x];
     float z = row_logsumexp(l, V);
@@ -483,6 +562,7 @@ __global__ void fused_classifier_kernel(floatX *logits, float *losses, float *ls
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
         float g = expf((float)l[j] - z) * inv_n;
         l[j] = (floatX)(j == target ? g - inv_n : g);
+        if (grad16) grad16[(long)blockIdx.x * V + j] = bf16_round((float)l[j]);
     }
 }
 
@@ -491,12 +571,15 @@ static void crossentropy_forward(float *losses, float *lse, const floatX *logits
     crossentropy_forward_kernel<<<N, CLASSIFIER_BLOCK>>>(losses, lse, logits, targets, V);
     launchCheck();
 }
-static void crossentropy_backward_inplace(floatX *logits, const float *lse, const int *targets, int N, int V) {
-    crossentropy_backward_inplace_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, lse, targets, V, (float)(1.0 / N));
+// (grad16: the gradient in bf16 as well, for the lm_head's backward; NULL for none)
+static void crossentropy_backward_inplace(floatX *logits, const float *lse, const int *targets, int N, int V,
+                                          bf16 *grad16 = NULL) {
+    crossentropy_backward_inplace_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, grad16, lse, targets, V, (float)(1.0 / N));
     launchCheck();
 }
-static void fused_classifier(floatX *logits, float *losses, float *lse, const int *targets, int N, int V) {
-    fused_classifier_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, losses, lse, targets, V, (float)(1.0 / N));
+static void fused_classifier(floatX *logits, float *losses, float *lse, const int *targets, int N, int V,
+                             bf16 *grad16 = NULL) {
+    fused_classifier_kernel<<<N, CLASSIFIER_BLOCK>>>(logits, grad16, losses, lse, targets, V, (float)(1.0 / N));
     launchCheck();
 }
 
@@ -563,6 +646,9 @@ typedef struct {
     floatX *logits; // (B,T,V); after the backward (or a fused forward) it holds d loss / d logits
     float *lse;     // (B,T) log-sum-exp of each row of logits
     float *losses;  // (B,T)
+    // --precision bf16 only (NULL in fp32): the matmuls' inputs in bf16, shaped as above
+    bf16 *ln1_16, *atty_16, *ln2_16, *swi_16, *lnf_16;
+    bf16 *dlogits_16; // (B,T,V) d loss / d logits
 } Acts;
 
 // Gradient scratch for the backward pass, reused layer after layer.
@@ -578,6 +664,7 @@ typedef struct {
     floatX *dswi;  // (B,T,F)
     float *dgain_partial; // (GAIN_CHUNKS, C) rmsnorm_backward's partial sums
     AttnScratch attn;
+    bf16 *dres_16, *dq_16, *dk_16, *dv_16, *dfc1_16, *dfc3_16; // bf16 only (NULL in fp32)
 } Scratch;
 
 // A block matrix as TVR and weights.csv see it, in the CSV's order (layer, then table order).
@@ -600,6 +687,8 @@ typedef struct {
     float *m, *v;  // AdamW moments: this rank's shard of the layout (all of it on one rank; ZeRO-1)
     float *tensor[NUM_PARAM_TENSORS];  // views into params
     float *gtensor[NUM_PARAM_TENSORS]; // views into grads
+    bf16 *params16;     // --precision bf16: the parameters in bf16, the matmuls' weights (NULL in fp32)
+    int params16_stale; // params changed since params16 was written: llama_forward refreshes it
     float *h_params; // host mirror: init, checkpoints (h_m and h_v for state.bin)
     float *h_m, *h_v; // all of m and v: state.bin's (rank 0 gathers the shards there)
     int B, T;        // batch shape the activations were allocated for
@@ -624,6 +713,12 @@ static float *layer_param(const Llama *model, int i, int l) {
 static float *layer_grad(const Llama *model, int i, int l) {
     return model->gtensor[i] + (long)l * param_layer_size(&model->config, i);
 }
+// the bf16 copy of a parameter view (NULL in fp32)
+static const bf16 *param16(const Llama *model, const float *p) {
+    return model->params16 ? model->params16 + (p - model->params) : NULL;
+}
+// a bf16 buffer of n values with --precision bf16; NULL in fp32
+static bf16 *bf16_calloc(long n) { return precision_bf16 ? (bf16 *)cuda_calloc(n, sizeof(bf16)) : NULL; }
 
 #define MOMENT_CHUNKS 64 // blocks per matrix in TVR's statistics
 #define ACT_CHUNKS 64    // blocks per layer in activations_log
@@ -668,6 +763,8 @@ static void llama_build(Llama *model, LlamaConfig config) {
     model->num_params = n;
     model->params = (float *)cuda_calloc(n, sizeof(float));
     model->grads = (float *)cuda_calloc(n, sizeof(float));
+    model->params16 = bf16_calloc(n);
+    model->params16_stale = 1;
     long lo, hi;
     dp_shard(n, &lo, &hi);
     model->m = (float *)cuda_calloc(hi - lo, sizeof(float));
@@ -708,6 +805,7 @@ static void llama_build(Llama *model, LlamaConfig config) {
 // the host mirror to the GPU and back
 static void llama_params_to_device(Llama *model) {
     cudaCheck(cudaMemcpy(model->params, model->h_params, sizeof(float) * model->num_params, cudaMemcpyHostToDevice));
+    model->params16_stale = 1;
 }
 static void llama_params_to_host(Llama *model) {
     cudaCheck(cudaMemcpy(model->h_params, model->params, sizeof(float) * model->num_params, cudaMemcpyDeviceToHost));
@@ -722,7 +820,19 @@ static void recompute_sizes(const LlamaConfig *c, long *sizes) {
 // Allocate activations for batches of B sequences of length T (T <= max_seq_len).
 // What training this model on B x T batches needs on the GPU: parameters, gradients,
 // AdamW's m and v, the activations, the backward's and attention's scratch (4-byte
-// values; cuBLAS's workspace aside).
+// values; cuBLAS's workspace aside), and with --precision bf16 the bf16 copies
+// (llama_memory_bf16, 2-byte values).
+static double llama_memory_bf16(const LlamaConfig *c, int B, int T) {
+    if (!precision_bf16) return 0;
+    double np = 0, N = (double)B * T, L = c->layers, C = c->dim, F = c->ffn, V = c->vocab;
+    double KVD = (double)c->kv_heads * (c->dim / c->heads);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) np += param_count(c, i);
+    double RL = recompute_layers(c->layers);            // ln1, ln2, swi: one layer with --recompute 1
+    double n = np + N * (RL * (2 * C + F) + L * C) + N * C + N * V; // params16; ln1, ln2, swi, atty, lnf, d logits
+    n += 2 * N * C + 2 * N * KVD + 2 * N * F;            // dres, dq, dk, dv, dfc1, dfc3
+    if (!attention_flash) n += 2 * N * C + 2 * N * KVD + (double)B * c->heads * T * T; // qp, kp, vp, yp, p
+    return n * 2;
+}
 static double llama_memory(const LlamaConfig *c, int B, int T) {
     long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
     acts_sizes(c, B, T, sizes, gsizes);
@@ -734,7 +844,8 @@ static double llama_memory(const LlamaConfig *c, int B, int T) {
     for (int i = 0; i < NUM_SCRATCH_SLOTS; i++) n += gsizes[i];
     n += GAIN_CHUNKS * C + attention_att_size(B, T, c->heads); // dgain_partial, AttnScratch's datt
     if (!attention_flash) n += 3 * N * C + 4 * N * KVD;       // and its permuted copies
-    return n * 4;
+    if (!attention_flash && precision_bf16) n -= N * C + 2 * N * KVD; // (q, k, v's are bf16 there)
+    return n * 4 + llama_memory_bf16(c, B, T);
 }
 
 static void llama_alloc_acts(Llama *model, int B, int T) {
@@ -752,7 +863,7 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
                       (void **)&a->h,   (void **)&a->ln2,  (void **)&a->ln2_rstd, (void **)&a->fc1,
                       (void **)&a->fc3, (void **)&a->swi,  (void **)&a->xout,     (void **)&a->lnf,
                       (void **)&a->lnf_rstd, (void **)&a->logits, (void **)&a->lse, (void **)&a->losses};
-    long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS];
+    long sizes[NUM_ACT_SLOTS], gsizes[NUM_SCRATCH_SLOTS], L = c->layers, F = c->ffn;
     acts_sizes(c, B, T, sizes, gsizes); // common/llama_run.h, train_llama.c's slots in the same order
     sizes[ACT_SLOT_ATT] = c->layers * attention_att_size(B, T, NH);
     recompute_sizes(c, sizes);
@@ -760,16 +871,26 @@ static void llama_alloc_acts(Llama *model, int B, int T) {
     for (int s = 0; s < NUM_ACT_SLOTS; s++) {
         *slots[s] = cuda_calloc(sizes[s], is_float[s] ? sizeof(float) : sizeof(floatX));
     }
+    long RL = recompute_layers(c->layers); // ln1, ln2, swi and their copies: one layer with --recompute 1
+    a->ln1_16 = bf16_calloc(RL * N * C), a->atty_16 = bf16_calloc(L * N * C), a->ln2_16 = bf16_calloc(RL * N * C);
+    a->swi_16 = bf16_calloc(RL * N * F), a->lnf_16 = bf16_calloc(N * C), a->dlogits_16 = bf16_calloc(N * V);
     Scratch *g = &model->scratch;
     floatX **gslots[] = {&g->dres, &g->dln, &g->dq, &g->dk, &g->dv, &g->datty, &g->dfc1, &g->dfc3, &g->dswi};
     for (int s = 0; s < NUM_SCRATCH_SLOTS; s++) *gslots[s] = (floatX *)cuda_calloc(gsizes[s], sizeof(floatX));
     g->dgain_partial = (float *)cuda_calloc((long)GAIN_CHUNKS * C, sizeof(float));
+    g->dres_16 = bf16_calloc(N * C), g->dq_16 = bf16_calloc(N * C), g->dk_16 = bf16_calloc(N * KVD);
+    g->dv_16 = bf16_calloc(N * KVD), g->dfc1_16 = bf16_calloc(N * F), g->dfc3_16 = bf16_calloc(N * F);
     AttnScratch *w = &g->attn;
     floatX **wslots[] = {&w->qp, &w->kp, &w->vp, &w->yp, &w->dqp, &w->dkp, &w->dvp, &w->datt};
     long wsizes[] = {N * C, N * KVD, N * KVD, N * C, N * C, N * KVD, N * KVD, attention_att_size(B, T, NH)};
     if (attention_flash) memset(wsizes, 0, sizeof(long) * 7); // flash needs no permuted copies
+    if (precision_bf16) memset(wsizes, 0, sizeof(long) * 3);  // bf16 permutes q, k, v into the *16 below
     for (size_t s = 0; s < sizeof(wsizes) / sizeof(wsizes[0]); s++) {
         *wslots[s] = (floatX *)cuda_calloc(wsizes[s], sizeof(floatX));
+    }
+    if (!attention_flash) {
+        w->qp16 = bf16_calloc(N * C), w->kp16 = bf16_calloc(N * KVD), w->vp16 = bf16_calloc(N * KVD);
+        w->yp16 = bf16_calloc(N * C), w->p16 = bf16_calloc(B * NH * T * T);
     }
     model->tokens = (int *)calloc_check(N, sizeof(int));
     model->targets = (int *)calloc_check(N, sizeof(int));
@@ -784,8 +905,11 @@ static void llama_free_acts(Llama *model) {
     void **acts = (void **)&model->acts;
     for (size_t s = 0; s < sizeof(Acts) / sizeof(void *); s++) cudaCheck(cudaFree(acts[s]));
     Scratch *g = &model->scratch;
-    floatX *gs[] = {g->dres, g->dln, g->dq, g->dk, g->dv, g->datty, g->dfc1, g->dfc3, g->dswi, g->attn.qp,
-                    g->attn.kp, g->attn.vp, g->attn.yp, g->attn.dqp, g->attn.dkp, g->attn.dvp, g->attn.datt};
+    void *gs[] = {g->dres,       g->dln,       g->dq,         g->dk,         g->dv,         g->datty,
+                  g->dfc1,       g->dfc3,      g->dswi,       g->attn.qp,    g->attn.kp,    g->attn.vp,
+                  g->attn.yp,    g->attn.dqp,  g->attn.dkp,   g->attn.dvp,   g->attn.datt,  g->attn.qp16,
+                  g->attn.kp16,  g->attn.vp16, g->attn.yp16,  g->attn.p16,   g->dres_16,    g->dq_16,
+                  g->dk_16,      g->dv_16,     g->dfc1_16,    g->dfc3_16};
     for (size_t s = 0; s < sizeof(gs) / sizeof(gs[0]); s++) cudaCheck(cudaFree(gs[s]));
     cudaCheck(cudaFree(g->dgain_partial)), cudaCheck(cudaFree(model->d_tokens)), cudaCheck(cudaFree(model->d_targets));
     free(model->tokens), free(model->targets), free(model->h_losses);
@@ -793,7 +917,7 @@ static void llama_free_acts(Llama *model) {
 }
 
 static void llama_free(Llama *model) {
-    void *dev[] = {model->params,       model->grads,       model->m,           model->v,
+    void *dev[] = {model->params,       model->grads,       model->m,           model->v,  model->params16,
                    model->rope_cos,     model->rope_sin,    model->norm_partial, model->act_partial,
                    model->mats.ptr,     model->mats.n,      model->mats.partial, model->mats.coef};
     for (size_t s = 0; s < sizeof(dev) / sizeof(dev[0]); s++) cudaCheck(cudaFree(dev[s]));
@@ -853,6 +977,10 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
     cudaCheck(cudaMemcpy(model->d_tokens, tokens, sizeof(int) * N, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(model->d_targets, targets, sizeof(int) * N, cudaMemcpyHostToDevice));
     token_buckets_build(&model->buckets, tokens, N, V);
+    if (model->params16 && model->params16_stale) { // the weights changed (AdamW, TVR, a load): their bf16 copy
+        to_bf16(model->params16, model->params, model->num_params);
+        model->params16_stale = 0;
+    }
 
     encoder_forward(a->x0, model->d_tokens, model->tensor[P_TOK_EMB], N, C);
     for (int l = 0; l < L; l++) {
@@ -867,29 +995,37 @@ static void llama_forward(Llama *model, const int *tokens, const int *targets, i
         floatX *swi = a->swi + recompute_slot(l) * N * F;
         floatX *xout = a->xout + (long)l * N * C;
         floatX *tmp = model->scratch.dln; // (N, C) scratch for the projections' outputs
-#define W(i) layer_param(model, i, l)
-        rmsnorm_forward(ln1, ln1_rstd, x, W(P_ATTN_NORM), N, C, c->norm_eps);
-        matmul_forward(q, ln1, W(P_WQ), N, C, C);
-        matmul_forward(k, ln1, W(P_WK), N, C, KVD);
-        matmul_forward(v, ln1, W(P_WV), N, C, KVD);
+        // the bf16 copies of the matmuls' inputs (NULL in fp32)
+        bf16 *ln1_16 = a->ln1_16 ? a->ln1_16 + recompute_slot(l) * N * C : NULL; // (ln1, ln2, swi's slots)
+        bf16 *atty_16 = a->atty_16 ? a->atty_16 + (long)l * N * C : NULL;
+        bf16 *ln2_16 = a->ln2_16 ? a->ln2_16 + recompute_slot(l) * N * C : NULL;
+        bf16 *swi_16 = a->swi_16 ? a->swi_16 + recompute_slot(l) * N * F : NULL;
+// (a weight and its bf16 copy: two arguments)
+#define W(i) layer_param(model, i, l), param16(model, layer_param(model, i, l))
+        rmsnorm_forward(ln1, ln1_16, ln1_rstd, x, layer_param(model, P_ATTN_NORM, l), N, C, c->norm_eps);
+        matmul_forward(q, ln1, ln1_16, W(P_WQ), N, C, C);
+        matmul_forward(k, ln1, ln1_16, W(P_WK), N, C, KVD);
+        matmul_forward(v, ln1, ln1_16, W(P_WV), N, C, KVD);
         rope_forward(q, model->rope_cos, model->rope_sin, B, T, NH, hs);
         rope_forward(k, model->rope_cos, model->rope_sin, B, T, NKV, hs);
         attention_forward(atty, att, q, k, v, &model->scratch.attn, B, T, NH, NKV, hs);
-        matmul_forward(tmp, atty, W(P_WO), N, C, C);
+        if (atty_16) to_bf16(atty_16, atty, (long)N * C);
+        matmul_forward(tmp, atty, atty_16, W(P_WO), N, C, C);
         residual_forward(h, x, tmp, (long)N * C);
-        rmsnorm_forward(ln2, ln2_rstd, h, W(P_FFN_NORM), N, C, c->norm_eps);
-        matmul_forward(fc1, ln2, W(P_W1), N, C, F);
-        matmul_forward(fc3, ln2, W(P_W3), N, C, F);
-        swiglu_forward(swi, fc1, fc3, (long)N * F);
-        matmul_forward(tmp, swi, W(P_W2), N, F, C);
+        rmsnorm_forward(ln2, ln2_16, ln2_rstd, h, layer_param(model, P_FFN_NORM, l), N, C, c->norm_eps);
+        matmul_forward(fc1, ln2, ln2_16, W(P_W1), N, C, F);
+        matmul_forward(fc3, ln2, ln2_16, W(P_W3), N, C, F);
+        swiglu_forward(swi, swi_16, fc1, fc3, (long)N * F);
+        matmul_forward(tmp, swi, swi_16, W(P_W2), N, F, C);
         residual_forward(xout, h, tmp, (long)N * C);
 #undef W
     }
     const floatX *xlast = a->xout + (long)(L - 1) * N * C;
-    rmsnorm_forward(a->lnf, a->lnf_rstd, xlast, model->tensor[P_FINAL_NORM], N, C, c->norm_eps);
-    matmul_forward(a->logits, a->lnf, model->tensor[P_LM_HEAD], N, C, V);
+    rmsnorm_forward(a->lnf, a->lnf_16, a->lnf_rstd, xlast, model->tensor[P_FINAL_NORM], N, C, c->norm_eps);
+    matmul_forward(a->logits, a->lnf, a->lnf_16, model->tensor[P_LM_HEAD], param16(model, model->tensor[P_LM_HEAD]),
+                   N, C, V);
     if (fuse_backward) {
-        fused_classifier(a->logits, a->losses, a->lse, model->d_targets, N, V);
+        fused_classifier(a->logits, a->losses, a->lse, model->d_targets, N, V, a->dlogits_16);
     } else {
         crossentropy_forward(a->losses, a->lse, a->logits, model->d_targets, N, V);
     }
@@ -915,12 +1051,15 @@ static void llama_backward(Llama *model) {
     Scratch *s = &model->scratch;
     float *gp = s->dgain_partial;
 
-    if (!model->logits_are_grad) crossentropy_backward_inplace(a->logits, a->lse, model->d_targets, N, V);
+    if (!model->logits_are_grad) {
+        crossentropy_backward_inplace(a->logits, a->lse, model->d_targets, N, V, a->dlogits_16);
+    }
     model->logits_are_grad = 1;
     const floatX *dlogits = a->logits;
-    matmul_backward(s->dln, model->gtensor[P_LM_HEAD], dlogits, a->lnf, model->tensor[P_LM_HEAD], N, C, V, 0);
+    matmul_backward(s->dln, model->gtensor[P_LM_HEAD], dlogits, a->dlogits_16, a->lnf, a->lnf_16,
+                    model->tensor[P_LM_HEAD], param16(model, model->tensor[P_LM_HEAD]), N, C, V, 0);
     cudaCheck(cudaMemset(s->dres, 0, sizeof(floatX) * N * C));
-    rmsnorm_backward(s->dres, model->gtensor[P_FINAL_NORM], gp, s->dln, a->xout + (long)(L - 1) * N * C,
+    rmsnorm_backward(s->dres, s->dres_16, model->gtensor[P_FINAL_NORM], gp, s->dln, a->xout + (long)(L - 1) * N * C,
                      model->tensor[P_FINAL_NORM], a->lnf_rstd, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
@@ -934,27 +1073,39 @@ static void llama_backward(Llama *model) {
         float *ln2_rstd = a->ln2_rstd + (long)l * N;
         const floatX *fc1 = a->fc1 + (long)l * N * F, *fc3 = a->fc3 + (long)l * N * F;
         floatX *swi = a->swi + recompute_slot(l) * N * F;
-#define W(i) layer_param(model, i, l)
+        const bf16 *atty_16 = a->atty_16 ? a->atty_16 + (long)l * N * C : NULL;
+        bf16 *ln1_16 = a->ln1_16 ? a->ln1_16 + recompute_slot(l) * N * C : NULL;
+        bf16 *ln2_16 = a->ln2_16 ? a->ln2_16 + recompute_slot(l) * N * C : NULL;
+        bf16 *swi_16 = a->swi_16 ? a->swi_16 + recompute_slot(l) * N * F : NULL;
+#define W(i) layer_param(model, i, l), param16(model, layer_param(model, i, l))
 #define DW(i) layer_grad(model, i, l)
         // s->dres holds d loss / d xout; xout = h + w2.swi, so it is also d loss / d h (so far).
-        // --recompute 1: swi, ln2 and ln1 again, each just before its use (rstd rewritten, the same)
-        if (recompute) swiglu_forward(swi, fc1, fc3, (long)N * F);
-        matmul_backward(s->dswi, DW(P_W2), s->dres, swi, W(P_W2), N, F, C, 0);
-        swiglu_backward(s->dfc1, s->dfc3, s->dswi, fc1, fc3, (long)N * F);
-        if (recompute) rmsnorm_forward(ln2, ln2_rstd, h, W(P_FFN_NORM), N, C, c->norm_eps);
-        matmul_backward(s->dln, DW(P_W1), s->dfc1, ln2, W(P_W1), N, C, F, 0);
-        matmul_backward(s->dln, DW(P_W3), s->dfc3, ln2, W(P_W3), N, C, F, 1);
-        rmsnorm_backward(s->dres, DW(P_FFN_NORM), gp, s->dln, h, W(P_FFN_NORM), ln2_rstd, N, C);
+        // --recompute 1: swi, ln2 and ln1 again (and their bf16 copies), each just before its use
+        // (rstd rewritten, the same)
+        if (recompute) swiglu_forward(swi, swi_16, fc1, fc3, (long)N * F);
+        matmul_backward(s->dswi, DW(P_W2), s->dres, s->dres_16, swi, swi_16, W(P_W2), N, F, C, 0);
+        swiglu_backward(s->dfc1, s->dfc3, s->dfc1_16, s->dfc3_16, s->dswi, fc1, fc3, (long)N * F);
+        if (recompute) {
+            rmsnorm_forward(ln2, ln2_16, ln2_rstd, h, layer_param(model, P_FFN_NORM, l), N, C, c->norm_eps);
+        }
+        matmul_backward(s->dln, DW(P_W1), s->dfc1, s->dfc1_16, ln2, ln2_16, W(P_W1), N, C, F, 0);
+        matmul_backward(s->dln, DW(P_W3), s->dfc3, s->dfc3_16, ln2, ln2_16, W(P_W3), N, C, F, 1);
+        rmsnorm_backward(s->dres, s->dres_16, DW(P_FFN_NORM), gp, s->dln, h, layer_param(model, P_FFN_NORM, l),
+                         ln2_rstd, N, C);
         // now s->dres = d loss / d h; h = x + wo.atty
-        matmul_backward(s->datty, DW(P_WO), s->dres, atty, W(P_WO), N, C, C, 0);
+        matmul_backward(s->datty, DW(P_WO), s->dres, s->dres_16, atty, atty_16, W(P_WO), N, C, C, 0);
         attention_backward(s->dq, s->dk, s->dv, s->datty, atty, q, k, v, att, &s->attn, B, T, NH, NKV, hs);
-        rope_backward(s->dq, model->rope_cos, model->rope_sin, B, T, NH, hs);
-        rope_backward(s->dk, model->rope_cos, model->rope_sin, B, T, NKV, hs);
-        if (recompute) rmsnorm_forward(ln1, ln1_rstd, x, W(P_ATTN_NORM), N, C, c->norm_eps);
-        matmul_backward(s->dln, DW(P_WQ), s->dq, ln1, W(P_WQ), N, C, C, 0);
-        matmul_backward(s->dln, DW(P_WK), s->dk, ln1, W(P_WK), N, C, KVD, 1);
-        matmul_backward(s->dln, DW(P_WV), s->dv, ln1, W(P_WV), N, C, KVD, 1);
-        rmsnorm_backward(s->dres, DW(P_ATTN_NORM), gp, s->dln, x, W(P_ATTN_NORM), ln1_rstd, N, C);
+        rope_backward(s->dq, s->dq_16, model->rope_cos, model->rope_sin, B, T, NH, hs);
+        rope_backward(s->dk, s->dk_16, model->rope_cos, model->rope_sin, B, T, NKV, hs);
+        if (s->dv_16) to_bf16(s->dv_16, s->dv, (long)N * KVD);
+        if (recompute) {
+            rmsnorm_forward(ln1, ln1_16, ln1_rstd, x, layer_param(model, P_ATTN_NORM, l), N, C, c->norm_eps);
+        }
+        matmul_backward(s->dln, DW(P_WQ), s->dq, s->dq_16, ln1, ln1_16, W(P_WQ), N, C, C, 0);
+        matmul_backward(s->dln, DW(P_WK), s->dk, s->dk_16, ln1, ln1_16, W(P_WK), N, C, KVD, 1);
+        matmul_backward(s->dln, DW(P_WV), s->dv, s->dv_16, ln1, ln1_16, W(P_WV), N, C, KVD, 1);
+        rmsnorm_backward(s->dres, s->dres_16, DW(P_ATTN_NORM), gp, s->dln, x, layer_param(model, P_ATTN_NORM, l),
+                         ln1_rstd, N, C);
         // now s->dres = d loss / d x, the previous block's output
 #undef W
 #undef DW
@@ -1090,6 +1241,7 @@ static void adamw_update(Llama *model, const OptConfig *o, double lr, int t) {
                                                  model->v + (a - lo), b - a, decay, b1, b2, eps, step_size, inv_bc2);
         launchCheck();
     }
+    model->params16_stale = 1;
 }
 
 // ============================================================================
@@ -1196,6 +1348,7 @@ static int weights_pass(Llama *model, const TvrConfig *tvr, int step, int do_tvr
         cudaCheck(cudaMemcpy(mt->coef, mt->h_coef, sizeof(double) * 2 * mt->count, cudaMemcpyHostToDevice));
         tvr_rescale_kernel<<<dim3(ceil_div(mt->max_n, BLOCK * 8), mt->count), BLOCK>>>(mt->ptr, mt->n, mt->coef);
         launchCheck();
+        model->params16_stale = 1;
     }
     free(mean), free(std);
     return total;
@@ -1358,7 +1511,7 @@ static void train(Llama *model, const Settings *s, DataLoader *train_dl, DataLoa
     memset(&logs, 0, sizeof(logs));
     if (lead) logs = logs_open(s->out, s->resume ? st->step : -1, 0);
     if (lead) mfu_setup(&logs, llama_matmul_params(&model->config), model->config.layers, model->config.dim, model->T,
-                        s->tf32 ? "tf32" : "fp32");
+                        precision_bf16 ? "bf16" : s->tf32 ? "tf32" : "fp32");
     if (st->step == 0) {
         weights_pass(model, &tvr, 0, 0, logs.weights);
         if (val_dl && s->steps > 0) {
@@ -1415,7 +1568,8 @@ int main(int argc, char **argv) {
     Settings s;
     int arch_given;
     int seq_len_given = settings_parse(&s, argc, argv, USAGE, 1, &arch_given);
-    if (strcmp(s.precision, "fp32") != 0) usage_error("--precision %s: this program has fp32 only, yet", s.precision);
+    precision_bf16 = strcmp(s.precision, "bf16") == 0; // (settings_parse allows fp32 and bf16)
+    if (precision_bf16 && s.tf32) usage_error("--precision bf16 and --tf32 1: bf16 matmuls take no TF32; pick one");
 
     // the model: a fresh one from the flags, or the architecture from a checkpoint
     char ckpt[4200];
@@ -1487,7 +1641,11 @@ int main(int argc, char **argv) {
     cudaCheck(cudaGetDeviceProperties(&prop, gpu_device));
     printf("train_llama_cu: L=%d C=%d NH=%d NKV=%d F=%d V=%d T=%d | %ld parameters | B=%d | %s | %s\n", config.layers,
            config.dim, config.heads, config.kv_heads, config.ffn, config.vocab, s.seq_len, model.num_params, s.batch,
-           prop.name, s.tf32 ? "tf32" : "fp32");
+           prop.name, precision_bf16 ? "bf16" : s.tf32 ? "tf32" : "fp32");
+    if (precision_bf16) {
+        printf("matmuls: bf16 (cuBLAS, CUDA_R_16BF inputs rounded as train_llama.c rounds, fp32 sums and outputs; "
+               "%.3f GiB of bf16 copies)\n", llama_memory_bf16(&config, s.batch, s.seq_len) / (1024.0 * 1024 * 1024));
+    }
     if (dp.ranks > 1 || s.grad_accum > 1) {
         printf("data parallel: %d ranks x %d micro-steps x B=%d = %ld rows a step%s\n", dp.ranks, s.grad_accum,
                s.batch, global_batch(&s), dp.ranks > 1 ? " | NCCL, one GPU a rank | ZeRO-1: AdamW's m, v sharded" : "");

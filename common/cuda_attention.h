@@ -14,7 +14,8 @@
  * tile's exp(score - m) * v. At the end out = acc / l, and lse = m + log l is kept
  * (B,NH,T) for the backward: 4 bytes per row instead of T*4.
  *
- * Backward, with p = exp(score - lse) recomputed from q and k, D = rowsum(dout * out) and
+ * Backward, with p = exp(score - lse) recomputed from q and k, D = rowsum(dout * out) (with round:
+ * rowsum(p * (dout.v)), summed by the dq kernel) and
  * ds = p * (dout.v - D):
  *   dq = scale * sum_j ds_j k_j          one thread per query row, over the keys j <= t
  *   dk = scale * sum_i ds_i q_i,         one thread per key row, over the queries i >= j of
@@ -24,7 +25,12 @@
  * every emulator schedule (the trainers' determinism rule), at the cost of computing p
  * twice.
  *
- * Precision: the element type X is the trainers' floatX; every sum is fp32. Scores are
+ * Precision: the element type X is the trainers' floatX; every sum is fp32. With `round`
+ * (train_llama.cu's --precision bf16, template parameter R) the inputs of every product are
+ * rounded to bf16 as train_llama.c's matmuls round them: q, k, v and dout as they are loaded,
+ * p before p.v and p^T.dout, ds (scaled) before ds.k and ds^T.q. The online softmax's p is
+ * not yet normalised when it is rounded (the forward divides by l after the sum), so the
+ * forward cannot give the CPU's bits; docs/gpu.md, "bf16", has the tolerance. Scores are
  * (q . k) * scale with scale = 1/sqrt(hs). hs up to FA_MAX_HS = 64: the row arrays are sized
  * by the next power of two (HSX) and padded with zeros; every loop over a row or a tile that
  * indexes them is unrolled, so they stay in registers (test/test_ptxas.sh: no spills, no stack).
@@ -37,6 +43,8 @@
 
 #include <cuda_runtime.h>
 #include <math.h>
+
+#include "bf16.h"
 
 #include <type_traits>
 
@@ -52,7 +60,13 @@
 // the rows of a head for one (b, head): base + (b*T + t)*rs + head*hs
 #define FA_ROW(base, rs, b, t, head) ((base) + ((long)(b) * T + (t)) * (rs) + (long)(head) * hs)
 
-template <typename X, int HSX>
+// a product's input: x, or with R x rounded to bf16
+template <bool R>
+__device__ inline float fa_in(float x) {
+    return R ? bf16_rounded(x) : x;
+}
+
+template <typename X, int HSX, bool R>
 __global__ void flash_forward_kernel(X *out, float *lse, const X *q, const X *k, const X *v, int T, int NH, int NKV,
                                      int hs, long q_rs, long kv_rs, long o_rs, float scale) {
     __shared__ float ks[FA_TILE][HSX], vs[FA_TILE][HSX];
@@ -61,15 +75,15 @@ __global__ void flash_forward_kernel(X *out, float *lse, const X *q, const X *k,
     float qr[HSX], acc[HSX];
     const X *qt = FA_ROW(q, q_rs, b, live ? t : 0, h);
 #pragma unroll
-    for (int d = 0; d < HSX; d++) qr[d] = live && d < hs ? (float)qt[d] : 0.0f, acc[d] = 0;
+    for (int d = 0; d < HSX; d++) qr[d] = live && d < hs ? fa_in<R>((float)qt[d]) : 0.0f, acc[d] = 0;
     float m = -INFINITY, l = 0;
     int kend = min(T, (int)(blockIdx.x + 1) * FA_ROWS); // the block's last row sees keys < kend
     for (int j0 = 0; j0 < kend; j0 += FA_TILE) {
         __syncthreads(); // the previous tile is used up
         for (int i = threadIdx.x; i < FA_TILE * HSX; i += blockDim.x) {
             int jj = i / HSX, d = i % HSX, j = j0 + jj, ok = j < T && d < hs;
-            ks[jj][d] = ok ? (float)FA_ROW(k, kv_rs, b, j, kvh)[d] : 0.0f;
-            vs[jj][d] = ok ? (float)FA_ROW(v, kv_rs, b, j, kvh)[d] : 0.0f;
+            ks[jj][d] = ok ? fa_in<R>((float)FA_ROW(k, kv_rs, b, j, kvh)[d]) : 0.0f;
+            vs[jj][d] = ok ? fa_in<R>((float)FA_ROW(v, kv_rs, b, j, kvh)[d]) : 0.0f;
         }
         __syncthreads();
         if (!live || j0 > t) continue; // (every thread still reaches both barriers)
@@ -89,10 +103,10 @@ __global__ void flash_forward_kernel(X *out, float *lse, const X *q, const X *k,
         for (int d = 0; d < HSX; d++) acc[d] *= corr;
 #pragma unroll
         for (int jj = 0; jj < FA_TILE; jj++) {
-            float p = jj < n ? expf(s[jj] - mnew) : 0.0f;
+            float p = jj < n ? expf(s[jj] - mnew) : 0.0f, pin = fa_in<R>(p); // l sums p unrounded
             l += p;
 #pragma unroll
-            for (int d = 0; d < HSX; d++) acc[d] += p * vs[jj][d];
+            for (int d = 0; d < HSX; d++) acc[d] += pin * vs[jj][d];
         }
         m = mnew;
     }
@@ -105,7 +119,7 @@ __global__ void flash_forward_kernel(X *out, float *lse, const X *q, const X *k,
     lse[((long)b * NH + h) * T + t] = m + logf(l);
 }
 
-// D (B,NH,T) = rowsum(dout * out), one thread per row
+// D (B,NH,T) = rowsum(dout * out), one thread per row (without R; with R the dq kernel sums D)
 template <typename X>
 __global__ void flash_backward_rowdot_kernel(float *D, const X *dout, const X *out, int B, int T, int NH, int hs,
                                              long o_rs) {
@@ -118,8 +132,8 @@ __global__ void flash_backward_rowdot_kernel(float *D, const X *dout, const X *o
     D[i] = s;
 }
 
-template <typename X, int HSX>
-__global__ void flash_backward_dq_kernel(X *dq, const X *dout, const float *lse, const float *D, const X *q,
+template <typename X, int HSX, bool R>
+__global__ void flash_backward_dq_kernel(X *dq, const X *dout, const float *lse, float *D, const X *q,
                                          const X *k, const X *v, int T, int NH, int NKV, int hs, long q_rs,
                                          long kv_rs, long o_rs, long dq_rs, float scale) {
     __shared__ float ks[FA_TILE][HSX], vs[FA_TILE][HSX], dyown[FA_ROWS][HSX + 1];
@@ -129,46 +143,62 @@ __global__ void flash_backward_dq_kernel(X *dq, const X *dout, const float *lse,
     const X *qt = FA_ROW(q, q_rs, b, tl, h), *dyt = FA_ROW(dout, o_rs, b, tl, h);
 #pragma unroll
     for (int d = 0; d < HSX; d++) {
-        qr[d] = live && d < hs ? (float)qt[d] : 0.0f;
-        dy[d] = live && d < hs ? (float)dyt[d] : 0.0f;
+        qr[d] = live && d < hs ? fa_in<R>((float)qt[d]) : 0.0f;
+        dy[d] = live && d < hs ? fa_in<R>((float)dyt[d]) : 0.0f;
         acc[d] = 0;
     }
     long row = ((long)b * NH + h) * T + tl;
-    float L = lse[row], Dt = D[row];
+    float L = lse[row], Dt = R ? 0.0f : D[row];
     int kend = min(T, (int)(blockIdx.x + 1) * FA_ROWS);
-    for (int j0 = 0; j0 < kend; j0 += FA_TILE) {
-        __syncthreads();
-        for (int i = threadIdx.x; i < FA_TILE * HSX; i += blockDim.x) {
-            int jj = i / HSX, d = i % HSX, j = j0 + jj, ok = j < T && d < hs;
-            ks[jj][d] = ok ? (float)FA_ROW(k, kv_rs, b, j, kvh)[d] : 0.0f;
-            vs[jj][d] = ok ? (float)FA_ROW(v, kv_rs, b, j, kvh)[d] : 0.0f;
-        }
-        __syncthreads();
-        if (!live || j0 > t) continue;
-        int n = min(FA_TILE, t - j0 + 1);
+    // With R a first pass sums D = rowsum(p * (dout.v)) over the rounded dout and v, as the CPU
+    // does (rowsum(dout * out) would carry the forward's rounding of p into ds = p * (dout.v - D),
+    // a difference of near numbers); D is written for the dk, dv kernel.
+    for (int pass = R ? 0 : 1; pass < 2; pass++) {
+        float Dsum = 0;
+        for (int j0 = 0; j0 < kend; j0 += FA_TILE) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < FA_TILE * HSX; i += blockDim.x) {
+                int jj = i / HSX, d = i % HSX, j = j0 + jj, ok = j < T && d < hs;
+                ks[jj][d] = ok ? fa_in<R>((float)FA_ROW(k, kv_rs, b, j, kvh)[d]) : 0.0f;
+                vs[jj][d] = ok ? fa_in<R>((float)FA_ROW(v, kv_rs, b, j, kvh)[d]) : 0.0f;
+            }
+            __syncthreads();
+            if (!live || j0 > t) continue;
+            int n = min(FA_TILE, t - j0 + 1);
 #pragma unroll 1
-        for (int jj = 0; jj < n; jj++) {
-            float qk = 0, dyv = 0;
+            for (int jj = 0; jj < n; jj++) {
+                float qk = 0, dyv = 0;
 #pragma unroll
-            for (int d = 0; d < HSX; d++) qk += qr[d] * ks[jj][d], dyv += dy[d] * vs[jj][d];
-            float ds = expf(qk * scale - L) * (dyv - Dt);
-            FA_RELOAD();
+                for (int d = 0; d < HSX; d++) qk += qr[d] * ks[jj][d], dyv += dy[d] * vs[jj][d];
+                float p = expf(qk * scale - L);
+                if (pass == 0) {
+                    Dsum += p * dyv;
+                    continue;
+                }
+                float ds = p * (dyv - Dt);
+                if (R) ds = bf16_rounded(ds * scale); // the CPU rounds the scaled ds (then no scale below)
+                FA_RELOAD();
 #pragma unroll
-            for (int d = 0; d < HSX; d++) acc[d] += ds * ks[jj][d];
+                for (int d = 0; d < HSX; d++) acc[d] += ds * ks[jj][d];
+            }
+        }
+        if (pass == 0) {
+            Dt = Dsum;
+            if (live) D[row] = Dt;
         }
     }
     if (!live) return;
     X *dqt = FA_ROW(dq, dq_rs, b, t, h);
 #pragma unroll
     for (int d = 0; d < HSX; d++) {
-        if (d < hs) dqt[d] = (X)(acc[d] * scale);
+        if (d < hs) dqt[d] = (X)(R ? acc[d] : acc[d] * scale);
     }
 }
 
 // One thread per key row j (blocks of FA_KROWS); its k row and dk in registers, its v row and
 // dv in shared memory (padded: the threads' rows fall in different banks), so that the
 // registers hold HSX = 64 without spilling.
-template <typename X, int HSX>
+template <typename X, int HSX, bool R>
 __global__ void flash_backward_dkv_kernel(X *dk, X *dv, const X *dout, const float *lse, const float *D, const X *q,
                                           const X *k, const X *v, int T, int NH, int NKV, int hs, long q_rs,
                                           long kv_rs, long o_rs, long dkv_rs, float scale) {
@@ -180,8 +210,8 @@ __global__ void flash_backward_dkv_kernel(X *dk, X *dv, const X *dout, const flo
     const X *kt = FA_ROW(k, kv_rs, b, jl, kvh), *vt = FA_ROW(v, kv_rs, b, jl, kvh);
 #pragma unroll
     for (int d = 0; d < HSX; d++) {
-        kr[d] = live && d < hs ? (float)kt[d] : 0.0f;
-        vr[d] = live && d < hs ? (float)vt[d] : 0.0f;
+        kr[d] = live && d < hs ? fa_in<R>((float)kt[d]) : 0.0f;
+        vr[d] = live && d < hs ? fa_in<R>((float)vt[d]) : 0.0f;
         dka[d] = dva[d] = 0;
     }
     int istart = blockIdx.x * FA_KROWS; // the block's first key: no query before it sees it
@@ -191,8 +221,8 @@ __global__ void flash_backward_dkv_kernel(X *dk, X *dv, const X *dout, const flo
             __syncthreads();
             for (int e = threadIdx.x; e < FA_TILE * HSX; e += blockDim.x) {
                 int ii = e / HSX, d = e % HSX, i = i0 + ii, ok = i < T && d < hs;
-                qs[ii][d] = ok ? (float)FA_ROW(q, q_rs, b, i, h)[d] : 0.0f;
-                dys[ii][d] = ok ? (float)FA_ROW(dout, o_rs, b, i, h)[d] : 0.0f;
+                qs[ii][d] = ok ? fa_in<R>((float)FA_ROW(q, q_rs, b, i, h)[d]) : 0.0f;
+                dys[ii][d] = ok ? fa_in<R>((float)FA_ROW(dout, o_rs, b, i, h)[d]) : 0.0f;
             }
             for (int ii = threadIdx.x; ii < FA_TILE; ii += blockDim.x) {
                 long row = ((long)b * NH + h) * T + i0 + ii;
@@ -208,6 +238,7 @@ __global__ void flash_backward_dkv_kernel(X *dk, X *dv, const X *dout, const flo
 #pragma unroll
                 for (int d = 0; d < HSX; d++) qk += qs[ii][d] * kr[d], dyv += dys[ii][d] * vr[d];
                 float p = expf(qk * scale - Ls[ii]), ds = p * (dyv - Ds[ii]);
+                if (R) p = bf16_rounded(p), ds = bf16_rounded(ds * scale);
                 FA_RELOAD();
 #pragma unroll
                 for (int d = 0; d < HSX; d++) dva[d] += p * dys[ii][d], dka[d] += ds * qs[ii][d];
@@ -218,49 +249,58 @@ __global__ void flash_backward_dkv_kernel(X *dk, X *dv, const X *dout, const flo
     X *dkt = FA_ROW(dk, dkv_rs, b, j, kvh), *dvt = FA_ROW(dv, dkv_rs, b, j, kvh);
 #pragma unroll
     for (int d = 0; d < HSX; d++) {
-        if (d < hs) dkt[d] = (X)(dka[d] * scale), dvt[d] = (X)dva[d];
+        if (d < hs) dkt[d] = (X)(R ? dka[d] : dka[d] * scale), dvt[d] = (X)dva[d];
     }
 }
 #undef FA_ROW
 
-// The launches, by the smallest HSX >= hs. Returns 0 when hs > FA_MAX_HS (the caller says so).
-template <typename X, int HSX>
+// The launches, by the smallest HSX >= hs and R = round. Returns 0 when hs > FA_MAX_HS (the
+// caller says so).
+template <typename X, int HSX, bool R>
 static void flash_forward_launch(X *out, float *lse, const X *q, const X *k, const X *v, int B, int T, int NH,
                                  int NKV, int hs, long q_rs, long kv_rs, long o_rs) {
     dim3 grid((T + FA_ROWS - 1) / FA_ROWS, NH, B);
-    flash_forward_kernel<X, HSX><<<grid, FA_ROWS>>>(out, lse, q, k, v, T, NH, NKV, hs, q_rs, kv_rs, o_rs,
-                                                   (float)(1.0 / sqrt((double)hs)));
+    flash_forward_kernel<X, HSX, R><<<grid, FA_ROWS>>>(out, lse, q, k, v, T, NH, NKV, hs, q_rs, kv_rs, o_rs,
+                                                      (float)(1.0 / sqrt((double)hs)));
 }
-template <typename X, int HSX>
+template <typename X, int HSX, bool R>
 static void flash_backward_launch(X *dq, X *dk, X *dv, float *D, const X *dout, const X *out, const float *lse,
                                   const X *q, const X *k, const X *v, int B, int T, int NH, int NKV, int hs,
                                   long q_rs, long kv_rs, long o_rs, long dq_rs, long dkv_rs) {
     float scale = (float)(1.0 / sqrt((double)hs));
     long rows = (long)B * NH * T;
-    flash_backward_rowdot_kernel<X><<<(int)((rows + 255) / 256), 256>>>(D, dout, out, B, T, NH, hs, o_rs);
-    flash_backward_dq_kernel<X, HSX><<<dim3((T + FA_ROWS - 1) / FA_ROWS, NH, B), FA_ROWS>>>(
+    if (!R) flash_backward_rowdot_kernel<X><<<(int)((rows + 255) / 256), 256>>>(D, dout, out, B, T, NH, hs, o_rs);
+    flash_backward_dq_kernel<X, HSX, R><<<dim3((T + FA_ROWS - 1) / FA_ROWS, NH, B), FA_ROWS>>>(
         dq, dout, lse, D, q, k, v, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dq_rs, scale);
-    flash_backward_dkv_kernel<X, HSX><<<dim3((T + FA_KROWS - 1) / FA_KROWS, NKV, B), FA_KROWS>>>(
+    flash_backward_dkv_kernel<X, HSX, R><<<dim3((T + FA_KROWS - 1) / FA_KROWS, NKV, B), FA_KROWS>>>(
         dk, dv, dout, lse, D, q, k, v, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dkv_rs, scale);
 }
 
 // Calls f with std::integral_constant<int, HSX> for the smallest HSX in 8, 16, 32, 64 that holds
 // hs; returns 0 (and calls nothing) when hs > FA_MAX_HS.
 template <typename F>
-static int flash_dispatch(int hs, F f) {
+static int flash_dispatch_hs(int hs, F f) {
     if (hs <= 8) return f(std::integral_constant<int, 8>()), 1;
     if (hs <= 16) return f(std::integral_constant<int, 16>()), 1;
     if (hs <= 32) return f(std::integral_constant<int, 32>()), 1;
     if (hs <= 64) return f(std::integral_constant<int, 64>()), 1;
     return 0;
 }
+// the same, f called with (HSX, std::integral_constant<bool, round>)
+template <typename F>
+static int flash_dispatch(int hs, bool round, F f) {
+    if (round) return flash_dispatch_hs(hs, [&](auto hsx) { f(hsx, std::integral_constant<bool, true>()); });
+    return flash_dispatch_hs(hs, [&](auto hsx) { f(hsx, std::integral_constant<bool, false>()); });
+}
 
-// out (rows o_rs apart) and lse (B,NH,T) from q, k, v. Returns 0 if hs > FA_MAX_HS.
+// out (rows o_rs apart) and lse (B,NH,T) from q, k, v; with round, bf16 product inputs.
+// Returns 0 if hs > FA_MAX_HS.
 template <typename X>
 static int flash_attention_forward(X *out, float *lse, const X *q, const X *k, const X *v, int B, int T, int NH,
-                                   int NKV, int hs, long q_rs, long kv_rs, long o_rs) {
-    return flash_dispatch(hs, [&](auto hsx) {
-        flash_forward_launch<X, decltype(hsx)::value>(out, lse, q, k, v, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs);
+                                   int NKV, int hs, long q_rs, long kv_rs, long o_rs, bool round = false) {
+    return flash_dispatch(hs, round, [&](auto hsx, auto r) {
+        flash_forward_launch<X, decltype(hsx)::value, decltype(r)::value>(out, lse, q, k, v, B, T, NH, NKV, hs, q_rs,
+                                                                          kv_rs, o_rs);
     });
 }
 
@@ -268,10 +308,11 @@ static int flash_attention_forward(X *out, float *lse, const X *q, const X *k, c
 template <typename X>
 static int flash_attention_backward(X *dq, X *dk, X *dv, float *D, const X *dout, const X *out, const float *lse,
                                     const X *q, const X *k, const X *v, int B, int T, int NH, int NKV, int hs,
-                                    long q_rs, long kv_rs, long o_rs, long dq_rs, long dkv_rs) {
-    return flash_dispatch(hs, [&](auto hsx) {
-        flash_backward_launch<X, decltype(hsx)::value>(dq, dk, dv, D, dout, out, lse, q, k, v, B, T, NH, NKV, hs, q_rs,
-                                                       kv_rs, o_rs, dq_rs, dkv_rs);
+                                    long q_rs, long kv_rs, long o_rs, long dq_rs, long dkv_rs, bool round = false) {
+    return flash_dispatch(hs, round, [&](auto hsx, auto r) {
+        flash_backward_launch<X, decltype(hsx)::value, decltype(r)::value>(dq, dk, dv, D, dout, out, lse, q, k, v, B,
+                                                                           T, NH, NKV, hs, q_rs, kv_rs, o_rs, dq_rs,
+                                                                           dkv_rs);
     });
 }
 

@@ -4,6 +4,7 @@
  * geometry, warp and block reductions, and gemm_batched(), the one row-major matmul over
  * cuBLAS that every linear layer and attention product goes through.
  * Include after utils.h, with floatX and CUBLAS_FLOATX defined (the activation type).
+ * With precision_bf16 set, gemm_batched's A and B are bf16 (common/bf16.h) and C is floatX.
  */
 #ifndef RESCALE_CUDA_COMMON_H
 #define RESCALE_CUDA_COMMON_H
@@ -12,6 +13,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include "bf16.h" // the bf16 type and its rounding, as train_llama.c rounds
 #include "utils.h"
 
 static void cuda_check_(cudaError_t err, const char *what, const char *src, int line) {
@@ -51,13 +53,35 @@ static inline int grid_for(long n) {
 
 #include "cuda_reduce.h" // warp_sum, block_sum, block_max, ...
 
+// --precision bf16 (train_llama.cu; docs/gpu.md, "bf16"): every matmul reads its two inputs as
+// bf16 (cuBLAS's CUDA_R_16BF, made by bf16_round: common/bf16.h) and writes fp32.
+static int precision_bf16 = 0; // set before gpu_setup: cublas_setup and gemm_batched read it
+
+// a kernel's store into a floatX buffer, or rounded into a bf16 one (kernels templated on either)
+__device__ inline void store_as(floatX *p, float x) { *p = (floatX)x; }
+__device__ inline void store_as(bf16 *p, float x) { *p = bf16_round(x); }
+
+// dst = bf16 copy of src (n values), for a matmul input no kernel of its own writes in bf16
+__global__ void to_bf16_kernel(bf16 *dst, const float *src, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        dst[i] = bf16_round(src[i]);
+    }
+}
+static void to_bf16(bf16 *dst, const float *src, long n) {
+    to_bf16_kernel<<<grid_for(n), BLOCK>>>(dst, src, n);
+    cuda_check_(cudaGetLastError(), "kernel launch", __FILE__, __LINE__);
+}
+
 static cublasHandle_t cublas_handle;
 static cublasComputeType_t cublas_compute = CUBLAS_COMPUTE_32F; // CUBLAS_COMPUTE_32F_FAST_TF32 with --tf32 1
 
+// fp32: pedantic (no tensor cores) or TF32; bf16: the default math mode, so that cuBLAS may
+// take the tensor cores, with fp32 sums (CUBLAS_COMPUTE_32F)
 static void cublas_setup(int tf32) {
     cublasCheck(cublasCreate(&cublas_handle));
     cublas_compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    cublasCheck(cublasSetMathMode(cublas_handle, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+    cublasMath_t math = tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH;
+    cublasCheck(cublasSetMathMode(cublas_handle, precision_bf16 ? CUBLAS_DEFAULT_MATH : math));
 }
 
 /*
@@ -79,10 +103,11 @@ static void gemm_batched(int transA, int transB, int M, int N, int K, const void
                          const void *B, int ldb, long strideB, void *C, int ldc, long strideC, int batch,
                          int accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cudaDataType in_type = precision_bf16 ? CUDA_R_16BF : CUBLAS_FLOATX; // A and B; C stays floatX
     cublasCheck(GEMM_STRIDED_BATCHED(cublas_handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                     transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUBLAS_FLOATX, ldb,
-                                     strideB, A, CUBLAS_FLOATX, lda, strideA, &beta, C, CUBLAS_FLOATX, ldc, strideC,
-                                     batch, cublas_compute, CUBLAS_GEMM_DEFAULT));
+                                     transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, in_type, ldb, strideB,
+                                     A, in_type, lda, strideA, &beta, C, CUBLAS_FLOATX, ldc, strideC, batch,
+                                     cublas_compute, CUBLAS_GEMM_DEFAULT));
 }
 
 #endif // RESCALE_CUDA_COMMON_H

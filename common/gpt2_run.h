@@ -129,7 +129,7 @@ static void gpt2_check_size(const char *path, long bytes, long num_params) {
 }
 
 // The flags (common/train.h's, with GPT-2's shape and E3's histogram; gpu: and
-// --tf32). Returns whether --seq-len was given; shape_given[i] for layers, dim,
+// --tf32, --attention, --precision). Returns whether --seq-len was given; shape_given[i] for layers, dim,
 // heads, vocab.
 static int settings_parse(Settings *s, int argc, char **argv, const char *usage, int gpu, int shape_given[4]) {
     Flag flags[MAX_FLAGS];
@@ -139,7 +139,7 @@ static int settings_parse(Settings *s, int argc, char **argv, const char *usage,
     n += hist_flags(s, flags + n);
     n += sample_flags(s, flags + n, "data/tokenizers/gpt2/gpt2_tokenizer.bin");
     n += parallel_flags(s, flags + n);
-    if (gpu) n += gpu_flags(s, flags + n);
+    if (gpu) n += gpu_flags(s, flags + n), n += gpt2_gpu_flags(s, flags + n);
     settings_parse_flags(s, flags, n, argc, argv, usage);
     if (s->dim % s->heads != 0) usage_error("--heads %d does not divide --dim %d", s->heads, s->dim);
     if (s->kv_heads != 0 && s->kv_heads != s->heads) {

@@ -155,7 +155,7 @@ static int llama_flags(Settings *s, Flag *f) {
         {"norm-eps", FLAG_FLOAT, &s->norm_eps, "1e-5", 1e-12, 1, NULL, "RMSNorm eps (fresh model)", 0},
         {"rope-theta", FLAG_FLOAT, &s->rope_theta, "10000", 1, 1e9, NULL, "RoPE base (fresh model)", 0},
         {"precision", FLAG_CHOICE, &s->precision, "fp32", 0, 0, "fp32|bf16",
-         "matmul inputs; bf16: rounded to bf16, fp32 sums, weights and state (the CPU only, yet)", 0},
+         "matmul inputs; bf16: rounded to bf16, fp32 sums, weights and state", 0},
         {"eval-only", FLAG_INT, &s->eval_only, "0", 0, 1, NULL,
          "1: the val loss of --init-from's model on --val-batches batches, then exit (the CPU only, yet)", 0},
         {"quant", FLAG_CHOICE, &s->quant, "none", 0, 0, QUANT_CHOICES,
@@ -243,6 +243,16 @@ static int gpu_flags(Settings *s, Flag *f) {
          "around a T x T softmax", 0},
         {"recompute", FLAG_INT, &s->recompute, "0", 0, 1, NULL,
          "1: keep one layer of the norm and MLP activations, redone in the backward (less memory, same bits)", 0},
+    };
+    memcpy(f, t, sizeof(t));
+    return (int)(sizeof(t) / sizeof(t[0]));
+}
+
+// --precision for train_gpt2.cu, whose CPU twin has fp32 only (train_llama's is in llama_flags)
+static int gpt2_gpu_flags(Settings *s, Flag *f) {
+    Flag t[] = {
+        {"precision", FLAG_CHOICE, &s->precision, "fp32", 0, 0, "fp32|bf16",
+         "matmul inputs; bf16: rounded to bf16, fp32 sums, weights and state (the GPU program only)", 0},
     };
     memcpy(f, t, sizeof(t));
     return (int)(sizeof(t) / sizeof(t[0]));

@@ -10,12 +10,13 @@
 #
 #   1. build: every GPU program, test and workbench (make -j)
 #   2. the LLaMA GPU tests: fixtures against PyTorch, GPU vs CPU, checkpoint round trips,
-#      compute-sanitizer memcheck/racecheck/synccheck, tokens/s (test/test_llama_gpu.sh)
+#      compute-sanitizer memcheck/racecheck/synccheck, tokens/s (test/test_llama_gpu.sh), and
+#      --precision bf16 of both trainers (test/test_gpu_bf16.sh)
 #   3. the GPT-2 GPU tests, with compute-sanitizer memcheck (test/test_gpt2_gpu.sh)
 #   4. the dev/cuda kernel workbenches: correctness of each version, and their timings
 #   5. benchmarks: ms/step, tokens/s and MFU of the LLaMA sizes (tiny, mid) and GPT-2 124M,
-#      fp32 and TF32; and when LLMC_DIR names a checkout of karpathy/llm.c, its train_gpt2cu on
-#      the same shards and shapes in the same run, and the ratio
+#      fp32, TF32 and --precision bf16; and when LLMC_DIR names a checkout of
+#      karpathy/llm.c, its train_gpt2cu on the same shards and shapes in the same run, and the ratio
 #
 # GPU_CHECK_EMULATE=1: the same steps with the CUDA programs built for the CPU (test/emu/), small
 # shapes, no compute-sanitizer and no llm.c: the script's own end-to-end test, which .ci/run
@@ -102,9 +103,12 @@ fi
 # 2-3. the GPU test scripts (their own reports come back; their checkpoints stay in $W)
 if [ "$EMU" = 1 ]; then
     step llama_tests 600 env GPU_EMULATED=1 GPU_SKIP_LARGE=1 GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
+    step llama_bf16 300 env GPU_EMULATED=1 GPU_REPORT_DIR=$W/bf16 bash test/test_gpu_bf16.sh
     step gpt2_tests 300 env GPU_EMULATED=1 GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
 else
     step llama_tests 420 env GPU_REPORT_DIR=$W/llama bash test/test_llama_gpu.sh
+    # --precision bf16 against train_llama's bf16 and against fp32 (docs/gpu.md, "bf16")
+    step llama_bf16 120 env GPU_REPORT_DIR=$W/bf16 bash test/test_gpu_bf16.sh
     step gpt2_tests 240 env GPU_REPORT_DIR=$W/gpt2 bash test/test_gpt2_gpu.sh
     # data parallelism on real GPUs over NCCL (docs/parallel.md): 2 ranks, one GPU each
     if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] && [ -x train_llama_cu_mpi ] && command -v mpirun >/dev/null; then
@@ -173,9 +177,10 @@ benchmarks() {
         if [ $size = tiny ]; then flags=(--layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --batch 8 --seq-len 128)
         else flags=(--layers 8 --dim 512 --heads 8 --kv-heads 4 --ffn 1408 --batch 8 --seq-len 256); fi
         [ "$EMU" = 1 ] && flags=(--layers 2 --dim 64 --heads 4 --kv-heads 2 --ffn 176 --batch 2 --seq-len 64)
-        for prec in fp32 tf32; do
+        for prec in fp32 tf32 bf16; do # bf16: --precision bf16 (cuBLAS on bf16 inputs), TF32 off
             "$LLAMA_GPU" --train 'data/tinyshakespeare/llama2_train_*.bin' --val '' --vocab 32000 --steps $steps \
                 --warmup 40 --init lir --init-std 0.006 "${flags[@]}" --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) \
+                --precision $([ $prec = bf16 ] && echo bf16 || echo fp32) \
                 --out "$W/bench_llama_${size}_$prec" > "$W/bench_llama_${size}_$prec.log" 2>&1 || return 1
             read -r ms tok n < <(run_speed "$W/bench_llama_${size}_$prec" $skip) || return 1
             fpt=$(python3 -c "
@@ -195,9 +200,10 @@ import sys
 L, C, T = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]); V = 50304
 N = L * 12 * C * C + V * C + T * C
 print(6 * N + 12 * L * C * T)" "${g[1]}" "${g[3]}" "${g[9]}")
-    for prec in fp32 tf32; do
+    for prec in fp32 tf32 bf16; do
         "$GPT2_GPU" --train 'data/tinyshakespeare/gpt2_train_*.bin' --val '' --steps $gpt_steps --warmup 10 "${g[@]}" \
-            --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) --out "$W/bench_gpt2_$prec" > "$W/bench_gpt2_$prec.log" 2>&1 || return 1
+            --tf32 $([ $prec = tf32 ] && echo 1 || echo 0) --precision $([ $prec = bf16 ] && echo bf16 || echo fp32) \
+            --out "$W/bench_gpt2_$prec" > "$W/bench_gpt2_$prec.log" 2>&1 || return 1
         read -r ms tok n < <(run_speed "$W/bench_gpt2_$prec" $skip) || return 1
         bench_row "$(basename "$GPT2_GPU")" gpt2_124M $prec "${g[11]}" "${g[9]}" "$ms" "$tok" "$gfpt" "$note${note:+ }$( [ "$EMU" = 1 ] && echo '2 x 64 shape')"
     done
@@ -233,7 +239,7 @@ for r in rows:
           r['seq_len'], r['ms_per_step'], r['tokens_per_s'], r['tflops'], r['mfu_percent'], r['note']))
 ours = {(r['model'], r['precision']): r for r in rows if r['program'] in ('train_gpt2_cu', 'train_gpt2_emu')}
 for r in rows:
-    o = ours.get((r['model'], 'fp32' if r['precision'] == 'fp32' else 'tf32'))
+    o = ours.get((r['model'], r['precision'])) or ours.get((r['model'], 'tf32')) # llm.c's bf16: ours, else TF32
     if r['program'].startswith('llm.c') and o:
         print('\nGPT-2 124M: train_gpt2_cu %s / llm.c %s tokens/s = %.2f'
               % (o['precision'], r['precision'], float(o['tokens_per_s']) / float(r['tokens_per_s'])))

@@ -3,7 +3,7 @@
 # the emulation exists to catch into a scratch copy of the project, builds the emulated test
 # programs there, and runs them: the mutant must be caught (some check must fail). The
 # unchanged tree must pass the same checks first, or a "caught" would mean nothing.
-# `make test-mutants` runs it; .ci/run runs it on every landing. About 2 minutes on 2 cores.
+# `make test-mutants` runs it; .ci/run runs it on every landing. About 3 minutes on 2 cores.
 #
 #   classifier_barrier  the __syncthreads in train_llama.cu's fused classifier deleted
 #   reduce_barrier      the first __syncthreads of block_sum_d (common/cuda_reduce.h) deleted:
@@ -12,6 +12,8 @@
 #                       stops one key short of the diagonal
 #   flash_dkv_diagonal  the flash backward's dk, dv kernel skips the diagonal query
 #   gemm_transpose      gemm_batched()'s cuBLAS transpose flag for B flipped (common/cuda_common.h)
+#   flash_bf16_dout     --precision bf16: the flash dq kernel reads dout unrounded (caught by the
+#                       attention workbench's version 4, flash with bf16 inputs)
 set -u
 cd "$(dirname "$0")/.."
 if ! command -v ${NVCC:-nvcc} >/dev/null 2>&1; then
@@ -23,7 +25,7 @@ rm -rf "$W"
 mkdir -p "$W"
 FIX=test/fixtures/llama
 FIXTURES="$FIX/gqa_lir_tvr $FIX/mha_clip_constant $FIX/mqa_residual_tvrdepth"
-BINS="build/emu/test_emu build/emu/test_llama_gpu"
+BINS="build/emu/test_emu build/emu/test_llama_gpu build/emu/dev/cuda/attention"
 
 # why LOG: the line that says what failed (a failed check, else the emulator's stop, else the last)
 why() {
@@ -41,6 +43,8 @@ checks() {
     done
     (cd "$dir" && build/emu/test_llama_gpu $FIXTURES) > "$dir/fixtures.log" 2>&1 ||
         { echo "    caught by the fixture test: $(why "$dir/fixtures.log")"; bad=1; }
+    (cd "$dir" && build/emu/dev/cuda/attention 4) > "$dir/attention_bf16.log" 2>&1 ||
+        { echo "    caught by dev/cuda/attention 4 (flash, bf16): $(why "$dir/attention_bf16.log")"; bad=1; }
     return $bad
 }
 
@@ -82,7 +86,8 @@ mutant() { # NAME FILE OLD NEW
     # the control's build products are reused, less the two test programs and the rewritten
     # sources, so that the mutant is compiled whatever the copies' timestamps say
     cp -r "$W/control/build" "$W/$1/" 2>/dev/null
-    rm -rf "$W/$1/build/emu/src" "$W/$1/build/emu/test_emu" "$W/$1/build/emu/test_llama_gpu"
+    rm -rf "$W/$1/build/emu/src" "$W/$1/build/emu/test_emu" "$W/$1/build/emu/test_llama_gpu" \
+        "$W/$1/build/emu/dev/cuda/attention"
     if ! make -s -C "$W/$1" $BINS > "$W/$1/build.log" 2>&1; then
         echo "  ok   caught: it no longer builds"
         passed=$((passed + 1))
@@ -110,6 +115,9 @@ mutant flash_dkv_diagonal common/cuda_attention.h \
 mutant gemm_transpose common/cuda_common.h \
     'transB ? CUBLAS_OP_T : CUBLAS_OP_N,' \
     'transB ? CUBLAS_OP_N : CUBLAS_OP_T,'
+mutant flash_bf16_dout common/cuda_attention.h \
+    'dy[d] = live && d < hs ? fa_in<R>((float)dyt[d]) : 0.0f;' \
+    'dy[d] = live && d < hs ? (float)dyt[d] : 0.0f;'
 
 echo "mutants: $passed passed, $failed failed (passed = caught)"
 [ "$failed" -eq 0 ]

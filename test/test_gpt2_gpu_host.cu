@@ -38,7 +38,7 @@ static void check_linear(int N, int Cin, int Cout, int Wrows, Rng *rng) {
     float *out = (float *)calloc_check((long)N * Cout, sizeof(float)), *din = random_floats((long)N * Cin, rng);
     float *want = (float *)calloc_check((long)N * Cin + (long)Wrows * Cin + (long)N * Cout, sizeof(float));
     char what[128];
-    matmul_forward(out, in, W, N, Cin, Cout);
+    matmul_forward(out, in, NULL, W, NULL, N, Cin, Cout);
     for (int n = 0; n < N; n++) {
         for (int o = 0; o < Cout; o++) {
             double s = 0;
@@ -48,7 +48,7 @@ static void check_linear(int N, int Cin, int Cout, int Wrows, Rng *rng) {
     }
     snprintf(what, sizeof(what), "matmul_forward %dx%d.(%dx%d)^T", N, Cin, Cout, Cin);
     check(what, out, want, (long)N * Cout);
-    matmul_backward(din, dW, dout, in, W, N, Cin, Cout, 0);
+    matmul_backward(din, dW, dout, NULL, in, NULL, W, NULL, N, Cin, Cout, 0);
     for (int o = 0; o < Wrows; o++) {
         for (int i = 0; i < Cin; i++) {
             double s = dW0[o * Cin + i];

@@ -19,6 +19,10 @@
 #     train_gpt2.cu's fused classifier against its two kernels (RESCALE_FUSED_CLASSIFIER=0)
 #  7. --recompute 1 against --recompute 0 (both trainers, flash attention): the same model.bin,
 #     state.bin and logs, bit for bit, with a smaller memory estimate; --recompute 2 refused
+#  8. --precision bf16 (test/test_gpu_bf16.sh): train_llama.cu against train_llama's bf16 (the
+#     ref kernel) with both attentions, against its own fp32; train_gpt2.cu's flash against its
+#     matmul path and against fp32; bitwise under a shuffled schedule; the attention
+#     workbench's version 4 (flash with bf16 inputs) runs in part 6
 # The dev/cuda workbenches run emulated in `GPU_CHECK_EMULATE=1 make gpu-check` (.ci/run).
 # Reports: out/emu/. Skips (exit 0) where nvcc's headers are missing (no CUDA toolkit).
 set -u
@@ -127,7 +131,7 @@ step "ASan: train_gpt2_emu, 3 steps + resume (TVR, stats, histograms, validation
     --hist-layer 1
 
 echo "6. the newer kernels: flash attention against --attention matmul, GPT-2's fused classifier"
-step "dev/cuda/attention: versions 2 (matmul) and 3 (flash) against the CPU loops (GQA, T 200, hs 64)" \
+step "dev/cuda/attention: versions 2 (matmul), 3 (flash), 4 (flash, bf16) against the CPU loops (GQA, T 200, hs 64)" \
     build/emu/dev/cuda/attention
 attn_pair() { # NAME PROGRAM MODEL DATA EXTRA...: 4 steps each way; the losses and grad norms agree to 1e-6,
     # and the memory estimates differ (the flag did switch the path: flash keeps no T x T matrix)
@@ -204,6 +208,10 @@ bad_recompute() { # PROGRAM: --recompute 2 is a usage error (exit 2) that names 
     [ $? = 2 ] && grep -q -- '--recompute must be in \[0, 1\], got 2' "$R/bad_recompute.log"
 }
 step "--recompute 2 is a clear error (both trainers)" eval 'bad_recompute ./train_llama_emu && bad_recompute ./train_gpt2_emu'
+
+echo "8. --precision bf16"
+step "--precision bf16: train_llama_emu against train_llama's bf16 and fp32, train_gpt2_emu against fp32" \
+    env GPU_EMULATED=1 GPU_REPORT_DIR=$R/bf16 bash test/test_gpu_bf16.sh
 
 echo
 [ -n "$failures" ] && echo "failed:$failures"

@@ -32,7 +32,7 @@ static void check_linear(Rng *rng) {
     float *dout = random_floats((long)N * Cout, rng), *dW = random_floats((long)Cout * Cin, rng);
     float *din = random_floats((long)N * Cin, rng);
     float *out = (float *)calloc_check(N * Cout, sizeof(float)), *want = (float *)calloc_check(N * Cin + Cout * Cin, sizeof(float));
-    matmul_forward(out, in, W, N, Cin, Cout);
+    matmul_forward(out, in, NULL, W, NULL, N, Cin, Cout);
     for (int n = 0; n < N; n++) {
         for (int o = 0; o < Cout; o++) {
             double s = 0;
@@ -45,7 +45,7 @@ static void check_linear(Rng *rng) {
         float *dW1 = (float *)malloc_check(sizeof(float) * Cout * Cin), *din1 = (float *)malloc_check(sizeof(float) * N * Cin);
         memcpy(dW1, dW, sizeof(float) * Cout * Cin);
         memcpy(din1, din, sizeof(float) * N * Cin);
-        matmul_backward(din1, dW1, dout, in, W, N, Cin, Cout, acc);
+        matmul_backward(din1, dW1, dout, NULL, in, NULL, W, NULL, N, Cin, Cout, acc);
         for (int o = 0; o < Cout; o++) {
             for (int i = 0; i < Cin; i++) {
                 double s = dW[o * Cin + i];

@@ -63,6 +63,12 @@ for m in llama gpt2; do
     $MPI -np 3 $P $RUN --batch 2 --steps 4 --out $D/$m.n3 > $D/$m.n3.log 2>&1 ||
       bad "$m 3 ranks failed: $(tail -2 $D/$m.n3.log)"
     same $D/$m.k3 $D/$m.n3 "$m: 3 ranks x batch 2 = 1 rank x --grad-accum 3 x batch 2 (4 steps)"
+    # --precision bf16: each rank's bf16 weights are made after ZeRO-1's all-gather
+    $ONE $P $RUN --batch 4 --grad-accum 2 --steps 4 --precision bf16 --out $D/$m.k2b > $D/$m.k2b.log 2>&1 ||
+      bad "$m bf16 --grad-accum 2 failed: $(tail -2 $D/$m.k2b.log)"
+    $MPI -np 2 $P $RUN --batch 4 --steps 4 --precision bf16 --out $D/$m.n2b > $D/$m.n2b.log 2>&1 ||
+      bad "$m bf16 2 ranks failed: $(tail -2 $D/$m.n2b.log)"
+    same $D/$m.k2b $D/$m.n2b "$m --precision bf16: 2 ranks x batch 4 = 1 rank x --grad-accum 2 x batch 4"
   fi
   awk -F, 'NR > 1 && $4 > 0.5 { n++ } END { exit !(n > 0) }' $D/$m.n2/train.csv && ok "$m: clipping was active (norm > 0.5)" ||
     bad "$m: the gradient norm never exceeded --grad-clip 0.5"

@@ -8,7 +8,9 @@
  *   4. atomics across blocks that run at once
  *   5. launch limits: a launch over them fails with cudaErrorInvalidConfiguration and runs nothing
  *   6. train_llama.cu's classifier: the fused kernel (the one with a real __syncthreads)
- *      against the two-kernel path and the host formula
+ *      against the two-kernel path and the host formula; --precision bf16's pieces: bf16_round
+ *      on the device against train_llama.c's hand-computed cases (test/test_llama.c), and
+ *      gemm_batched() on bf16 inputs (cuBLAS's CUDA_R_16BF) in all four transposes
  *   7. MFU's peaks (common/cuda_train.h) against NVIDIA's data-sheet figures; the emulated
  *      device's attributes give its own peak
  *   8. (emulator only) what a GPU would not say: each of these must stop the program with its
@@ -357,6 +359,64 @@ static void test_deaths(void) {
 }
 #endif
 
+// --precision bf16: common/bf16.h's rounding on the device, bit for bit, and the bf16 matmul
+static void test_bf16(void) {
+    const uint32_t in[] = {0x3f800000, 0x3f808000, 0x3f818000, 0x3f808001, 0x3f807fff, 0xc0200000,
+                           0x7f7fffff, 0xff800000, 0x00000001, 0x7fc00001, 0x7f800001};
+    const uint16_t want[] = {0x3f80, 0x3f80, 0x3f82, 0x3f81, 0x3f80, 0xc020, 0x7f80, 0xff80, 0x0000, 0x7fc0, 0x7fc0};
+    const int nc = (int)(sizeof(in) / sizeof(in[0]));
+    float *d_in = (float *)cuda_calloc(nc, sizeof(float));
+    bf16 *d_out = (bf16 *)cuda_calloc(nc, sizeof(bf16)), got[16];
+    cudaCheck(cudaMemcpy(d_in, in, sizeof(in), cudaMemcpyHostToDevice));
+    to_bf16(d_out, d_in, nc);
+    cudaCheck(cudaMemcpy(got, d_out, sizeof(bf16) * nc, cudaMemcpyDeviceToHost));
+    int wrong = 0;
+    for (int i = 0; i < nc; i++) wrong += got[i].bits != want[i];
+    expect(wrong == 0, "bf16_round on the device: 11 cases (ties to even, inf, NaN, subnormal)");
+    // C (M,N) = op(A) . op(B) on bf16 inputs, against the host's double sums of the same values
+    const int M = 5, N = 7, K = 33;
+    Rng rng;
+    rng_seed(&rng, 5);
+    float h[2 * K * 8], c[M * N];
+    for (int i = 0; i < 2 * K * 8; i++) h[i] = (float)(2 * rng_uniform(&rng) - 1);
+    float *d_f = (float *)cuda_calloc(2 * K * 8, sizeof(float)), *d_c = (float *)cuda_calloc(M * N, sizeof(float));
+    bf16 *d_h = (bf16 *)cuda_calloc(2 * K * 8, sizeof(bf16));
+    cudaCheck(cudaMemcpy(d_f, h, sizeof(h), cudaMemcpyHostToDevice));
+    to_bf16(d_h, d_f, 2 * K * 8);
+    const float *ha = h, *hb = h + K * 8;
+    double worst = 0;
+    precision_bf16 = 1;
+    if (!cublas_handle) cublas_setup(0);
+    for (int ta = 0; ta < 2; ta++) {
+        for (int tb = 0; tb < 2; tb++) {
+            int lda = ta ? M : K, ldb = tb ? K : N; // A (M,K) or stored (K,M); B (K,N) or stored (N,K)
+            gemm_batched(ta, tb, M, N, K, d_h, lda, 0, d_h + K * 8, ldb, 0, d_c, N, 0, 1, 0);
+            cudaCheck(cudaMemcpy(c, d_c, sizeof(c), cudaMemcpyDeviceToHost));
+            for (int i = 0; i < M; i++) {
+                for (int j = 0; j < N; j++) {
+                    double sum = 0, mag = 0;
+                    for (int k = 0; k < K; k++) {
+                        double p = (double)bf16_rounded(ta ? ha[k * M + i] : ha[i * K + k]) *
+                                   bf16_rounded(tb ? hb[j * K + k] : hb[k * N + j]);
+                        sum += p, mag += fabs(p);
+                    }
+                    worst = fmax(worst, fabs(c[i * N + j] - sum) / mag);
+                }
+            }
+        }
+    }
+    precision_bf16 = 0;
+    // the products of bf16 values are exact: only the sum rounds. Emulated (double sums, one
+    // rounding) ~6e-8 of sum |a b|; a GPU's fp32 sums in any order stay within gamma_K = K u /
+    // (1 - K u), u = 2^-24; the tolerance is twice that. Unrounded inputs are ~1e-4 off.
+    double gamma = K * 0x1p-24 / (1 - K * 0x1p-24);
+    printf("  bf16 gemm: worst |C - host double| / sum |a b| = %.2e (tolerance 2 gamma_K = %.1e)\n", worst,
+           2 * gamma);
+    expect(worst < 2 * gamma, "gemm_batched on bf16 inputs (CUDA_R_16BF), 4 transposes, against the host");
+    cudaCheck(cudaFree(d_in)), cudaCheck(cudaFree(d_out)), cudaCheck(cudaFree(d_f)), cudaCheck(cudaFree(d_c));
+    cudaCheck(cudaFree(d_h));
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "race")) {
         int wrong = run_reverse(1);
@@ -373,6 +433,7 @@ int main(int argc, char **argv) {
     test_atomics();
     test_limits();
     test_classifier();
+    test_bf16();
     test_peaks();
 #if defined(CUDA_EMU) && !defined(EMU_TSAN)
     test_deaths();
