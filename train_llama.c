@@ -76,6 +76,136 @@ static inline void axpy(real *restrict y, real alpha, const real *restrict x, in
 }
 
 /*
+ * The reductions of the layers work in sixteen lanes, lane u taking elements u, u+16, u+32, ...
+ * (a fixed order, whatever the thread count). gcc keeps such lanes as sixteen scalars where
+ * they are inlined: a maxss per logit in the classifier's row maximum, a cvtss2sd and an
+ * addsd per element in its double sum of exps (2.5x the cost of the exps themselves). With
+ * AVX-512 the lanes live in zmm registers instead; the lanes and their order are the same,
+ * so are the results.
+ */
+#if !defined(REAL_DOUBLE) && defined(__AVX512F__)
+#define LANES_ZMM 1
+// lanes 0-7 and 8-15 of 16 floats as doubles
+static inline __m512d widen_lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+static inline __m512d widen_hi(__m512 v) {
+    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+#endif
+
+// max of a row, over 16 independent lanes: without -ffast-math a compiler may not
+// reorder a floating-point reduction, so a plain loop runs one compare at a time;
+// sixteen explicit lanes are one AVX-512 register, combined in a fixed order
+static real row_max(const real *x, int n) {
+    real mx[16];
+    int j = 0;
+#ifdef LANES_ZMM // vmaxps(x, m) is x > m ? x : m per lane, the plain loop's rule
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(_mm512_loadu_ps(x + j), mv);
+    _mm512_storeu_ps(mx, mv);
+#else
+    for (int u = 0; u < 16; u++) mx[u] = -INFINITY;
+    for (; j + 16 <= n; j += 16) {
+        for (int u = 0; u < 16; u++) mx[u] = x[j + u] > mx[u] ? x[j + u] : mx[u];
+    }
+#endif
+    real m = -INFINITY;
+    for (int u = 0; u < 16; u++) m = mx[u] > m ? mx[u] : m;
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+// sum of exp(x - shift) in double, over 16 lanes. The exps are computed into
+// a block first: a loop that mixes the float exp with the double sum is one
+// gcc will not vectorise; this one it does.
+static double row_sum_exp(const real *x, int n, real shift) {
+    double sm[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        real e[16];
+        for (int u = 0; u < 16; u++) e[u] = rexp(x[j + u] - shift);
+        for (int u = 0; u < 16; u++) sm[u] += e[u];
+    }
+    double sum = 0;
+    for (int u = 0; u < 16; u++) sum += sm[u];
+    for (; j < n; j++) sum += rexp(x[j] - shift);
+    return sum;
+}
+
+// x[i] = exp(x[i] - shift) in place; returns their sum in double, over 16 lanes
+static double exp_in_place_sum(real *x, int n, real shift) {
+    double sm[16] = {0};
+    int j = 0;
+#ifdef LANES_ZMM
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    for (; j + 16 <= n; j += 16) {
+        for (int u = 0; u < 16; u++) x[j + u] = rexp(x[j + u] - shift);
+        __m512 e = _mm512_loadu_ps(x + j);
+        lo = _mm512_add_pd(lo, widen_lo(e));
+        hi = _mm512_add_pd(hi, widen_hi(e));
+    }
+    _mm512_storeu_pd(sm, lo);
+    _mm512_storeu_pd(sm + 8, hi);
+#else
+    for (; j + 16 <= n; j += 16) {
+        for (int u = 0; u < 16; u++) x[j + u] = rexp(x[j + u] - shift);
+        for (int u = 0; u < 16; u++) sm[u] += x[j + u];
+    }
+#endif
+    double sum = 0;
+    for (int u = 0; u < 16; u++) sum += sm[u];
+    for (; j < n; j++) sum += x[j] = rexp(x[j] - shift);
+    return sum;
+}
+
+// sum of x[i] * y[i] in double, over 16 lanes
+static double dot_lanes(const real *x, const real *y, int n) {
+    double sm[16] = {0};
+    int j = 0;
+#ifdef LANES_ZMM
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    for (; j + 16 <= n; j += 16) {
+        __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(y + j);
+        lo = _mm512_fmadd_pd(widen_lo(a), widen_lo(b), lo);
+        hi = _mm512_fmadd_pd(widen_hi(a), widen_hi(b), hi);
+    }
+    _mm512_storeu_pd(sm, lo);
+    _mm512_storeu_pd(sm + 8, hi);
+#else
+    for (; j + 16 <= n; j += 16) {
+        for (int u = 0; u < 16; u++) sm[u] += (double)x[j + u] * y[j + u];
+    }
+#endif
+    double sum = 0;
+    for (int u = 0; u < 16; u++) sum += sm[u];
+    for (; j < n; j++) sum += (double)x[j] * y[j];
+    return sum;
+}
+
+// sum of x[i] * y[i] * z[i] in double (the product taken in double), over 16 lanes
+static double dot3_lanes(const real *x, const real *y, const real *z, int n) {
+    double sm[16] = {0};
+    int j = 0;
+#ifdef LANES_ZMM
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    for (; j + 16 <= n; j += 16) {
+        __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(y + j), c = _mm512_loadu_ps(z + j);
+        lo = _mm512_fmadd_pd(_mm512_mul_pd(widen_lo(a), widen_lo(b)), widen_lo(c), lo);
+        hi = _mm512_fmadd_pd(_mm512_mul_pd(widen_hi(a), widen_hi(b)), widen_hi(c), hi);
+    }
+    _mm512_storeu_pd(sm, lo);
+    _mm512_storeu_pd(sm + 8, hi);
+#else
+    for (; j + 16 <= n; j += 16) {
+        for (int u = 0; u < 16; u++) sm[u] += (double)x[j + u] * y[j + u] * z[j + u];
+    }
+#endif
+    double sum = 0;
+    for (int u = 0; u < 16; u++) sum += sm[u];
+    for (; j < n; j++) sum += (double)x[j] * y[j] * z[j];
+    return sum;
+}
+
+/*
  * gemm: C[m][n] = (C[m][n] if accumulate) + sum_k A(m,k) * B(k,n)
  * with A(m,k) = A[m*a_rs + k*a_cs] and B(k,n) = B[k*b_rs + n*b_cs], so one
  * routine serves out = in.W^T, dIn = dOut.W and dW = dOut^T.in by strides.
@@ -506,8 +636,7 @@ static void rmsnorm_forward(real *out, real *rstd, const real *inp, const real *
 #pragma omp parallel for
     for (int i = 0; i < N; i++) {
         const real *x = inp + (long)i * C;
-        double ss = 0;
-        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        double ss = dot_lanes(x, x, C);
         real r = (real)(1.0 / sqrt(ss / C + eps));
         real *o = out + (long)i * C;
         for (int c = 0; c < C; c++) o[c] = x[c] * r * gain[c];
@@ -524,8 +653,7 @@ static void rmsnorm_backward(real *dinp, real *dgain, const real *dout, const re
         const real *x = inp + (long)i * C;
         const real *dy = dout + (long)i * C;
         real r = rstd[i];
-        double s = 0;
-        for (int c = 0; c < C; c++) s += (double)gain[c] * dy[c] * x[c];
+        double s = dot3_lanes(gain, dy, x, C);
         real k = (real)(s * r * r * r / C);
         real *dx = dinp + (long)i * C;
         for (int c = 0; c < C; c++) dx[c] += r * gain[c] * dy[c] - k * x[c];
@@ -580,112 +708,6 @@ static void rope_backward(real *dx, const real *cos_t, const real *sin_t, int B,
  *   S = Q.K^T (T x T; the tiles above the diagonal are not computed), P = softmax,
  *   O = P.V  (each strip of rows sums only up to its diagonal: gemm_causal).
  */
-/*
- * The reductions below work in sixteen lanes, lane u taking elements u, u+16, u+32, ...
- * (a fixed order, whatever the thread count). gcc keeps such lanes as sixteen scalars where
- * they are inlined: a maxss per logit in the classifier's row maximum, a cvtss2sd and an
- * addsd per element in its double sum of exps (2.5x the cost of the exps themselves). With
- * AVX-512 the lanes live in zmm registers instead; the lanes and their order are the same,
- * so are the results.
- */
-#if !defined(REAL_DOUBLE) && defined(__AVX512F__)
-#define LANES_ZMM 1
-// lanes 0-7 and 8-15 of 16 floats as doubles
-static inline __m512d widen_lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
-static inline __m512d widen_hi(__m512 v) {
-    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-#endif
-
-// max of a row, over 16 independent lanes: without -ffast-math a compiler may not
-// reorder a floating-point reduction, so a plain loop runs one compare at a time;
-// sixteen explicit lanes are one AVX-512 register, combined in a fixed order
-static real row_max(const real *x, int n) {
-    real mx[16];
-    int j = 0;
-#ifdef LANES_ZMM // vmaxps(x, m) is x > m ? x : m per lane, the plain loop's rule
-    __m512 mv = _mm512_set1_ps(-INFINITY);
-    for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(_mm512_loadu_ps(x + j), mv);
-    _mm512_storeu_ps(mx, mv);
-#else
-    for (int u = 0; u < 16; u++) mx[u] = -INFINITY;
-    for (; j + 16 <= n; j += 16) {
-        for (int u = 0; u < 16; u++) mx[u] = x[j + u] > mx[u] ? x[j + u] : mx[u];
-    }
-#endif
-    real m = -INFINITY;
-    for (int u = 0; u < 16; u++) m = mx[u] > m ? mx[u] : m;
-    for (; j < n; j++) m = x[j] > m ? x[j] : m;
-    return m;
-}
-
-// sum of exp(x - shift) in double, over 16 lanes. The exps are computed into
-// a block first: a loop that mixes the float exp with the double sum is one
-// gcc will not vectorise; this one it does.
-static double row_sum_exp(const real *x, int n, real shift) {
-    double sm[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        real e[16];
-        for (int u = 0; u < 16; u++) e[u] = rexp(x[j + u] - shift);
-        for (int u = 0; u < 16; u++) sm[u] += e[u];
-    }
-    double sum = 0;
-    for (int u = 0; u < 16; u++) sum += sm[u];
-    for (; j < n; j++) sum += rexp(x[j] - shift);
-    return sum;
-}
-
-// x[i] = exp(x[i] - shift) in place; returns their sum in double, over 16 lanes
-static double exp_in_place_sum(real *x, int n, real shift) {
-    double sm[16] = {0};
-    int j = 0;
-#ifdef LANES_ZMM
-    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
-    for (; j + 16 <= n; j += 16) {
-        for (int u = 0; u < 16; u++) x[j + u] = rexp(x[j + u] - shift);
-        __m512 e = _mm512_loadu_ps(x + j);
-        lo = _mm512_add_pd(lo, widen_lo(e));
-        hi = _mm512_add_pd(hi, widen_hi(e));
-    }
-    _mm512_storeu_pd(sm, lo);
-    _mm512_storeu_pd(sm + 8, hi);
-#else
-    for (; j + 16 <= n; j += 16) {
-        for (int u = 0; u < 16; u++) x[j + u] = rexp(x[j + u] - shift);
-        for (int u = 0; u < 16; u++) sm[u] += x[j + u];
-    }
-#endif
-    double sum = 0;
-    for (int u = 0; u < 16; u++) sum += sm[u];
-    for (; j < n; j++) sum += x[j] = rexp(x[j] - shift);
-    return sum;
-}
-
-// sum of x[i] * y[i] in double, over 16 lanes
-static double dot_lanes(const real *x, const real *y, int n) {
-    double sm[16] = {0};
-    int j = 0;
-#ifdef LANES_ZMM
-    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
-    for (; j + 16 <= n; j += 16) {
-        __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(y + j);
-        lo = _mm512_fmadd_pd(widen_lo(a), widen_lo(b), lo);
-        hi = _mm512_fmadd_pd(widen_hi(a), widen_hi(b), hi);
-    }
-    _mm512_storeu_pd(sm, lo);
-    _mm512_storeu_pd(sm + 8, hi);
-#else
-    for (; j + 16 <= n; j += 16) {
-        for (int u = 0; u < 16; u++) sm[u] += (double)x[j + u] * y[j + u];
-    }
-#endif
-    double sum = 0;
-    for (int u = 0; u < 16; u++) sum += sm[u];
-    for (; j < n; j++) sum += (double)x[j] * y[j];
-    return sum;
-}
-
 // Row t of the softmax in place: a[0..t] = softmax(a[0..t] * scale), a[t+1..n) = 0.
 // The batch forward's rows and llama_decode's one position both go through it.
 static void softmax_row(real *a, int t, int n, real scale) {
