@@ -299,7 +299,8 @@ build/test_gpt2_gpu_host: test/test_gpt2_gpu_host.cu test/cublas_host.h train_gp
 # build/cudnn_att.o (about 1 minute: the frontend is heavy C++) and linked with -lcudnn.
 #   make cuda USE_CUDNN=1      train_llama_cu, train_gpt2_cu (and the _mpi ones) with it
 #   make cuda-cudnn            build/train_llama_cu_cudnn, build/train_gpt2_cu_cudnn: the same,
-#                              beside the plain programs (what CI and gpu-check build)
+#                              beside the plain programs, and build/test_cudnn_att (what CI
+#                              and gpu-check build)
 # The frontend's headers come from the PyPI wheel nvidia-cudnn-frontend (pinned below), unpacked
 # into build/cudnn-frontend/ by `make cudnn-frontend`. A machine without network (a lent GPU)
 # cannot fetch them: carry build/cudnn-frontend there (`make gpu-check-prepare` fetches it and
@@ -333,7 +334,10 @@ build/train_llama_cu_cudnn: train_llama.cu $(COMMON) build/cudnn_att.o
 	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -o $@ $< build/cudnn_att.o $(CUDNN_LDLIBS) $(CUDA_LIBS)
 build/train_gpt2_cu_cudnn: train_gpt2.cu $(COMMON) build/cudnn_att.o
 	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -o $@ $< build/cudnn_att.o $(CUDNN_LDLIBS) $(CUDA_LIBS)
-cuda-cudnn: build/train_llama_cu_cudnn build/train_gpt2_cu_cudnn
+# cuDNN's attention against the flash kernels on random tensors (GPU only; gpu-check runs it)
+build/test_cudnn_att: test/test_cudnn_att.cu common/cuda_attention.h common/cudnn_att.h build/cudnn_att.o
+	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -o $@ $< build/cudnn_att.o $(CUDNN_LDLIBS)
+cuda-cudnn: build/train_llama_cu_cudnn build/train_gpt2_cu_cudnn build/test_cudnn_att
 
 # what a lent GPU machine (no network) needs carried beside the working tree, fetched here
 gpu-check-prepare: $(CUDNN_FRONTEND_DONE)

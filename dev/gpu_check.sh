@@ -17,8 +17,10 @@
 #      fp32 and TF32; and when LLMC_DIR names a checkout of karpathy/llm.c, its train_gpt2cu on
 #      the same shards and shapes in the same run, and the ratio
 #   6. cuDNN attention (docs/gpu.md, "cuDNN attention"): the USE_CUDNN=1 trainers built beside
-#      the others, then --attention cudnn against --attention flash on the three shapes of 5:
-#      the losses must agree to a bf16-level tolerance, and both are timed; reruns bit for bit
+#      the others; test/test_cudnn_att (cuDNN against the flash kernels on random tensors: out,
+#      log-sum-exp, dq, dk, dv, GQA, both layouts); then --attention cudnn against --attention
+#      flash on the three shapes of 5: the losses must agree to a bf16-level tolerance, and both
+#      are timed; a rerun bit for bit
 #
 # Paths to carry to the machine beside the working tree (ignored, so a plain copy lacks them;
 # `make gpu-check-prepare` fetches them on a machine with network and lists them):
@@ -305,6 +307,7 @@ if [ -z "$cudnn_skip" ]; then
     if [ -x build/train_llama_cu_cudnn ] && [ -x build/train_gpt2_cu_cudnn ]; then
         export -f cudnn_attention
         [ -n "$CUDNN_LIB" ] && export LD_LIBRARY_PATH="$CUDNN_LIB/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        step cudnn_test 120 build/test_cudnn_att
         step cudnn_attention 240 cudnn_attention
     fi
 else
