@@ -247,8 +247,8 @@ step benchmarks $([ "$EMU" = 1 ] && echo 600 || echo 300) benchmarks
 
 # ---------------------------------------------------------------------------
 # 6. cuDNN attention: build/train_*_cu_cudnn (make cuda-cudnn) run --attention flash and
-# --attention cudnn from the same fresh model; bench.csv gets a row for each (precision
-# "fp32+flash" / "fp32+cudnn": the rest of the program is fp32 either way).
+# --attention cudnn from the same fresh model; bench.csv gets a row for each (precision fp32,
+# the matmuls' and the rest of the program's; the note names the attention).
 # Tolerance, from cuDNN taking q, k, v, out and dout in bf16 (relative rounding 2^-9 each):
 # the first step's loss (the forward alone) to 2e-3 relative and its gradient norm (the
 # backward) to 2e-2; every later step's loss to 2e-2 (the runs' paths drift apart through
