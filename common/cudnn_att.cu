@@ -86,15 +86,16 @@ static std::shared_ptr<fe::graph::Tensor_attributes> bhsd(fe::graph::Graph &g, c
                         .set_stride({T * rs, hs, rs, 1}));
 }
 
-static fe::graph::Graph &graph_get(int bwd, int B, int T, int NH, int NKV, int hs, long q_rs, long kv_rs, long o_rs,
-                                   long dq_rs, long dkv_rs) {
-    GraphKey key = {bwd, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dq_rs, dkv_rs};
-    auto it = att_graphs.find(key);
-    if (it != att_graphs.end()) return *it->second;
-    const char *why = cudnn_attention_unsupported(hs);
-    if (why) att_fail("head size", why);
-    if (NKV <= 0 || NH % NKV != 0) att_fail("heads", "the query heads must be a multiple of the kv heads");
+static bool step_ok(fe::error_t e, const char *what, std::string *err) {
+    if (e.is_good()) return true;
+    *err = std::string(what) + ": " + e.get_message();
+    return false;
+}
 
+// One graph, built and planned; on failure NULL and *err says which step and why.
+static std::shared_ptr<fe::graph::Graph> graph_build(int bwd, int deterministic, int B, int T, int NH, int NKV, int hs,
+                                                     long q_rs, long kv_rs, long o_rs, long dq_rs, long dkv_rs,
+                                                     std::string *err) {
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(fe::DataType_t::BFLOAT16)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -128,7 +129,7 @@ static fe::graph::Graph &graph_get(int bwd, int B, int T, int NH, int NKV, int h
                         .set_name("attention_backward")
                         .set_causal_mask(true)
                         .set_attn_scale(scale)
-                        .set_deterministic_algorithm(true);
+                        .set_deterministic_algorithm(deterministic != 0);
         auto grads = g->sdpa_backward(Q, K, V, O, dO, stats, opts);
         grads[0]->set_output(true).set_uid(UID_DQ).set_dim({B, NH, T, hs}).set_stride(
             {(int64_t)T * dq_rs, hs, dq_rs, 1});
@@ -138,11 +139,36 @@ static fe::graph::Graph &graph_get(int bwd, int B, int T, int NH, int NKV, int h
             {(int64_t)T * dkv_rs, hs, dkv_rs, 1});
     }
     cudnnHandle_t h = handle_get();
-    FE_CHECK(g->validate(), "graph validate");
-    FE_CHECK(g->build_operation_graph(h), "build_operation_graph");
-    FE_CHECK(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans");
-    FE_CHECK(g->check_support(), "check_support (no cuDNN engine for this shape)");
-    FE_CHECK(g->build_plans(), "build_plans");
+    // each step only after the one before it succeeded
+    if (!step_ok(g->validate(), "graph validate", err) ||
+        !step_ok(g->build_operation_graph(h), "build_operation_graph", err) ||
+        !step_ok(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans", err) ||
+        !step_ok(g->check_support(), "check_support (no cuDNN engine for this graph)", err) ||
+        !step_ok(g->build_plans(), "build_plans", err)) {
+        return nullptr;
+    }
+    return g;
+}
+
+static fe::graph::Graph &graph_get(int bwd, int B, int T, int NH, int NKV, int hs, long q_rs, long kv_rs, long o_rs,
+                                   long dq_rs, long dkv_rs) {
+    GraphKey key = {bwd, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dq_rs, dkv_rs};
+    auto it = att_graphs.find(key);
+    if (it != att_graphs.end()) return *it->second;
+    const char *why = cudnn_attention_unsupported(hs);
+    if (why) att_fail("head size", why);
+    if (NKV <= 0 || NH % NKV != 0) att_fail("heads", "the query heads must be a multiple of the kv heads");
+    std::string err, err2;
+    auto g = graph_build(bwd, 1, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dq_rs, dkv_rs, &err);
+    if (!g && bwd) { // no deterministic engine: the ordinary one, said once (reruns then differ)
+        g = graph_build(bwd, 0, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dq_rs, dkv_rs, &err2);
+        if (g) {
+            fprintf(stderr, "warning: --attention cudnn: no deterministic backward for B %d, T %d, NH %d, NKV %d, hs %d "
+                            "(%s); using cuDNN's ordinary one: reruns are not bitwise reproducible\n",
+                    B, T, NH, NKV, hs, err.c_str());
+        }
+    }
+    if (!g) att_fail(bwd ? "backward graph" : "forward graph", bwd ? err + "; without determinism: " + err2 : err);
     int64_t ws = 0;
     FE_CHECK(g->get_workspace_size(ws), "get_workspace_size");
     grow(&att_workspace, &att_workspace_bytes, (size_t)ws, "cuDNN workspace");

@@ -19,7 +19,8 @@
  * program: a bf16-level difference from flash, not a bug.
  *
  * Determinism: the backward asks for cuDNN's deterministic algorithm (no atomic adds into dq),
- * so reruns give the same bits, as with the flash kernels.
+ * so reruns give the same bits, as with the flash kernels. Where cuDNN has no deterministic
+ * engine for a shape, it says so once on stderr and uses its ordinary one.
  *
  * All calls run on the default stream. Graphs are built once per shape and kept; the scratch
  * (bf16 copies and cuDNN's workspace) grows to the largest shape seen and is not part of the
