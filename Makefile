@@ -333,13 +333,17 @@ build/cudnn_att.o: common/cudnn_att.cu common/cudnn_att.h $(CUDNN_FRONTEND_DONE)
 	@mkdir -p build
 	$(NVCC) $(filter-out -O3,$(NVCCFLAGS)) -O1 -isystem $(CUDNN_FRONTEND)/include $(CUDNN_CFLAGS) \
 		-DCUDNN_FRONTEND_SKIP_JSON_LIB -c -o $@ $<
-build/train_llama_cu_cudnn: train_llama.cu $(COMMON) build/cudnn_att.o
-	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -o $@ $< build/cudnn_att.o $(CUDNN_LDLIBS) $(CUDA_LIBS)
-build/train_gpt2_cu_cudnn: train_gpt2.cu $(COMMON) build/cudnn_att.o
-	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -o $@ $< build/cudnn_att.o $(CUDNN_LDLIBS) $(CUDA_LIBS)
+# each compiled apart from its link, so that make -j compiles it while cudnn_att.o compiles
+build/%_cudnn.o: %.cu $(COMMON)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -c -o $@ $<
+build/train_llama_cu_cudnn: build/train_llama_cudnn.o build/cudnn_att.o
+	$(NVCC) $(NVCCFLAGS) -o $@ $^ $(CUDNN_LDLIBS) $(CUDA_LIBS)
+build/train_gpt2_cu_cudnn: build/train_gpt2_cudnn.o build/cudnn_att.o
+	$(NVCC) $(NVCCFLAGS) -o $@ $^ $(CUDNN_LDLIBS) $(CUDA_LIBS)
 # cuDNN's attention against the flash kernels on random tensors (GPU only; gpu-check runs it)
-build/test_cudnn_att: test/test_cudnn_att.cu common/cuda_attention.h common/cudnn_att.h build/cudnn_att.o
-	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -o $@ $< build/cudnn_att.o $(CUDNN_LDLIBS)
+build/test_cudnn_att: build/test/test_cudnn_att_cudnn.o build/cudnn_att.o
+	$(NVCC) $(NVCCFLAGS) -o $@ $^ $(CUDNN_LDLIBS)
 cuda-cudnn: build/train_llama_cu_cudnn build/train_gpt2_cu_cudnn build/test_cudnn_att
 
 # what a lent GPU machine (no network) needs carried beside the working tree, fetched here
