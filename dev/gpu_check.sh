@@ -72,6 +72,7 @@ elif [ ! -f "$(dirname "$(command -v nvcc)")/../include/cudnn.h" ]; then
         cudnn_skip="no cuDNN found (neither the toolkit's include/cudnn.h nor python3's nvidia.cudnn package)"
     fi
 fi
+echo "gpu-check: carried paths (make gpu-check-prepare lists them): build/cudnn-frontend $(ls build/cudnn-frontend/.done-* > /dev/null 2>&1 && echo present || echo absent)${LLMC_DIR:+, $LLMC_DIR}"
 {
     echo "# gpu-check report"
     echo
