@@ -163,8 +163,9 @@ static fe::graph::Graph &graph_get(int bwd, int B, int T, int NH, int NKV, int h
     if (!g && bwd) { // no deterministic engine: the ordinary one, said once (reruns then differ)
         g = graph_build(bwd, 0, B, T, NH, NKV, hs, q_rs, kv_rs, o_rs, dq_rs, dkv_rs, &err2);
         if (g) {
-            fprintf(stderr, "warning: --attention cudnn: no deterministic backward for B %d, T %d, NH %d, NKV %d, hs %d "
-                            "(%s); using cuDNN's ordinary one: reruns are not bitwise reproducible\n",
+            fprintf(stderr,
+                    "warning: --attention cudnn: no deterministic backward for B %d, T %d, NH %d, NKV %d, hs %d "
+                    "(%s); using cuDNN's ordinary one: reruns are not bitwise reproducible\n",
                     B, T, NH, NKV, hs, err.c_str());
         }
     }
