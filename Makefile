@@ -15,10 +15,31 @@ DEBUG_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-s
 
 NVCC ?= nvcc
 NVCCFLAGS = -O3 -arch=sm_90 -std=c++17 -Icommon -Xcompiler -Wall,-Wno-unused-function --Werror all-warnings
+# USE_CUDNN=1: the CUDA trainers with cuDNN's attention (--attention cudnn; the rules are below)
+USE_CUDNN ?= 0
+CUDNN_FRONTEND_VERSION = 1.32.0
+CUDNN_FRONTEND = build/cudnn-frontend
+CUDNN_FRONTEND_DONE = $(CUDNN_FRONTEND)/.done-$(CUDNN_FRONTEND_VERSION)
+CUDNN_DIR ?=
+ifneq ($(CUDNN_DIR),)
+CUDNN_CFLAGS = -I$(CUDNN_DIR)/include
+CUDNN_LDLIBS = -L$(CUDNN_DIR)/lib -Xlinker -rpath=$(abspath $(CUDNN_DIR))/lib -Xlinker -l:libcudnn.so.9 -lnvrtc
+else
+CUDNN_LDLIBS = -lcudnn -lnvrtc
+endif
+# (the frontend's experimental engines compile kernels at run time with NVRTC: -lnvrtc)
+# what the plain targets add under USE_CUDNN=1; build/use_cudnn.txt remembers the last value, so
+# that switching it rebuilds them
+CUDNN_DEPS = build/use_cudnn.txt
+ifeq ($(USE_CUDNN),1)
+CUDNN_DEPS += build/cudnn_att.o
+CUDNN_USE = -DUSE_CUDNN $(CUDNN_CFLAGS)
+CUDNN_LINK = build/cudnn_att.o $(CUDNN_LDLIBS)
+endif
 
 PYTHON ?= python3
 VENV = .venv
-COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/bf16.h common/cuda_common.h common/cuda_attention.h common/cuda_train.h common/cuda_reduce.h common/dp.h common/cuda_dp.h
+COMMON = common/utils.h common/gemm_bf16.h common/args.h common/dataloader.h common/csvlog.h common/train.h common/llama_run.h common/gpt2_run.h common/sample.h common/tokenizer.h common/bf16.h common/cuda_common.h common/cuda_attention.h common/cuda_train.h common/cuda_reduce.h common/dp.h common/cuda_dp.h common/cudnn_att.h
 
 .PHONY: all run test test-asan clean venv data help
 
@@ -31,6 +52,7 @@ help:
 	@echo "make test          build everything and run every test (about 10 minutes on 2 cores)"
 	@echo "make test-asan     the CPU programs' tests under AddressSanitizer + UBSan"
 	@echo "make cuda          the CUDA programs (nvcc): train_llama_cu, train_gpt2_cu, tests, dev/cuda workbenches"
+	@echo "make cuda USE_CUDNN=1   the same with --attention cudnn (cuDNN's fused attention; fetches cudnn-frontend)"
 	@echo "make emu           the CUDA programs built for the CPU (test/emu/, docs/emulator.md)"
 	@echo "make train_llama_emu / train_gpt2_emu   one of them"
 	@echo "make mpi           train_llama_mpi, train_gpt2_mpi: data-parallel over MPI (mpicc; docs/parallel.md)"
@@ -38,6 +60,7 @@ help:
 	@echo "make emu-mpi       train_llama_emu_mpi, train_gpt2_emu_mpi: the same emulated, NCCL served by MPI"
 	@echo "make test-gpu      the GPU tests, on a machine with an NVIDIA GPU"
 	@echo "make gpu-check GPU_OUT=DIR   the one command for a lent GPU: tests, sanitizers, benchmarks"
+	@echo "make gpu-check-prepare       fetch what gpu-check needs carried to a machine without network"
 	@echo "make test-mutants  planted bugs the emulated GPU tests must catch"
 	@echo "make bench-cpu     train_llama against current PyTorch on this CPU, fp32 and bf16 (installs torch into a venv)"
 	@echo "make bench-gemm    the matmul kernels alone (fp32, bf16 on AMX / AVX512-BF16), checked and timed"
@@ -211,8 +234,8 @@ bench-gemm: build/bench_cpu_gemm
 CUDA_LIBS = -lcublas -lcublasLt
 CUDA_WORKBENCHES = $(patsubst %.cu,%,$(wildcard dev/cuda/*.cu))
 
-train_llama_cu: train_llama.cu $(COMMON)
-	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
+train_llama_cu: train_llama.cu $(COMMON) $(CUDNN_DEPS)
+	$(NVCC) $(NVCCFLAGS) $(CUDNN_USE) -o $@ $< $(CUDNN_LINK) $(CUDA_LIBS)
 
 build/test_llama_gpu: test/test_llama_gpu.cu test/llama_fixture.h train_llama.cu $(COMMON)
 	@mkdir -p build
@@ -261,14 +284,74 @@ endif
 # train_gpt2.cu mirrors train_gpt2.c kernel by kernel (docs/gpu.md, "GPT-2 on the GPU").
 # test/test_gpt2_gpu.sh runs the host-side checks everywhere and,
 # on a machine with a GPU, compares ./train_gpt2_cu with ./train_gpt2 (make test-gpu).
-train_gpt2_cu: train_gpt2.cu $(COMMON)
-	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
+train_gpt2_cu: train_gpt2.cu $(COMMON) $(CUDNN_DEPS)
+	$(NVCC) $(NVCCFLAGS) $(CUDNN_USE) -o $@ $< $(CUDNN_LINK) $(CUDA_LIBS)
 
 # host-side checks of train_gpt2.cu (cuBLAS emulated, buckets, table, init): no GPU needed
 build/test_gpt2_gpu_host: test/test_gpt2_gpu_host.cu test/cublas_host.h train_gpt2.cu $(COMMON)
 	@mkdir -p build
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
+
+# ---------------------------------------------------------------------------
+# cuDNN attention, `--attention cudnn` (docs/gpu.md, "cuDNN attention"): cuDNN's fused causal
+# SDPA through NVIDIA's header-only cudnn-frontend, in common/cudnn_att.cu, compiled once into
+# build/cudnn_att.o (43 CPU seconds: the frontend is heavy C++) and linked with -lcudnn.
+#   make cuda USE_CUDNN=1      train_llama_cu, train_gpt2_cu (and the _mpi ones) with it
+#   make cuda-cudnn            build/train_llama_cu_cudnn, build/train_gpt2_cu_cudnn: the same,
+#                              beside the plain programs, and build/test_cudnn_att (what CI
+#                              and gpu-check build)
+# The frontend's headers come from the PyPI wheel nvidia-cudnn-frontend (pinned below), unpacked
+# into build/cudnn-frontend/ by `make cudnn-frontend`. A machine without network (a lent GPU)
+# cannot fetch them: carry build/cudnn-frontend there (`make gpu-check-prepare` fetches it and
+# lists what to carry). cuDNN itself: the toolkit's, or CUDNN_DIR=folder with include/ and lib/
+# (e.g. the pip package nvidia-cudnn-cu13's folder). The emulator cannot run cuDNN: emulated
+# builds never define USE_CUDNN.
+build/use_cudnn.txt: FORCE
+	@mkdir -p build; echo "$(USE_CUDNN)" | cmp -s - $@ 2>/dev/null || echo "$(USE_CUDNN)" > $@
+
+$(CUDNN_FRONTEND_DONE):
+	@rm -rf $(CUDNN_FRONTEND) $(CUDNN_FRONTEND).tmp && mkdir -p $(CUDNN_FRONTEND).tmp
+	@echo "cudnn-frontend: downloading the wheel nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION) from PyPI (for its headers)"
+	@$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+		--platform manylinux_2_28_x86_64 --timeout 20 --retries 1 -d $(CUDNN_FRONTEND).tmp \
+		nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION) || { rm -rf $(CUDNN_FRONTEND).tmp; \
+		echo "cudnn-frontend: could not download nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION) (no network?)." \
+		"USE_CUDNN=1 needs its headers in $(CUDNN_FRONTEND)/: fetch them on a machine with network" \
+		"(make cudnn-frontend) and carry that folder here" >&2; exit 1; }
+	@$(PYTHON) -c "import glob, sys, zipfile; z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); \
+		[z.extract(n, sys.argv[2]) for n in z.namelist() if n.startswith('include/')]" $(CUDNN_FRONTEND).tmp $(CUDNN_FRONTEND)
+	@rm -rf $(CUDNN_FRONTEND).tmp
+	@test -f $(CUDNN_FRONTEND)/include/cudnn_frontend.h || { echo "cudnn-frontend: the wheel had no include/cudnn_frontend.h" >&2; exit 1; }
+	@touch $@ && echo "cudnn-frontend: $(CUDNN_FRONTEND)/include ($$(du -sh $(CUDNN_FRONTEND) | cut -f1))"
+cudnn-frontend: $(CUDNN_FRONTEND_DONE)
+
+# The frontend's JSON (de)serialisation is not used: skipping it halves this compile. Its host
+# code runs when a graph is built or launched, not per element: -O1 for the host saves another
+# quarter (ptxas optimises the device code either way).
+build/cudnn_att.o: common/cudnn_att.cu common/cudnn_att.h $(CUDNN_FRONTEND_DONE)
+	@mkdir -p build
+	$(NVCC) $(filter-out -O3,$(NVCCFLAGS)) -O1 -isystem $(CUDNN_FRONTEND)/include $(CUDNN_CFLAGS) \
+		-DCUDNN_FRONTEND_SKIP_JSON_LIB -c -o $@ $<
+# each compiled apart from its link, so that make -j compiles it while cudnn_att.o compiles
+build/%_cudnn.o: %.cu $(COMMON)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DUSE_CUDNN $(CUDNN_CFLAGS) -c -o $@ $<
+build/train_llama_cu_cudnn: build/train_llama_cudnn.o build/cudnn_att.o
+	$(NVCC) $(NVCCFLAGS) -o $@ $^ $(CUDNN_LDLIBS) $(CUDA_LIBS)
+build/train_gpt2_cu_cudnn: build/train_gpt2_cudnn.o build/cudnn_att.o
+	$(NVCC) $(NVCCFLAGS) -o $@ $^ $(CUDNN_LDLIBS) $(CUDA_LIBS)
+# cuDNN's attention against the flash kernels on random tensors (GPU only; gpu-check runs it)
+build/test_cudnn_att: build/test/test_cudnn_att_cudnn.o build/cudnn_att.o
+	$(NVCC) $(NVCCFLAGS) -o $@ $^ $(CUDNN_LDLIBS)
+cuda-cudnn: build/train_llama_cu_cudnn build/train_gpt2_cu_cudnn build/test_cudnn_att
+
+# what a lent GPU machine (no network) needs carried beside the working tree, fetched here
+gpu-check-prepare: $(CUDNN_FRONTEND_DONE)
+	@echo "gpu-check: carry these ignored paths to the GPU machine: $(CUDNN_FRONTEND)$(if $(LLMC_DIR), $(LLMC_DIR))"
+
+FORCE:
+.PHONY: cudnn-frontend cuda-cudnn gpu-check-prepare FORCE
 
 # ---------------------------------------------------------------------------
 # The CUDA programs on the CPU: test/emu/ (docs/emulator.md). cuda2host.py rewrites each
@@ -355,10 +438,10 @@ MPICXX ?= mpicxx
 NCCL_LIBS = -lnccl
 # the C API only: OpenMPI's C++ bindings warn under -Wextra
 MPI_C_ONLY = -DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1
-train_llama_cu_mpi: train_llama.cu $(COMMON)
-	$(NVCC) -ccbin $(MPICXX) $(NVCCFLAGS) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< $(CUDA_LIBS) $(NCCL_LIBS)
-train_gpt2_cu_mpi: train_gpt2.cu $(COMMON)
-	$(NVCC) -ccbin $(MPICXX) $(NVCCFLAGS) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< $(CUDA_LIBS) $(NCCL_LIBS)
+train_llama_cu_mpi: train_llama.cu $(COMMON) $(CUDNN_DEPS)
+	$(NVCC) -ccbin $(MPICXX) $(NVCCFLAGS) $(CUDNN_USE) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< $(CUDNN_LINK) $(CUDA_LIBS) $(NCCL_LIBS)
+train_gpt2_cu_mpi: train_gpt2.cu $(COMMON) $(CUDNN_DEPS)
+	$(NVCC) -ccbin $(MPICXX) $(NVCCFLAGS) $(CUDNN_USE) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< $(CUDNN_LINK) $(CUDA_LIBS) $(NCCL_LIBS)
 train_llama_emu_mpi: $(EMU_SRC)/train_llama.cu $(EMU_HEADERS) test/emu/nccl_emu.h $(COMMON)
 	$(MPICXX) $(EMU_OPT) $(EMU_FLAGS) $(MPI_C_ONLY) -DUSE_MPI -o $@ $< -lm
 train_gpt2_emu_mpi: $(EMU_SRC)/train_gpt2.cu $(EMU_HEADERS) test/emu/nccl_emu.h $(COMMON)

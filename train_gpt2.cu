@@ -409,6 +409,10 @@ static void attention_forward(floatX *out, floatX *att, const floatX *qkv, AttnS
                               int NH) {
     int hs = C / NH;
     if (attention_flash) {
+        if (attention_cudnn) {
+            return cudnn_attention_forward(out, (float *)att, qkv, qkv + C, qkv + 2 * C, B, T, NH, NH, hs, 3L * C,
+                                           3L * C, (long)C);
+        }
         if (!flash_attention_forward(out, (float *)att, qkv, qkv + C, qkv + 2 * C, B, T, NH, NH, hs, 3L * C, 3L * C,
                                      (long)C, precision_bf16)) {
             die("--attention flash: head size %d is over %d (use --attention matmul)", hs, FA_MAX_HS);
@@ -444,6 +448,10 @@ static void attention_backward(floatX *dqkv, const floatX *dout, const floatX *o
     int hs = C / NH;
     if (attention_flash) {
         long C3 = 3L * C;
+        if (attention_cudnn) {
+            return cudnn_attention_backward(dqkv, dqkv + C, dqkv + 2 * C, dout, out, (const float *)att, qkv, qkv + C,
+                                            qkv + 2 * C, B, T, NH, NH, hs, C3, C3, (long)C, C3, C3);
+        }
         flash_attention_backward(dqkv, dqkv + C, dqkv + 2 * C, (float *)w->datt, dout, out, (const float *)att, qkv,
                                  qkv + C, qkv + 2 * C, B, T, NH, NH, hs, C3, C3, (long)C, C3, C3, precision_bf16);
         launchCheck();

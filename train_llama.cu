@@ -380,6 +380,7 @@ static void attention_forward(floatX *out, floatX *att, const floatX *q, const f
                               AttnScratch *w, int B, int T, int NH, int NKV, int hs) {
     if (attention_flash) {
         long C = (long)NH * hs, KVD = (long)NKV * hs;
+        if (attention_cudnn) return cudnn_attention_forward(out, (float *)att, q, k, v, B, T, NH, NKV, hs, C, KVD, C);
         if (!flash_attention_forward(out, (float *)att, q, k, v, B, T, NH, NKV, hs, C, KVD, C, precision_bf16)) {
             die("--attention flash: head size %d is over %d (use --attention matmul)", hs, FA_MAX_HS);
         }
@@ -415,6 +416,10 @@ static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX 
                                int B, int T, int NH, int NKV, int hs) {
     if (attention_flash) { // w->datt is (B,NH,T) here: D = rowsum(dout * out)
         long C = (long)NH * hs, KVD = (long)NKV * hs;
+        if (attention_cudnn) {
+            return cudnn_attention_backward(dq, dk, dv, dout, out, (const float *)att, q, k, v, B, T, NH, NKV, hs, C,
+                                            KVD, C, C, KVD);
+        }
         flash_attention_backward(dq, dk, dv, (float *)w->datt, dout, out, (const float *)att, q, k, v, B, T, NH, NKV,
                                  hs, C, KVD, C, C, KVD, precision_bf16);
         launchCheck();

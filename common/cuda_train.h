@@ -9,18 +9,48 @@
 #include "cuda_attention.h"
 #include "cuda_common.h"
 #include "train.h"
+#ifdef USE_CUDNN
+#include "cudnn_att.h" // --attention cudnn: cuDNN's fused attention (make ... USE_CUDNN=1)
+#endif
 
-// --attention: 1 = flash (common/cuda_attention.h, the default): a layer's att slot holds each
-// row's log-sum-exp, (B,NH,T); 0 = matmul: it holds the probabilities, (B,NH,T,T)
+// --attention: 1 = flash (common/cuda_attention.h, the default) or cudnn: a layer's att slot holds
+// each row's log-sum-exp, (B,NH,T); 0 = matmul: it holds the probabilities, (B,NH,T,T)
 static int attention_flash = 1;
+// --attention cudnn (common/cudnn_att.h, a USE_CUDNN=1 build only): attention_flash is 1 too, so
+// the memory plan is flash's; only the kernels differ (cuDNN's, in bf16: docs/gpu.md)
+static int attention_cudnn = 0;
+
+#ifndef USE_CUDNN
+// stand-ins in a build without cuDNN (the emulator's too): attention_setup refuses the flag first
+template <typename X>
+static void cudnn_attention_forward(X *, float *, const X *, const X *, const X *, int, int, int, int, int, long, long,
+                                    long) {
+    die("--attention cudnn: not in this build");
+}
+template <typename X>
+static void cudnn_attention_backward(X *, X *, X *, const X *, const X *, const float *, const X *, const X *,
+                                     const X *, int, int, int, int, int, long, long, long, long, long) {
+    die("--attention cudnn: not in this build");
+}
+#endif
 
 // the values of one layer's att slot (and of the attention scratch's datt) under attention_flash
 static long attention_att_size(int B, int T, int NH) { return (long)B * NH * T * (attention_flash ? 1 : T); }
 
 // --attention from the flags, with flash's limit on the model's head size (dim / heads)
 static void attention_setup(const Settings *s, int dim, int heads) {
-    attention_flash = strcmp(s->attention, "flash") == 0;
-    if (attention_flash && dim / heads > FA_MAX_HS) {
+    attention_cudnn = strcmp(s->attention, "cudnn") == 0;
+    attention_flash = strcmp(s->attention, "flash") == 0 || attention_cudnn;
+#ifndef USE_CUDNN
+    if (attention_cudnn) {
+        usage_error("--attention cudnn: this program was built without cuDNN; build it with `make cuda USE_CUDNN=1` "
+                    "(docs/gpu.md, \"cuDNN attention\")");
+    }
+#else
+    const char *why = attention_cudnn ? cudnn_attention_unsupported(dim / heads) : NULL;
+    if (why) usage_error("--attention cudnn: head size %d (dim %d / heads %d): %s", dim / heads, dim, heads, why);
+#endif
+    if (attention_flash && !attention_cudnn && dim / heads > FA_MAX_HS) {
         usage_error("--attention flash: the head size %d (dim %d / heads %d) is over %d; use --attention matmul",
                     dim / heads, dim, heads, FA_MAX_HS);
     }

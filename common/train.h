@@ -238,9 +238,9 @@ static int gpu_flags(Settings *s, Flag *f) {
     Flag t[] = {
         {"tf32", FLAG_INT, &s->tf32, "0", 0, 1, NULL,
          "1: matmuls in TF32 on tensor cores (faster, ~1e-3 relative); 0: full fp32", 0},
-        {"attention", FLAG_CHOICE, &s->attention, "flash", 0, 0, "flash|matmul",
+        {"attention", FLAG_CHOICE, &s->attention, "flash", 0, 0, "flash|matmul|cudnn",
          "flash: fused causal attention, no T x T matrix in memory (head size <= 64); matmul: cuBLAS products "
-         "around a T x T softmax", 0},
+         "around a T x T softmax; cudnn: cuDNN's fused attention in bf16 (a USE_CUDNN=1 build)", 0},
         {"recompute", FLAG_INT, &s->recompute, "0", 0, 1, NULL,
          "1: keep one layer of the norm and MLP activations, redone in the backward (less memory, same bits)", 0},
     };

@@ -17,12 +17,23 @@
 #   5. benchmarks: ms/step, tokens/s and MFU of the LLaMA sizes (tiny, mid) and GPT-2 124M,
 #      fp32, TF32 and --precision bf16; and when LLMC_DIR names a checkout of
 #      karpathy/llm.c, its train_gpt2cu on the same shards and shapes in the same run, and the ratio
+#   6. cuDNN attention (docs/gpu.md, "cuDNN attention"): the USE_CUDNN=1 trainers built beside
+#      the others; test/test_cudnn_att (cuDNN against the flash kernels on random tensors: out,
+#      log-sum-exp, dq, dk, dv, GQA, both layouts); then --attention cudnn against --attention
+#      flash on the three shapes of 5: the losses must agree to a bf16-level tolerance, and both
+#      are timed; a rerun bit for bit
+#
+# Paths to carry to the machine beside the working tree (ignored, so a plain copy lacks them;
+# `make gpu-check-prepare` fetches them on a machine with network and lists them):
+# build/cudnn-frontend (cudnn-frontend's headers, for 6; without it 6 is skipped with a line saying
+# so) and LLMC_DIR if set. cuDNN itself: the toolkit's, else python3's nvidia.cudnn (pip's
+# nvidia-cudnn-cu13, which PyTorch brings).
 #
 # GPU_CHECK_EMULATE=1: the same steps with the CUDA programs built for the CPU (test/emu/), small
 # shapes, no compute-sanitizer and no llm.c: the script's own end-to-end test, which .ci/run
 # runs on every landing. Its timings are the emulator's and are labelled so.
 # Estimated on one H200 (16 cores): build 2 min, LLaMA tests 2 min, GPT-2 tests 1 min,
-# workbenches 0.5 min, benchmarks 1.5 min (+1.5 min with llm.c): about 8 minutes.
+# workbenches 0.5 min, benchmarks 1.5 min (+1.5 min with llm.c), cuDNN 2 min: about 10 minutes.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${GPU_OUT:-out/gpu_check}
@@ -48,6 +59,21 @@ else
     device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
     [ -n "$device" ] || { echo "gpu-check: no GPU found (nvidia-smi lists none); GPU_CHECK_EMULATE=1 runs it emulated" >&2; exit 1; }
 fi
+# step 6's needs: empty cudnn_skip when it can run; CUDNN_MAKE names a cuDNN outside the toolkit
+cudnn_skip="" CUDNN_MAKE="" CUDNN_LIB=""
+if [ "$EMU" = 1 ]; then
+    cudnn_skip="cuDNN cannot run under the emulator (.ci/run compiles the USE_CUDNN=1 build instead)"
+elif ! ls build/cudnn-frontend/.done-* > /dev/null 2>&1; then
+    cudnn_skip="build/cudnn-frontend is missing (this machine cannot download it: run make gpu-check-prepare where there is network and carry build/cudnn-frontend)"
+elif [ ! -f "$(dirname "$(command -v nvcc)")/../include/cudnn.h" ]; then
+    CUDNN_LIB=$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null)
+    if [ -n "$CUDNN_LIB" ] && [ -f "$CUDNN_LIB/include/cudnn.h" ]; then
+        CUDNN_MAKE="CUDNN_DIR=$CUDNN_LIB"
+    else
+        cudnn_skip="no cuDNN found (neither the toolkit's include/cudnn.h nor python3's nvidia.cudnn package)"
+    fi
+fi
+echo "gpu-check: carried paths (make gpu-check-prepare lists them): build/cudnn-frontend $(ls build/cudnn-frontend/.done-* > /dev/null 2>&1 && echo present || echo absent)${LLMC_DIR:+, $LLMC_DIR}"
 {
     echo "# gpu-check report"
     echo
@@ -57,15 +83,24 @@ fi
     echo "- nvcc: $(nvcc --version 2>/dev/null | grep release || echo 'not found')"
     echo "- host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
     [ "$EMU" = 1 ] && echo "- EMULATED: nothing here ran on a GPU; every time below is the emulator's, not a speed"
+    echo "- carried paths: build/cudnn-frontend $(ls build/cudnn-frontend/.done-* > /dev/null 2>&1 && echo present || echo absent)${LLMC_DIR:+, $LLMC_DIR}"
+    echo "- cuDNN attention: ${cudnn_skip:+skipped: }${cudnn_skip:-step 6, cuDNN ${CUDNN_MAKE:-of the toolkit}}"
     echo
     echo "| step | status | seconds (limit) |"
     echo "|---|---|---|"
 } > "$REPORT"
 
 # step NAME LIMIT_S COMMAND...: run it under a timeout, log to DIR/NAME.log, one row in the report
+# GPU_CHECK_STEPS="NAME ...": only those steps run (a session with minutes for one part, e.g.
+# GPU_CHECK_STEPS="cudnn_build cudnn_test cudnn_attention", about 3 minutes); the rest say so
 step() {
     local name=$1 limit=$2 start status rc
     shift 2
+    if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+        echo "=== $name: not in GPU_CHECK_STEPS"
+        echo "| $name | not run (GPU_CHECK_STEPS) | - |" >> "$REPORT"
+        return 0
+    fi
     echo "=== $name (limit ${limit}s)"
     start=$(date +%s)
     if declare -F "$1" > /dev/null; then # a function of this script: timeout needs a program
@@ -223,6 +258,77 @@ print(6 * N + 12 * L * C * T)" "${g[1]}" "${g[3]}" "${g[9]}")
 export -f peak bench_row run_speed benchmarks
 export EMU W OUT BENCH device LLAMA_GPU GPT2_GPU
 step benchmarks $([ "$EMU" = 1 ] && echo 600 || echo 300) benchmarks
+
+# ---------------------------------------------------------------------------
+# 6. cuDNN attention: build/train_*_cu_cudnn (make cuda-cudnn) run --attention flash and
+# --attention cudnn from the same fresh model; bench.csv gets a row for each (precision fp32,
+# the matmuls' and the rest of the program's; the note names the attention).
+# Tolerance, from cuDNN taking q, k, v, out and dout in bf16 (relative rounding 2^-9 each):
+# the first step's loss (the forward alone) to 2e-3 relative and its gradient norm (the
+# backward) to 2e-2; every later step's loss to 2e-2 (the runs' paths drift apart through
+# AdamW). Measured: nothing yet (no GPU session has run this).
+cudnn_attention() {
+    local size flags a d n=20 skip=5 rc=0 ms tok m fpt
+    for size in llama_tiny llama_mid gpt2_124M; do
+        case $size in
+        llama_tiny) flags=(build/train_llama_cu_cudnn --layers 4 --dim 128 --heads 4 --kv-heads 2 --ffn 352 --batch 8 --seq-len 128) ;;
+        llama_mid) flags=(build/train_llama_cu_cudnn --layers 8 --dim 512 --heads 8 --kv-heads 4 --ffn 1408 --batch 8 --seq-len 256) ;;
+        gpt2_124M) flags=(build/train_gpt2_cu_cudnn --layers 12 --dim 768 --heads 12 --vocab 50257 --batch 8 --seq-len 1024) ;;
+        esac
+        local data='data/tinyshakespeare/llama2_train_*.bin' extra=(--vocab 32000 --init lir --init-std 0.006)
+        [ $size = gpt2_124M ] && data='data/tinyshakespeare/gpt2_train_*.bin' extra=()
+        for a in flash cudnn cudnn_rerun; do
+            d=$W/cudnn_${size}_$a
+            "${flags[@]}" --train "$data" --val '' --steps $n --warmup 10 "${extra[@]}" --tf32 0 \
+                --attention ${a%_rerun} --out "$d" > "$d.log" 2>&1 || { echo "$size --attention $a failed:"; tail -5 "$d.log"; return 1; }
+            [ $a = cudnn_rerun ] && [ $size != llama_tiny ] && break
+        done
+        fpt=$(python3 -c "
+import sys
+size, L, C, NH, NKV, F, T = sys.argv[1], *[int(x) for x in sys.argv[2:]]
+kvd = NKV * C // NH  # flops per token as in 5: 6 per matmul parameter, 12 L C T for attention
+N = L * (2 * C * C + 2 * kvd * C + 3 * F * C) + 32000 * C if size != 'gpt2_124M' else L * 12 * C * C + 50304 * C + T * C
+print(6 * N + 12 * L * C * T)" $size "${flags[2]}" "${flags[4]}" "${flags[6]}" \
+            "$([ $size = gpt2_124M ] && echo 12 || echo "${flags[8]}")" "$([ $size = gpt2_124M ] && echo 0 || echo "${flags[10]}")" "${flags[-1]}")
+        for a in flash cudnn; do
+            read -r ms tok m < <(run_speed "$W/cudnn_${size}_$a" $skip) || return 1
+            bench_row "$(basename "${flags[0]}")" "$size" fp32 "${flags[-3]}" "${flags[-1]}" "$ms" "$tok" "$fpt" "--attention $a"
+            echo "$size --attention $a: $ms ms/step, $tok tokens/s"
+        done
+        python3 - "$W/cudnn_${size}_flash" "$W/cudnn_${size}_cudnn" "$size" <<'PY' || rc=1
+import csv, sys
+a, b = ([r for r in csv.DictReader(open(d + '/train.csv'))] for d in sys.argv[1:3])
+assert len(a) == len(b) > 1, (len(a), len(b))
+rel = lambda x, y, c: abs(float(x[c]) - float(y[c])) / abs(float(x[c]))
+first_loss, first_norm = rel(a[0], b[0], 'loss'), rel(a[0], b[0], 'grad_norm')
+later = max(rel(x, y, 'loss') for x, y in zip(a[1:], b[1:]))
+ok = first_loss <= 2e-3 and first_norm <= 2e-2 and later <= 2e-2
+print('%s cudnn vs flash: step 1 loss %.2e (tol 2e-3), grad_norm %.2e (tol 2e-2); steps 2-%d loss max %.2e (tol 2e-2): %s'
+      % (sys.argv[3], first_loss, first_norm, len(a), later, 'ok' if ok else 'FAIL'))
+sys.exit(0 if ok else 1)
+PY
+    done
+    # the backward asks cuDNN for its deterministic algorithm: a rerun gives the same weights
+    if cmp "$W/cudnn_llama_tiny_cudnn/model.bin" "$W/cudnn_llama_tiny_cudnn_rerun/model.bin"; then
+        echo "llama_tiny --attention cudnn: a rerun gives the same model.bin, bit for bit"
+    else
+        echo "llama_tiny --attention cudnn: a rerun differs (cuDNN's backward is not deterministic here)"; rc=1
+    fi
+    return $rc
+}
+if [ -z "$cudnn_skip" ]; then
+    step cudnn_build 300 make -j"$JOBS" cuda-cudnn $CUDNN_MAKE
+    if [ -x build/train_llama_cu_cudnn ] && [ -x build/train_gpt2_cu_cudnn ]; then
+        export -f cudnn_attention
+        [ -n "$CUDNN_LIB" ] && export LD_LIBRARY_PATH="$CUDNN_LIB/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        step cudnn_test 120 build/test_cudnn_att
+        step cudnn_attention 240 cudnn_attention
+    fi
+else
+    echo "=== cudnn_attention: skipped: $cudnn_skip"
+    echo "cudnn_attention,skipped,0,0" >> "$STEPS"
+    echo "| cudnn_attention | skipped: $cudnn_skip | - |" >> "$REPORT"
+fi
 
 # ---------------------------------------------------------------------------
 {

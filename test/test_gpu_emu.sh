@@ -16,7 +16,8 @@
 #     (TVR, statistics, validation, checkpoint, resume)
 #  6. --attention flash (the default, common/cuda_attention.h) against --attention matmul: the
 #     attention workbench's versions against its CPU loops, and 4 training steps of each trainer;
-#     train_gpt2.cu's fused classifier against its two kernels (RESCALE_FUSED_CLASSIFIER=0)
+#     train_gpt2.cu's fused classifier against its two kernels (RESCALE_FUSED_CLASSIFIER=0);
+#     --attention cudnn is refused with a clear error (an emulated build has no cuDNN)
 #  7. --recompute 1 against --recompute 0 (both trainers, flash attention): the same model.bin,
 #     state.bin and logs, bit for bit, with a smaller memory estimate; --recompute 2 refused
 #  8. --precision bf16 (test/test_gpu_bf16.sh): train_llama.cu against train_llama's bf16 (the
@@ -174,6 +175,12 @@ big_head() { # PROGRAM EXTRA...: head size 128 under flash is a usage error (exi
 }
 step "flash: a head size over 64 is a clear error (both trainers)" \
     eval 'big_head ./train_llama_emu --kv-heads 2 && big_head ./train_gpt2_emu --train test/fixtures/gpt2_tiny_train.bin'
+no_cudnn() { # PROGRAM EXTRA...: --attention cudnn without a USE_CUDNN=1 build is a usage error naming the build
+    "$@" --attention cudnn --steps 1 --val-every 0 --out "$R/no_cudnn" > "$R/no_cudnn.log" 2>&1
+    [ $? = 2 ] && grep -q -- '--attention cudnn: this program was built without cuDNN; build it with `make cuda USE_CUDNN=1`' "$R/no_cudnn.log"
+}
+step "cudnn: --attention cudnn in a build without cuDNN is a clear error (both trainers)" \
+    eval 'no_cudnn ./train_llama_emu && no_cudnn ./train_gpt2_emu --train test/fixtures/gpt2_tiny_train.bin'
 
 echo "7. --recompute 1: the norm and MLP activations redone in the backward, the same bits"
 recompute_same() { # NAME PROGRAM MODEL DATA EXTRA...: 3 steps each way with TVR, statistics and validation
