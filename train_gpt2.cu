@@ -62,27 +62,6 @@ typedef float floatX;
 // ============================================================================
 // N = B*T rows. Parameter gradients are added into (+=), as in train_gpt2.c.
 
-// a matmul's input: x in fp32, its bf16 copy x16 with --precision bf16
-static const void *mm_in(const float *x, const bf16 *x16) {
-    return precision_bf16 ? (const void *)x16 : (const void *)x;
-}
-
-// out (N, OC) = inp (N, IC) . W^T, W (OC, IC) as nn.Linear stores it (no bias). Each input
-// comes with its bf16 copy (NULL in fp32).
-static void matmul_forward(floatX *out, const floatX *inp, const bf16 *inp16, const float *W, const bf16 *W16, int N,
-                           int IC, int OC) {
-    gemm_batched(0, 1, N, OC, IC, mm_in(inp, inp16), IC, 0, mm_in(W, W16), IC, 0, out, OC, 0, 1, 0);
-}
-
-// dW += dout^T . inp;  dinp = dout . W (+= when accumulate_dinp)
-static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const bf16 *dout16, const floatX *inp,
-                            const bf16 *inp16, const float *W, const bf16 *W16, int N, int IC, int OC,
-                            int accumulate_dinp) {
-    const void *dy = mm_in(dout, dout16);
-    gemm_batched(1, 0, OC, IC, N, dy, OC, 0, mm_in(inp, inp16), IC, 0, dW, IC, 0, 1, 1);
-    gemm_batched(0, 0, N, IC, OC, dy, OC, 0, mm_in(W, W16), IC, 0, dinp, IC, 0, 1, accumulate_dinp);
-}
-
 __global__ void add_bias_kernel(floatX *out, const float *bias, long N, int OC) {
     GRID_STRIDE(i, N * OC) out[i] = (floatX)((float)out[i] + bias[i % OC]);
 }

@@ -63,27 +63,6 @@ typedef float floatX;
 // ============================================================================
 // N = B*T rows; every *_backward adds into parameter gradients (+=).
 
-// a matmul's input: x in fp32, its bf16 copy x16 with --precision bf16
-static const void *mm_in(const float *x, const bf16 *x16) {
-    return precision_bf16 ? (const void *)x16 : (const void *)x;
-}
-
-// out (N, Cout) = inp (N, Cin) . W^T, W (Cout, Cin) as nn.Linear stores it. Each input comes
-// with its bf16 copy (NULL in fp32).
-static void matmul_forward(floatX *out, const floatX *inp, const bf16 *inp16, const float *W, const bf16 *W16, int N,
-                           int Cin, int Cout) {
-    gemm_batched(0, 1, N, Cout, Cin, mm_in(inp, inp16), Cin, 0, mm_in(W, W16), Cin, 0, out, Cout, 0, 1, 0);
-}
-
-// dW += dout^T . inp;  dinp = dout . W (or += when accumulate_dinp)
-static void matmul_backward(floatX *dinp, float *dW, const floatX *dout, const bf16 *dout16, const floatX *inp,
-                            const bf16 *inp16, const float *W, const bf16 *W16, int N, int Cin, int Cout,
-                            int accumulate_dinp) {
-    const void *dy = mm_in(dout, dout16);
-    gemm_batched(1, 0, Cout, Cin, N, dy, Cout, 0, mm_in(inp, inp16), Cin, 0, dW, Cin, 0, 1, 1);
-    gemm_batched(0, 0, N, Cin, Cout, dy, Cout, 0, mm_in(W, W16), Cin, 0, dinp, Cin, 0, 1, accumulate_dinp);
-}
-
 // ---------------------------------------------------------------------------
 // token embedding
 
