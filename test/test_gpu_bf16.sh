@@ -110,25 +110,33 @@ grep -q ",1$" "$D/gpu_flash/weights.csv" 2>/dev/null &&
     bad "TVR never rescaled in the bf16 run: the test does not reach the bf16 weights' refresh after TVR"
 
 echo "train_llama.cu: determinism, memory, flags"
-if [ "$EMU" = 1 ]; then
-    run gpu_flash_again env EMU_SCHED=random EMU_SEED=3 "$GPU" --precision bf16 && what="under EMU_SCHED=random"
-else
-    run gpu_flash_again "$GPU" --precision bf16 && what="a rerun"
-fi
-cmp -s "$D/gpu_flash/model.bin" "$D/gpu_flash_again/model.bin" && ok "bf16, $what: model.bin identical" ||
-    bad "bf16, $what: model.bin differs"
-# --recompute 1 reruns ln1, ln2 and swi (and writes their bf16 copies again): the same bits
-run gpu_flash_recompute "$GPU" --precision bf16 --recompute 1 &&
-    cmp -s "$D/gpu_flash/model.bin" "$D/gpu_flash_recompute/model.bin" && cmp -s "$D/gpu_flash/state.bin" "$D/gpu_flash_recompute/state.bin" &&
-    ok "bf16, --recompute 1 = --recompute 0: model.bin and state.bin identical" || bad "bf16, --recompute 1 differs from 0"
+# program_checks NAME PROGRAM: NAME_flash (bf16) and NAME_fp32 have run; rerun NAME_flash (under a
+# shuffled schedule when emulated) and with --recompute 1 (which reruns the norms and the MLP
+# activation and writes their bf16 copies again): the same bits; the memory estimate counts the
+# bf16 copies; --tf32 1 with bf16 is refused
 mem() { sed -n 's/.*GPU memory: about [0-9.]* GiB (\([0-9]*\) bytes).*/\1/p' "$D/$1.log"; }
-m16=$(mem gpu_flash) m32=$(mem gpu_fp32)
-[ -n "$m16" ] && [ -n "$m32" ] && [ "$m16" -gt "$m32" ] && grep -q '^matmuls: bf16' "$D/gpu_flash.log" &&
-    ok "the memory estimate counts the bf16 copies ($m16 bytes against fp32's $m32) and says 'matmuls: bf16'" ||
-    bad "memory estimate bf16 '$m16' against fp32 '$m32', or no 'matmuls: bf16' line"
-out=$("$GPU" --precision bf16 --tf32 1 --steps 1 --out "$D/x" 2>&1); rc=$?
-[ $rc = 2 ] && echo "$out" | grep -q -- "--tf32" && ok "--precision bf16 --tf32 1: exit 2, names --tf32" ||
-    bad "--precision bf16 --tf32 1: rc $rc, '$(echo "$out" | tail -1)'"
+program_checks() {
+    local n=$1 prog=$2 what m16 m32 out rc
+    if [ "$EMU" = 1 ]; then
+        run ${n}_flash_again env EMU_SCHED=random EMU_SEED=3 "$prog" --precision bf16 && what="under EMU_SCHED=random"
+    else
+        run ${n}_flash_again "$prog" --precision bf16 && what="a rerun"
+    fi
+    cmp -s "$D/${n}_flash/model.bin" "$D/${n}_flash_again/model.bin" && ok "bf16, $what: model.bin identical" ||
+        bad "bf16, $what: model.bin differs"
+    run ${n}_flash_recompute "$prog" --precision bf16 --recompute 1 &&
+        cmp -s "$D/${n}_flash/model.bin" "$D/${n}_flash_recompute/model.bin" &&
+        cmp -s "$D/${n}_flash/state.bin" "$D/${n}_flash_recompute/state.bin" &&
+        ok "bf16, --recompute 1 = --recompute 0: model.bin and state.bin identical" || bad "bf16, --recompute 1 differs from 0"
+    m16=$(mem ${n}_flash) m32=$(mem ${n}_fp32)
+    [ -n "$m16" ] && [ -n "$m32" ] && [ "$m16" -gt "$m32" ] && grep -q '^matmuls: bf16' "$D/${n}_flash.log" &&
+        ok "the memory estimate counts the bf16 copies ($m16 bytes against fp32's $m32) and says 'matmuls: bf16'" ||
+        bad "memory estimate bf16 '$m16' against fp32 '$m32', or no 'matmuls: bf16' line"
+    out=$("$prog" --precision bf16 --tf32 1 --steps 1 --out "$D/x" 2>&1); rc=$?
+    [ $rc = 2 ] && echo "$out" | grep -q -- "--tf32" && ok "--precision bf16 --tf32 1: exit 2, names --tf32" ||
+        bad "--precision bf16 --tf32 1: rc $rc, '$(echo "$out" | tail -1)'"
+}
+program_checks gpu "$GPU"
 echo "train_gpt2.cu (no CPU twin in bf16): flash against matmul, bf16 against fp32, 6 steps"
 RUN="--init-from test/fixtures/gpt2_tiny_model.bin --train test/fixtures/gpt2_tiny_train.bin
   --val test/fixtures/gpt2_tiny_train.bin --val-every 3 --val-batches 1 --batch 8 --seq-len 16 --steps 6 --warmup 2
@@ -140,22 +148,6 @@ if [ -d "$D/gpt2_flash" ] && [ -d "$D/gpt2_matmul" ] && [ -d "$D/gpt2_fp32" ]; t
     check "flash bf16 against matmul bf16" gpt2_flash gpt2_matmul "<=1e-5" "<=3e-4" "<=3e-4" "<=3e-4"
     check "bf16 against fp32" gpt2_flash gpt2_fp32 ">2e-6" "<=1e-2" "<=3e-2" "<=1e-2"
 fi
-if [ "$EMU" = 1 ]; then
-    run gpt2_flash_again env EMU_SCHED=random EMU_SEED=3 "$GPU2" --precision bf16 && what="under EMU_SCHED=random"
-else
-    run gpt2_flash_again "$GPU2" --precision bf16 && what="a rerun"
-fi
 grep -q ",1$" "$D/gpt2_flash/weights.csv" 2>/dev/null && ok "TVR rescaled in the bf16 run" || bad "TVR never rescaled"
-cmp -s "$D/gpt2_flash/model.bin" "$D/gpt2_flash_again/model.bin" && ok "bf16, $what: model.bin identical" ||
-    bad "bf16, $what: model.bin differs"
-run gpt2_flash_recompute "$GPU2" --precision bf16 --recompute 1 &&
-    cmp -s "$D/gpt2_flash/model.bin" "$D/gpt2_flash_recompute/model.bin" && cmp -s "$D/gpt2_flash/state.bin" "$D/gpt2_flash_recompute/state.bin" &&
-    ok "bf16, --recompute 1 = --recompute 0: model.bin and state.bin identical" || bad "bf16, --recompute 1 differs from 0"
-m16=$(mem gpt2_flash) m32=$(mem gpt2_fp32)
-[ -n "$m16" ] && [ -n "$m32" ] && [ "$m16" -gt "$m32" ] && grep -q '^matmuls: bf16' "$D/gpt2_flash.log" &&
-    ok "the memory estimate counts the bf16 copies ($m16 bytes against fp32's $m32) and says 'matmuls: bf16'" ||
-    bad "memory estimate bf16 '$m16' against fp32 '$m32', or no 'matmuls: bf16' line"
-out=$("$GPU2" --precision bf16 --tf32 1 --steps 1 --out "$D/x" 2>&1); rc=$?
-[ $rc = 2 ] && echo "$out" | grep -q -- "--tf32" && ok "--precision bf16 --tf32 1: exit 2, names --tf32" ||
-    bad "--precision bf16 --tf32 1: rc $rc, '$(echo "$out" | tail -1)'"
+program_checks gpt2 "$GPU2"
 exit $fail
