@@ -35,8 +35,6 @@ static void check(cudaError_t e, const char *what) {
     }
 }
 
-static float bf16_round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
-
 static unsigned long long rng_state = 88172645463325252ull;
 static float uniform(void) { // xorshift64*, (-1, 1)
     rng_state ^= rng_state >> 12, rng_state ^= rng_state << 25, rng_state ^= rng_state >> 27;
@@ -101,8 +99,8 @@ static void run_case(const Case &c) {
     printf("%s: B %d, T %d, NH %d, NKV %d, hs %d (%s)\n", c.name, B, T, NH, NKV, hs,
            c.packed ? "packed qkv, row stride 3C" : "q, k, v apart");
     std::vector<float> in(nin), dout(rows * C);
-    for (auto &x : in) x = bf16_round(2.0f * uniform()); // scores of std 4/3 after the scale: peaked rows
-    for (auto &x : dout) x = bf16_round(uniform());
+    for (auto &x : in) x = bf16_rounded(2.0f * uniform()); // scores of std 4/3 after the scale: peaked rows
+    for (auto &x : dout) x = bf16_rounded(uniform());
     float *d_in = dev(in), *d_dout = dev(dout);
     const float *q = d_in, *k = d_in + koff, *v = d_in + voff;
     long nst = (long)B * NH * T;
