@@ -355,6 +355,56 @@ typedef struct {
 } AttnScratch;
 
 // attention_flash and attention_att_size(): common/cuda_train.h
+/*
+ * --attention matmul: the products on In = floatX (fp32) or on bf16 copies of their inputs
+ * (the CPU's roundings), one code for both. qp, kp, vp (and yp) take the head-major copies of
+ * q, k, v (and dout) in In. Forward: p is what p.v reads, att itself or its bf16 copy p16,
+ * which the softmax writes beside att (nullptr: none).
+ */
+template <typename In>
+static void attention_matmul_forward(floatX *out, floatX *att, const floatX *q, const floatX *k, const floatX *v,
+                                     In *qp, In *kp, In *vp, bf16 *p16, const In *p, AttnScratch *w, int B, int T,
+                                     int NH, int NKV, int hs) {
+    int rows = B * NH * T;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    permute_to_heads(qp, q, B, T, NH, hs);
+    permute_to_heads(kp, k, B, T, NKV, hs);
+    permute_to_heads(vp, v, B, T, NKV, hs);
+    attn_x_kvT(att, qp, kp, B, T, NH, NKV, hs); // unscaled scores; the softmax scales
+    softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, p16, rows, T, scale);
+    launchCheck();
+    attn_p_kv(w->yp, p, vp, B, T, NH, NKV, hs);
+    permute_from_heads(out, w->yp, B, T, NH, hs);
+}
+
+// Backward: p is the probabilities the products read (att, or its bf16 copy); the softmax's
+// backward writes dpre over w->datt and, when dpre16 is given, a bf16 copy there; dpre is what
+// the products through q.k^T read (w->datt or that copy).
+template <typename In>
+static void attention_matmul_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout, const floatX *q,
+                                      const floatX *k, const floatX *v, const floatX *att, In *qp, In *kp, In *vp,
+                                      In *yp, const In *p, bf16 *dpre16, const In *dpre, AttnScratch *w, int B, int T,
+                                      int NH, int NKV, int hs) {
+    int rows = B * NH * T;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    permute_to_heads(qp, q, B, T, NH, hs);
+    permute_to_heads(kp, k, B, T, NKV, hs);
+    permute_to_heads(vp, v, B, T, NKV, hs);
+    permute_to_heads(yp, dout, B, T, NH, hs);
+    // through y = att . v
+    attn_x_kvT(w->datt, yp, vp, B, T, NH, NKV, hs);
+    attn_pT_x(w->dvp, p, yp, B, T, NH, NKV, hs);
+    // through the softmax: dpre = att * (datt - sum(att * datt)) * scale, in place
+    softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, dpre16, att, rows, T, scale);
+    launchCheck();
+    // through pre = q . k^T
+    attn_p_kv(w->dqp, dpre, kp, B, T, NH, NKV, hs);
+    attn_pT_x(w->dkp, dpre, qp, B, T, NH, NKV, hs);
+    permute_from_heads(dq, w->dqp, B, T, NH, hs);
+    permute_from_heads(dk, w->dkp, B, T, NKV, hs);
+    permute_from_heads(dv, w->dvp, B, T, NKV, hs);
+}
+
 static void attention_forward(floatX *out, floatX *att, const floatX *q, const floatX *k, const floatX *v,
                               AttnScratch *w, int B, int T, int NH, int NKV, int hs) {
     if (attention_flash) {
@@ -366,27 +416,13 @@ static void attention_forward(floatX *out, floatX *att, const floatX *q, const f
         launchCheck();
         return;
     }
-    int rows = B * NH * T;
-    float scale = (float)(1.0 / sqrt((double)hs));
     if (precision_bf16) { // the CPU's roundings: q and k for the scores, p and v for p.v
-        permute_to_heads(w->qp16, q, B, T, NH, hs);
-        permute_to_heads(w->kp16, k, B, T, NKV, hs);
-        permute_to_heads(w->vp16, v, B, T, NKV, hs);
-        attn_x_kvT(att, w->qp16, w->kp16, B, T, NH, NKV, hs);
-        softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, w->p16, rows, T, scale);
-        launchCheck();
-        attn_p_kv(w->yp, w->p16, w->vp16, B, T, NH, NKV, hs);
-        permute_from_heads(out, w->yp, B, T, NH, hs);
-        return;
+        attention_matmul_forward(out, att, q, k, v, w->qp16, w->kp16, w->vp16, w->p16, (const bf16 *)w->p16, w, B, T,
+                                 NH, NKV, hs);
+    } else {
+        attention_matmul_forward(out, att, q, k, v, w->qp, w->kp, w->vp, nullptr, (const floatX *)att, w, B, T, NH,
+                                 NKV, hs);
     }
-    permute_to_heads(w->qp, q, B, T, NH, hs);
-    permute_to_heads(w->kp, k, B, T, NKV, hs);
-    permute_to_heads(w->vp, v, B, T, NKV, hs);
-    attn_x_kvT(att, w->qp, w->kp, B, T, NH, NKV, hs); // unscaled scores; the softmax scales
-    softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, nullptr, rows, T, scale);
-    launchCheck();
-    attn_p_kv(w->yp, att, w->vp, B, T, NH, NKV, hs);
-    permute_from_heads(out, w->yp, B, T, NH, hs);
 }
 
 // Overwrites dq, dk, dv.
@@ -404,42 +440,14 @@ static void attention_backward(floatX *dq, floatX *dk, floatX *dv, const floatX 
         launchCheck();
         return;
     }
-    int rows = B * NH * T;
-    float scale = (float)(1.0 / sqrt((double)hs));
-    if (precision_bf16) { // as the fp32 path below, every product on bf16 copies of its inputs
-        permute_to_heads(w->qp16, q, B, T, NH, hs);
-        permute_to_heads(w->kp16, k, B, T, NKV, hs);
-        permute_to_heads(w->vp16, v, B, T, NKV, hs);
-        permute_to_heads(w->yp16, dout, B, T, NH, hs);
-        attn_x_kvT(w->datt, w->yp16, w->vp16, B, T, NH, NKV, hs);
-        to_bf16(w->p16, att, (long)rows * T);
-        attn_pT_x(w->dvp, w->p16, w->yp16, B, T, NH, NKV, hs);
-        softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, w->p16, att, rows, T,
-                                                                                    scale); // p16 now holds dpre
-        launchCheck();
-        attn_p_kv(w->dqp, w->p16, w->kp16, B, T, NH, NKV, hs);
-        attn_pT_x(w->dkp, w->p16, w->qp16, B, T, NH, NKV, hs);
-        permute_from_heads(dq, w->dqp, B, T, NH, hs);
-        permute_from_heads(dk, w->dkp, B, T, NKV, hs);
-        permute_from_heads(dv, w->dvp, B, T, NKV, hs);
-        return;
+    if (precision_bf16) { // every product on bf16 copies of its inputs: p's copy, then dpre's over it
+        to_bf16(w->p16, att, (long)B * NH * T * T);
+        attention_matmul_backward(dq, dk, dv, dout, q, k, v, att, w->qp16, w->kp16, w->vp16, w->yp16,
+                                  (const bf16 *)w->p16, w->p16, (const bf16 *)w->p16, w, B, T, NH, NKV, hs);
+    } else {
+        attention_matmul_backward(dq, dk, dv, dout, q, k, v, att, w->qp, w->kp, w->vp, w->yp, att, nullptr,
+                                  (const floatX *)w->datt, w, B, T, NH, NKV, hs);
     }
-    permute_to_heads(w->qp, q, B, T, NH, hs);
-    permute_to_heads(w->kp, k, B, T, NKV, hs);
-    permute_to_heads(w->vp, v, B, T, NKV, hs);
-    permute_to_heads(w->yp, dout, B, T, NH, hs);
-    // through y = att . v
-    attn_x_kvT(w->datt, w->yp, w->vp, B, T, NH, NKV, hs);
-    attn_pT_x(w->dvp, att, w->yp, B, T, NH, NKV, hs);
-    // through the softmax: dpre = att * (datt - sum(att * datt)) * scale, in place
-    softmax_causal_backward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(w->datt, nullptr, att, rows, T, scale);
-    launchCheck();
-    // through pre = q . k^T
-    attn_p_kv(w->dqp, w->datt, w->kp, B, T, NH, NKV, hs);
-    attn_pT_x(w->dkp, w->datt, w->qp, B, T, NH, NKV, hs);
-    permute_from_heads(dq, w->dqp, B, T, NH, hs);
-    permute_from_heads(dk, w->dkp, B, T, NKV, hs);
-    permute_from_heads(dv, w->dvp, B, T, NKV, hs);
 }
 
 // ---------------------------------------------------------------------------
