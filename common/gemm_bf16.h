@@ -13,10 +13,12 @@
  *            _tile_dpbf16ps on 16 x 32 bf16 tiles of A and 32 x 16 of B
  *   avx512   AVX512-BF16 (vdpbf16ps): an 8 x 32 block of C in sixteen zmm registers,
  *            each instruction adding the products of two consecutive k
- *   ref      the fp32 micro-kernel on bf16-rounded inputs: any x86-64, slow, and the
- *            workbench's and the tests' reference for the other two
+ *   ref      the fp32 micro-kernel on bf16-rounded inputs: any x86-64, the workbench's and
+ *            the tests' reference for the other two, and the fastest where vdpbf16ps is slow
  * bf16_pick() chooses the fastest the CPU and the kernel allow (CPUID, then Linux's
- * permission to use AMX tiles); RESCALE_BF16_KERNEL=amx|avx512|ref forces one.
+ * permission to use AMX tiles; avx512 only where vdpbf16ps outruns the fp32 FMA, timed at
+ * start, since some Intel CPUs run it at half the FMA's rate); RESCALE_BF16_KERNEL=amx|avx512|ref
+ * forces one.
  *
  * Packed layouts (both kernels read B the same way; k is padded to 32 with zeros):
  *   B  per 32-deep block of k: [16 k-pairs][32 columns][2], the "VNNI" pairs of
@@ -382,11 +384,42 @@ static int cpu_has_avx512bf16(void) {
     return (a & (1u << 5)) && __builtin_cpu_supports("avx512f");
 }
 
+// How many times the fp32 FMA's flop rate vdpbf16ps reaches on this core: fourteen
+// independent chains of each instruction (no memory, no dependence between chains), the
+// best of seven alternating trials of about 30 microseconds each. CPUID cannot tell: an
+// Emerald Rapids Xeon whose hypervisor hides AMX ran vdpbf16ps at 80 GFLOP/s a core against
+// 160 for vfmadd231ps (0.5), where Zen 5 runs it at twice the FMA's rate. The two rates
+// differ by 2x one way or the other, so the verdict does not depend on the noise of a
+// shared machine.
+#define CHAINS14(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11) OP(12) OP(13)
+#define DPBF16_CHAIN(i) "vdpbf16ps %%zmm14, %%zmm15, %%zmm" #i "\n\t"
+#define FMA_CHAIN(i) "vfmadd231ps %%zmm14, %%zmm15, %%zmm" #i "\n\t"
+#define ZMM0_15 "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", \
+                "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15"
+__attribute__((target("avx512f,avx512bf16"))) static double dpbf16_over_fma(void) {
+    enum { ITERS = 2048 };
+    double best_dp = 1e30, best_fma = 1e30;
+    for (int trial = 0; trial < 7; trial++) {
+        double t0 = wall_seconds();
+        for (int it = 0; it < ITERS; it++)
+            __asm__ volatile("vpxord %%zmm14, %%zmm14, %%zmm14\n\tvpxord %%zmm15, %%zmm15, %%zmm15\n\t" CHAINS14(DPBF16_CHAIN)::: ZMM0_15);
+        double t1 = wall_seconds();
+        for (int it = 0; it < ITERS; it++)
+            __asm__ volatile("vpxord %%zmm14, %%zmm14, %%zmm14\n\tvpxord %%zmm15, %%zmm15, %%zmm15\n\t" CHAINS14(FMA_CHAIN)::: ZMM0_15);
+        double t2 = wall_seconds();
+        if (t1 - t0 < best_dp) best_dp = t1 - t0;
+        if (t2 - t1 < best_fma) best_fma = t2 - t1;
+    }
+    return 2.0 * best_fma / best_dp; // vdpbf16ps does 64 flops a zmm, vfmadd231ps 32
+}
+
 // The kernel to run: RESCALE_BF16_KERNEL if set (an error names it when this CPU
-// lacks it), else the fastest this CPU has. Says on stderr which, once.
+// lacks it), else the fastest this CPU has: AMX, then AVX512-BF16 where vdpbf16ps beats
+// the fp32 FMA (dpbf16_over_fma), else ref. Says on stderr which, once, when it is not AMX.
 static Bf16Kernel bf16_pick(void) {
     int amx = cpu_has_amx_bf16(), avx = cpu_has_avx512bf16();
-    Bf16Kernel k = amx ? BF16_AMX : avx ? BF16_AVX512 : BF16_REF;
+    double ratio = avx && !amx ? dpbf16_over_fma() : 0;
+    Bf16Kernel k = amx ? BF16_AMX : avx && ratio > 1.25 ? BF16_AVX512 : BF16_REF;
     const char *env = getenv("RESCALE_BF16_KERNEL");
     if (env && *env) {
         if (!strcmp(env, "amx")) {
@@ -400,6 +433,10 @@ static Bf16Kernel bf16_pick(void) {
         } else {
             die("RESCALE_BF16_KERNEL=%s: expected amx, avx512 or ref", env);
         }
+    } else if (k == BF16_REF && avx) {
+        fprintf(stderr, "note: vdpbf16ps reaches %.2f times the fp32 FMA's flop rate on this CPU (no AMX here): "
+                        "bf16 matmuls run on the fp32 micro-kernel with bf16-rounded inputs, the same products "
+                        "summed in another order (RESCALE_BF16_KERNEL=avx512 forces AVX512-BF16)\n", ratio);
     } else if (k == BF16_REF) {
         fprintf(stderr, "note: this CPU has neither AMX nor AVX512-BF16: bf16 matmuls run on the fp32 "
                         "micro-kernel with bf16-rounded inputs (the same numbers, slowly)\n");
