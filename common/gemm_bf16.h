@@ -396,16 +396,18 @@ static int cpu_has_avx512bf16(void) {
 #define FMA_CHAIN(i) "vfmadd231ps %%zmm14, %%zmm15, %%zmm" #i "\n\t"
 #define ZMM0_15 "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", \
                 "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15"
+// zeroed operands each round: no denormal or NaN slows either instruction
+#define TIME_CHAINS(CHAIN)                                                                                  \
+    for (int it = 0; it < ITERS; it++)                                                                      \
+        __asm__ volatile("vpxord %%zmm14, %%zmm14, %%zmm14\n\tvpxord %%zmm15, %%zmm15, %%zmm15\n\t" CHAINS14(CHAIN)::: ZMM0_15)
 __attribute__((target("avx512f,avx512bf16"))) static double dpbf16_over_fma(void) {
     enum { ITERS = 2048 };
     double best_dp = 1e30, best_fma = 1e30;
     for (int trial = 0; trial < 7; trial++) {
         double t0 = wall_seconds();
-        for (int it = 0; it < ITERS; it++)
-            __asm__ volatile("vpxord %%zmm14, %%zmm14, %%zmm14\n\tvpxord %%zmm15, %%zmm15, %%zmm15\n\t" CHAINS14(DPBF16_CHAIN)::: ZMM0_15);
+        TIME_CHAINS(DPBF16_CHAIN);
         double t1 = wall_seconds();
-        for (int it = 0; it < ITERS; it++)
-            __asm__ volatile("vpxord %%zmm14, %%zmm14, %%zmm14\n\tvpxord %%zmm15, %%zmm15, %%zmm15\n\t" CHAINS14(FMA_CHAIN)::: ZMM0_15);
+        TIME_CHAINS(FMA_CHAIN);
         double t2 = wall_seconds();
         if (t1 - t0 < best_dp) best_dp = t1 - t0;
         if (t2 - t1 < best_fma) best_fma = t2 - t1;
@@ -418,8 +420,7 @@ __attribute__((target("avx512f,avx512bf16"))) static double dpbf16_over_fma(void
 // the fp32 FMA (dpbf16_over_fma), else ref. Says on stderr which, once, when it is not AMX.
 static Bf16Kernel bf16_pick(void) {
     int amx = cpu_has_amx_bf16(), avx = cpu_has_avx512bf16();
-    double ratio = avx && !amx ? dpbf16_over_fma() : 0;
-    Bf16Kernel k = amx ? BF16_AMX : avx && ratio > 1.25 ? BF16_AVX512 : BF16_REF;
+    Bf16Kernel k = amx ? BF16_AMX : avx ? BF16_AVX512 : BF16_REF;
     const char *env = getenv("RESCALE_BF16_KERNEL");
     if (env && *env) {
         if (!strcmp(env, "amx")) {
@@ -433,10 +434,14 @@ static Bf16Kernel bf16_pick(void) {
         } else {
             die("RESCALE_BF16_KERNEL=%s: expected amx, avx512 or ref", env);
         }
-    } else if (k == BF16_REF && avx) {
-        fprintf(stderr, "note: vdpbf16ps reaches %.2f times the fp32 FMA's flop rate on this CPU (no AMX here): "
-                        "bf16 matmuls run on the fp32 micro-kernel with bf16-rounded inputs, the same products "
-                        "summed in another order (RESCALE_BF16_KERNEL=avx512 forces AVX512-BF16)\n", ratio);
+    } else if (k == BF16_AVX512) { // timed only here, where it decides
+        double ratio = dpbf16_over_fma();
+        if (ratio <= 1.25) {
+            k = BF16_REF;
+            fprintf(stderr, "note: vdpbf16ps reaches %.2f times the fp32 FMA's flop rate on this CPU (no AMX here): "
+                            "bf16 matmuls run on the fp32 micro-kernel with bf16-rounded inputs, the same products "
+                            "summed in another order (RESCALE_BF16_KERNEL=avx512 forces AVX512-BF16)\n", ratio);
+        }
     } else if (k == BF16_REF) {
         fprintf(stderr, "note: this CPU has neither AMX nor AVX512-BF16: bf16 matmuls run on the fp32 "
                         "micro-kernel with bf16-rounded inputs (the same numbers, slowly)\n");
