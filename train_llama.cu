@@ -254,6 +254,14 @@ static void permute_to_heads(Dst *dst, const floatX *src, int B, int T, int nh, 
     permute_to_heads_kernel<Dst><<<grid_for((long)B * T * nh * hs), BLOCK>>>(dst, src, B, T, nh, hs);
     launchCheck();
 }
+// q (NH heads), k and v (NKV heads) into their head-major copies: what both directions start with
+template <typename Dst>
+static void permute_qkv_to_heads(Dst *qp, Dst *kp, Dst *vp, const floatX *q, const floatX *k, const floatX *v, int B,
+                                 int T, int NH, int NKV, int hs) {
+    permute_to_heads(qp, q, B, T, NH, hs);
+    permute_to_heads(kp, k, B, T, NKV, hs);
+    permute_to_heads(vp, v, B, T, NKV, hs);
+}
 static void permute_from_heads(floatX *dst, const floatX *src, int B, int T, int nh, int hs) {
     permute_from_heads_kernel<<<grid_for((long)B * T * nh * hs), BLOCK>>>(dst, src, B, T, nh, hs);
     launchCheck();
@@ -367,9 +375,7 @@ static void attention_matmul_forward(floatX *out, floatX *att, const floatX *q, 
                                      int NH, int NKV, int hs) {
     int rows = B * NH * T;
     float scale = (float)(1.0 / sqrt((double)hs));
-    permute_to_heads(qp, q, B, T, NH, hs);
-    permute_to_heads(kp, k, B, T, NKV, hs);
-    permute_to_heads(vp, v, B, T, NKV, hs);
+    permute_qkv_to_heads(qp, kp, vp, q, k, v, B, T, NH, NKV, hs);
     attn_x_kvT(att, qp, kp, B, T, NH, NKV, hs); // unscaled scores; the softmax scales
     softmax_causal_forward_kernel<<<ceil_div((long)rows * 32, BLOCK), BLOCK>>>(att, p16, rows, T, scale);
     launchCheck();
@@ -387,9 +393,7 @@ static void attention_matmul_backward(floatX *dq, floatX *dk, floatX *dv, const 
                                       int NH, int NKV, int hs) {
     int rows = B * NH * T;
     float scale = (float)(1.0 / sqrt((double)hs));
-    permute_to_heads(qp, q, B, T, NH, hs);
-    permute_to_heads(kp, k, B, T, NKV, hs);
-    permute_to_heads(vp, v, B, T, NKV, hs);
+    permute_qkv_to_heads(qp, kp, vp, q, k, v, B, T, NH, NKV, hs);
     permute_to_heads(yp, dout, B, T, NH, hs);
     // through y = att . v
     attn_x_kvT(w->datt, yp, vp, B, T, NH, NKV, hs);
