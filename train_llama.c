@@ -426,8 +426,93 @@ static int causal_k(Causal cz, int diag, int r0, int r1, int pc, int kc, int ali
     return 1;
 }
 
-// serial: the caller is one thread of a parallel loop (attention's heads), so this
-// product runs on that thread alone, with that thread's buffers
+// One product's operands and blocking, as gemm_causal's loops pass them around.
+typedef struct {
+    int M, N, K;
+    const real *A, *B;
+    long a_rs, a_cs, b_rs, b_cs;
+    real *C;
+    long ldc;
+    int accumulate, mc;
+    Causal cz;
+    int diag;
+} GemmJob;
+
+// Pack B(pc:pc+kc, jc:jc+nc) into nr-wide strips, zero-padded: panels p0 .. p1-1 of them.
+static void gemm_pack_b(const GemmJob *g, const GemmKernel *kn, char *bpack, int jc, int pc, int kc, int kc_pad,
+                        int p0, int p1) {
+    for (int p = p0; p < p1; p++) {
+        int j0 = jc + p * kn->nr;
+        int nr = g->N - j0 < kn->nr ? g->N - j0 : kn->nr;
+        kn->pack_b(bpack + (long)p * kc_pad * kn->nr * kn->elem, g->B + (long)pc * g->b_rs + (long)j0 * g->b_cs,
+                   g->b_cs, g->b_rs, nr, kc, kc_pad);
+    }
+}
+
+// One block of mc rows of C (from row i0) against the packed B of (jc, pc): pack the
+// block's rows of A into mr-tall strips and run the micro-kernel over them.
+static void gemm_block(const GemmJob *g, const GemmKernel *kn, const char *bpack, char *apack, int i0, int jc,
+                       int nc, int pc, int kc, int kc_pad) {
+    int mr_ = kn->mr, nr_ = kn->nr, elem = kn->elem, M = g->M, N = g->N, diag = g->diag;
+    Causal cz = g->cz;
+    int npanels = (nc + nr_ - 1) / nr_, add = g->accumulate || pc > 0;
+    int mcb = M - i0 < g->mc ? M - i0 : g->mc;
+    // the block's rows of A from k = pc + alo, apad deep (all of it unless causal)
+    int alo = 0, ahi = kc_pad, a_any = 1;
+    if (cz == A_LOWER || cz == A_UPPER) a_any = causal_k(cz, diag, i0, i0 + mcb, pc, kc, kn->k_align, kc_pad, &alo, &ahi);
+    int akc = (ahi < kc ? ahi : kc) - alo, apad = ahi - alo;
+    if (a_any) kn->pack_a(apack, g->A + (long)i0 * g->a_rs + (long)(pc + alo) * g->a_cs, g->a_rs, g->a_cs, mcb, akc, apad);
+    for (int p = 0; p < npanels; p++) {
+        int j0 = jc + p * nr_;
+        int nr = N - j0 < nr_ ? N - j0 : nr_;
+        for (int ir = 0; ir < mcb; ir += mr_) {
+            int mr = mcb - ir < mr_ ? mcb - ir : mr_, lo = alo, hi = ahi;
+            real *c = g->C + (long)(i0 + ir) * g->ldc + j0;
+            if (cz == C_LOWER && j0 > i0 + ir + mr - 1 + diag) continue; // above the diagonal
+            if ((cz == A_LOWER || cz == A_UPPER) &&
+                !(a_any && causal_k(cz, diag, i0 + ir, i0 + ir + mr, pc, kc, kn->k_align, kc_pad, &lo, &hi))) {
+                if (!add) { // nothing but zeros to sum: C = 0
+                    for (int i = 0; i < mr; i++) memset(c + i * g->ldc, 0, sizeof(real) * nr);
+                }
+                continue;
+            }
+            // packed strips are k-major: k of a strip is k * (its width) elements in
+            kn->kernel(hi - lo, apack + ((long)ir * apad + (long)(lo - alo) * mr_) * elem,
+                       bpack + ((long)p * kc_pad + lo) * nr_ * elem, c, g->ldc, mr, nr, add);
+        }
+    }
+}
+
+// Blocks b0 .. b1-1 of C's rows, the whole product, on the calling thread alone with its
+// own packing buffers: no other thread waits on it, nor it on them.
+static void gemm_rows(const GemmJob *g, const GemmKernel *kn, int b0, int b1, char *bpack, char *apack) {
+    if (b0 >= b1) return;
+    if (kn->begin) kn->begin();
+    for (int jc = 0; jc < g->N; jc += NC) {
+        int nc = g->N - jc < NC ? g->N - jc : NC;
+        for (int pc = 0; pc < g->K; pc += kn->kc) {
+            int kc = g->K - pc < kn->kc ? g->K - pc : kn->kc;
+            int kc_pad = (kc + kn->k_align - 1) / kn->k_align * kn->k_align;
+            gemm_pack_b(g, kn, bpack, jc, pc, kc, kc_pad, 0, (nc + kn->nr - 1) / kn->nr);
+            for (int blk = b0; blk < b1; blk++) gemm_block(g, kn, bpack, apack, blk * g->mc, jc, nc, pc, kc, kc_pad);
+        }
+    }
+}
+
+// Rows of C per thread at which each thread packs all of B for itself (GEMM_OWN_B_ROWS):
+// the packing is then done once per thread instead of once, but the threads never meet
+// between C's blocks of k and columns. With passive OpenMP waiting, each meeting is a sleep
+// and a wake-up; lm_head's dX on the tiny model (k = 32000 deep, 125 blocks of k) spent
+// more time meeting than multiplying. Below it (a decode step's one row, small weights'
+// dW), the threads share one packed B and meet twice per block of k and columns.
+#define GEMM_OWN_B_ROWS 32
+
+/*
+ * serial: the caller is one thread of a parallel loop (attention's heads), so this
+ * product runs on that thread alone, with that thread's buffers.
+ * Every element of C is summed over k in the same order in every path, so C does not
+ * depend on the thread count or on which path ran.
+ */
 static void gemm_causal(int M, int N, int K, const real *A, long a_rs, long a_cs, const real *B, long b_rs,
                         long b_cs, real *C, long ldc, int accumulate, int serial, Causal cz, int diag) {
     if (M <= 0 || N <= 0) return;
@@ -439,65 +524,42 @@ static void gemm_causal(int M, int N, int K, const real *A, long a_rs, long a_cs
     }
     if (!serial) gemm_buffers(); // (a serial caller made them before its parallel loop)
     const GemmKernel *kn = gemm_kernel;
-    int mr_ = kn->mr, nr_ = kn->nr, elem = kn->elem;
-    int caller = omp_get_thread_num(), nt = serial ? 1 : omp_get_max_threads();
-    char *bpack = serial ? gemm_bpack_t[caller] : gemm_bpack;
-    // rows of C per thread block: enough blocks for every thread, at most MC_MAX
+    int nt = serial ? 1 : omp_get_max_threads();
+    // rows of C per block: enough blocks for every thread, at most MC_MAX
     int mc = (M + nt - 1) / nt;
-    mc = (mc + mr_ - 1) / mr_ * mr_;
+    mc = (mc + kn->mr - 1) / kn->mr * kn->mr;
     if (mc > MC_MAX) mc = MC_MAX;
     int nblocks = (M + mc - 1) / mc;
+    GemmJob g = {M, N, K, A, B, a_rs, a_cs, b_rs, b_cs, C, ldc, accumulate, mc, cz, diag};
+    if (serial) {
+        int t = omp_get_thread_num();
+        gemm_rows(&g, kn, 0, nblocks, gemm_bpack_t[t], gemm_apack[t]);
+        return;
+    }
+    if (M >= nt * GEMM_OWN_B_ROWS) {
+        // each thread a contiguous run of blocks, the whole product
+#pragma omp parallel
+        {
+            int t = omp_get_thread_num(), n = omp_get_num_threads();
+            gemm_rows(&g, kn, (int)((long)nblocks * t / n), (int)((long)nblocks * (t + 1) / n), gemm_bpack_t[t],
+                      gemm_apack[t]);
+        }
+        return;
+    }
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
-        int npanels = (nc + nr_ - 1) / nr_;
+        int npanels = (nc + kn->nr - 1) / kn->nr;
         for (int pc = 0; pc < K; pc += kn->kc) {
             int kc = K - pc < kn->kc ? K - pc : kn->kc;
             int kc_pad = (kc + kn->k_align - 1) / kn->k_align * kn->k_align;
-            int add = accumulate || pc > 0;
-#pragma omp parallel if (!serial)
+#pragma omp parallel
             {
                 if (kn->begin) kn->begin();
-                // pack B(pc:pc+kc, jc:jc+nc) into nr-wide strips, zero-padded
+                int t = omp_get_thread_num(), n = omp_get_num_threads();
+                gemm_pack_b(&g, kn, gemm_bpack, jc, pc, kc, kc_pad, npanels * t / n, npanels * (t + 1) / n);
+#pragma omp barrier
 #pragma omp for schedule(static)
-                for (int p = 0; p < npanels; p++) {
-                    int j0 = jc + p * nr_;
-                    int nr = N - j0 < nr_ ? N - j0 : nr_;
-                    kn->pack_b(bpack + (long)p * kc_pad * nr_ * elem, B + (long)pc * b_rs + (long)j0 * b_cs,
-                               b_cs, b_rs, nr, kc, kc_pad);
-                }
-                // each thread packs a block of A's rows into mr-tall strips and
-                // runs the micro-kernel over them
-                char *apack = gemm_apack[serial ? caller : omp_get_thread_num()];
-#pragma omp for schedule(static)
-                for (int blk = 0; blk < nblocks; blk++) {
-                    int i0 = blk * mc;
-                    int mcb = M - i0 < mc ? M - i0 : mc;
-                    // the block's rows of A from k = pc + alo, apad deep (all of it unless causal)
-                    int alo = 0, ahi = kc_pad, a_any = 1;
-                    if (cz == A_LOWER || cz == A_UPPER)
-                        a_any = causal_k(cz, diag, i0, i0 + mcb, pc, kc, kn->k_align, kc_pad, &alo, &ahi);
-                    int akc = (ahi < kc ? ahi : kc) - alo, apad = ahi - alo;
-                    if (a_any) kn->pack_a(apack, A + (long)i0 * a_rs + (long)(pc + alo) * a_cs, a_rs, a_cs, mcb, akc, apad);
-                    for (int p = 0; p < npanels; p++) {
-                        int j0 = jc + p * nr_;
-                        int nr = N - j0 < nr_ ? N - j0 : nr_;
-                        for (int ir = 0; ir < mcb; ir += mr_) {
-                            int mr = mcb - ir < mr_ ? mcb - ir : mr_, lo = alo, hi = ahi;
-                            real *c = C + (long)(i0 + ir) * ldc + j0;
-                            if (cz == C_LOWER && j0 > i0 + ir + mr - 1 + diag) continue; // above the diagonal
-                            if ((cz == A_LOWER || cz == A_UPPER) &&
-                                !(a_any && causal_k(cz, diag, i0 + ir, i0 + ir + mr, pc, kc, kn->k_align, kc_pad, &lo, &hi))) {
-                                if (!add) { // nothing but zeros to sum: C = 0
-                                    for (int i = 0; i < mr; i++) memset(c + i * ldc, 0, sizeof(real) * nr);
-                                }
-                                continue;
-                            }
-                            // packed strips are k-major: k of a strip is k * (its width) elements in
-                            kn->kernel(hi - lo, apack + ((long)ir * apad + (long)(lo - alo) * mr_) * elem,
-                                       bpack + ((long)p * kc_pad + lo) * nr_ * elem, c, ldc, mr, nr, add);
-                        }
-                    }
-                }
+                for (int blk = 0; blk < nblocks; blk++) gemm_block(&g, kn, gemm_bpack, gemm_apack[t], blk * mc, jc, nc, pc, kc, kc_pad);
             }
         }
     }
