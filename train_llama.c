@@ -303,20 +303,34 @@ static inline void pack_strip(real *restrict dst, int width, const real *restric
 #define PACK_VALUE(x) (round ? BF16_ROUNDED(x) : (x))
     if (s_i == 1) {
         for (int k = 0; k < kc; k++) {
-            for (int i = 0; i < w; i++) dst[k * width + i] = PACK_VALUE(src[k * s_k + i]);
+            int i = 0;
+#ifndef REAL_DOUBLE
+            if (round) {
+                for (; i + 16 <= w; i += 16) round16(dst + k * width + i, src + k * s_k + i);
+            }
+#endif
+            for (; i < w; i++) dst[k * width + i] = PACK_VALUE(src[k * s_k + i]);
             for (int i = w; i < width; i++) dst[k * width + i] = 0;
         }
     } else {
-        int k0 = 0;
+        // rows 0 .. done-1 are packed for k < k0 by the register transposes, the rest below
+        int k0 = 0, done = 0;
 #ifndef REAL_DOUBLE
-        // a full 8-row strip of rows with consecutive k (A = activations or the logits'
-        // gradient): 16 k at a time through a register transpose, not element by element
-        if (width == 8 && w == 8 && s_k == 1 && !round) {
-            for (; k0 + 16 <= kc; k0 += 16) pack8x16(dst + k0 * 8, src + k0, s_i);
+        if (s_k == 1 && width == 8 && w == 8) {
+            // a full 8-row strip of A with consecutive k (activations, the logits' gradient):
+            // 16 k at a time through a register transpose, not element by element
+            done = 8, k0 = kc / 16 * 16;
+            for (int k = 0; k < k0; k += 16) pack8x16(dst + k * 8, src + k, s_i, round);
+        } else if (s_k == 1 && width % 16 == 0) {
+            // B's columns with consecutive k (a weight W, read as W^T): 16 columns x 16 k at a time
+            done = w / 16 * 16, k0 = kc / 16 * 16;
+            for (int i = 0; i < done; i += 16) {
+                for (int k = 0; k < k0; k += 16) pack16x16(dst + k * width + i, width, src + i * s_i + k, s_i, round);
+            }
         }
 #endif
         for (int i = 0; i < w; i++) {
-            for (int k = k0; k < kc; k++) dst[k * width + i] = PACK_VALUE(src[i * s_i + k * s_k]);
+            for (int k = i < done ? k0 : 0; k < kc; k++) dst[k * width + i] = PACK_VALUE(src[i * s_i + k * s_k]);
         }
         for (int i = w; i < width; i++) {
             for (int k = 0; k < kc; k++) dst[k * width + i] = 0;
@@ -433,7 +447,7 @@ typedef struct {
     long a_rs, a_cs, b_rs, b_cs;
     real *C;
     long ldc;
-    int accumulate, mc;
+    int accumulate;
     Causal cz;
     int diag;
 } GemmJob;
@@ -451,12 +465,11 @@ static void gemm_pack_b(const GemmJob *g, const GemmKernel *kn, char *bpack, int
 
 // One block of mc rows of C (from row i0) against the packed B of (jc, pc): pack the
 // block's rows of A into mr-tall strips and run the micro-kernel over them.
-static void gemm_block(const GemmJob *g, const GemmKernel *kn, const char *bpack, char *apack, int i0, int jc,
-                       int nc, int pc, int kc, int kc_pad) {
-    int mr_ = kn->mr, nr_ = kn->nr, elem = kn->elem, M = g->M, N = g->N, diag = g->diag;
+static void gemm_block(const GemmJob *g, const GemmKernel *kn, const char *bpack, char *apack, int i0, int mcb,
+                       int jc, int nc, int pc, int kc, int kc_pad) {
+    int mr_ = kn->mr, nr_ = kn->nr, elem = kn->elem, N = g->N, diag = g->diag;
     Causal cz = g->cz;
     int npanels = (nc + nr_ - 1) / nr_, add = g->accumulate || pc > 0;
-    int mcb = M - i0 < g->mc ? M - i0 : g->mc;
     // the block's rows of A from k = pc + alo, apad deep (all of it unless causal)
     int alo = 0, ahi = kc_pad, a_any = 1;
     if (cz == A_LOWER || cz == A_UPPER) a_any = causal_k(cz, diag, i0, i0 + mcb, pc, kc, kn->k_align, kc_pad, &alo, &ahi);
@@ -483,10 +496,10 @@ static void gemm_block(const GemmJob *g, const GemmKernel *kn, const char *bpack
     }
 }
 
-// Blocks b0 .. b1-1 of C's rows, the whole product, on the calling thread alone with its
-// own packing buffers: no other thread waits on it, nor it on them.
-static void gemm_rows(const GemmJob *g, const GemmKernel *kn, int b0, int b1, char *bpack, char *apack) {
-    if (b0 >= b1) return;
+// Rows m0 .. m1-1 of C, the whole product, on the calling thread alone with its own
+// packing buffers (blocks of MC_MAX rows): no other thread waits on it, nor it on them.
+static void gemm_rows(const GemmJob *g, const GemmKernel *kn, int m0, int m1, char *bpack, char *apack) {
+    if (m0 >= m1) return;
     if (kn->begin) kn->begin();
     for (int jc = 0; jc < g->N; jc += NC) {
         int nc = g->N - jc < NC ? g->N - jc : NC;
@@ -494,7 +507,8 @@ static void gemm_rows(const GemmJob *g, const GemmKernel *kn, int b0, int b1, ch
             int kc = g->K - pc < kn->kc ? g->K - pc : kn->kc;
             int kc_pad = (kc + kn->k_align - 1) / kn->k_align * kn->k_align;
             gemm_pack_b(g, kn, bpack, jc, pc, kc, kc_pad, 0, (nc + kn->nr - 1) / kn->nr);
-            for (int blk = b0; blk < b1; blk++) gemm_block(g, kn, bpack, apack, blk * g->mc, jc, nc, pc, kc, kc_pad);
+            for (int i0 = m0; i0 < m1; i0 += MC_MAX)
+                gemm_block(g, kn, bpack, apack, i0, m1 - i0 < MC_MAX ? m1 - i0 : MC_MAX, jc, nc, pc, kc, kc_pad);
         }
     }
 }
@@ -530,19 +544,20 @@ static void gemm_causal(int M, int N, int K, const real *A, long a_rs, long a_cs
     mc = (mc + kn->mr - 1) / kn->mr * kn->mr;
     if (mc > MC_MAX) mc = MC_MAX;
     int nblocks = (M + mc - 1) / mc;
-    GemmJob g = {M, N, K, A, B, a_rs, a_cs, b_rs, b_cs, C, ldc, accumulate, mc, cz, diag};
+    GemmJob g = {M, N, K, A, B, a_rs, a_cs, b_rs, b_cs, C, ldc, accumulate, cz, diag};
     if (serial) {
         int t = omp_get_thread_num();
-        gemm_rows(&g, kn, 0, nblocks, gemm_bpack_t[t], gemm_apack[t]);
+        gemm_rows(&g, kn, 0, M, gemm_bpack_t[t], gemm_apack[t]);
         return;
     }
     if (M >= nt * GEMM_OWN_B_ROWS) {
-        // each thread a contiguous run of blocks, the whole product
+        // each thread an equal share of C's rows (in whole strips of mr), the whole product
 #pragma omp parallel
         {
             int t = omp_get_thread_num(), n = omp_get_num_threads();
-            gemm_rows(&g, kn, (int)((long)nblocks * t / n), (int)((long)nblocks * (t + 1) / n), gemm_bpack_t[t],
-                      gemm_apack[t]);
+            long strips = (M + kn->mr - 1) / kn->mr;
+            int m0 = (int)(strips * t / n * kn->mr), m1 = (int)(strips * (t + 1) / n * kn->mr);
+            gemm_rows(&g, kn, m0, m1 < M ? m1 : M, gemm_bpack_t[t], gemm_apack[t]);
         }
         return;
     }
@@ -559,7 +574,9 @@ static void gemm_causal(int M, int N, int K, const real *A, long a_rs, long a_cs
                 gemm_pack_b(&g, kn, gemm_bpack, jc, pc, kc, kc_pad, npanels * t / n, npanels * (t + 1) / n);
 #pragma omp barrier
 #pragma omp for schedule(static)
-                for (int blk = 0; blk < nblocks; blk++) gemm_block(&g, kn, gemm_bpack, gemm_apack[t], blk * mc, jc, nc, pc, kc, kc_pad);
+                for (int blk = 0; blk < nblocks; blk++)
+                    gemm_block(&g, kn, gemm_bpack, gemm_apack[t], blk * mc, M - blk * mc < mc ? M - blk * mc : mc, jc,
+                               nc, pc, kc, kc_pad);
             }
         }
     }
