@@ -368,13 +368,17 @@ static void test_checkpoint(void) {
 }
 
 // ---------------------------------------------------------------------------
-// The blocked GEMM against the plain triple loop, on awkward sizes and strides.
+// The blocked GEMM against the plain triple loop, on awkward sizes and strides (whole and
+// partial strips, blocks of k and of columns; one thread's rows and all threads' rows).
+// In float, the bf16 ref kernel too: it must give, bit for bit, the fp32 kernel's product
+// of the inputs rounded to bf16 beforehand (its packing rounds them on the way).
 static void test_gemm(void) {
     printf("gemm vs naive triple loop (%s)\n", PRECISION);
     int sizes[][3] = {{1, 1, 1}, {7, 33, 5}, {129, 65, 300}, {64, 2050, 17}, {300, 40, 520}};
     Rng rng;
     rng_seed(&rng, 3);
     double worst = 0;
+    long ref_differ = 0;
     for (int s = 0; s < 5; s++) {
         int M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
         real *A = (real *)malloc_check(sizeof(real) * M * K), *B = (real *)malloc_check(sizeof(real) * K * N);
@@ -394,9 +398,24 @@ static void test_gemm(void) {
                     }
                 }
             }
+#ifndef REAL_DOUBLE
+            real *Ar = (real *)malloc_check(sizeof(real) * M * K), *Br = (real *)malloc_check(sizeof(real) * K * N);
+            for (long i = 0; i < (long)M * K; i++) Ar[i] = bf16_rounded(A[i]);
+            for (long i = 0; i < (long)K * N; i++) Br[i] = bf16_rounded(B[i]);
+            for (long i = 0; i < (long)M * N; i++) C[i] = R[i] = 1.5f;
+            gemm_kernel = &BF16_KERNELS[BF16_REF];
+            gemm(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, N, 1);
+            gemm_kernel = &FP32_KERNEL;
+            gemm(M, N, K, Ar, a_rs, a_cs, Br, b_rs, b_cs, R, N, 1);
+            for (long i = 0; i < (long)M * N; i++) ref_differ += memcmp(&C[i], &R[i], sizeof(real)) != 0;
+            free(Ar), free(Br);
+#endif
         }
         free(A), free(B), free(C), free(R);
     }
+#ifndef REAL_DOUBLE
+    check(ref_differ == 0, "bf16 ref kernel vs fp32 on pre-rounded inputs: elements differing", (double)ref_differ, 0);
+#endif
 #ifdef REAL_DOUBLE
     double tol = 1e-13;
 #else
