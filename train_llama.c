@@ -538,18 +538,13 @@ static void gemm_causal(int M, int N, int K, const real *A, long a_rs, long a_cs
     }
     if (!serial) gemm_buffers(); // (a serial caller made them before its parallel loop)
     const GemmKernel *kn = gemm_kernel;
-    int nt = serial ? 1 : omp_get_max_threads();
-    // rows of C per block: enough blocks for every thread, at most MC_MAX
-    int mc = (M + nt - 1) / nt;
-    mc = (mc + kn->mr - 1) / kn->mr * kn->mr;
-    if (mc > MC_MAX) mc = MC_MAX;
-    int nblocks = (M + mc - 1) / mc;
     GemmJob g = {M, N, K, A, B, a_rs, a_cs, b_rs, b_cs, C, ldc, accumulate, cz, diag};
     if (serial) {
         int t = omp_get_thread_num();
         gemm_rows(&g, kn, 0, M, gemm_bpack_t[t], gemm_apack[t]);
         return;
     }
+    int nt = omp_get_max_threads();
     if (M >= nt * GEMM_OWN_B_ROWS) {
         // each thread an equal share of C's rows (in whole strips of mr), the whole product
 #pragma omp parallel
@@ -561,6 +556,11 @@ static void gemm_causal(int M, int N, int K, const real *A, long a_rs, long a_cs
         }
         return;
     }
+    // one packed B for all threads; rows of C per block: enough blocks for every thread
+    int mc = (M + nt - 1) / nt;
+    mc = (mc + kn->mr - 1) / kn->mr * kn->mr;
+    if (mc > MC_MAX) mc = MC_MAX;
+    int nblocks = (M + mc - 1) / mc;
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
         int npanels = (nc + kn->nr - 1) / kn->nr;

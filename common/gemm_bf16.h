@@ -128,30 +128,29 @@ V16 void transpose16(__m512i r[16]) {
         r[c + 12] = _mm512_shuffle_i32x4(t[c + 4], t[c + 12], 0xdd);
     }
 }
+// 16 floats as the ref kernel packs them: rounded to bf16 (kept as floats) with `round`,
+// else as they are
+V16 __m512i packed16(__m512 x, int round) {
+    return round ? _mm512_slli_epi32(bf16_bits16(x), 16) : _mm512_castps_si512(x);
+}
 // fp32's A strip (train_llama.c's pack_strip): 8 rows s_i apart, 16 consecutive k each,
 // to 16 runs of the 8 rows' values at one k (the transpose's rows 8..15 repeat 0..7);
 // with `round`, each value rounded to bf16 (the ref kernel's A)
 V16 void pack8x16(float *dst, const float *src, long s_i, int round) {
     __m512i r[16];
-    for (int i = 0; i < 8; i++) {
-        __m512 x = _mm512_loadu_ps(src + i * s_i);
-        r[i] = r[i + 8] = round ? _mm512_slli_epi32(bf16_bits16(x), 16) : _mm512_castps_si512(x);
-    }
+    for (int i = 0; i < 8; i++) r[i] = r[i + 8] = packed16(_mm512_loadu_ps(src + i * s_i), round);
     transpose16(r);
     for (int k = 0; k < 16; k++) _mm256_storeu_si256((__m256i *)(dst + k * 8), _mm512_castsi512_si256(r[k]));
 }
 // 16 floats rounded to bf16, as floats (the ref kernel's packing of a contiguous run)
 V16 void round16(float *dst, const float *src) {
-    _mm512_storeu_si512(dst, _mm512_slli_epi32(bf16_bits16(_mm512_loadu_ps(src)), 16));
+    _mm512_storeu_si512(dst, packed16(_mm512_loadu_ps(src), 1));
 }
 // fp32's B strip: 16 columns s_i apart, 16 consecutive k each, to 16 runs of the 16
 // columns' values at one k, ld floats apart; `round` as in pack8x16
 V16 void pack16x16(float *dst, long ld, const float *src, long s_i, int round) {
     __m512i r[16];
-    for (int i = 0; i < 16; i++) {
-        __m512 x = _mm512_loadu_ps(src + i * s_i);
-        r[i] = round ? _mm512_slli_epi32(bf16_bits16(x), 16) : _mm512_castps_si512(x);
-    }
+    for (int i = 0; i < 16; i++) r[i] = packed16(_mm512_loadu_ps(src + i * s_i), round);
     transpose16(r);
     for (int k = 0; k < 16; k++) _mm512_storeu_si512(dst + k * ld, r[k]);
 }
